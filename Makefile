@@ -1,0 +1,55 @@
+# temper — one command to run the quickstart, one to run every test.
+# Each target installs what is missing into the project-local environment (.venv) first and is a
+# no-op when it is there. Nothing is downloaded from anywhere but the package registries.
+
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+TORCH_STAMP := $(VENV)/.torch-2.11.0
+HELPERS_STAMP := $(VENV)/.test-helpers-1
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+export LIBTORCH_BYPASS_VERSION_CHECK := 0
+CARGO ?= cargo
+TEMPER := $(CURDIR)/target/release/temper
+
+.PHONY: build demo test env clean-env bench fmt lint
+
+build: $(TORCH_STAMP)
+	$(CARGO) build --release --bin temper
+
+demo: build
+	cd examples && $(TEMPER) run quickstart.kdl
+	cd examples && $(TEMPER) show quickstart.kdl
+
+test: $(TORCH_STAMP) $(HELPERS_STAMP)
+	$(CARGO) build --release --bin temper
+	LD_LIBRARY_PATH="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" \
+	  TEMPER_BIN=$(TEMPER) $(CARGO) test --release --workspace
+
+bench: build
+	bash tests/bench/plan_bench.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint: $(TORCH_STAMP)
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+env: $(TORCH_STAMP) $(HELPERS_STAMP)
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(TORCH_STAMP): | $(PY)
+	$(PY) -c 'import torch, sys; sys.exit(0 if torch.__version__.split("+")[0] == "2.11.0" else 1)' 2>/dev/null \
+	  || $(PY) -m pip install --no-input --disable-pip-version-check torch==2.11.0
+	touch $@
+
+$(HELPERS_STAMP): | $(PY)
+	$(PY) -m pip install --no-input --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+clean-env:
+	rm -rf $(VENV)

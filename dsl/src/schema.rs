@@ -1,0 +1,161 @@
+//! Node-kind schemas: the typed declaration each kind registers, and the registry the
+//! validator reads. Adding a kind never touches the parser: it registers a [`KindSchema`].
+
+use crate::value::Value;
+use std::collections::BTreeMap;
+
+/// The type of a parameter.
+#[derive(Clone, Debug)]
+pub enum ParamType {
+    Bool,
+    Int { min: Option<i64>, max: Option<i64> },
+    Float { min: Option<f64>, max: Option<f64> },
+    Str,
+    /// One of a fixed set of words.
+    Enum(&'static [&'static str]),
+    /// A local file, directory or glob, relative to the recipe file. Its *content* enters the key.
+    Path,
+    /// A reference to another node whose kind produces one of these artifact types
+    /// (`KindSchema::produces`); empty = any.
+    Ref(&'static [&'static str]),
+    /// Several values of one type (`child v1 v2 v3` or a repeated child).
+    List(Box<ParamType>),
+    /// A child node `name arg… key=value…`: positional arguments fill `positional` fields in order,
+    /// properties fill the rest.
+    Record {
+        positional: &'static [&'static str],
+        fields: Vec<ParamSpec>,
+    },
+}
+
+/// How a parameter gets its value when the recipe does not set it.
+#[derive(Clone, Debug)]
+pub enum Default {
+    /// The recipe must set it.
+    Required,
+    /// Absent means `Value::Null`.
+    Optional,
+    /// This value.
+    Value(Value),
+}
+
+/// A declared parameter of a kind.
+#[derive(Clone, Debug)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub default: Default,
+    /// Semantic parameters determine the result and enter the key; others (device, threads,
+    /// logging) do not.
+    pub semantic: bool,
+    /// May appear several times as a child node; the value is then a `List` of the items.
+    pub repeated: bool,
+    /// Added after the kind's first release: while equal to its default it is left out of the
+    /// key, so existing keys do not change when the parameter is introduced.
+    pub added_later: bool,
+    pub doc: &'static str,
+}
+
+impl ParamSpec {
+    pub fn new(name: &'static str, ty: ParamType) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            default: Default::Required,
+            semantic: true,
+            repeated: false,
+            added_later: false,
+            doc: "",
+        }
+    }
+    pub fn default(mut self, v: Value) -> Self {
+        self.default = Default::Value(v);
+        self
+    }
+    pub fn optional(mut self) -> Self {
+        self.default = Default::Optional;
+        self
+    }
+    pub fn non_semantic(mut self) -> Self {
+        self.semantic = false;
+        self
+    }
+    pub fn repeated(mut self) -> Self {
+        self.repeated = true;
+        self
+    }
+    pub fn added_later(mut self) -> Self {
+        self.added_later = true;
+        self
+    }
+    pub fn doc(mut self, d: &'static str) -> Self {
+        self.doc = d;
+        self
+    }
+}
+
+/// The declaration of a node kind.
+#[derive(Clone, Debug)]
+pub struct KindSchema {
+    pub name: &'static str,
+    /// Implementation version: bump when the kind's results change for the same parameters.
+    pub version: u32,
+    /// Artifact type this kind produces (`dataset`, `tokenizer`, `model`, …), matched by `Ref`.
+    pub produces: &'static str,
+    pub params: Vec<ParamSpec>,
+    pub doc: &'static str,
+}
+
+impl KindSchema {
+    pub fn param(&self, name: &str) -> Option<&ParamSpec> {
+        self.params.iter().find(|p| p.name == name)
+    }
+}
+
+/// Parameters every kind accepts; none of them is semantic.
+pub fn common_params() -> Vec<ParamSpec> {
+    vec![
+        ParamSpec::new(
+            "device",
+            ParamType::Str,
+        )
+        .default(Value::Str("auto".into()))
+        .non_semantic()
+        .doc("auto | cpu | cuda | cuda:N"),
+        ParamSpec::new("threads", ParamType::Int { min: Some(0), max: None })
+            .default(Value::Int(0))
+            .non_semantic()
+            .doc("CPU threads for this node (0 = libtorch default)"),
+        ParamSpec::new("log-every", ParamType::Int { min: Some(1), max: None })
+            .default(Value::Int(10))
+            .non_semantic()
+            .doc("log metrics every N steps"),
+    ]
+}
+
+/// All kinds known to the validator, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, KindSchema>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Registers a kind; the common parameters are appended unless the kind declares them.
+    pub fn register(&mut self, mut schema: KindSchema) {
+        for p in common_params() {
+            if schema.param(p.name).is_none() {
+                schema.params.push(p);
+            }
+        }
+        self.kinds.insert(schema.name, schema);
+    }
+    pub fn get(&self, kind: &str) -> Option<&KindSchema> {
+        self.kinds.get(kind)
+    }
+    pub fn kinds(&self) -> impl Iterator<Item = &KindSchema> {
+        self.kinds.values()
+    }
+}

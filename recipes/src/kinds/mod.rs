@@ -1,0 +1,4 @@
+//! One file per node kind.
+pub mod dataset;
+pub mod model;
+pub mod tokenizer;

@@ -1,0 +1,29 @@
+//! temper's stage implementations on libtorch (tch): one file per node kind under `kinds/`,
+//! all registered in [`stages`]. The only crate that links tch. The runner calls stages
+//! through the [`Stage`] interface and never looks inside them.
+
+pub mod kinds;
+pub mod stage;
+
+pub use stage::{
+    CancelToken, Checkpoints, InputArtifact, MetricsSink, NoProgress, Progress, Stage, StageCtx,
+    StageError,
+};
+
+/// Every node kind temper knows, by name. Adding a kind: one file in `kinds/` plus a line here.
+pub fn stages() -> Vec<Box<dyn Stage>> {
+    vec![
+        Box::new(kinds::dataset::Dataset),
+        Box::new(kinds::tokenizer::Tokenizer),
+        Box::new(kinds::model::Model),
+    ]
+}
+
+/// The DSL registry built from [`stages`].
+pub fn registry() -> dsl::Registry {
+    let mut r = dsl::Registry::new();
+    for s in stages() {
+        r.register(s.schema());
+    }
+    r
+}

@@ -1,0 +1,264 @@
+//! The stage interface: what the runner hands every node kind, and what a kind gives back.
+//!
+//! Invariants the runner relies on:
+//! - a stage writes its result only into `StageCtx::out_dir` (an empty directory the runner
+//!   publishes atomically after `run` returns `Ok`); it never writes into the store elsewhere;
+//! - long stages checkpoint into `StageCtx::work_dir` through [`Checkpoints`], which is named by
+//!   the node key and survives crashes, so a rerun resumes from the latest *complete* checkpoint;
+//! - a stage polls [`CancelToken::is_cancelled`] between steps; when set it checkpoints and
+//!   returns [`StageError::Cancelled`].
+
+use dsl::{KindSchema, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A node kind's implementation.
+pub trait Stage: Send + Sync {
+    /// The kind's declaration (name, version, parameters). The DSL validates recipes against it.
+    fn schema(&self) -> KindSchema;
+
+    /// Runs the node. Errors are reported with the node's name by the runner.
+    fn run(&self, ctx: &StageCtx) -> Result<serde_json::Value, StageError>;
+}
+
+/// Why a stage did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Asked to stop (Ctrl-C); a checkpoint was written where the stage supports one.
+    #[error("cancelled")]
+    Cancelled,
+    /// A mistake in the recipe or its inputs (bad record, missing file…): message and hint.
+    #[error("{message}")]
+    User { message: String, hint: Option<String> },
+    /// Anything else, with context.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl StageError {
+    pub fn user(message: impl Into<String>, hint: impl Into<Option<String>>) -> Self {
+        StageError::User {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// An input artifact: the published output of a referenced node.
+#[derive(Clone, Debug)]
+pub struct InputArtifact {
+    /// Instance id of the producing node (`chat`, `aligned[beta=0.1]`).
+    pub node: String,
+    pub kind: String,
+    /// Artifact type (`dataset`, `tokenizer`, `model`, …).
+    pub produces: String,
+    pub key: String,
+    /// The artifact directory (read-only).
+    pub dir: PathBuf,
+}
+
+/// Everything a stage gets from the runner.
+pub struct StageCtx {
+    /// Instance id (`aligned[beta=0.1]`).
+    pub node: String,
+    pub kind: String,
+    /// The node key (hex blake3).
+    pub key: String,
+    /// Parameters, defaults filled; `Value::Path`s relative to `root_dir`; `Value::Ref`s name
+    /// instance ids whose artifacts are in `inputs` under the same parameter path.
+    pub params: BTreeMap<String, Value>,
+    /// Directory of the root recipe file.
+    pub root_dir: PathBuf,
+    /// Inputs by parameter path (`model`, `data`, `sources[1].name`).
+    pub inputs: BTreeMap<String, InputArtifact>,
+    /// Empty directory where the artifact is written.
+    pub out_dir: PathBuf,
+    /// Persistent per-key directory for checkpoints and scratch; survives failed attempts.
+    pub work_dir: PathBuf,
+    /// Resolved device string: `cpu` or `cuda:N`.
+    pub device: String,
+    pub progress: Arc<dyn Progress>,
+    pub metrics: MetricsSink,
+    pub cancel: CancelToken,
+}
+
+impl StageCtx {
+    /// Resolves a path parameter against the recipe directory.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root_dir.join(p)
+        }
+    }
+    pub fn param(&self, name: &str) -> &Value {
+        self.params.get(name).unwrap_or(&Value::Null)
+    }
+    pub fn input(&self, param_path: &str) -> Result<&InputArtifact, StageError> {
+        self.inputs.get(param_path).ok_or_else(|| {
+            StageError::Other(anyhow::anyhow!(
+                "node {}: input `{param_path}` was not provided by the runner",
+                self.node
+            ))
+        })
+    }
+    pub fn checkpoints(&self) -> Checkpoints {
+        Checkpoints::new(self.work_dir.join("checkpoints"))
+    }
+    pub fn check_cancel(&self) -> Result<(), StageError> {
+        if self.cancel.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Progress of a running node (a bar in the terminal).
+pub trait Progress: Send + Sync {
+    fn set_length(&self, total: u64);
+    fn set_position(&self, pos: u64);
+    fn inc(&self, delta: u64);
+    fn set_message(&self, msg: &str);
+}
+
+/// A progress reporter that reports nowhere (tests, `--quiet`).
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn set_length(&self, _: u64) {}
+    fn set_position(&self, _: u64) {}
+    fn inc(&self, _: u64) {}
+    fn set_message(&self, _: &str) {}
+}
+
+/// Cooperative cancellation shared by the runner and its stages.
+#[derive(Clone, Default, Debug)]
+pub struct CancelToken(Arc<AtomicBool>);
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Appends one JSON object per line to `metrics.jsonl` in the work directory; the runner copies
+/// it into the artifact on publish.
+#[derive(Clone)]
+pub struct MetricsSink {
+    path: PathBuf,
+    file: Arc<Mutex<Option<fs::File>>>,
+}
+
+impl MetricsSink {
+    pub fn new(path: PathBuf) -> Self {
+        MetricsSink {
+            path,
+            file: Arc::new(Mutex::new(None)),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Writes one record (a JSON object) and flushes it.
+    pub fn log(&self, record: &serde_json::Value) -> std::io::Result<()> {
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            if let Some(parent) = self.path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            *guard = Some(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        let f = guard.as_mut().expect("opened above");
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        f.write_all(line.as_bytes())?;
+        f.flush()
+    }
+}
+
+/// Step-numbered checkpoints in a work directory. A checkpoint is a directory `step-NNNNNNNNN`
+/// that becomes visible (by rename) only once complete and fsynced, so `latest` never returns a
+/// half-written one.
+pub struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    pub fn new(dir: PathBuf) -> Self {
+        Checkpoints { dir }
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The latest complete checkpoint: (step, directory).
+    pub fn latest(&self) -> Option<(u64, PathBuf)> {
+        let rd = fs::read_dir(&self.dir).ok()?;
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+                Some((step, e.path()))
+            })
+            .max_by_key(|(s, _)| *s)
+    }
+
+    /// Writes checkpoint `step`: `write` fills a temporary directory, which is fsynced and renamed
+    /// into place; then all but the newest `keep` checkpoints are removed.
+    pub fn save(
+        &self,
+        step: u64,
+        keep: usize,
+        write: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<PathBuf> {
+        fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!(".tmp-step-{step:09}"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        write(&tmp)?;
+        for entry in fs::read_dir(&tmp)? {
+            let p = entry?.path();
+            if p.is_file() {
+                fs::File::open(&p)?.sync_all()?;
+            }
+        }
+        fs::File::open(&tmp)?.sync_all()?;
+        let dst = self.dir.join(format!("step-{step:09}"));
+        if dst.exists() {
+            fs::remove_dir_all(&dst)?;
+        }
+        fs::rename(&tmp, &dst)?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        let mut all: Vec<_> = fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let s = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+                Some((s, e.path()))
+            })
+            .collect();
+        all.sort_by_key(|(s, _)| *s);
+        let n = all.len();
+        for (_, p) in all.into_iter().take(n.saturating_sub(keep.max(1))) {
+            let _ = fs::remove_dir_all(p);
+        }
+        Ok(dst)
+    }
+}
