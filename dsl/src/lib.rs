@@ -8,5 +8,5 @@ pub mod schema;
 pub mod value;
 
 pub use recipe::{Axis, AxisMember, Expanded, Instance, Loc, NodeDecl, Recipe, SourceFile, Variant};
-pub use schema::{Default, KindSchema, ParamSpec, ParamType, Registry};
+pub use schema::{Default, KindSchema, ParamIssue, ParamSpec, ParamType, Registry};
 pub use value::Value;

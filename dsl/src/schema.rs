@@ -1,6 +1,7 @@
 //! Node-kind schemas: the typed declaration each kind registers, and the registry the
 //! validator reads. Adding a kind never touches the parser: it registers a [`KindSchema`].
 
+use crate::recipe::NodeDecl;
 use crate::value::Value;
 use std::collections::BTreeMap;
 
@@ -104,10 +105,44 @@ pub struct KindSchema {
     pub produces: &'static str,
     pub params: Vec<ParamSpec>,
     pub doc: &'static str,
+    /// Cross-parameter validation run after types and references are checked (e.g. "exactly one
+    /// of `path` or `tokenizer`"). Gets the declared node (defaults filled; `param_locs` tells
+    /// which parameters the recipe set explicitly).
+    pub check: Option<fn(&NodeDecl) -> Vec<ParamIssue>>,
+}
+
+/// A problem found by a kind's `check`: which parameter (None = the node itself), what, and a hint.
+#[derive(Clone, Debug)]
+pub struct ParamIssue {
+    pub param: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
 }
 
 impl KindSchema {
-    pub fn param(&self, name: &str) -> Option<&ParamSpec> {
+    pub fn new(name: &'static str, version: u32, produces: &'static str) -> Self {
+        KindSchema {
+            name,
+            version,
+            produces,
+            params: Vec::new(),
+            doc: "",
+            check: None,
+        }
+    }
+    pub fn doc(mut self, d: &'static str) -> Self {
+        self.doc = d;
+        self
+    }
+    pub fn param(mut self, p: ParamSpec) -> Self {
+        self.params.push(p);
+        self
+    }
+    pub fn check(mut self, f: fn(&NodeDecl) -> Vec<ParamIssue>) -> Self {
+        self.check = Some(f);
+        self
+    }
+    pub fn find_param(&self, name: &str) -> Option<&ParamSpec> {
         self.params.iter().find(|p| p.name == name)
     }
 }
@@ -146,7 +181,7 @@ impl Registry {
     /// Registers a kind; the common parameters are appended unless the kind declares them.
     pub fn register(&mut self, mut schema: KindSchema) {
         for p in common_params() {
-            if schema.param(p.name).is_none() {
+            if schema.find_param(p.name).is_none() {
                 schema.params.push(p);
             }
         }

@@ -6,7 +6,7 @@ pub struct Dataset;
 
 impl Stage for Dataset {
     fn schema(&self) -> KindSchema {
-        KindSchema { name: "dataset", version: 1, produces: "dataset", params: vec![], doc: "" }
+        KindSchema::new("dataset", 1, "dataset")
     }
     fn run(&self, _ctx: &StageCtx) -> Result<serde_json::Value, StageError> {
         Err(StageError::user("not implemented yet", None))

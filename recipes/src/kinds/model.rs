@@ -6,7 +6,7 @@ pub struct Model;
 
 impl Stage for Model {
     fn schema(&self) -> KindSchema {
-        KindSchema { name: "model", version: 1, produces: "model", params: vec![], doc: "" }
+        KindSchema::new("model", 1, "model")
     }
     fn run(&self, _ctx: &StageCtx) -> Result<serde_json::Value, StageError> {
         Err(StageError::user("not implemented yet", None))

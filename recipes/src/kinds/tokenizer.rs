@@ -6,7 +6,7 @@ pub struct Tokenizer;
 
 impl Stage for Tokenizer {
     fn schema(&self) -> KindSchema {
-        KindSchema { name: "tokenizer", version: 1, produces: "tokenizer", params: vec![], doc: "" }
+        KindSchema::new("tokenizer", 1, "tokenizer")
     }
     fn run(&self, _ctx: &StageCtx) -> Result<serde_json::Value, StageError> {
         Err(StageError::user("not implemented yet", None))
