@@ -71,7 +71,7 @@ impl Recipe {
 #[derive(Clone, Debug)]
 pub struct Instance {
     /// Stable readable id: `name` or `name[param=v,other.param=w]` (own params unqualified,
-    /// upstream ones as `node.param`, sorted).
+    /// upstream ones as `node.param`, in axis declaration order).
     pub id: String,
     pub node: String,
     pub kind: String,

@@ -9,8 +9,14 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug)]
 pub enum ParamType {
     Bool,
-    Int { min: Option<i64>, max: Option<i64> },
-    Float { min: Option<f64>, max: Option<f64> },
+    Int {
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    Float {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
     Str,
     /// One of a fixed set of words.
     Enum(&'static [&'static str]),
@@ -150,21 +156,30 @@ impl KindSchema {
 /// Parameters every kind accepts; none of them is semantic.
 pub fn common_params() -> Vec<ParamSpec> {
     vec![
+        ParamSpec::new("device", ParamType::Str)
+            .default(Value::Str("auto".into()))
+            .non_semantic()
+            .doc("auto | cpu | cuda | cuda:N"),
         ParamSpec::new(
-            "device",
-            ParamType::Str,
+            "threads",
+            ParamType::Int {
+                min: Some(0),
+                max: None,
+            },
         )
-        .default(Value::Str("auto".into()))
+        .default(Value::Int(0))
         .non_semantic()
-        .doc("auto | cpu | cuda | cuda:N"),
-        ParamSpec::new("threads", ParamType::Int { min: Some(0), max: None })
-            .default(Value::Int(0))
-            .non_semantic()
-            .doc("CPU threads for this node (0 = libtorch default)"),
-        ParamSpec::new("log-every", ParamType::Int { min: Some(1), max: None })
-            .default(Value::Int(10))
-            .non_semantic()
-            .doc("log metrics every N steps"),
+        .doc("CPU threads for this node (0 = libtorch default)"),
+        ParamSpec::new(
+            "log-every",
+            ParamType::Int {
+                min: Some(1),
+                max: None,
+            },
+        )
+        .default(Value::Int(10))
+        .non_semantic()
+        .doc("log metrics every N steps"),
     ]
 }
 

@@ -1,0 +1,334 @@
+//! Sweep expansion: recipe → instances shared between variants.
+//!
+//! An axis *reaches* a node if it has a member on that node or reaches any node the node
+//! references (for a swept reference, every possible target). A node gets one instance per
+//! combination of the axes that reach it (first axis outermost); nodes no axis reaches appear
+//! once. Instance `i` of a node reached by axes `a_1..a_r` (lengths `L_j`) has axis indices
+//! given by the mixed-radix digits of `i` (`i = Σ k_j · Π_{l>j} L_l`), so a variant finds its
+//! instance of each node by arithmetic, without search. Instance ids are `name` or
+//! `name[p=v,up.q=w]`: own parameters unqualified, members on upstream nodes as `node.param`,
+//! in axis declaration order.
+
+use crate::diag::Diagnostics;
+use crate::recipe::{Expanded, Instance, Recipe, Variant};
+use crate::value::Value;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+/// Most variants `expand` will produce.
+pub const MAX_VARIANTS: usize = 1_000_000;
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Ref(r) => out.push(r.clone()),
+        Value::List(l) => l.iter().for_each(|x| collect_refs(x, out)),
+        Value::Record(r) => r.values().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
+}
+
+/// Value shown in ids: a one-item list (a swept repeated parameter) shows its item.
+fn show(v: &Value) -> String {
+    match v {
+        Value::List(l) if l.len() == 1 => l[0].display(),
+        other => other.display(),
+    }
+}
+
+/// Per-node expansion data.
+struct NodeInfo {
+    /// Axes reaching the node, ascending.
+    reach: Vec<usize>,
+    /// Stride of each reaching axis (same order as `reach`).
+    strides: Vec<usize>,
+    /// Instance ids, by instance index.
+    ids: Vec<String>,
+}
+
+/// Index of a node's instance for full axis indices `ks` (one per axis of the recipe).
+fn instance_index(info: &NodeInfo, ks: &[usize]) -> usize {
+    info.reach
+        .iter()
+        .zip(&info.strides)
+        .map(|(a, s)| ks[*a] * s)
+        .sum()
+}
+
+/// Expands the recipe's sweep into instances (topological order) and variants (the full grid).
+pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
+    let n = recipe.nodes.len();
+    let index: HashMap<&str, usize> = recipe
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.as_str(), i))
+        .collect();
+    let axes = &recipe.axes;
+    // Dependencies: declared references plus every target of a swept reference.
+    let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    let mut own: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    for (i, d) in recipe.nodes.iter().enumerate() {
+        let mut names = Vec::new();
+        d.params.values().for_each(|v| collect_refs(v, &mut names));
+        for (a, ax) in axes.iter().enumerate() {
+            for m in ax.members.iter().filter(|m| m.node == d.name) {
+                own[i].insert(a);
+                m.values.iter().for_each(|v| collect_refs(v, &mut names));
+            }
+        }
+        for t in names {
+            let Some(&j) = index.get(t.as_str()) else {
+                return Err(Diagnostics::from_message(format!(
+                    "node `{}` refers to unknown node `{t}`",
+                    d.name
+                )));
+            };
+            deps[i].insert(j);
+        }
+    }
+    for ax in axes {
+        for m in &ax.members {
+            if !index.contains_key(m.node.as_str()) {
+                return Err(Diagnostics::from_message(format!(
+                    "sweep axis `{}.{}` names unknown node",
+                    m.node, m.param
+                )));
+            }
+        }
+    }
+    let order = topo_order(&deps)
+        .ok_or_else(|| Diagnostics::from_message("the recipe's references form a cycle"))?;
+    let total: usize = axes
+        .iter()
+        .try_fold(1usize, |acc, a| {
+            let len = a.members.first().map_or(1, |m| m.values.len().max(1));
+            acc.checked_mul(len).filter(|t| *t <= MAX_VARIANTS)
+        })
+        .ok_or_else(|| {
+            Diagnostics::from_message(format!("the sweep has more than {MAX_VARIANTS} variants"))
+        })?;
+    let axis_len: Vec<usize> = axes
+        .iter()
+        .map(|a| a.members.first().map_or(1, |m| m.values.len().max(1)))
+        .collect();
+    // Reach and ancestors, in topological order.
+    let mut reach: Vec<BTreeSet<usize>> = own.clone();
+    let mut anc: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    for &i in &order {
+        let mut r = reach[i].clone();
+        let mut an = BTreeSet::new();
+        for &j in &deps[i] {
+            r.extend(reach[j].iter().copied());
+            an.insert(j);
+            an.extend(anc[j].iter().copied());
+        }
+        reach[i] = r;
+        anc[i] = an;
+    }
+    let mut infos: Vec<Option<NodeInfo>> = (0..n).map(|_| None).collect();
+    let mut instances = Vec::new();
+    for &i in &order {
+        let d = &recipe.nodes[i];
+        let r: Vec<usize> = reach[i].iter().copied().collect();
+        let mut strides = vec![1usize; r.len()];
+        for k in (0..r.len().saturating_sub(1)).rev() {
+            strides[k] = strides[k + 1] * axis_len[r[k + 1]];
+        }
+        let count: usize = r.iter().map(|a| axis_len[*a]).product();
+        // Members shown in this node's ids: own ones and those on upstream nodes.
+        let (index, anc) = (&index, &anc);
+        let shown: Vec<(usize, usize, String)> = r
+            .iter()
+            .flat_map(|&a| {
+                axes[a]
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(mi, m)| {
+                        let j = index[m.node.as_str()];
+                        if j == i {
+                            Some((a, mi, m.param.clone()))
+                        } else if anc[i].contains(&j) {
+                            Some((a, mi, format!("{}.{}", m.node, m.param)))
+                        } else {
+                            None
+                        }
+                    })
+            })
+            .collect();
+        let mut ids = Vec::with_capacity(count);
+        let mut ks = vec![0usize; axes.len()];
+        for idx in 0..count {
+            for (pos, &a) in r.iter().enumerate() {
+                ks[a] = (idx / strides[pos]) % axis_len[a];
+            }
+            let mut params = d.params.clone();
+            let mut assignments = Vec::new();
+            let mut parts = Vec::new();
+            for (a, mi, label) in &shown {
+                let m = &axes[*a].members[*mi];
+                let v = &m.values[ks[*a]];
+                if m.node == d.name {
+                    params.insert(m.param.clone(), v.clone());
+                }
+                parts.push(format!("{label}={}", show(v)));
+                assignments.push((format!("{}.{}", m.node, m.param), v.clone()));
+            }
+            let id = if parts.is_empty() {
+                d.name.clone()
+            } else {
+                format!("{}[{}]", d.name, parts.join(","))
+            };
+            let mut inputs = Vec::new();
+            for (p, v) in params.iter_mut() {
+                rewrite(v, p.clone(), &mut inputs, &|t: &str| {
+                    // Inputs come first in topological order, so their ids exist.
+                    index.get(t).and_then(|j| infos[*j].as_ref()).map_or_else(
+                        || t.to_string(),
+                        |info| info.ids[instance_index(info, &ks)].clone(),
+                    )
+                });
+            }
+            ids.push(id.clone());
+            instances.push(Instance {
+                id,
+                node: d.name.clone(),
+                kind: d.kind.clone(),
+                params,
+                inputs,
+                assignments,
+            });
+        }
+        infos[i] = Some(NodeInfo {
+            reach: r,
+            strides,
+            ids,
+        });
+    }
+    let variants = variants(recipe, &order, &infos, &axis_len, total);
+    Ok(Expanded {
+        instances,
+        variants,
+    })
+}
+
+/// Rewrites references to instance ids, recording (param path, id) in order.
+fn rewrite(
+    v: &mut Value,
+    path: String,
+    inputs: &mut Vec<(String, String)>,
+    id_of: &dyn Fn(&str) -> String,
+) {
+    match v {
+        Value::Ref(t) => {
+            let id = id_of(t);
+            inputs.push((path, id.clone()));
+            *t = id;
+        }
+        Value::List(l) => {
+            for (k, x) in l.iter_mut().enumerate() {
+                rewrite(x, format!("{path}[{k}]"), inputs, id_of);
+            }
+        }
+        Value::Record(r) => {
+            for (k, x) in r.iter_mut() {
+                rewrite(x, format!("{path}.{k}"), inputs, id_of);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Kahn's algorithm, ties broken by declaration order. None on a cycle.
+fn topo_order(deps: &[BTreeSet<usize>]) -> Option<Vec<usize>> {
+    let n = deps.len();
+    let mut indeg: Vec<usize> = deps.iter().map(BTreeSet::len).collect();
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &j in ds {
+            users[j].push(i);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|i| indeg[*i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.push(Reverse(u));
+            }
+        }
+    }
+    (order.len() == n).then_some(order)
+}
+
+/// The full grid: one variant per combination of axis values, first axis outermost.
+fn variants(
+    recipe: &Recipe,
+    order: &[usize],
+    infos: &[Option<NodeInfo>],
+    axis_len: &[usize],
+    total: usize,
+) -> Vec<Variant> {
+    let axes = &recipe.axes;
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for m in axes.iter().flat_map(|a| &a.members) {
+        *count.entry(m.param.as_str()).or_default() += 1;
+    }
+    let label = |node: &str, param: &str| {
+        if count.get(param).copied().unwrap_or(0) > 1 {
+            format!("{node}.{param}")
+        } else {
+            param.to_string()
+        }
+    };
+    let mut out = Vec::with_capacity(total);
+    let mut ks = vec![0usize; axes.len()];
+    for v in 0..total {
+        let mut rest = v;
+        for a in (0..axes.len()).rev() {
+            ks[a] = rest % axis_len[a];
+            rest /= axis_len[a];
+        }
+        let mut assignments = Vec::new();
+        let mut parts = Vec::new();
+        for (a, ax) in axes.iter().enumerate() {
+            for m in &ax.members {
+                let val = &m.values[ks[a]];
+                parts.push(format!("{}={}", label(&m.node, &m.param), show(val)));
+                assignments.push((format!("{}.{}", m.node, m.param), val.clone()));
+            }
+        }
+        let instances = order
+            .iter()
+            .filter_map(|&i| infos[i].as_ref())
+            .map(|info| info.ids[instance_index(info, &ks)].clone())
+            .collect();
+        out.push(Variant {
+            name: parts.join(","),
+            assignments,
+            instances,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topo_breaks_ties_by_declaration() {
+        let deps = vec![
+            BTreeSet::from([2]),
+            BTreeSet::new(),
+            BTreeSet::new(),
+            BTreeSet::from([0, 1]),
+        ];
+        assert_eq!(topo_order(&deps), Some(vec![1, 2, 0, 3]));
+        let cyc = vec![BTreeSet::from([1]), BTreeSet::from([0])];
+        assert_eq!(topo_order(&cyc), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! Reading recipe files: KDL 2.0 parsing, `include` resolution (relative to the including file,
+//! each file included once, cycles reported with the whole chain) and collection of the
+//! top-level items (node declarations and `sweep` blocks) with the file they came from.
+
+use crate::diag::{Diag, Src};
+use crate::recipe::SourceFile;
+use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
+use miette::{NamedSource, SourceSpan};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+/// The sources of one load and everything parsed from them.
+pub(crate) struct Sources {
+    pub files: Vec<SourceFile>,
+    pub srcs: Vec<Src>,
+    /// Directory of each file relative to the root recipe's directory (lexical), so paths
+    /// written in an include can be rebased onto the root directory.
+    pub rel_dirs: Vec<PathBuf>,
+    /// Canonical path per file (cycle and include-once detection); None for pseudo-sources.
+    canon: Vec<Option<PathBuf>>,
+    /// Top-level node declarations, with their file.
+    pub nodes: Vec<(usize, KdlNode)>,
+    /// `sweep` blocks, with their file.
+    pub sweeps: Vec<(usize, KdlNode)>,
+    pub diags: Vec<Diag>,
+    /// A file failed to parse: later stages would only report cascades, so they are skipped.
+    pub syntax_failed: bool,
+}
+
+/// Lexical normalisation: drops `.`, resolves `a/..`, keeps leading `..`.
+pub(crate) fn normalize(p: &Path) -> PathBuf {
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) | Some(Component::Prefix(_)) => {}
+                _ => out.push(c),
+            },
+            other => out.push(other),
+        }
+    }
+    out.iter().collect()
+}
+
+/// Path as shown to users: forward slashes, `.` for empty.
+pub(crate) fn show_path(p: &Path) -> String {
+    let s = p.to_string_lossy().replace('\\', "/");
+    if s.is_empty() {
+        ".".into()
+    } else {
+        s
+    }
+}
+
+/// The span of a whole entry (`key=value` for a property), trimmed of surrounding whitespace.
+pub(crate) fn entry_span(text: &str, e: &KdlEntry) -> SourceSpan {
+    let sp = e.span();
+    let (start, end) = (sp.offset(), sp.offset() + sp.len());
+    let Some(slice) = text.get(start..end) else {
+        return sp;
+    };
+    let lead = slice.len() - slice.trim_start().len();
+    let trimmed = slice.trim();
+    if trimmed.is_empty() {
+        return sp;
+    }
+    SourceSpan::new((start + lead).into(), trimmed.len())
+}
+
+/// The exact span of an entry's value (its text representation ends the entry).
+pub(crate) fn value_span(text: &str, e: &KdlEntry) -> SourceSpan {
+    let core = entry_span(text, e);
+    let Some(fmt) = e.format() else { return core };
+    let end = core.offset() + core.len();
+    let start = end.saturating_sub(fmt.value_repr.len());
+    if start >= core.offset() && text.get(start..end) == Some(fmt.value_repr.as_str()) {
+        SourceSpan::new(start.into(), fmt.value_repr.len())
+    } else {
+        core
+    }
+}
+
+/// The parser reports some errors with a span from the start of the enclosing construct (often
+/// the document) to the failure; a span over several lines is narrowed to its last character.
+fn point_at_end(text: &str, span: SourceSpan) -> SourceSpan {
+    let (start, end) = (span.offset(), (span.offset() + span.len()).min(text.len()));
+    match text.get(start..end) {
+        Some(s) if s.contains('\n') => {
+            let trimmed = s.trim_end();
+            let last = trimmed.chars().last().map_or(0, char::len_utf8);
+            SourceSpan::new((start + trimmed.len() - last).into(), last)
+        }
+        _ => span,
+    }
+}
+
+impl Sources {
+    pub fn new() -> Self {
+        Sources {
+            files: Vec::new(),
+            srcs: Vec::new(),
+            rel_dirs: Vec::new(),
+            canon: Vec::new(),
+            nodes: Vec::new(),
+            sweeps: Vec::new(),
+            diags: Vec::new(),
+            syntax_failed: false,
+        }
+    }
+
+    /// Registers a source text; returns its index.
+    pub fn add(&mut self, name: String, path: PathBuf, text: String, rel_dir: PathBuf) -> usize {
+        let canon = if path.as_os_str().is_empty() {
+            None
+        } else {
+            Some(path.canonicalize().unwrap_or_else(|_| normalize(&path)))
+        };
+        self.srcs
+            .push(Arc::new(NamedSource::new(name.clone(), text.clone())));
+        self.files.push(SourceFile { name, path, text });
+        self.rel_dirs.push(rel_dir);
+        self.canon.push(canon);
+        self.files.len() - 1
+    }
+
+    pub fn text(&self, file: usize) -> &str {
+        &self.files[file].text
+    }
+
+    /// Parses file `file`, follows its includes (depth first, in order) and collects items.
+    /// `chain` holds the files currently being included (for cycle reports).
+    pub fn load_file(&mut self, file: usize, chain: &mut Vec<usize>) {
+        let doc = match KdlDocument::parse_v2(self.text(file)) {
+            Ok(d) => d,
+            Err(e) => {
+                self.syntax_failed = true;
+                for d in &e.diagnostics {
+                    let diag = self.syntax_diag(file, d);
+                    self.diags.push(diag);
+                }
+                return;
+            }
+        };
+        chain.push(file);
+        for node in doc.nodes() {
+            match node.name().value() {
+                "include" => self.include(file, node, chain),
+                "sweep" => self.sweeps.push((file, node.clone())),
+                _ => self.nodes.push((file, node.clone())),
+            }
+        }
+        chain.pop();
+    }
+
+    fn syntax_diag(&self, file: usize, d: &kdl::KdlDiagnostic) -> Diag {
+        let text = self.text(file);
+        let span = point_at_end(text, d.span);
+        let at = span.offset().min(text.len());
+        let word: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
+            .collect();
+        let msg = d.message.clone().unwrap_or_else(|| "syntax error".into());
+        let mut diag = Diag::at(
+            &self.srcs[file],
+            span,
+            format!("KDL syntax error: {}", msg.trim_end_matches('.')),
+            d.label.clone().unwrap_or_else(|| "here".into()),
+        );
+        let help = match word.as_str() {
+            "true" | "false" | "null" => Some(format!(
+                "KDL 2.0 keywords start with `#`: write `#{word}` (or quote it for a string)"
+            )),
+            _ => d.help.clone(),
+        };
+        diag = diag.help_opt(help);
+        diag
+    }
+
+    fn include(&mut self, file: usize, node: &KdlNode, chain: &mut Vec<usize>) {
+        let src = self.srcs[file].clone();
+        let text = self.files[file].text.clone();
+        let name_span = node.name().span();
+        let args: Vec<&KdlEntry> = node.entries().iter().collect();
+        let arg = match args.as_slice() {
+            [e] if e.name().is_none() => e,
+            _ => {
+                self.diags.push(
+                    Diag::at(&src, name_span, "`include` takes exactly one path", "here")
+                        .help("write `include \"relative/path.kdl\"`"),
+                );
+                return;
+            }
+        };
+        let vspan = value_span(&text, arg);
+        let KdlValue::String(rel) = arg.value() else {
+            self.diags.push(Diag::at(
+                &src,
+                vspan,
+                "`include` expects a path string",
+                "not a string",
+            ));
+            return;
+        };
+        if node.children().is_some() {
+            self.diags.push(Diag::at(
+                &src,
+                name_span,
+                "`include` takes no children block",
+                "here",
+            ));
+        }
+        let parent = &self.files[file];
+        let real = parent
+            .path
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(rel.as_str());
+        let shown = normalize(
+            &Path::new(&parent.name)
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(rel.as_str()),
+        );
+        let rel_dir = normalize(&self.rel_dirs[file].join(rel.as_str()))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let canon = real.canonicalize().ok();
+        if let Some(c) = &canon {
+            if let Some(pos) = chain
+                .iter()
+                .position(|f| self.canon[*f].as_ref() == Some(c))
+            {
+                let mut names: Vec<String> = chain[pos..]
+                    .iter()
+                    .map(|f| self.files[*f].name.clone())
+                    .collect();
+                names.push(self.files[chain[pos]].name.clone());
+                self.diags.push(
+                    Diag::at(
+                        &src,
+                        vspan,
+                        format!("include cycle: {}", names.join(" → ")),
+                        "this include closes the cycle",
+                    )
+                    .help("remove one of the includes; a file may not include itself, even indirectly"),
+                );
+                return;
+            }
+            if self.canon.iter().any(|x| x.as_ref() == Some(c)) {
+                // Included already (diamond): each file's nodes are merged once.
+                return;
+            }
+        }
+        let body = match std::fs::read_to_string(&real) {
+            Ok(t) => t,
+            Err(e) => {
+                self.diags.push(
+                    Diag::at(
+                        &src,
+                        vspan,
+                        format!("cannot read included file `{}`: {e}", show_path(&shown)),
+                        "included here",
+                    )
+                    .help("include paths are relative to the directory of the including file"),
+                );
+                return;
+            }
+        };
+        let idx = self.add(show_path(&shown), real, body, rel_dir);
+        self.load_file(idx, chain);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("a/./b/../c")), PathBuf::from("a/c"));
+        assert_eq!(
+            normalize(Path::new("../x/../../y")),
+            PathBuf::from("../../y")
+        );
+        assert_eq!(normalize(Path::new("/a/../../b")), PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn value_span_is_exact() {
+        let text = "n a=1   b=\"x y\" /* c */ d=3 // c\n";
+        let doc = KdlDocument::parse_v2(text).unwrap();
+        let node = &doc.nodes()[0];
+        let spans: Vec<&str> = node
+            .entries()
+            .iter()
+            .map(|e| {
+                let s = value_span(text, e);
+                &text[s.offset()..s.offset() + s.len()]
+            })
+            .collect();
+        assert_eq!(spans, vec!["1", "\"x y\"", "3"]);
+        let e = entry_span(text, &node.entries()[1]);
+        assert_eq!(&text[e.offset()..e.offset() + e.len()], "b=\"x y\"");
+    }
+}

@@ -1,0 +1,178 @@
+//! Resolving references, finding reference cycles and running each kind's `check`.
+//!
+//! A reference must name a node of the recipe whose kind `produces` one of the artifact types
+//! the parameter allows. References of sweep values count too (a swept `Ref` may point at any
+//! of its values), so a cycle through any of them is reported: once per back edge found by a
+//! depth-first walk in declaration order, with the whole path `a → b → c → a`.
+
+use crate::diag::Diag;
+use crate::recipe::Loc;
+use crate::suggest;
+use crate::validate::Validator;
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Validator<'_> {
+    /// Checks every pending reference; returns the valid edges (owner → target, where written).
+    pub fn resolve_refs(&mut self) -> BTreeMap<String, Vec<(String, Loc)>> {
+        let refs = std::mem::take(&mut self.refs);
+        let mut edges: BTreeMap<String, Vec<(String, Loc)>> = BTreeMap::new();
+        let names: Vec<String> = self.names.keys().cloned().collect();
+        for r in &refs {
+            let src = self.src(r.loc.file);
+            let Some(info) = self.names.get(&r.target) else {
+                let mut hint = suggest::did_you_mean(&r.target, names.iter().map(String::as_str))
+                    .map(|c| format!("did you mean `{c}`?"))
+                    .unwrap_or_default();
+                if hint.is_empty() {
+                    let fit: Vec<&str> = self
+                        .names
+                        .iter()
+                        .filter(|(_, i)| {
+                            r.allowed.is_empty()
+                                || i.produces.is_some_and(|p| r.allowed.contains(&p))
+                        })
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    hint = if fit.is_empty() {
+                        format!("the recipe declares no {} node", r.allowed.join(" or "))
+                    } else {
+                        format!("nodes that fit: {}", suggest::list(&fit))
+                    };
+                }
+                let d = Diag::at(
+                    &src,
+                    r.loc.span,
+                    format!(
+                        "`{}` of `{}` refers to unknown node `{}`",
+                        r.param, r.owner, r.target
+                    ),
+                    "no node of this name",
+                )
+                .help(hint);
+                self.push(d);
+                self.failed.insert(r.owner.clone());
+                continue;
+            };
+            let (Some(kind), Some(produces)) = (info.kind, info.produces) else {
+                continue; // unknown kind: already reported
+            };
+            if !r.allowed.is_empty() && !r.allowed.contains(&produces) {
+                let decl_loc = info.loc;
+                let d = Diag::at(
+                    &src,
+                    r.loc.span,
+                    format!(
+                        "`{}` of `{}` expects a {} node, but `{}` is a `{kind}` node",
+                        r.param,
+                        r.owner,
+                        r.allowed.join(" or "),
+                        r.target
+                    ),
+                    "wrong kind of node",
+                )
+                .also(&self.src(decl_loc.file), decl_loc.span, "declared here");
+                self.push(d);
+                self.failed.insert(r.owner.clone());
+                continue;
+            }
+            edges
+                .entry(r.owner.clone())
+                .or_default()
+                .push((r.target.clone(), r.loc));
+        }
+        self.refs = refs;
+        edges
+    }
+
+    /// Reports every reference cycle (one error per cycle, at the reference closing it).
+    pub fn cycles(&mut self, edges: &BTreeMap<String, Vec<(String, Loc)>>) {
+        let order: Vec<String> = self.decls.iter().map(|d| d.name.clone()).collect();
+        let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = on stack, 2 = done
+        let mut found: Vec<(Vec<String>, Loc)> = Vec::new();
+        let mut stack: Vec<String> = Vec::new();
+        for n in &order {
+            if !state.contains_key(n.as_str()) {
+                dfs(n, edges, &mut state, &mut stack, &mut found);
+            }
+        }
+        let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+        for (cycle, loc) in found {
+            let mut key = cycle.clone();
+            key.sort();
+            if !reported.insert(key) {
+                continue;
+            }
+            let mut path = cycle.clone();
+            path.push(cycle[0].clone());
+            for n in &cycle {
+                self.failed.insert(n.clone());
+            }
+            let d = Diag::at(
+                &self.src(loc.file),
+                loc.span,
+                format!("reference cycle: {}", path.join(" → ")),
+                "this reference closes the cycle",
+            )
+            .help("a node cannot depend on itself, even through other nodes");
+            self.push(d);
+        }
+    }
+
+    /// Runs each valid node's kind `check`, reporting issues at the named parameter.
+    pub fn run_checks(&mut self) {
+        let mut out = Vec::new();
+        for d in &self.decls {
+            if self.failed.contains(&d.name) {
+                continue;
+            }
+            let Some(check) = self.reg.get(&d.kind).and_then(|k| k.check) else {
+                continue;
+            };
+            for issue in check(d) {
+                let loc = issue
+                    .param
+                    .as_ref()
+                    .and_then(|p| d.param_locs.get(p))
+                    .copied()
+                    .unwrap_or(d.loc);
+                let diag = Diag::at(
+                    &self.src(loc.file),
+                    loc.span,
+                    format!("`{}`: {}", d.name, issue.message),
+                    "here",
+                )
+                .help_opt(issue.hint);
+                out.push(diag);
+            }
+        }
+        for d in out {
+            self.push(d);
+        }
+    }
+}
+
+fn dfs<'e>(
+    n: &'e str,
+    edges: &'e BTreeMap<String, Vec<(String, Loc)>>,
+    state: &mut BTreeMap<&'e str, u8>,
+    stack: &mut Vec<String>,
+    found: &mut Vec<(Vec<String>, Loc)>,
+) {
+    state.insert(n, 1);
+    stack.push(n.to_string());
+    if let Some(out) = edges.get(n) {
+        for (t, loc) in out {
+            match state.get(t.as_str()) {
+                Some(1) => {
+                    if let Some(pos) = stack.iter().position(|s| s == t) {
+                        found.push((stack[pos..].to_vec(), *loc));
+                    }
+                }
+                Some(_) => {}
+                None => dfs(t, edges, state, stack, found),
+            }
+        }
+    }
+    stack.pop();
+    state.insert(n, 2);
+}

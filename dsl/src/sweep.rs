@@ -1,0 +1,282 @@
+//! Sweep blocks: `sweep { node.param v1 v2 …; zip { a.x 1 2; b.y 3 4 } }`.
+//!
+//! Each plain member is one axis; a `zip` group is one axis whose members vary together (equal
+//! numbers of values). Axes combine as a grid. A member must name an existing node and one of
+//! its *semantic* parameters (a non-semantic one would give identical variants), not a record;
+//! each value is type-checked like a value in the file (references and paths too); a value of a
+//! repeated or `List` parameter is a one-item list. A (node, param) may be swept once, and a
+//! value listed once. A `--set` on the same node.param removes that member (and an axis left
+//! empty).
+
+use crate::diag::Diag;
+use crate::parse::value_span;
+use crate::recipe::{Axis, AxisMember, Loc};
+use crate::schema::ParamType;
+use crate::suggest;
+use crate::validate::Validator;
+use crate::value::Value;
+use kdl::KdlNode;
+use std::collections::BTreeMap;
+
+/// Splits `node.param` at its first dot.
+fn split_member(s: &str) -> Option<(&str, &str)> {
+    let (n, p) = s.split_once('.')?;
+    (!n.is_empty() && !p.is_empty()).then_some((n, p))
+}
+
+impl Validator<'_> {
+    /// Records which (node, param) the sweeps name, before nodes are validated (a required
+    /// parameter may be given by a sweep).
+    pub fn prescan_sweeps(&mut self) {
+        let mut found = Vec::new();
+        for (_, sw) in &self.s.sweeps {
+            for c in sw.iter_children() {
+                let members: Vec<&KdlNode> = if c.name().value() == "zip" {
+                    c.iter_children().collect()
+                } else {
+                    vec![c]
+                };
+                for m in members {
+                    if let Some((n, p)) = split_member(m.name().value()) {
+                        found.push((n.to_string(), p.to_string()));
+                    }
+                }
+            }
+        }
+        self.swept.extend(found);
+    }
+
+    /// Validates all sweep blocks into axes.
+    pub fn sweeps(&mut self) -> Vec<Axis> {
+        let sweeps = std::mem::take(&mut self.s.sweeps);
+        let mut axes = Vec::new();
+        let mut seen: BTreeMap<(String, String), Loc> = BTreeMap::new();
+        for (file, sw) in &sweeps {
+            let src = self.src(*file);
+            if !sw.entries().is_empty() {
+                let d = Diag::at(&src, sw.name().span(), "`sweep` takes no arguments", "here")
+                    .help("write the axes inside the block: `sweep { node.param v1 v2 }`");
+                self.push(d);
+            }
+            let Some(children) = sw.children() else {
+                let d = Diag::at(
+                    &src,
+                    sw.name().span(),
+                    "`sweep` needs a block of axes",
+                    "here",
+                )
+                .help("write `sweep { node.param v1 v2 }`");
+                self.push(d);
+                continue;
+            };
+            for c in children.nodes() {
+                let loc = Loc {
+                    file: *file,
+                    span: c.name().span(),
+                };
+                if c.name().value() == "zip" {
+                    let mut members = Vec::new();
+                    let mut lens = Vec::new();
+                    for m in c.iter_children() {
+                        if m.name().value() == "zip" {
+                            let d = Diag::at(
+                                &src,
+                                m.name().span(),
+                                "`zip` groups cannot be nested",
+                                "nested zip",
+                            );
+                            self.push(d);
+                            continue;
+                        }
+                        if let Some(mem) = self.member(*file, m, &mut seen) {
+                            lens.push((mem.node.clone(), mem.param.clone(), mem.values.len()));
+                            members.push(mem);
+                        }
+                    }
+                    if lens.iter().any(|l| l.2 != lens[0].2) {
+                        let desc: Vec<String> = lens
+                            .iter()
+                            .map(|(n, p, l)| format!("{n}.{p} has {l}"))
+                            .collect();
+                        let d = Diag::at(
+                            &src,
+                            c.name().span(),
+                            "members of a `zip` must have the same number of values",
+                            "lengths differ",
+                        )
+                        .help(desc.join(", "));
+                        self.push(d);
+                        continue;
+                    }
+                    if !members.is_empty() {
+                        axes.push(Axis { members, loc });
+                    }
+                } else if let Some(mem) = self.member(*file, c, &mut seen) {
+                    axes.push(Axis {
+                        members: vec![mem],
+                        loc,
+                    });
+                }
+            }
+        }
+        self.s.sweeps = sweeps;
+        axes
+    }
+
+    /// One `node.param v1 v2 …` line; None when invalid or overridden by `--set`.
+    fn member(
+        &mut self,
+        file: usize,
+        m: &KdlNode,
+        seen: &mut BTreeMap<(String, String), Loc>,
+    ) -> Option<AxisMember> {
+        let src = self.src(file);
+        let text = self.s.text(file).to_string();
+        let label = m.name().value().to_string();
+        let nspan = m.name().span();
+        let Some((node, param)) = split_member(&label) else {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("sweep axis `{label}` must be written `node.param`"),
+                "not node.param",
+            )
+            .help("write `sweep { node.param v1 v2 }` or group axes that vary together in `zip { … }`");
+            self.push(d);
+            return None;
+        };
+        let Some(info) = self.names.get(node) else {
+            let names: Vec<&str> = self.names.keys().map(String::as_str).collect();
+            let hint = suggest::hint(node, &names)
+                .unwrap_or_else(|| format!("nodes: {}", suggest::list(&names)));
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("sweep axis `{label}` names unknown node `{node}`"),
+                "unknown node",
+            )
+            .help(hint);
+            self.push(d);
+            return None;
+        };
+        let schema = self.reg.get(info.kind?)?;
+        let pnames: Vec<&str> = schema.params.iter().map(|p| p.name).collect();
+        let Some(spec) = schema.find_param(param) else {
+            let mut hint = suggest::hint(param, &pnames).unwrap_or_default();
+            if !hint.is_empty() {
+                hint.push(' ');
+            }
+            hint.push_str(&format!(
+                "`{}` parameters: {}",
+                schema.name,
+                suggest::list(&pnames)
+            ));
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!(
+                    "sweep axis `{label}`: `{node}` (a `{}` node) has no parameter `{param}`",
+                    schema.name
+                ),
+                "unknown parameter",
+            )
+            .help(hint);
+            self.push(d);
+            return None;
+        };
+        if !spec.semantic {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("cannot sweep `{label}`: `{param}` does not change results"),
+                "not a semantic parameter",
+            )
+            .help("the variants would be identical; sweep a parameter that enters the node's key");
+            self.push(d);
+            return None;
+        }
+        if matches!(spec.ty, ParamType::Record { .. }) {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("cannot sweep `{label}`: record parameters cannot be swept"),
+                "record parameter",
+            );
+            self.push(d);
+            return None;
+        }
+        let key = (node.to_string(), spec.name.to_string());
+        if let Some(prev) = seen.get(&key) {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("`{label}` is swept twice"),
+                "swept again here",
+            )
+            .also(&self.src(prev.file), prev.span, "first swept here")
+            .help("merge the values into one axis");
+            self.push(d);
+            return None;
+        }
+        seen.insert(key, Loc { file, span: nspan });
+        if self
+            .overrides
+            .iter()
+            .any(|o| o.node == node && o.param == param)
+        {
+            return None; // --set replaces the axis member
+        }
+        if m.children().is_some() || m.entries().iter().any(|e| e.name().is_some()) {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("sweep axis `{label}` takes only values"),
+                "here",
+            )
+            .help(format!("write `{label} v1 v2 …`"));
+            self.push(d);
+            return None;
+        }
+        if m.entries().is_empty() {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("sweep axis `{label}` has no values"),
+                "here",
+            )
+            .help(format!("write `{label} v1 v2 …`"));
+            self.push(d);
+            return None;
+        }
+        let wrap = spec.repeated || matches!(spec.ty, ParamType::List(_));
+        let mut values: Vec<Value> = Vec::new();
+        let mut ok = true;
+        for e in m.entries() {
+            let sp = value_span(&text, e);
+            let node_s = node.to_string();
+            match self.scalar(&node_s, spec.name, e.value(), &spec.ty, file, sp) {
+                Some(v) => {
+                    let v = if wrap { Value::List(vec![v]) } else { v };
+                    if values.contains(&v) {
+                        let d = Diag::at(
+                            &src,
+                            sp,
+                            format!("sweep axis `{label}` lists `{}` twice", v.display()),
+                            "repeated value",
+                        );
+                        self.push(d);
+                        ok = false;
+                    } else {
+                        values.push(v);
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        ok.then(|| AxisMember {
+            node: node.to_string(),
+            param: spec.name.to_string(),
+            values,
+        })
+    }
+}

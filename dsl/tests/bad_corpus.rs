@@ -1,0 +1,189 @@
+//! The bad-recipe corpus (`tests/bad/recipes/*.kdl`) through `dsl::load` with the test
+//! registry: each file yields the expected number of errors and a key phrase, never a panic,
+//! and renders deterministically. (The e2e harness snapshots `temper check` on the same files.)
+mod common;
+
+use std::path::{Path, PathBuf};
+
+/// (file, expected error count, phrase one of the messages contains).
+const EXPECT: &[(&str, usize, &str)] = &[
+    ("01-syntax-unclosed-brace.kdl", 2, "KDL syntax error"),
+    ("02-syntax-unterminated-string.kdl", 1, "KDL syntax error"),
+    ("03-syntax-bare-true.kdl", 1, "KDL syntax error"),
+    ("04-syntax-bad-number.kdl", 1, "KDL syntax error"),
+    ("05-syntax-missing-value.kdl", 1, "KDL syntax error"),
+    ("06-unknown-kind.kdl", 1, "unknown node kind `datset`"),
+    (
+        "07-unknown-param.kdl",
+        1,
+        "unknown parameter `skip-invalids`",
+    ),
+    ("08-mistyped-int.kdl", 1, "`tiny.layers` expects an integer"),
+    (
+        "09-mistyped-float.kdl",
+        1,
+        "`tiny.rope-theta` expects a number",
+    ),
+    (
+        "10-mistyped-bool.kdl",
+        1,
+        "`corpus.skip-invalid` expects a boolean",
+    ),
+    ("11-mistyped-enum.kdl", 1, "unknown value `message`"),
+    (
+        "12-missing-required.kdl",
+        1,
+        "missing required parameter `format`",
+    ),
+    (
+        "13-missing-reference.kdl",
+        1,
+        "refers to unknown node `tokk`",
+    ),
+    (
+        "14-wrong-ref-type.kdl",
+        1,
+        "but `corpus` is a `dataset` node",
+    ),
+    (
+        "15-cycle-two-nodes.kdl",
+        1,
+        "reference cycle: tok → tiny → tok",
+    ),
+    (
+        "16-cycle-four-nodes.kdl",
+        1,
+        "reference cycle: tok-a → m-b → tok-b → m-a → tok-a",
+    ),
+    ("17-duplicate-name.kdl", 1, "duplicate node name `corpus`"),
+    (
+        "18-duplicate-across-include.kdl",
+        1,
+        "duplicate node name `chat`",
+    ),
+    (
+        "19-include-missing-file.kdl",
+        1,
+        "cannot read included file",
+    ),
+    ("20-include-cycle.kdl", 1, "include cycle"),
+    ("21-sweep-unknown-node.kdl", 1, "names unknown node `tinyy`"),
+    ("22-sweep-unknown-param.kdl", 1, "has no parameter `layer`"),
+    ("23-sweep-non-semantic.kdl", 1, "cannot sweep `tiny.device`"),
+    (
+        "24-sweep-zip-length-mismatch.kdl",
+        1,
+        "same number of values",
+    ),
+    (
+        "25-sweep-mistyped-value.kdl",
+        1,
+        "`tiny.layers` expects an integer",
+    ),
+    (
+        "26-sweep-duplicate-axis.kdl",
+        1,
+        "`tiny.layers` is swept twice",
+    ),
+    (
+        "27-set-unknown-node.kdl",
+        1,
+        "--set names unknown node `tinny`",
+    ),
+    (
+        "28-set-mistyped-value.kdl",
+        1,
+        "`tiny.layers` expects an integer",
+    ),
+    ("29-set-unknown-param.kdl", 1, "unknown parameter `hidden`"),
+    ("30-missing-data-file.kdl", 1, "file not found"),
+    ("31-multiple-errors.kdl", 4, "refers to unknown node `tokk`"),
+    ("32-check-tokenizer-no-mode.kdl", 1, "exactly one source"),
+    (
+        "33-check-model-path-and-size.kdl",
+        1,
+        "size parameters apply only when initialising",
+    ),
+    ("34-check-model-heads.kdl", 1, "not divisible by heads 5"),
+    ("35-node-without-name.kdl", 1, "`dataset` node has no name"),
+    ("36-param-set-twice.kdl", 1, "`format` is set twice"),
+    ("37-unknown-record-field.kdl", 1, "unknown field `promt`"),
+    ("38-out-of-range.kdl", 1, "must be at least 1"),
+    ("39-check-model-two-sources.kdl", 1, "exactly one of `path`"),
+    ("40-include-relative-path.kdl", 1, "file not found"),
+    ("41-unexpected-argument.kdl", 2, "unexpected argument"),
+    ("42-set-bare-keyword.kdl", 1, "bad value in override"),
+];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bad/recipes")
+}
+
+/// `--set` arguments from a first-line comment `// args: --set a.b=1`.
+fn sets(text: &str) -> Vec<String> {
+    let Some(rest) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().strip_prefix("// args:"))
+    else {
+        return Vec::new();
+    };
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "--set")
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
+#[test]
+fn every_corpus_file_has_an_expectation() {
+    let mut files: Vec<String> = std::fs::read_dir(dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".kdl"))
+        .collect();
+    files.sort();
+    let listed: Vec<String> = EXPECT.iter().map(|e| e.0.to_string()).collect();
+    assert_eq!(files, listed);
+    assert!(files.len() >= 30);
+}
+
+#[test]
+fn corpus_files_fail_with_the_expected_errors() {
+    let reg = common::registry();
+    let mut failures = Vec::new();
+    for (file, count, phrase) in EXPECT {
+        let path = dir().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let result = std::panic::catch_unwind(|| dsl::load(&path, &reg, &sets(&text)));
+        let Ok(result) = result else {
+            failures.push(format!("{file}: PANIC"));
+            continue;
+        };
+        let Err(e) = result else {
+            failures.push(format!("{file}: loaded without errors"));
+            continue;
+        };
+        let rendered = e.render();
+        if std::env::var_os("SHOW_CORPUS").is_some() {
+            println!("===== {file}\n{rendered}");
+        }
+        if e.len() != *count || !e.messages().iter().any(|m| m.contains(phrase)) {
+            failures.push(format!(
+                "{file}: expected {count} error(s) with {phrase:?}, got:\n{rendered}"
+            ));
+        }
+        // Every located error shows file:line:col of this corpus (or the --set pseudo-source).
+        assert!(
+            rendered.contains(".kdl:") || rendered.contains("[--set:"),
+            "{file}: {rendered}"
+        );
+        assert_eq!(
+            rendered,
+            dsl::load(&path, &reg, &sets(&text)).unwrap_err().render()
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
