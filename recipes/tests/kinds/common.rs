@@ -1,0 +1,142 @@
+//! Test helpers: a `StageCtx` built the way the runner builds one (defaults filled from the
+//! kind's schema), temporary directories, and data-file writers.
+
+use dsl::{Default as D, Value};
+use recipes::{CancelToken, InputArtifact, MetricsSink, NoProgress, Stage, StageCtx, StageError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A project directory plus output directories for the stages run in it.
+pub struct Env {
+    pub root: tempfile::TempDir,
+    outs: std::cell::RefCell<Vec<tempfile::TempDir>>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            root: tempfile::tempdir().unwrap(),
+            outs: Default::default(),
+        }
+    }
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+    /// Writes `text` to `rel` under the project, creating directories.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.root().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Builds the context for `stage` with `params` (the rest defaulted from the schema) and
+    /// `inputs` (parameter path → artifact directory of a node named after the path).
+    pub fn ctx(
+        &self,
+        stage: &dyn Stage,
+        params: &[(&str, Value)],
+        inputs: &[(&str, &Path)],
+    ) -> StageCtx {
+        let schema = stage.schema();
+        let mut full = BTreeMap::new();
+        for p in &schema.params {
+            let v = match &p.default {
+                D::Value(v) => v.clone(),
+                _ => Value::Null,
+            };
+            full.insert(p.name.to_string(), v);
+        }
+        for (k, v) in params {
+            assert!(schema.find_param(k).is_some(), "unknown parameter {k}");
+            full.insert(k.to_string(), v.clone());
+        }
+        let out = tempfile::tempdir().unwrap();
+        let work = out.path().join("work");
+        let out_dir = out.path().join("out");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let ctx = StageCtx {
+            node: "test".into(),
+            kind: schema.name.into(),
+            key: "0".repeat(64),
+            params: full,
+            root_dir: self.root().to_path_buf(),
+            inputs: inputs
+                .iter()
+                .map(|(k, d)| {
+                    (
+                        k.to_string(),
+                        InputArtifact {
+                            node: k.to_string(),
+                            kind: "?".into(),
+                            produces: "?".into(),
+                            key: "1".repeat(64),
+                            dir: d.to_path_buf(),
+                        },
+                    )
+                })
+                .collect(),
+            out_dir,
+            metrics: MetricsSink::new(work.join("metrics.jsonl")),
+            work_dir: work,
+            device: "cpu".into(),
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::new(),
+        };
+        self.outs.borrow_mut().push(out);
+        ctx
+    }
+
+    /// Runs `stage`; returns (summary, out_dir).
+    pub fn run(
+        &self,
+        stage: &dyn Stage,
+        params: &[(&str, Value)],
+        inputs: &[(&str, &Path)],
+    ) -> Result<(serde_json::Value, PathBuf), StageError> {
+        let ctx = self.ctx(stage, params, inputs);
+        stage.run(&ctx).map(|s| (s, ctx.out_dir.clone()))
+    }
+
+    /// Runs `stage` expecting a user error; returns "message\nhint".
+    pub fn user_err(
+        &self,
+        stage: &dyn Stage,
+        params: &[(&str, Value)],
+        inputs: &[(&str, &Path)],
+    ) -> (String, String) {
+        match self.run(stage, params, inputs) {
+            Err(StageError::User { message, hint }) => (message, hint.unwrap_or_default()),
+            Err(e) => panic!("expected a user error, got {e:?}"),
+            Ok((s, _)) => panic!("expected a user error, got success: {s}"),
+        }
+    }
+}
+
+pub fn s(v: &str) -> Value {
+    Value::Str(v.into())
+}
+pub fn p(v: &str) -> Value {
+    Value::Path(v.into())
+}
+pub fn r(v: &str) -> Value {
+    Value::Ref(v.into())
+}
+pub fn i(v: i64) -> Value {
+    Value::Int(v)
+}
+pub fn b(v: bool) -> Value {
+    Value::Bool(v)
+}
+pub fn fields(pairs: &[(&str, &str)]) -> Value {
+    Value::Record(pairs.iter().map(|(k, v)| (k.to_string(), s(v))).collect())
+}
+
+/// Loads `text` as a recipe with temper's registry; returns the diagnostics' messages (empty when valid).
+pub fn check_messages(root: &Path, text: &str) -> Vec<String> {
+    match dsl::load_str("recipe.kdl", text, root, &recipes::registry(), &[]) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.messages(),
+    }
+}

@@ -1,0 +1,9 @@
+//! Tests of the `dataset`, `tokenizer` and `model` kinds, run through the `Stage` interface
+//! with a `StageCtx` built as the runner builds it. One binary: linking libtorch is slow.
+
+mod common;
+mod corpus;
+mod dataset;
+mod model;
+mod pq;
+mod tokenizer;
