@@ -6,7 +6,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 TORCH_STAMP := $(VENV)/.torch-2.11.0
-HELPERS_STAMP := $(VENV)/.test-helpers-1
+HELPERS_STAMP := $(VENV)/.test-helpers
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
@@ -47,7 +47,7 @@ $(TORCH_STAMP): | $(PY)
 	  || $(PY) -m pip install --no-input --disable-pip-version-check torch==2.11.0
 	touch $@
 
-$(HELPERS_STAMP): | $(PY)
+$(HELPERS_STAMP): tests/requirements.txt | $(PY)
 	$(PY) -m pip install --no-input --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 

@@ -1,0 +1,105 @@
+//! Attention masks. A mask says, for every row `b`, query index `i` and key index `j` (indices in
+//! the row, not positions), whether `i` may attend to `j`:
+//!
+//! - [`AttnMask::Causal`]: `j ≤ i`;
+//! - [`AttnMask::Padding`]: `j ≤ i ∧ attention[b, j] = 1` (left or right padding);
+//! - [`AttnMask::Segments`]: `j ≤ i ∧ seg[b, i] = seg[b, j]` — block-diagonal causal attention
+//!   for packed rows (give padding its own segment id). Positions restart per segment, but the
+//!   caller passes them as `position_ids`; the mask only separates the segments.
+//!
+//! A sliding window `w` adds `i − j < w` (transformers' rule, on indices). A query that may attend
+//! to nothing (a left-padding token) attends to itself instead, so no row of the softmax is empty
+//! and no NaN can reach the real tokens through `0 · NaN`; logits at padding are unspecified.
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+/// Which keys each query sees; see the module docs.
+#[derive(Clone, Copy, Debug)]
+pub enum AttnMask<'a> {
+    Causal,
+    /// `[B, T]` of 0/1 (any integer or bool kind): 1 = real token.
+    Padding(&'a Tensor),
+    /// `[B, T]` integer segment ids.
+    Segments(&'a Tensor),
+}
+
+/// A mask ready for `scaled_dot_product_attention`: `None` = plain causal (`is_causal`), else a
+/// boolean `[B, 1, T, T]` (true = may attend).
+pub type Prepared = Option<Tensor>;
+
+impl AttnMask<'_> {
+    /// Checks the mask's shape against the input ids `[B, T]`.
+    pub fn check(&self, b: i64, t: i64) -> Result<()> {
+        if let AttnMask::Padding(m) | AttnMask::Segments(m) = self {
+            if m.size() != [b, t] {
+                bail!(
+                    "attention mask has shape {:?}, the input ids [{b}, {t}]",
+                    m.size()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The boolean mask for a layer with sliding window `window` on a sequence of length `t`.
+    pub fn prepare(&self, t: i64, window: Option<usize>, device: tch::Device) -> Result<Prepared> {
+        let window = window.map(|w| w as i64).filter(|w| *w < t);
+        if matches!(self, AttnMask::Causal) && window.is_none() {
+            return Ok(None);
+        }
+        let ones = Tensor::f_ones([t, t], (Kind::Bool, device))?;
+        let mut allowed = ones.f_tril(0)?;
+        if let Some(w) = window {
+            allowed = allowed.f_logical_and(&ones.f_triu(-(w - 1))?)?;
+        }
+        let allowed = allowed.f_view([1, 1, t, t])?;
+        let m = match self {
+            AttnMask::Causal => return Ok(Some(allowed)),
+            AttnMask::Padding(a) => {
+                let keys = a
+                    .f_ne(0)?
+                    .f_to_device(device)?
+                    .f_unsqueeze(1)?
+                    .f_unsqueeze(1)?;
+                allowed.f_logical_and(&keys)?
+            }
+            AttnMask::Segments(s) => {
+                let s = s.f_to_device(device)?;
+                let same = s
+                    .f_unsqueeze(2)?
+                    .f_eq_tensor(&s.f_unsqueeze(1)?)?
+                    .f_unsqueeze(1)?;
+                allowed.f_logical_and(&same)?
+            }
+        };
+        let empty = m.f_any_dim(-1, true)?.f_logical_not()?;
+        let eye = Tensor::f_eye(t, (Kind::Bool, device))?.f_view([1, 1, t, t])?;
+        Ok(Some(m.f_logical_or(&eye.f_logical_and(&empty)?)?))
+    }
+}
+
+/// Positions restarting at 0 at every change of segment id along a row: for `seg` `[B, T]`,
+/// `pos[b, i] = i − (first index of the run containing i)`. What a packer passes as
+/// `position_ids` with [`AttnMask::Segments`] (segments are contiguous runs).
+pub fn positions_from_segments(seg: &Tensor) -> Result<Tensor> {
+    let size = seg.size();
+    let [b, t] = size[..] else {
+        bail!("segment ids must be [B, T], got {size:?}")
+    };
+    let dev = seg.device();
+    let idx = Tensor::f_arange(t, (Kind::Int64, dev))?.f_expand([b, t], false)?;
+    if t == 0 {
+        return Ok(idx);
+    }
+    // start[b, i] = 1 where a run begins; the run's first index is the cumulative max of
+    // (start ? i : 0).
+    let first = Tensor::f_ones([b, 1], (Kind::Bool, dev))?;
+    let change = seg
+        .f_narrow(1, 1, t - 1)?
+        .f_ne_tensor(&seg.f_narrow(1, 0, t - 1)?)?;
+    let start = Tensor::f_cat(&[first, change], 1)?;
+    let begin = idx.f_where_self(&start, &idx.f_zeros_like()?)?;
+    let (run_start, _) = begin.f_cummax(1)?;
+    Ok(idx.f_sub(&run_start)?)
+}

@@ -1,0 +1,112 @@
+//! The causal language model: `model.embed_tokens`, `model.layers.N`, `model.norm`, `lm_head`
+//! (absent when embeddings are tied: the logits then use `embed_tokens`' weight).
+//!
+//! `logits = lm_head(norm(blocks(embed(ids))))`, computed in the variables' dtype.
+
+use super::config::ArchConfig;
+use super::layers::{Block, RmsNorm, Rope};
+use super::mask::AttnMask;
+use anyhow::{bail, Context, Result};
+use tch::nn::{Init, Path};
+use tch::{Kind, TchError, Tensor};
+
+/// A Llama-family decoder with its LM head.
+#[derive(Debug)]
+pub struct Model {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Tensor>,
+    pub rope: Rope,
+    pub config: ArchConfig,
+}
+
+impl Model {
+    /// Creates the variables under `root` (names as in the checkpoint) on the path's device, in
+    /// the var store's kind. Weights are zero (norms one) until loaded.
+    pub fn new(root: Path, cfg: &ArchConfig) -> Result<Self, TchError> {
+        let m = &root / "model";
+        let (v, h) = (cfg.vocab_size as i64, cfg.hidden_size as i64);
+        let embed_tokens = (&m / "embed_tokens").f_var("weight", &[v, h], Init::Const(0.0))?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| Block::new(&m / "layers" / i, cfg, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = RmsNorm::new(&m / "norm", cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_embeddings {
+            None
+        } else {
+            Some((&root / "lm_head").f_var("weight", &[v, h], Init::Const(0.0))?)
+        };
+        let rope = Rope::new(cfg, root.device())?;
+        Ok(Model {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Logits `[B, T, vocab]` in the model dtype for `input_ids` `[B, T]` (int64) at
+    /// `position_ids` `[B, T]`, with attention restricted by `mask`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: AttnMask,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, position_ids, mask)?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        Ok(h.f_linear::<&Tensor>(w, None)?)
+    }
+
+    /// The final normalised hidden states `[B, T, hidden]` (what the LM head reads).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: AttnMask,
+    ) -> Result<Tensor> {
+        let size = input_ids.size();
+        let [b, t] = size[..] else {
+            bail!("input ids must be [batch, time], got shape {size:?}")
+        };
+        if position_ids.size() != size {
+            bail!(
+                "position ids have shape {:?}, the input ids {size:?}",
+                position_ids.size()
+            );
+        }
+        mask.check(b, t)?;
+        let dev = self.embed_tokens.device();
+        let kind = self.embed_tokens.f_kind()?;
+        let ids = input_ids.f_to_device(dev)?.f_to_kind(Kind::Int64)?;
+        let pos = position_ids.f_to_device(dev)?;
+        let mut x = Tensor::f_embedding(&self.embed_tokens, &ids, -1, false, false)
+            .context("embedding lookup (is every token id below vocab_size?)")?;
+        let (cos, sin) = self.rope.cos_sin(&pos, kind)?;
+        // At most two distinct masks: full causal and one sliding window.
+        let full = mask.prepare(t, None, dev)?;
+        let mut sliding: Option<(usize, super::mask::Prepared)> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let m = match layer.window {
+                None => &full,
+                Some(w) => {
+                    if sliding.as_ref().map(|(sw, _)| *sw) != Some(w) {
+                        sliding = Some((w, mask.prepare(t, Some(w), dev)?));
+                    }
+                    sliding
+                        .as_ref()
+                        .map(|(_, m)| m)
+                        .context("mask prepared above")?
+                }
+            };
+            x = layer
+                .forward(&x, &cos, &sin, m)
+                .with_context(|| format!("layer {i}"))?;
+        }
+        Ok(self.norm.forward(&x)?)
+    }
+}
