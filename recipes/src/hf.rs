@@ -86,7 +86,11 @@ impl HfConfig {
     }
     /// q/k/v projections carry a bias: always for qwen2, else `attention_bias`.
     pub fn qkv_bias(&self) -> bool {
-        self.model_type == "qwen2" || self.attention_bias.unwrap_or(false)
+        self.model_type == "qwen2" || (self.model_type == "llama" && self.attention_bias.unwrap_or(false))
+    }
+    /// Llama's `attention_bias` also puts a bias on `o_proj` (as transformers does).
+    pub fn o_bias(&self) -> bool {
+        self.model_type == "llama" && self.attention_bias.unwrap_or(false)
     }
     pub fn is_llama_family(&self) -> bool {
         LLAMA_FAMILY.contains(&self.model_type.as_str())
@@ -438,6 +442,9 @@ pub fn expected_tensors(cfg: &HfConfig) -> Vec<(String, Vec<usize>)> {
             t.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
         }
         t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+        if cfg.o_bias() {
+            t.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
+        }
         t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         t.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
         t.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));

@@ -110,7 +110,8 @@ mod tests {
     #[test]
     fn nested_changes_have_dotted_paths() {
         let a = json!({"kind": "x", "params": {"lr": "f:0.1", "s": [{"w": 1}, {"w": 2}]}});
-        let b = json!({"kind": "x", "params": {"lr": "f:0.2", "s": [{"w": 1}, {"w": 3}], "new": 1}});
+        let b =
+            json!({"kind": "x", "params": {"lr": "f:0.2", "s": [{"w": 1}, {"w": 3}], "new": 1}});
         let d = diff(&a, &b);
         assert_eq!(d.len(), 3);
         assert_eq!(d[0].path, "params.lr");

@@ -1,0 +1,165 @@
+//! The `temper` command line: global options and one file per subcommand, each holding its
+//! clap arguments and a `run` that calls into the library and returns the exit code
+//! (0 success, 1 failure, 2 recipe or usage error).
+
+pub mod check;
+pub mod export;
+pub mod gc;
+pub mod kinds;
+pub mod ls;
+pub mod pin;
+pub mod plan;
+pub mod run;
+pub mod show;
+pub mod status;
+pub mod unpin;
+pub mod verify;
+pub mod why;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// temper: run LLM post-training recipes with cached, resumable, explained steps.
+#[derive(Parser, Debug)]
+#[command(name = "temper", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Store directory.
+    #[arg(long, global = true, env = "TEMPER_STORE", default_value = ".temper")]
+    pub store: PathBuf,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Global {
+    pub fn verbosity(&self) -> i8 {
+        if self.quiet {
+            -1
+        } else {
+            self.verbose.min(3) as i8
+        }
+    }
+    /// Opens (creating) the store.
+    pub fn open_store(&self) -> Result<store::Store> {
+        store::Store::open(&self.store)
+            .with_context(|| format!("opening the store at {}", self.store.display()))
+    }
+}
+
+/// The recipe and `--set` overrides shared by recipe commands.
+#[derive(Args, Debug, Clone)]
+pub struct RecipeArgs {
+    /// The recipe file (.kdl).
+    pub recipe: PathBuf,
+    /// Override a parameter: `node.param=value` (same grammar as in the file); repeatable.
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl RecipeArgs {
+    pub fn load(&self, kinds: &crate::Kinds) -> Result<crate::plan::Loaded> {
+        crate::plan::load(&self.recipe, &kinds.registry, &self.set)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Parse, validate and expand a recipe.
+    Check(check::CheckArgs),
+    /// Show what a run would do and why.
+    Plan(plan::PlanArgs),
+    /// Run a recipe.
+    Run(run::RunArgs),
+    /// What changed for a node since it was last built.
+    Why(why::WhyArgs),
+    /// The current or last run.
+    Status(status::StatusArgs),
+    /// A node's record, artifact, summary and log.
+    Show(show::ShowArgs),
+    /// Every finished artifact in the store.
+    Ls(ls::LsArgs),
+    /// Copy a node's artifact out of the store.
+    Export(export::ExportArgs),
+    /// Delete artifacts not reachable from the named recipes or pins.
+    Gc(gc::GcArgs),
+    /// Keep a recipe's artifacts from gc under a name.
+    Pin(pin::PinArgs),
+    /// Remove a pin.
+    Unpin(unpin::UnpinArgs),
+    /// Re-hash every artifact against its manifest.
+    Verify(verify::VerifyArgs),
+    /// The node kinds with their parameters.
+    Kinds(kinds::KindsArgs),
+}
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let g = cli.global;
+    match cli.command {
+        Command::Check(a) => check::run(&g, a),
+        Command::Plan(a) => plan::run(&g, a),
+        Command::Run(a) => run::run(&g, a),
+        Command::Why(a) => why::run(&g, a),
+        Command::Status(a) => status::run(&g, a),
+        Command::Show(a) => show::run(&g, a),
+        Command::Ls(a) => ls::run(&g, a),
+        Command::Export(a) => export::run(&g, a),
+        Command::Gc(a) => gc::run(&g, a),
+        Command::Pin(a) => pin::run(&g, a),
+        Command::Unpin(a) => unpin::run(&g, a),
+        Command::Verify(a) => verify::run(&g, a),
+        Command::Kinds(a) => kinds::run(&g, a),
+    }
+}
+
+/// Human size: `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// `2026-11-28 21:14:03` (UTC) from Unix seconds.
+pub fn human_time(secs: f64) -> String {
+    let s = secs.max(0.0) as i64;
+    let (days, rem) = (s.div_euclid(86_400), s.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian, UTC.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,168 @@
+//! `temper show recipe.kdl [NODE]` or `temper show KEY`: a node's record, artifact directory,
+//! manifest files, summary, timings and the tail of its log. With just the recipe, every node.
+use super::{human_bytes, human_time, Global};
+use crate::plan::{Entry, Plan};
+use anyhow::{anyhow, Result};
+use clap::Args;
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// A recipe file, or a node key (a unique prefix is enough).
+    pub target: String,
+    /// Node name or instance id (with a recipe).
+    pub node: Option<String>,
+    /// `--set` overrides (with a recipe).
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+    /// Log lines to show.
+    #[arg(long, default_value_t = 10)]
+    pub log_lines: usize,
+}
+
+pub fn run(g: &Global, a: ShowArgs) -> Result<ExitCode> {
+    let store = g.open_store()?;
+    let as_recipe = a.target.ends_with(".kdl") || Path::new(&a.target).is_file();
+    if !as_recipe {
+        let key = resolve_key(&store, &a.target)?;
+        print!("{}", show_key(&store, &key, a.log_lines)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let kinds = crate::Kinds::builtin();
+    let loaded = crate::plan::load(Path::new(&a.target), &kinds.registry, &a.set)?;
+    let plan = crate::plan::plan(&store, &kinds.registry, loaded)?;
+    let entries: Vec<&Entry> = match &a.node {
+        Some(n) => {
+            let v: Vec<&Entry> = plan
+                .entries
+                .iter()
+                .filter(|e| e.id == *n || e.node == *n)
+                .collect();
+            if v.is_empty() {
+                pick_one(&plan, n)?;
+            }
+            v
+        }
+        None => plan.entries.iter().collect(),
+    };
+    for e in entries {
+        println!("== {} ({}, {})", e.id, e.kind, e.state.word());
+        if e.state == crate::plan::State::Cached || store.record(&e.key)?.is_some() {
+            print!("{}", show_key(&store, &e.key, a.log_lines)?);
+        } else {
+            println!("key        {}\nnot built: {}", e.key, e.reason_text());
+        }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The one instance `name` denotes: an instance id, or a declared node with one instance.
+pub fn pick_one<'p>(plan: &'p Plan, name: &str) -> Result<&'p Entry> {
+    if let Some(e) = plan.entry(name) {
+        return Ok(e);
+    }
+    let hits: Vec<&Entry> = plan.entries.iter().filter(|e| e.node == name).collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => Err(crate::exec::UsageError(format!(
+            "no node or instance `{name}` in {}",
+            plan.loaded.path.display()
+        ))
+        .into()),
+        many => Err(crate::exec::UsageError(format!(
+            "node `{name}` has {} instances; name one of: {}",
+            many.len(),
+            many.iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into()),
+    }
+}
+
+/// A full key from a unique prefix of a recorded key.
+pub fn resolve_key(store: &store::Store, prefix: &str) -> Result<String> {
+    let recs = store.all_records()?;
+    let hits: Vec<&str> = recs
+        .iter()
+        .map(|r| r.key.as_str())
+        .filter(|k| k.starts_with(prefix))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(anyhow!(
+            "no node with key {prefix} in {}",
+            store.root().display()
+        )),
+        many => Err(anyhow!(
+            "key prefix {prefix} is ambiguous ({} matches)",
+            many.len()
+        )),
+    }
+}
+
+/// Everything known about `key`.
+pub fn show_key(store: &store::Store, key: &str, log_lines: usize) -> Result<String> {
+    let mut s = format!("key        {key}\n");
+    let Some(r) = store.record(key)? else {
+        s += "no record\n";
+        return Ok(s);
+    };
+    s += &format!(
+        "node       {} (kind {}, recipe {})\nstatus     {}\n",
+        r.node,
+        r.kind,
+        r.recipe,
+        store.effective_status(&r)
+    );
+    if let Some(e) = &r.error {
+        s += &format!("error      {e}\n");
+    }
+    if let Some(t) = r.started_at {
+        s += &format!("started    {}\n", human_time(t));
+    }
+    if let Some(t) = r.finished_at {
+        s += &format!(
+            "finished   {}{}\n",
+            human_time(t),
+            r.duration_s
+                .map(|d| format!(" ({d:.2} s)"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(run) = r.run_id {
+        s += &format!("run        {run}\n");
+    }
+    if let Some(m) = store.read_manifest(key)? {
+        s += &format!(
+            "artifact   {} ({})\n",
+            store.artifact_dir(key).display(),
+            human_bytes(m.total_bytes())
+        );
+        for f in &m.files {
+            s += &format!("  {:>10}  {}\n", human_bytes(f.size), f.path);
+        }
+    }
+    if !r.summary.is_null() {
+        s += &format!(
+            "summary    {}\n",
+            serde_json::to_string_pretty(&r.summary)?.replace('\n', "\n           ")
+        );
+    }
+    let log = store.log_path(key);
+    if let Ok(text) = std::fs::read_to_string(&log) {
+        let lines: Vec<&str> = text.lines().collect();
+        s += &format!(
+            "log        {} (last {} lines)\n",
+            log.display(),
+            log_lines.min(lines.len())
+        );
+        for l in &lines[lines.len().saturating_sub(log_lines)..] {
+            s += &format!("  {l}\n");
+        }
+    }
+    Ok(s)
+}

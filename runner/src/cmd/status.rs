@@ -1,0 +1,77 @@
+//! `temper status`: the run holding the store (if any) and the last run, node by node.
+use super::{human_time, Global};
+use anyhow::Result;
+use clap::Args;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {}
+
+pub fn run(g: &Global, _a: StatusArgs) -> Result<ExitCode> {
+    let store = g.open_store()?;
+    print!("{}", status_text(&store)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text `temper status` prints.
+pub fn status_text(store: &store::Store) -> Result<String> {
+    let mut out = String::new();
+    match store.run_lock_holder() {
+        Some(h) => {
+            out += &format!(
+                "running: pid {} `{}` since {}\n",
+                h.pid,
+                h.command,
+                human_time(h.since)
+            )
+        }
+        None => out += "no run in progress\n",
+    }
+    let Some(run) = store.last_run()? else {
+        out += "no runs yet\n";
+        return Ok(out);
+    };
+    let state = match run.ok {
+        Some(true) => "succeeded".to_string(),
+        Some(false) => "failed".to_string(),
+        None if store::pid_alive(run.pid) => "running".to_string(),
+        None => "interrupted (process gone)".to_string(),
+    };
+    out += &format!(
+        "last run {}: {} ({}), recipe {}, started {}{}\n",
+        run.id,
+        state,
+        run.command,
+        run.recipe,
+        human_time(run.started_at),
+        run.finished_at
+            .map(|f| format!(", took {:.1} s", f - run.started_at))
+            .unwrap_or_default()
+    );
+    // Per node: the records of this run (also those still running).
+    let mut recs: Vec<store::NodeRecord> = store
+        .all_records()?
+        .into_iter()
+        .filter(|r| r.run_id == Some(run.id))
+        .collect();
+    recs.sort_by(|a, b| {
+        a.started_at
+            .partial_cmp(&b.started_at)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    for r in recs {
+        out += &format!(
+            "  {:<28} {:<12} {}{}\n",
+            store.effective_status(&r).to_string(),
+            &r.key[..12.min(r.key.len())],
+            r.node,
+            r.duration_s
+                .map(|d| format!(" ({d:.1} s)"))
+                .unwrap_or_default()
+        );
+        if let Some(e) = &r.error {
+            out += &format!("      {}\n", e.lines().next().unwrap_or(""));
+        }
+    }
+    Ok(out)
+}

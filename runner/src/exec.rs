@@ -1,0 +1,502 @@
+//! The executor: runs the uncached instances of a plan in dependency order, independent ones in
+//! parallel (up to `jobs`, on std threads), and publishes each result atomically.
+//!
+//! Per instance: a `Running` record (pid, run id), the log file `store.log_path(key)`, a
+//! [`StageCtx`] with `work_dir = store.work_dir(key)` and an empty `out_dir = work_dir/out`, the
+//! metrics sink `work_dir/metrics.jsonl` (copied into the artifact), a resolved device; then
+//! `store.publish` and `set_last_key`. A failing node is recorded `Failed` with its error and its
+//! dependents are skipped; without `keep_going` no node starts after a failure. A cancelled
+//! stage (Ctrl-C) is recorded `Cancelled`, never `Done`. Panics in stages become failures.
+//! Store access happens on the scheduling thread only; workers just run stages.
+
+use crate::device::Devices;
+use crate::plan::{self, Entry, Loaded, Plan, State};
+use crate::progress;
+pub use crate::report::{Control, Outcome, RunOptions, RunReport, UsageError};
+use crate::Kinds;
+use anyhow::{anyhow, Context, Result};
+use recipes::{CancelToken, InputArtifact, MetricsSink, StageCtx, StageError};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// Positions of the entries to consider: all, or the `only` ones plus their uncached upstream.
+pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>> {
+    let n = plan.entries.len();
+    if only.is_empty() {
+        return Ok(vec![true; n]);
+    }
+    let pos: HashMap<&str, usize> = plan
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id.as_str(), i))
+        .collect();
+    let mut sel = vec![false; n];
+    let mut stack = Vec::new();
+    for name in only {
+        let hits: Vec<usize> = plan
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.node == *name || e.id == *name)
+            .map(|(i, _)| i)
+            .collect();
+        if hits.is_empty() {
+            let names: Vec<&str> = plan.entries.iter().map(|e| e.node.as_str()).collect();
+            let mut names = names;
+            names.dedup();
+            return Err(UsageError(format!(
+                "--only {name}: no node or instance of that name in {} (nodes: {})",
+                plan.loaded.path.display(),
+                names.join(", ")
+            ))
+            .into());
+        }
+        stack.extend(hits);
+    }
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut sel[i], true) {
+            continue;
+        }
+        for (_, input) in &plan.entries[i].inputs {
+            if let Some(&j) = pos.get(input.as_str()) {
+                if plan.entries[j].state != State::Cached && !sel[j] {
+                    stack.push(j);
+                }
+            }
+        }
+    }
+    Ok(sel)
+}
+
+enum Start {
+    Started,
+    /// No device free yet.
+    Wait,
+    /// Could not start (recorded as failed).
+    Failed,
+}
+
+/// A finished stage, sent from its worker thread.
+struct Finished {
+    pos: usize,
+    result: Result<serde_json::Value, StageError>,
+}
+
+/// Loads nothing: runs `loaded` with `kinds` on `store`. Takes the run lock (waiting or failing
+/// per `opts.wait`), re-plans under the lock, executes, and returns the report.
+pub fn run(
+    store: &store::Store,
+    kinds: &Kinds,
+    loaded: Loaded,
+    opts: &RunOptions,
+    control: &Arc<Control>,
+) -> Result<RunReport> {
+    let _lock = store
+        .lock_run(opts.wait, &opts.command)
+        .context("taking the store's run lock")?;
+    let plan = plan::plan(store, &kinds.registry, loaded)?;
+    let selected = select(&plan, &opts.only)?;
+    let run = store
+        .begin_run(&opts.command, &plan.loaded.stem)
+        .context("recording the run")?;
+    let mut ex = Executor {
+        store,
+        kinds,
+        plan: &plan,
+        opts,
+        control,
+        run_id: run.id,
+        outcomes: vec![None; plan.entries.len()],
+        devices: Devices::new(),
+        device_of: HashMap::new(),
+    };
+    let result = ex.execute(&selected);
+    let outcomes: Vec<(String, String, Outcome)> = plan
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| selected[*i])
+        .map(|(i, e)| {
+            (
+                e.id.clone(),
+                e.key.clone(),
+                ex.outcomes[i].clone().unwrap_or(Outcome::NotStarted),
+            )
+        })
+        .collect();
+    let report = RunReport {
+        run_id: run.id,
+        outcomes,
+        interrupted: control.interrupted(),
+    };
+    let nodes = report
+        .outcomes
+        .iter()
+        .filter_map(|(id, key, o)| {
+            let st = match o {
+                Outcome::Done => store::Status::Done,
+                Outcome::Failed(_) => store::Status::Failed,
+                Outcome::Cancelled => store::Status::Cancelled,
+                _ => return None,
+            };
+            Some((id.clone(), key.clone(), st))
+        })
+        .collect();
+    store
+        .finish_run(run.id, nodes, report.success())
+        .context("recording the end of the run")?;
+    result?;
+    Ok(report)
+}
+
+struct Executor<'a> {
+    store: &'a store::Store,
+    kinds: &'a Kinds,
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    control: &'a Arc<Control>,
+    run_id: u64,
+    outcomes: Vec<Option<Outcome>>,
+    devices: Devices,
+    device_of: HashMap<usize, Option<usize>>,
+}
+
+impl Executor<'_> {
+    fn execute(&mut self, selected: &[bool]) -> Result<()> {
+        let entries = &self.plan.entries;
+        let pos: HashMap<&str, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id.as_str(), i))
+            .collect();
+        // Cached (or running elsewhere: we hold the run lock, so such a record is stale) first.
+        let mut pending: Vec<usize> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if !selected[i] {
+                continue;
+            }
+            if e.state == State::Cached {
+                self.outcomes[i] = Some(Outcome::Cached);
+            } else {
+                pending.push(i);
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Finished>();
+        let mut running: HashSet<usize> = HashSet::new();
+        let mut stop = false;
+        let jobs = self.opts.jobs.max(1);
+        loop {
+            if self.control.interrupted() {
+                stop = true;
+            }
+            // Propagate failures to dependents, start what is ready.
+            let mut changed = false;
+            let mut still = Vec::with_capacity(pending.len());
+            for &i in &pending {
+                let inputs = &entries[i].inputs;
+                let mut blocked = false;
+                let mut bad: Option<String> = None;
+                for (_, input) in inputs {
+                    let j = pos[input.as_str()];
+                    match &self.outcomes[j] {
+                        Some(Outcome::Cached) | Some(Outcome::Done) => {}
+                        None if entries[j].state == State::Cached => {}
+                        Some(Outcome::Failed(_)) => bad = Some(format!("input {input} failed")),
+                        Some(Outcome::Skipped(_)) => {
+                            bad = Some(format!("input {input} was skipped"))
+                        }
+                        Some(Outcome::Cancelled) => {
+                            bad = Some(format!("input {input} was cancelled"))
+                        }
+                        Some(Outcome::NotStarted) => {
+                            bad = Some(format!("input {input} did not run"))
+                        }
+                        None => blocked = true,
+                    }
+                }
+                if let Some(why) = bad {
+                    self.outcomes[i] = Some(Outcome::Skipped(why));
+                    changed = true;
+                } else if blocked || stop || running.len() >= jobs {
+                    still.push(i);
+                } else {
+                    match self.start(i, &tx)? {
+                        Start::Started => {
+                            running.insert(i);
+                        }
+                        Start::Wait => still.push(i),
+                        Start::Failed => {
+                            changed = true;
+                            if !self.opts.keep_going {
+                                stop = true;
+                            }
+                        }
+                    }
+                }
+            }
+            pending = still;
+            if running.is_empty() {
+                if changed && !pending.is_empty() {
+                    continue; // propagate the new failures/skips further down
+                }
+                // Nothing runs and nothing could start: done (the rest stays NotStarted).
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(f) => {
+                    running.remove(&f.pos);
+                    let failed = self.finish(f)?;
+                    if failed && !self.opts.keep_going {
+                        stop = true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for i in pending {
+            if self.outcomes[i].is_none() {
+                self.outcomes[i] = Some(Outcome::NotStarted);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares and spawns instance `i`.
+    fn start(&mut self, i: usize, tx: &mpsc::Sender<Finished>) -> Result<Start> {
+        let e: &Entry = &self.plan.entries[i];
+        let inst = self
+            .plan
+            .loaded
+            .expanded
+            .instance(&e.id)
+            .ok_or_else(|| anyhow!("internal: instance {} vanished from the plan", e.id))?;
+        let want = inst
+            .params
+            .get("device")
+            .and_then(|v| v.as_str())
+            .unwrap_or("auto")
+            .to_string();
+        let (device, pooled) = match self.devices.take(&want) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(Start::Wait),
+            Err(msg) => {
+                let msg = format!("node {}: {msg}", e.id);
+                self.record_failure(i, &msg)?;
+                self.outcomes[i] = Some(Outcome::Failed(msg));
+                return Ok(Start::Failed);
+            }
+        };
+        self.device_of.insert(i, pooled);
+        let Some(stage) = self.kinds.stage(&e.kind) else {
+            let msg = format!("node {}: kind `{}` has no implementation", e.id, e.kind);
+            self.record_failure(i, &msg)?;
+            self.outcomes[i] = Some(Outcome::Failed(msg));
+            self.devices.give(pooled);
+            self.device_of.remove(&i);
+            return Ok(Start::Failed);
+        };
+        let store = self.store;
+        let record = store::NodeRecord::running(
+            &e.key,
+            &e.kind,
+            &e.id,
+            &self.plan.loaded.stem,
+            e.tree.clone(),
+            Some(self.run_id),
+        );
+        store
+            .put_record(&record)
+            .with_context(|| format!("node {}: recording its start", e.id))?;
+        let out_dir = store
+            .prepare_staging(&e.key)
+            .with_context(|| format!("node {}: preparing its output directory", e.id))?;
+        let work_dir = store.work_dir(&e.key);
+        let log = store.log_path(&e.key);
+        progress::open_node_log(&e.id, &log)
+            .with_context(|| format!("node {}: opening log {}", e.id, log.display()))?;
+        progress::node_log(
+            &e.id,
+            "INFO",
+            &format!(
+                "start {} (kind {}, key {}, device {device}, run {})",
+                e.id, e.kind, e.key, self.run_id
+            ),
+        );
+        let mut inputs = BTreeMap::new();
+        for (param, input) in &inst.inputs {
+            let ie = self
+                .plan
+                .entry(input)
+                .ok_or_else(|| anyhow!("internal: input {input} of {} not planned", e.id))?;
+            let produces = self
+                .kinds
+                .registry
+                .get(&ie.kind)
+                .map(|s| s.produces.to_string())
+                .unwrap_or_default();
+            inputs.insert(
+                param.clone(),
+                InputArtifact {
+                    node: ie.id.clone(),
+                    kind: ie.kind.clone(),
+                    produces,
+                    key: ie.key.clone(),
+                    dir: store.artifact_dir(&ie.key),
+                },
+            );
+        }
+        let cancel = CancelToken::new();
+        self.control.register(&e.id, cancel.clone());
+        let span = progress::node_span(&e.id);
+        let ctx = StageCtx {
+            node: e.id.clone(),
+            kind: e.kind.clone(),
+            key: e.key.clone(),
+            params: inst.params.clone(),
+            root_dir: self.plan.loaded.recipe.root_dir.clone(),
+            inputs,
+            out_dir,
+            metrics: MetricsSink::new(work_dir.join("metrics.jsonl")),
+            work_dir,
+            device,
+            progress: Arc::new(progress::NodeProgress::new(span.clone())),
+            cancel,
+        };
+        let threads = inst
+            .params
+            .get("threads")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        let tx = tx.clone();
+        let id = e.id.clone();
+        std::thread::Builder::new()
+            .name(format!("node {id}"))
+            .spawn(move || {
+                let _enter = span.enter();
+                if threads > 0 {
+                    // Process-wide in libtorch: with --jobs > 1 the last node to start wins.
+                    tch::set_num_threads(threads as i32);
+                }
+                tracing::info!("running {id}");
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)))
+                        .unwrap_or_else(|p| {
+                            let msg = p
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "unknown panic".into());
+                            Err(StageError::Other(anyhow!("the stage panicked: {msg}")))
+                        });
+                if std::env::var("TEMPER_CRASH_AT").is_ok_and(|v| v == format!("stage:{id}")) {
+                    std::process::abort();
+                }
+                let _ = tx.send(Finished { pos: i, result });
+            })
+            .with_context(|| format!("node {}: spawning its thread", e.id))?;
+        Ok(Start::Started)
+    }
+
+    fn record_failure(&self, i: usize, msg: &str) -> Result<()> {
+        let e = &self.plan.entries[i];
+        let rec = store::NodeRecord::running(
+            &e.key,
+            &e.kind,
+            &e.id,
+            &self.plan.loaded.stem,
+            e.tree.clone(),
+            Some(self.run_id),
+        )
+        .finished(store::Status::Failed, Some(msg.to_string()));
+        self.store
+            .put_record(&rec)
+            .with_context(|| format!("node {}: recording its failure", e.id))?;
+        tracing::error!("{msg}");
+        Ok(())
+    }
+
+    /// Publishes or records the result of a finished stage. Returns whether it failed.
+    fn finish(&mut self, f: Finished) -> Result<bool> {
+        let i = f.pos;
+        let e = &self.plan.entries[i];
+        self.control.unregister(&e.id);
+        if let Some(p) = self.device_of.remove(&i) {
+            self.devices.give(p);
+        }
+        let base = self.store.record(&e.key)?.unwrap_or_else(|| {
+            store::NodeRecord::running(
+                &e.key,
+                &e.kind,
+                &e.id,
+                &self.plan.loaded.stem,
+                e.tree.clone(),
+                Some(self.run_id),
+            )
+        });
+        let outcome = match f.result {
+            Ok(summary) => match self.publish(e, base, summary) {
+                Ok(()) => Outcome::Done,
+                Err(err) => {
+                    let msg = format!("node {}: publishing failed: {err:#}", e.id);
+                    self.record_failure(i, &msg)?;
+                    Outcome::Failed(msg)
+                }
+            },
+            Err(StageError::Cancelled) => {
+                self.store.put_record(
+                    &base.finished(store::Status::Cancelled, Some("cancelled".into())),
+                )?;
+                progress::node_log(&e.id, "WARN", "cancelled");
+                tracing::warn!("{}: cancelled", e.id);
+                Outcome::Cancelled
+            }
+            Err(StageError::User { message, hint }) => {
+                let mut msg = format!("node {}: {message}", e.id);
+                if let Some(h) = hint {
+                    msg += &format!("\n  hint: {h}");
+                }
+                self.record_failure(i, &msg)?;
+                Outcome::Failed(msg)
+            }
+            Err(StageError::Other(err)) => {
+                let msg = format!("node {}: {err:#}", e.id);
+                self.record_failure(i, &msg)?;
+                Outcome::Failed(msg)
+            }
+        };
+        match &outcome {
+            Outcome::Failed(m) => progress::node_log(&e.id, "ERROR", m),
+            Outcome::Done => progress::node_log(&e.id, "INFO", "done"),
+            _ => {}
+        }
+        progress::close_node_log(&e.id);
+        let failed = matches!(outcome, Outcome::Failed(_));
+        self.outcomes[i] = Some(outcome);
+        Ok(failed)
+    }
+
+    fn publish(
+        &self,
+        e: &Entry,
+        base: store::NodeRecord,
+        summary: serde_json::Value,
+    ) -> Result<()> {
+        let work = self.store.work_dir(&e.key);
+        let staging = self.store.staging_dir(&e.key);
+        let metrics = work.join("metrics.jsonl");
+        let dst = staging.join("metrics.jsonl");
+        if metrics.is_file() && !dst.exists() {
+            std::fs::copy(&metrics, &dst)
+                .with_context(|| format!("copying {} into the artifact", metrics.display()))?;
+        }
+        let mut rec = base.finished(store::Status::Done, None);
+        rec.summary = summary;
+        self.store.publish(&e.key, &staging, rec)?;
+        self.store.set_last_key(&e.identity, &e.key)?;
+        tracing::info!("{}: done ({})", e.id, e.short_key());
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! Merkle keys of recipe instances.
+//!
+//! The key tree of an instance is the JSON object
+//! `{"kind": K, "version": V, "params": {name: value, …}}` where `params` holds every *semantic*
+//! parameter of the kind's schema with defaults filled in, except parameters marked
+//! `added_later` whose value equals their default (so introducing a parameter never changes
+//! existing keys). Values use [`dsl::Value::to_canonical_json`], except that
+//! - a reference becomes `{"key": <key of the referenced instance>}` (Merkle propagation), and
+//! - a path becomes `{"content": C}`: for a file its blake3, for a directory `{relative path:
+//!   blake3}` over every file below it (entries whose name starts with `.` are skipped), for a glob
+//!   `{path relative to the glob's non-glob prefix: blake3}`.
+//!
+//! Neither absolute paths nor node names enter a tree, so renaming a node or moving the project
+//! keeps every key. `key = blake3_hex(canonical(tree))` where `canonical` is compact JSON with
+//! object fields sorted recursively (explicitly: serde_json's `preserve_order` is enabled in this
+//! workspace, so insertion order would otherwise leak into the digest).
+
+use anyhow::{anyhow, bail, Context, Result};
+use dsl::{Instance, KindSchema, Registry, Value};
+use serde_json::Value as J;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Content hashing of one file (hex blake3). The store implements it with a cache keyed by
+/// (path, size, mtime, inode); [`PlainHasher`] reads every time.
+pub trait FileHasher {
+    fn hash_file(&self, path: &Path) -> Result<String>;
+    /// Hashes of many files, in order (implementations batch their cache lookups).
+    fn hash_files(&self, paths: &[PathBuf]) -> Result<Vec<String>> {
+        paths.iter().map(|p| self.hash_file(p)).collect()
+    }
+}
+
+/// Hashes by reading the file, no cache.
+pub struct PlainHasher;
+
+impl FileHasher for PlainHasher {
+    fn hash_file(&self, path: &Path) -> Result<String> {
+        let mut h = blake3::Hasher::new();
+        h.update_mmap(path)
+            .with_context(|| format!("hashing {}", path.display()))?;
+        Ok(h.finalize().to_hex().to_string())
+    }
+}
+
+impl FileHasher for store::Store {
+    fn hash_file(&self, path: &Path) -> Result<String> {
+        store::Store::hash_file(self, path)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("hashing {}", path.display()))
+    }
+    fn hash_files(&self, paths: &[PathBuf]) -> Result<Vec<String>> {
+        store::Store::hash_files(self, paths)
+            .map_err(anyhow::Error::from)
+            .context("hashing input files")
+    }
+}
+
+/// Remembers every hash for the lifetime of one plan, so a file shared by many variants is
+/// looked up once.
+pub struct MemoHasher<'a> {
+    inner: &'a dyn FileHasher,
+    memo: RefCell<HashMap<PathBuf, String>>,
+}
+
+impl<'a> MemoHasher<'a> {
+    pub fn new(inner: &'a dyn FileHasher) -> Self {
+        MemoHasher {
+            inner,
+            memo: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+impl FileHasher for MemoHasher<'_> {
+    fn hash_file(&self, path: &Path) -> Result<String> {
+        if let Some(h) = self.memo.borrow().get(path) {
+            return Ok(h.clone());
+        }
+        let h = self.inner.hash_file(path)?;
+        self.memo.borrow_mut().insert(path.to_path_buf(), h.clone());
+        Ok(h)
+    }
+    fn hash_files(&self, paths: &[PathBuf]) -> Result<Vec<String>> {
+        let missing: Vec<PathBuf> = {
+            let memo = self.memo.borrow();
+            paths
+                .iter()
+                .filter(|p| !memo.contains_key(*p))
+                .cloned()
+                .collect()
+        };
+        if !missing.is_empty() {
+            let hashes = self.inner.hash_files(&missing)?;
+            let mut memo = self.memo.borrow_mut();
+            for (p, h) in missing.into_iter().zip(hashes) {
+                memo.insert(p, h);
+            }
+        }
+        let memo = self.memo.borrow();
+        paths
+            .iter()
+            .map(|p| {
+                memo.get(p)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no hash for {}", p.display()))
+            })
+            .collect()
+    }
+}
+
+/// An instance with its key and key tree.
+#[derive(Clone, Debug)]
+pub struct Keyed {
+    pub id: String,
+    pub key: String,
+    pub tree: J,
+}
+
+/// Returns `v` with every object's fields in sorted order (recursively).
+pub fn sorted(v: &J) -> J {
+    match v {
+        J::Object(m) => {
+            let mut fields: Vec<(&String, &J)> = m.iter().collect();
+            fields.sort_by(|a, b| a.0.cmp(b.0));
+            let mut out = serde_json::Map::new();
+            for (k, x) in fields {
+                out.insert(k.clone(), sorted(x));
+            }
+            J::Object(out)
+        }
+        J::Array(a) => J::Array(a.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Compact JSON with object fields sorted recursively: the byte string that is hashed.
+pub fn canonical_string(v: &J) -> String {
+    sorted(v).to_string()
+}
+
+/// `blake3_hex(canonical_string(tree))`.
+pub fn digest(tree: &J) -> String {
+    blake3::hash(canonical_string(tree).as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// True when `v` is the declared default of `spec` (`Null` for optionals).
+fn is_default(spec: &dsl::ParamSpec, v: &Value) -> bool {
+    match &spec.default {
+        dsl::Default::Value(d) => d == v,
+        dsl::Default::Optional => *v == Value::Null,
+        dsl::Default::Required => false,
+    }
+}
+
+/// Builds the key tree of one instance. `input_key` maps an instance id to its (already
+/// computed) key.
+pub fn key_tree(
+    schema: &KindSchema,
+    inst: &Instance,
+    root_dir: &Path,
+    input_key: &dyn Fn(&str) -> Option<String>,
+    hasher: &dyn FileHasher,
+) -> Result<J> {
+    let mut params = serde_json::Map::new();
+    for spec in schema.params.iter().filter(|p| p.semantic) {
+        let v = inst.params.get(spec.name).unwrap_or(&Value::Null);
+        if spec.added_later && is_default(spec, v) {
+            continue;
+        }
+        let j = value_json(v, root_dir, input_key, hasher)
+            .with_context(|| format!("node {}: parameter `{}`", inst.id, spec.name))?;
+        params.insert(spec.name.to_string(), j);
+    }
+    Ok(sorted(&serde_json::json!({
+        "kind": schema.name,
+        "version": schema.version,
+        "params": J::Object(params),
+    })))
+}
+
+fn value_json(
+    v: &Value,
+    root_dir: &Path,
+    input_key: &dyn Fn(&str) -> Option<String>,
+    hasher: &dyn FileHasher,
+) -> Result<J> {
+    Ok(match v {
+        Value::Ref(id) => {
+            let k = input_key(id)
+                .ok_or_else(|| anyhow!("input `{id}` has no key yet (not planned before)"))?;
+            serde_json::json!({ "key": k })
+        }
+        Value::Path(p) => serde_json::json!({ "content": path_content(root_dir, p, hasher)? }),
+        Value::List(l) => J::Array(
+            l.iter()
+                .map(|x| value_json(x, root_dir, input_key, hasher))
+                .collect::<Result<_>>()?,
+        ),
+        Value::Record(r) => {
+            let mut m = serde_json::Map::new();
+            for (k, x) in r {
+                m.insert(k.clone(), value_json(x, root_dir, input_key, hasher)?);
+            }
+            J::Object(m)
+        }
+        other => other.to_canonical_json(),
+    })
+}
+
+fn is_glob(p: &str) -> bool {
+    p.contains(['*', '?', '['])
+}
+
+fn rel_string(p: &Path) -> String {
+    p.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn hidden(p: &Path, base: &Path) -> bool {
+    p.strip_prefix(base)
+        .map(|r| {
+            r.components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        })
+        .unwrap_or(false)
+}
+
+/// Content of a path parameter (see the module docs): a file's hash, or a map of relative
+/// path → hash for a directory or glob. Errors name the path as written.
+pub fn path_content(root_dir: &Path, p: &str, hasher: &dyn FileHasher) -> Result<J> {
+    let full = root_dir.join(p);
+    // (name in the tree, file to hash); `None` name = the path is a single file.
+    let mut files: Vec<(Option<String>, PathBuf)> = Vec::new();
+    if is_glob(p) {
+        // Non-glob prefix: the leading components without glob characters.
+        let mut prefix = PathBuf::new();
+        for c in Path::new(p).components() {
+            if is_glob(&c.as_os_str().to_string_lossy()) {
+                break;
+            }
+            prefix.push(c);
+        }
+        let base = root_dir.join(&prefix);
+        let pattern = full.to_string_lossy().into_owned();
+        for entry in glob::glob(&pattern).with_context(|| format!("bad glob pattern `{p}`"))? {
+            let f = entry.with_context(|| format!("reading a match of `{p}`"))?;
+            let rel = f.strip_prefix(&base).unwrap_or(&f).to_path_buf();
+            if f.is_dir() {
+                for (r, path) in dir_files(&f)? {
+                    files.push((Some(rel_string(&rel.join(r))), path));
+                }
+            } else {
+                files.push((Some(rel_string(&rel)), f));
+            }
+        }
+        if files.is_empty() {
+            bail!("no file matches `{p}` (relative to {})", root_dir.display());
+        }
+    } else {
+        let meta = std::fs::metadata(&full)
+            .with_context(|| format!("`{p}` not found (relative to {})", root_dir.display()))?;
+        if meta.is_dir() {
+            for (r, path) in dir_files(&full)? {
+                files.push((Some(r), path));
+            }
+        } else {
+            files.push((None, full));
+        }
+    }
+    let paths: Vec<PathBuf> = files.iter().map(|(_, p)| p.clone()).collect();
+    let hashes = hasher.hash_files(&paths)?;
+    if let [(None, _)] = files.as_slice() {
+        return Ok(J::String(hashes.into_iter().next().unwrap_or_default()));
+    }
+    let m: BTreeMap<String, String> = files
+        .into_iter()
+        .zip(hashes)
+        .map(|((name, _), h)| (name.unwrap_or_default(), h))
+        .collect();
+    Ok(J::Object(
+        m.into_iter().map(|(k, h)| (k, J::String(h))).collect(),
+    ))
+}
+
+/// (relative path, path) of every regular file below `dir` (dot-entries skipped).
+fn dir_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
+        let e = entry.with_context(|| format!("listing {}", dir.display()))?;
+        if !e.file_type().is_file() || hidden(e.path(), dir) {
+            continue;
+        }
+        let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
+        out.push((rel_string(rel), e.path().to_path_buf()));
+    }
+    Ok(out)
+}
+
+/// Computes keys of `instances`, which must be in topological order (inputs first).
+pub fn compute_keys(
+    instances: &[&Instance],
+    registry: &Registry,
+    root_dir: &Path,
+    hasher: &dyn FileHasher,
+) -> Result<Vec<Keyed>> {
+    let mut keys: HashMap<String, String> = HashMap::with_capacity(instances.len());
+    let mut out = Vec::with_capacity(instances.len());
+    for inst in instances {
+        let schema = registry
+            .get(&inst.kind)
+            .ok_or_else(|| anyhow!("node {}: unknown kind `{}`", inst.id, inst.kind))?;
+        let lookup = |id: &str| keys.get(id).cloned();
+        let tree = key_tree(schema, inst, root_dir, &lookup, hasher)?;
+        let key = digest(&tree);
+        keys.insert(inst.id.clone(), key.clone());
+        out.push(Keyed {
+            id: inst.id.clone(),
+            key,
+            tree,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,543 @@
+//! The plan: the expanded recipe as a petgraph DAG of instances in topological order, each
+//! with its key, its state in the store and the reasons it will run.
+//!
+//! State of an instance with key `k` (from the record of `k`, the work directory and the pid):
+//! `cached` (record Done), `running elsewhere` (record Running, pid alive and not ours),
+//! `failed before` (record Failed), `incomplete` (record Cancelled, Running with a dead pid, or a
+//! checkpoint in `work_dir(k)`), else `to run`.
+//! Reasons come from diffing the current key tree with the tree last built for the same identity
+//! `<recipe file stem>/<instance id>` (see [`crate::diff`]): `new`, `parameter X changed from a to
+//! b`, `input Y changed`, `file of parameter P changed`, `kind version changed 1 → 2`.
+
+use crate::diff::{self, Change};
+use crate::keys::{self, FileHasher, Keyed, MemoHasher};
+use anyhow::{anyhow, Context, Result};
+use dsl::{Expanded, Instance, Recipe, Registry};
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::Value as J;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A recipe that failed to load or validate: the rendered diagnostics (printed to stderr,
+/// exit code 2).
+#[derive(Debug)]
+pub struct RecipeError(pub String);
+
+impl fmt::Display for RecipeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for RecipeError {}
+
+/// A loaded, validated and expanded recipe.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    /// File stem of the recipe: the first half of every instance identity.
+    pub stem: String,
+    pub recipe: Recipe,
+    pub expanded: Expanded,
+}
+
+/// Parses, validates and expands `path` with `--set` overrides.
+pub fn load(path: &Path, registry: &Registry, overrides: &[String]) -> Result<Loaded> {
+    let recipe = dsl::load(path, registry, overrides).map_err(|d| RecipeError(d.render()))?;
+    let expanded = dsl::expand(&recipe).map_err(|d| RecipeError(d.render()))?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "recipe".into());
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        stem,
+        recipe,
+        expanded,
+    })
+}
+
+/// Where an instance stands in the store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    Cached,
+    ToRun,
+    RunningElsewhere { pid: u32 },
+    FailedBefore { error: String },
+    Incomplete { why: String },
+}
+
+impl State {
+    pub fn word(&self) -> &'static str {
+        match self {
+            State::Cached => "cached",
+            State::ToRun => "to run",
+            State::RunningElsewhere { .. } => "running elsewhere",
+            State::FailedBefore { .. } => "failed before",
+            State::Incomplete { .. } => "incomplete",
+        }
+    }
+    /// Whether a run would execute it (everything but cached and running elsewhere).
+    pub fn needs_run(&self) -> bool {
+        !matches!(self, State::Cached | State::RunningElsewhere { .. })
+    }
+}
+
+/// Why an instance will run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reason {
+    New,
+    /// Built before under this identity, but its artifact is gone (gc'd).
+    ArtifactMissing,
+    ParamChanged {
+        param: String,
+        old: Option<J>,
+        new: Option<J>,
+    },
+    InputChanged {
+        input: String,
+    },
+    FileChanged {
+        param: String,
+    },
+    VersionChanged {
+        old: String,
+        new: String,
+    },
+    PreviousFailed {
+        error: String,
+    },
+    PreviousIncomplete {
+        why: String,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let opt = |v: &Option<J>| v.as_ref().map(diff::show).unwrap_or_else(|| "unset".into());
+        match self {
+            Reason::New => write!(f, "new"),
+            Reason::ArtifactMissing => write!(f, "artifact missing (built before, since removed)"),
+            Reason::ParamChanged { param, old, new } => {
+                write!(
+                    f,
+                    "parameter {param} changed from {} to {}",
+                    opt(old),
+                    opt(new)
+                )
+            }
+            Reason::InputChanged { input } => write!(f, "input {input} changed"),
+            Reason::FileChanged { param } => write!(f, "file of param {param} changed"),
+            Reason::VersionChanged { old, new } => {
+                write!(f, "kind version changed {old} → {new}")
+            }
+            Reason::PreviousFailed { error } => write!(f, "previous attempt failed: {error}"),
+            Reason::PreviousIncomplete { why } => write!(f, "previous attempt incomplete ({why})"),
+        }
+    }
+}
+
+/// One planned instance.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub id: String,
+    pub node: String,
+    pub kind: String,
+    pub key: String,
+    pub tree: J,
+    /// `<recipe stem>/<instance id>`.
+    pub identity: String,
+    /// (parameter path, input instance id).
+    pub inputs: Vec<(String, String)>,
+    pub state: State,
+    /// Empty for cached instances.
+    pub reasons: Vec<Reason>,
+}
+
+impl Entry {
+    pub fn short_key(&self) -> &str {
+        &self.key[..12.min(self.key.len())]
+    }
+    pub fn reason_text(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// The planned DAG.
+pub struct Plan {
+    pub loaded: Loaded,
+    /// Instances in topological order (inputs first).
+    pub entries: Vec<Entry>,
+    /// Edges input → dependent; node weights index `entries`.
+    pub graph: DiGraph<usize, ()>,
+    pub variants: usize,
+}
+
+impl Plan {
+    pub fn entry(&self, id: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.id == id)
+    }
+    /// `N cached, M to run; I instances shared by V variants` (+ other states when present).
+    pub fn summary(&self) -> String {
+        let count =
+            |f: &dyn Fn(&State) -> bool| self.entries.iter().filter(|e| f(&e.state)).count();
+        let cached = count(&|s| *s == State::Cached);
+        let elsewhere = count(&|s| matches!(s, State::RunningElsewhere { .. }));
+        let run = count(&|s| s.needs_run());
+        let mut s = format!("{cached} cached, {run} to run");
+        if elsewhere > 0 {
+            s += &format!(", {elsewhere} running elsewhere");
+        }
+        s += &format!(
+            "; {} instances shared by {} variant{}",
+            self.entries.len(),
+            self.variants,
+            if self.variants == 1 { "" } else { "s" }
+        );
+        s
+    }
+    /// One line per instance: state, id, short key, reason.
+    pub fn render(&self) -> String {
+        let w = self.entries.iter().map(|e| e.id.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for e in &self.entries {
+            let line = format!(
+                "{:<17} {:<w$} {} {}",
+                e.state.word(),
+                e.id,
+                e.short_key(),
+                e.reason_text()
+            );
+            out += line.trim_end();
+            out.push('\n');
+        }
+        out += &self.summary();
+        out.push('\n');
+        out
+    }
+    /// The plan as JSON (for `plan --json`).
+    pub fn to_json(&self) -> J {
+        J::Array(
+            self.entries
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "id": e.id, "node": e.node, "kind": e.kind, "key": e.key,
+                        "state": e.state.word(),
+                        "inputs": e.inputs.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
+                        "reasons": e.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Instances of `expanded` in topological order, with the graph (input → dependent).
+pub fn graph(expanded: &Expanded) -> Result<(Vec<usize>, DiGraph<usize, ()>)> {
+    let mut g = DiGraph::with_capacity(expanded.instances.len(), expanded.instances.len());
+    let mut idx: HashMap<&str, NodeIndex> = HashMap::with_capacity(expanded.instances.len());
+    for (i, inst) in expanded.instances.iter().enumerate() {
+        idx.insert(inst.id.as_str(), g.add_node(i));
+    }
+    for inst in &expanded.instances {
+        for (param, input) in &inst.inputs {
+            let from = idx.get(input.as_str()).ok_or_else(|| {
+                anyhow!(
+                    "node {}: input `{input}` of `{param}` is not an instance",
+                    inst.id
+                )
+            })?;
+            g.add_edge(*from, idx[inst.id.as_str()], ());
+        }
+    }
+    // Kahn's algorithm, always taking the ready instance that comes first in the expansion
+    // (declaration order), so the order is stable and readable.
+    let n = g.node_count();
+    let mut indeg: Vec<usize> = (0..n)
+        .map(|i| {
+            g.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for d in g.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Outgoing) {
+            indeg[d.index()] -= 1;
+            if indeg[d.index()] == 0 {
+                ready.push(Reverse(d.index()));
+            }
+        }
+    }
+    if order.len() != n {
+        let stuck = (0..n).find(|&i| indeg[i] > 0).unwrap_or(0);
+        return Err(anyhow!(
+            "the recipe graph has a cycle through {}",
+            expanded.instances[stuck].id
+        ));
+    }
+    Ok((order.into_iter().map(|i| g[NodeIndex::new(i)]).collect(), g))
+}
+
+/// The keys of a recipe: topological order (indices into `Expanded::instances`), the graph
+/// (weights are those indices) and one [`Keyed`] per position of `order`.
+pub struct KeyedGraph {
+    pub order: Vec<usize>,
+    pub graph: DiGraph<usize, ()>,
+    pub keyed: Vec<Keyed>,
+}
+
+/// Keys of every instance, in topological order, hashing each file once.
+pub fn keys_of(
+    loaded: &Loaded,
+    registry: &Registry,
+    hasher: &dyn FileHasher,
+) -> Result<KeyedGraph> {
+    let (order, g) = graph(&loaded.expanded)?;
+    let insts: Vec<&Instance> = order
+        .iter()
+        .map(|&i| &loaded.expanded.instances[i])
+        .collect();
+    let memo = MemoHasher::new(hasher);
+    let keyed = keys::compute_keys(&insts, registry, &loaded.recipe.root_dir, &memo)?;
+    Ok(KeyedGraph {
+        order,
+        graph: g,
+        keyed,
+    })
+}
+
+/// Reasons derived from the difference between the last built tree and the current one.
+pub fn reasons_from_diff(old: &J, new: &J, inputs: &[(String, String)]) -> Vec<Reason> {
+    let mut out: Vec<Reason> = Vec::new();
+    let mut push = |r: Reason| {
+        if !out.contains(&r) {
+            out.push(r)
+        }
+    };
+    for Change {
+        path,
+        old: o,
+        new: n,
+    } in diff::diff(old, new)
+    {
+        if path == "version" {
+            push(Reason::VersionChanged {
+                old: o.as_ref().map(diff::show).unwrap_or_default(),
+                new: n.as_ref().map(diff::show).unwrap_or_default(),
+            });
+            continue;
+        }
+        let Some(rest) = path.strip_prefix("params.") else {
+            push(Reason::ParamChanged {
+                param: path,
+                old: o,
+                new: n,
+            });
+            continue;
+        };
+        if let Some(p) = rest.strip_suffix(".key") {
+            if let Some((_, id)) = inputs.iter().find(|(ip, _)| ip == p) {
+                push(Reason::InputChanged { input: id.clone() });
+                continue;
+            }
+        }
+        if let Some(pos) = rest.find(".content") {
+            push(Reason::FileChanged {
+                param: rest[..pos].to_string(),
+            });
+            continue;
+        }
+        push(Reason::ParamChanged {
+            param: rest.to_string(),
+            old: o,
+            new: n,
+        });
+    }
+    out
+}
+
+/// Plans `loaded` against `store`: keys, states and reasons.
+pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result<Plan> {
+    let KeyedGraph {
+        order,
+        graph: g,
+        keyed,
+    } = keys_of(&loaded, registry, store)?;
+    let identities: Vec<String> = order
+        .iter()
+        .map(|&i| format!("{}/{}", loaded.stem, loaded.expanded.instances[i].id))
+        .collect();
+    // One index open for every lookup: current records, last keys, trees of the last builds.
+    let (records, last_keys, old_records) = store
+        .with_index(|ix| {
+            // A Done record counts only with its artifact in place (else: artifact missing).
+            let mut records = Vec::with_capacity(keyed.len());
+            for k in &keyed {
+                records.push(match store.lookup_done_in(ix, &k.key)? {
+                    Some(done) => Some(done),
+                    None => ix
+                        .record(&k.key)?
+                        .filter(|r| r.status != store::Status::Done),
+                });
+            }
+            let last_keys = identities
+                .iter()
+                .map(|id| ix.last_key(id))
+                .collect::<store::Result<Vec<_>>>()?;
+            let mut old = HashMap::new();
+            for (lk, k) in last_keys.iter().zip(&keyed) {
+                if let Some(lk) = lk.as_ref().filter(|lk| **lk != k.key) {
+                    if let Some(r) = ix.record(lk)? {
+                        old.insert(lk.clone(), r);
+                    }
+                }
+            }
+            Ok((records, last_keys, old))
+        })
+        .context("reading the store index")?;
+    let me = std::process::id();
+    let mut entries = Vec::with_capacity(keyed.len());
+    for (pos, k) in keyed.into_iter().enumerate() {
+        let inst = &loaded.expanded.instances[order[pos]];
+        let rec = records[pos].as_ref();
+        let has_ckpt = || {
+            recipes::Checkpoints::new(store.work_dir(&k.key).join("checkpoints"))
+                .latest()
+                .is_some()
+        };
+        let state = match rec.map(|r| (r.status, r)) {
+            Some((store::Status::Done, _)) => State::Cached,
+            Some((store::Status::Running, r))
+                if r.pid.is_some_and(|p| p != me && store::pid_alive(p)) =>
+            {
+                State::RunningElsewhere {
+                    pid: r.pid.unwrap_or(0),
+                }
+            }
+            Some((store::Status::Running, r)) => State::Incomplete {
+                why: match r.pid {
+                    Some(p) => format!("pid {p} died while running it"),
+                    None => "its process died while running it".into(),
+                },
+            },
+            Some((store::Status::Cancelled, _)) => State::Incomplete {
+                why: "cancelled".into(),
+            },
+            Some((store::Status::Failed, r)) => State::FailedBefore {
+                error: r.error.clone().unwrap_or_else(|| "unknown error".into()),
+            },
+            None if has_ckpt() => State::Incomplete {
+                why: "checkpoint in work dir".into(),
+            },
+            None => State::ToRun,
+        };
+        let mut reasons = Vec::new();
+        if state.needs_run() {
+            match &state {
+                State::FailedBefore { error } => reasons.push(Reason::PreviousFailed {
+                    error: error.clone(),
+                }),
+                State::Incomplete { why } => {
+                    reasons.push(Reason::PreviousIncomplete { why: why.clone() })
+                }
+                _ => {}
+            }
+            match &last_keys[pos] {
+                None => {
+                    if reasons.is_empty() {
+                        reasons.push(Reason::New)
+                    }
+                }
+                Some(lk) if *lk == k.key => {
+                    if reasons.is_empty() {
+                        reasons.push(Reason::ArtifactMissing)
+                    }
+                }
+                Some(lk) => match old_records.get(lk) {
+                    Some(old) => {
+                        reasons.extend(reasons_from_diff(&old.key_tree, &k.tree, &inst.inputs))
+                    }
+                    None => reasons.push(Reason::New),
+                },
+            }
+        }
+        entries.push(Entry {
+            id: inst.id.clone(),
+            node: inst.node.clone(),
+            kind: inst.kind.clone(),
+            key: k.key,
+            tree: k.tree,
+            identity: identities[pos].clone(),
+            inputs: inst.inputs.clone(),
+            state,
+            reasons,
+        });
+    }
+    // Re-index the graph's weights by position in `entries`.
+    let mut pos_of = vec![0usize; order.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        pos_of[i] = pos;
+    }
+    let graph = g.map(|_, &i| pos_of[i], |_, _| ());
+    let variants = loaded.expanded.variants.len().max(1);
+    Ok(Plan {
+        loaded,
+        entries,
+        graph,
+        variants,
+    })
+}
+
+/// `why`: the field-level changes between the current tree of `id` and the tree it was last
+/// built with; `Ok(None)` when it was never built.
+pub fn why(store: &store::Store, plan: &Plan, id: &str) -> Result<Option<Vec<Change>>> {
+    let e = plan
+        .entry(id)
+        .ok_or_else(|| anyhow!("no instance `{id}` in {}", plan.loaded.path.display()))?;
+    let old = store.with_index(|ix| match ix.last_key(&e.identity)? {
+        Some(lk) => ix.record(&lk),
+        None => Ok(None),
+    })?;
+    let Some(old) = old else {
+        return Ok(None);
+    };
+    Ok(Some(diff::diff(&old.key_tree, &e.tree)))
+}
+
+/// The text `temper why` prints for instance `id`.
+pub fn why_text(store: &store::Store, plan: &Plan, id: &str) -> Result<String> {
+    let e = plan
+        .entry(id)
+        .ok_or_else(|| anyhow!("no instance `{id}` in {}", plan.loaded.path.display()))?;
+    Ok(match why(store, plan, id)? {
+        None => format!("{id}: never built (key {})", e.short_key()),
+        Some(changes) if changes.is_empty() => {
+            if e.state == State::Cached {
+                format!("{id}: up to date (key {})", e.short_key())
+            } else {
+                format!(
+                    "{id}: same key as the last build ({}), state {}: {}",
+                    e.short_key(),
+                    e.state.word(),
+                    e.reason_text()
+                )
+            }
+        }
+        Some(changes) => {
+            let mut s = format!("{id}: changed since the last build:\n");
+            for c in changes {
+                s += &format!("  {}\n", c.describe());
+            }
+            s.trim_end().to_string()
+        }
+    })
+}

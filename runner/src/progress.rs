@@ -1,0 +1,211 @@
+//! Terminal output and per-node logs.
+//!
+//! - [`init`] installs the global tracing subscriber: on a terminal, an indicatif layer
+//!   (`tracing-indicatif`) draws one bar per running node and log lines go through its writer so
+//!   they never break the bars; elsewhere (pipes, CI) plain lines and no bars.
+//! - Every node runs inside a tracing span named `node` with field `id`. [`NodeLogLayer`]
+//!   copies each event inside such a span into that node's log file (registered with
+//!   [`open_node_log`]), so logs stay per node even with `--jobs > 1`.
+//! - [`NodeProgress`] is the [`recipes::Progress`] the runner hands a stage: it drives the bar of
+//!   the node's span (a no-op when no bars are shown).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Span, Subscriber};
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Open log files by instance id.
+fn logs() -> &'static Mutex<HashMap<String, File>> {
+    static LOGS: OnceLock<Mutex<HashMap<String, File>>> = OnceLock::new();
+    LOGS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Opens (appending) the log file of node `id`; events inside its span go there until
+/// [`close_node_log`].
+pub fn open_node_log(id: &str, path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = OpenOptions::new().create(true).append(true).open(path)?;
+    logs()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.to_string(), f);
+    Ok(())
+}
+
+/// Closes the log file of node `id`.
+pub fn close_node_log(id: &str) {
+    logs().lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+}
+
+/// Appends one timestamped line to node `id`'s log (if open).
+pub fn node_log(id: &str, level: &str, line: &str) {
+    let mut map = logs().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = map.get_mut(id) {
+        let now = store::now_secs();
+        let ms = ((now.fract()) * 1000.0) as u32;
+        let _ = writeln!(
+            f,
+            "{}.{ms:03} {level:>5} {line}",
+            crate::cmd::human_time(now)
+        );
+    }
+}
+
+/// The span a node runs in; `indicatif.pb_show` makes it get a bar.
+pub fn node_span(id: &str) -> Span {
+    tracing::info_span!("node", id = %id, indicatif.pb_show = tracing::field::Empty)
+}
+
+/// The instance id a `node` span was created with.
+struct NodeId(String);
+
+struct IdVisitor(Option<String>);
+impl Visit for IdVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "id" {
+            self.0 = Some(value.to_string());
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "id" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+struct MsgVisitor(String);
+impl Visit for MsgVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.insert_str(0, &format!("{value:?}"));
+        } else {
+            self.0 += &format!(" {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, value);
+        } else {
+            self.0 += &format!(" {}={value}", field.name());
+        }
+    }
+}
+
+/// Writes events inside a `node` span to that node's log file.
+pub struct NodeLogLayer;
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for NodeLogLayer {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        if attrs.metadata().name() != "node" {
+            return;
+        }
+        let mut v = IdVisitor(None);
+        attrs.record(&mut v);
+        if let (Some(node), Some(span)) = (v.0, ctx.span(id)) {
+            span.extensions_mut().insert(NodeId(node));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
+        for span in scope {
+            if let Some(NodeId(node)) = span.extensions().get::<NodeId>() {
+                let mut m = MsgVisitor(String::new());
+                event.record(&mut m);
+                node_log(node, event.metadata().level().as_str(), &m.0);
+                return;
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber. `verbosity`: -1 quiet (errors), 0 info, 1 debug, 2+ trace;
+/// `RUST_LOG` overrides. Bars only when `bars` and stderr is a terminal. Returns whether bars
+/// are shown. Safe to call twice (the second call does nothing).
+pub fn init(verbosity: i8, bars: bool) -> bool {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
+    let level = match verbosity {
+        i8::MIN..=-1 => "error",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let bars = bars && std::io::stderr().is_terminal();
+    let result = if bars {
+        let indicatif = tracing_indicatif::IndicatifLayer::new()
+            .with_span_field_formatter(tracing_indicatif::filter::hide_indicatif_span_fields(
+                tracing_subscriber::fmt::format::DefaultFields::new(),
+            ))
+            .with_progress_style(bar_style());
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(indicatif.get_stderr_writer());
+        tracing_subscriber::registry()
+            .with(NodeLogLayer)
+            .with(fmt.with_filter(filter))
+            .with(indicatif.with_filter(tracing_indicatif::filter::IndicatifFilter::new(false)))
+            .try_init()
+    } else {
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(std::io::stderr);
+        tracing_subscriber::registry()
+            .with(NodeLogLayer)
+            .with(fmt.with_filter(filter))
+            .try_init()
+    };
+    bars && result.is_ok()
+}
+
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{span_child_prefix}{spinner} {span_fields} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
+/// Drives the bar of a node's span.
+pub struct NodeProgress {
+    span: Span,
+}
+
+impl NodeProgress {
+    pub fn new(span: Span) -> Self {
+        NodeProgress { span }
+    }
+}
+
+impl recipes::Progress for NodeProgress {
+    fn set_length(&self, total: u64) {
+        self.span.pb_set_length(total);
+    }
+    fn set_position(&self, pos: u64) {
+        self.span.pb_set_position(pos);
+    }
+    fn inc(&self, delta: u64) {
+        self.span.pb_inc(delta);
+    }
+    fn set_message(&self, msg: &str) {
+        self.span.pb_set_message(msg);
+    }
+}

@@ -1,0 +1,168 @@
+//! What a run reports: the options it takes, the control a Ctrl-C handler shares with it, and
+//! the outcome of every requested instance.
+
+use recipes::CancelToken;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Options of `temper run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Declared node names or instance ids; empty = everything.
+    pub only: Vec<String>,
+    pub keep_going: bool,
+    /// Maximum number of nodes running at once (at least 1).
+    pub jobs: usize,
+    /// Wait for another run's lock instead of failing at once.
+    pub wait: bool,
+    /// The command line, recorded with the run lock and the run.
+    pub command: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            only: Vec::new(),
+            keep_going: false,
+            jobs: 1,
+            wait: true,
+            command: "temper run".into(),
+        }
+    }
+}
+
+/// Shared between the executor and a Ctrl-C handler.
+#[derive(Default)]
+pub struct Control {
+    interrupts: AtomicUsize,
+    tokens: Mutex<HashMap<String, CancelToken>>,
+}
+
+impl Control {
+    pub fn new() -> Arc<Control> {
+        Arc::new(Control::default())
+    }
+    /// Registers one interrupt: cancels every running stage and stops new ones from starting.
+    /// Returns how many interrupts there have been (the caller exits at the second).
+    pub fn interrupt(&self) -> usize {
+        let n = self.interrupts.fetch_add(1, Ordering::SeqCst) + 1;
+        for t in self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            t.cancel();
+        }
+        n
+    }
+    pub fn interrupted(&self) -> bool {
+        self.interrupts.load(Ordering::SeqCst) > 0
+    }
+    pub(crate) fn register(&self, id: &str, t: CancelToken) {
+        if self.interrupted() {
+            t.cancel();
+        }
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), t);
+    }
+    pub(crate) fn unregister(&self, id: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
+/// What happened to one requested instance.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Cached,
+    Done,
+    Failed(String),
+    /// Not run because an input failed (or was skipped/cancelled): the message names it.
+    Skipped(String),
+    Cancelled,
+    /// Not started: the run stopped first (failure without --keep-going, or Ctrl-C).
+    NotStarted,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        matches!(self, Outcome::Cached | Outcome::Done)
+    }
+    pub fn word(&self) -> String {
+        match self {
+            Outcome::Cached => "cached".into(),
+            Outcome::Done => "done".into(),
+            Outcome::Failed(e) => format!("FAILED: {e}"),
+            Outcome::Skipped(why) => format!("skipped: {why}"),
+            Outcome::Cancelled => "cancelled".into(),
+            Outcome::NotStarted => "not started".into(),
+        }
+    }
+}
+
+/// The result of a run: every requested instance (topological order) with its outcome.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub run_id: u64,
+    pub outcomes: Vec<(String, String, Outcome)>,
+    pub interrupted: bool,
+}
+
+impl RunReport {
+    /// Whether everything requested succeeded.
+    pub fn success(&self) -> bool {
+        !self.interrupted && self.outcomes.iter().all(|(_, _, o)| o.ok())
+    }
+    pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.outcomes.iter().filter(|(_, _, o)| f(o)).count()
+    }
+    /// Instance ids executed (Done) in this run.
+    pub fn executed(&self) -> Vec<&str> {
+        self.outcomes
+            .iter()
+            .filter(|(_, _, o)| *o == Outcome::Done)
+            .map(|(id, _, _)| id.as_str())
+            .collect()
+    }
+    pub fn outcome(&self, id: &str) -> Option<&Outcome> {
+        self.outcomes
+            .iter()
+            .find(|(i, _, _)| i == id)
+            .map(|(_, _, o)| o)
+    }
+    /// `N done, M cached, F failed, S skipped` (+ cancelled / not started when present).
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} done, {} cached, {} failed, {} skipped",
+            self.count(|o| *o == Outcome::Done),
+            self.count(|o| *o == Outcome::Cached),
+            self.count(|o| matches!(o, Outcome::Failed(_))),
+            self.count(|o| matches!(o, Outcome::Skipped(_))),
+        );
+        let c = self.count(|o| *o == Outcome::Cancelled);
+        if c > 0 {
+            s += &format!(", {c} cancelled");
+        }
+        let n = self.count(|o| *o == Outcome::NotStarted);
+        if n > 0 {
+            s += &format!(", {n} not started");
+        }
+        s
+    }
+}
+
+/// A usage mistake (`--only` naming no node): exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
