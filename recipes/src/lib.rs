@@ -2,8 +2,14 @@
 //! all registered in [`stages`]. The only crate that links tch. The runner calls stages
 //! through the [`Stage`] interface and never looks inside them.
 
+pub mod arch;
+pub mod data;
+pub mod hf;
 pub mod kinds;
+pub mod llama_init;
 pub mod stage;
+pub mod tok;
+pub mod train;
 
 pub use stage::{
     CancelToken, Checkpoints, InputArtifact, MetricsSink, NoProgress, Progress, Stage, StageCtx,
@@ -16,6 +22,7 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
         Box::new(kinds::dataset::Dataset),
         Box::new(kinds::tokenizer::Tokenizer),
         Box::new(kinds::model::Model),
+        Box::new(kinds::mixture::Mixture),
     ]
 }
 

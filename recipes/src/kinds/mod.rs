@@ -1,4 +1,5 @@
 //! One file per node kind.
 pub mod dataset;
+pub mod mixture;
 pub mod model;
 pub mod tokenizer;

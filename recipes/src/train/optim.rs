@@ -1,0 +1,292 @@
+//! AdamW with its state in tensors temper owns (tch has no optimizer-state save/load), matching
+//! `torch.optim.AdamW` (single-tensor path, `amsgrad=False`, `maximize=False`).
+//!
+//! For each parameter `θ` with gradient `g`, at its step `t` (1-based, counted per parameter,
+//! as torch does):
+//! ```text
+//! θ ← θ · (1 − lr·λ)                      (decoupled weight decay, only where decay applies)
+//! m ← lerp(m, g, 1 − β1)                  (= β1·m + (1 − β1)·g)
+//! v ← β2·v + (1 − β2)·g²
+//! θ ← θ − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε)
+//! ```
+//! Weight decay is off for 1-D tensors (norm weights, biases) and on for matrices and
+//! embeddings ([`decays`]). Parameters without a gradient are skipped (their step does not
+//! advance). Moments have the parameter's dtype and device.
+//!
+//! [`AdamW::clip_grad_norm`] is `torch.nn.utils.clip_grad_norm_`: the global 2-norm of all
+//! gradients `‖(‖g_1‖, …, ‖g_n‖)‖`, gradients scaled by `min(1, max_norm / (norm + 1e-6))`,
+//! the pre-clip norm returned; a non-finite norm is an error and leaves gradients untouched.
+//!
+//! [`AdamW::save`] writes `optimizer.safetensors` (`exp_avg.NAME`, `exp_avg_sq.NAME`) and
+//! `optimizer.json` (hyper-parameters and per-parameter steps); [`AdamW::load`] restores them
+//! bit for bit.
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+pub const STATE_FILE: &str = "optimizer.safetensors";
+pub const META_FILE: &str = "optimizer.json";
+
+/// Hyper-parameters (torch's defaults except `weight_decay`, which torch sets to 0.01 too).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// Whether weight decay applies to a parameter: tensors of 2 or more dimensions.
+pub fn decays(t: &Tensor) -> bool {
+    t.dim() >= 2
+}
+
+struct Param {
+    name: String,
+    tensor: Tensor,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: u64,
+}
+
+/// The optimizer.
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    params: Vec<Param>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    config: AdamWConfig,
+    steps: BTreeMap<String, u64>,
+}
+
+impl AdamW {
+    /// Optimises `params` (name, variable); they are kept sorted by name.
+    pub fn new(params: Vec<(String, Tensor)>, cfg: AdamWConfig) -> Self {
+        let mut params: Vec<Param> = params
+            .into_iter()
+            .map(|(name, t)| Param {
+                decay: decays(&t),
+                exp_avg: t.zeros_like().detach(),
+                exp_avg_sq: t.zeros_like().detach(),
+                tensor: t,
+                name,
+                step: 0,
+            })
+            .collect();
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        AdamW { cfg, params }
+    }
+
+    /// All trainable variables of a var store.
+    pub fn from_var_store(vs: &tch::nn::VarStore, cfg: AdamWConfig) -> Self {
+        let vars = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        AdamW::new(vars, cfg)
+    }
+
+    /// The largest per-parameter step.
+    pub fn step_count(&self) -> u64 {
+        self.params.iter().map(|p| p.step).max().unwrap_or(0)
+    }
+
+    /// Names of the parameters with weight decay on / off.
+    pub fn decay_split(&self) -> (Vec<&str>, Vec<&str>) {
+        let (d, n): (Vec<&Param>, Vec<&Param>) = self.params.iter().partition(|p| p.decay);
+        (
+            d.iter().map(|p| p.name.as_str()).collect(),
+            n.iter().map(|p| p.name.as_str()).collect(),
+        )
+    }
+
+    /// One update with learning rate `lr`.
+    pub fn step(&mut self, lr: f64) -> anyhow::Result<()> {
+        let cfg = self.cfg;
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for p in &mut self.params {
+                let g = p.tensor.grad();
+                if !g.defined() {
+                    continue;
+                }
+                p.step += 1;
+                let t = p.step as i32;
+                if p.decay && cfg.weight_decay != 0.0 {
+                    let _ = p.tensor.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
+                }
+                let _ = p.exp_avg.f_lerp_(&g, 1.0 - cfg.beta1)?;
+                let _ = p.exp_avg_sq.f_mul_scalar_(cfg.beta2)?;
+                let gg = g.f_mul(&g)?.f_mul_scalar(1.0 - cfg.beta2)?;
+                let _ = p.exp_avg_sq.f_add_(&gg)?;
+                let bc1 = 1.0 - cfg.beta1.powi(t);
+                let bc2 = 1.0 - cfg.beta2.powi(t);
+                let step_size = lr / bc1;
+                let denom = p
+                    .exp_avg_sq
+                    .f_sqrt()?
+                    .f_div_scalar(bc2.sqrt())?
+                    .f_add_scalar(cfg.eps)?;
+                let upd = p.exp_avg.f_div(&denom)?.f_mul_scalar(-step_size)?;
+                let _ = p.tensor.f_add_(&upd)?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("AdamW step {}", self.step_count() + 1))
+    }
+
+    /// Zeroes every gradient.
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.tensor.zero_grad();
+        }
+    }
+
+    /// The global 2-norm of the gradients (0 when none).
+    pub fn grad_norm(&self) -> anyhow::Result<f64> {
+        Ok(self
+            .total_norm()?
+            .map(|t| t.double_value(&[]))
+            .unwrap_or(0.0))
+    }
+
+    fn total_norm(&self) -> anyhow::Result<Option<Tensor>> {
+        let norms: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.f_norm().map(|n| n.to_kind(Kind::Float)))
+            .collect::<Result<_, _>>()?;
+        if norms.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::f_stack(&norms, 0)?.f_norm()?))
+    }
+
+    /// Clips gradients to global norm `max_norm`; returns the norm before clipping. A
+    /// non-finite norm is an error (gradients are left as they are).
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> anyhow::Result<f64> {
+        let Some(total) = self.total_norm()? else {
+            return Ok(0.0);
+        };
+        let norm = total.double_value(&[]);
+        if !norm.is_finite() {
+            bail!("non-finite gradient norm ({norm})");
+        }
+        let coef = (total.f_add_scalar(1e-6)?.f_reciprocal()? * max_norm).f_clamp_max(1.0)?;
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for p in &self.params {
+                let mut g = p.tensor.grad();
+                if g.defined() {
+                    let c = coef.f_to_device(g.device())?.f_to_kind(g.kind())?;
+                    let _ = g.f_mul_(&c)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(norm)
+    }
+
+    /// Names of parameters whose gradient has a NaN or infinite value.
+    pub fn non_finite_grads(&self) -> anyhow::Result<Vec<String>> {
+        let mut bad = Vec::new();
+        for p in &self.params {
+            let g = p.tensor.grad();
+            if g.defined() && !bool::try_from(g.f_isfinite()?.f_all()?)? {
+                bad.push(p.name.clone());
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Writes the state into `dir` (see the module docs).
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
+        for p in &self.params {
+            tensors.push((
+                format!("exp_avg.{}", p.name),
+                p.exp_avg.to_device(tch::Device::Cpu),
+            ));
+            tensors.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.to_device(tch::Device::Cpu),
+            ));
+        }
+        let path = dir.join(STATE_FILE);
+        Tensor::write_safetensors(&tensors, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let meta = Meta {
+            config: self.cfg,
+            steps: self
+                .params
+                .iter()
+                .map(|p| (p.name.clone(), p.step))
+                .collect(),
+        };
+        let mpath = dir.join(META_FILE);
+        std::fs::write(&mpath, serde_json::to_string_pretty(&meta)? + "\n")
+            .with_context(|| format!("writing {}", mpath.display()))
+    }
+
+    /// Restores the state written by [`AdamW::save`]; every parameter must be present with its
+    /// shape.
+    pub fn load(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let mpath = dir.join(META_FILE);
+        let text = std::fs::read_to_string(&mpath)
+            .with_context(|| format!("reading {}", mpath.display()))?;
+        let meta: Meta =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", mpath.display()))?;
+        let path = dir.join(STATE_FILE);
+        let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .into_iter()
+            .collect();
+        let shown = path.display();
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for p in &mut self.params {
+                for (prefix, dst) in [
+                    ("exp_avg", &mut p.exp_avg),
+                    ("exp_avg_sq", &mut p.exp_avg_sq),
+                ] {
+                    let key = format!("{prefix}.{}", p.name);
+                    let src = saved
+                        .get(&key)
+                        .ok_or_else(|| anyhow!("{shown}: no tensor `{key}`"))?;
+                    if src.size() != dst.size() {
+                        bail!(
+                            "{shown}: `{key}` has shape {:?}, the parameter has {:?}",
+                            src.size(),
+                            dst.size()
+                        );
+                    }
+                    dst.f_copy_(&src.f_to_device(dst.device())?.f_to_kind(dst.kind())?)?;
+                }
+                p.step = *meta
+                    .steps
+                    .get(&p.name)
+                    .ok_or_else(|| anyhow!("{}: no step for `{}`", mpath.display(), p.name))?;
+            }
+            Ok(())
+        })?;
+        self.cfg = meta.config;
+        Ok(())
+    }
+}

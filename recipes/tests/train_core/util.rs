@@ -1,0 +1,101 @@
+//! Shared helpers: fixtures and a small tokenizer with the special tokens the templates use.
+
+use std::path::PathBuf;
+use tokenizers::Tokenizer;
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/train")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+pub const SPECIALS: &[&str] = &[
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|pad|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+];
+
+/// A byte-level BPE trained on a few sentences, special tokens at ids 0..8.
+pub fn tokenizer() -> Tokenizer {
+    let texts = [
+        "What is 2+2? 4. Hello there, how are you? Be brief.",
+        "system user assistant Continue: a b c Say twice é é",
+        "the quick brown fox jumps over the lazy dog",
+    ];
+    let specials: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
+    recipes::tok::train_bpe(
+        texts.iter().cycle().take(30).map(|s| s.to_string()),
+        400,
+        0,
+        &specials,
+    )
+    .unwrap()
+}
+
+pub fn id(tok: &Tokenizer, t: &str) -> i64 {
+    tok.token_to_id(t).unwrap() as i64
+}
+
+/// Decodes ids keeping special tokens.
+pub fn decode(tok: &Tokenizer, ids: &[i64]) -> String {
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    tok.decode(&ids, false).unwrap()
+}
+
+/// A `StageCtx` for `stage` with `params` (others defaulted) and `inputs` (param path →
+/// (node, artifact dir)).
+pub fn ctx(
+    stage: &dyn recipes::Stage,
+    params: &[(&str, dsl::Value)],
+    inputs: &[(&str, &str, &std::path::Path)],
+    out: &std::path::Path,
+) -> recipes::StageCtx {
+    use recipes::{CancelToken, InputArtifact, MetricsSink, NoProgress, StageCtx};
+    let schema = stage.schema();
+    let mut full = std::collections::BTreeMap::new();
+    for p in &schema.params {
+        let v = match &p.default {
+            dsl::Default::Value(v) => v.clone(),
+            _ => dsl::Value::Null,
+        };
+        full.insert(p.name.to_string(), v);
+    }
+    for (k, v) in params {
+        full.insert(k.to_string(), v.clone());
+    }
+    std::fs::create_dir_all(out.join("out")).unwrap();
+    StageCtx {
+        node: "mix".into(),
+        kind: schema.name.into(),
+        key: "0".repeat(64),
+        params: full,
+        root_dir: out.to_path_buf(),
+        inputs: inputs
+            .iter()
+            .map(|(k, node, d)| {
+                (
+                    k.to_string(),
+                    InputArtifact {
+                        node: node.to_string(),
+                        kind: "?".into(),
+                        produces: "?".into(),
+                        key: "1".repeat(64),
+                        dir: d.to_path_buf(),
+                    },
+                )
+            })
+            .collect(),
+        out_dir: out.join("out"),
+        metrics: MetricsSink::new(out.join("work/metrics.jsonl")),
+        work_dir: out.join("work"),
+        device: "cpu".into(),
+        progress: std::sync::Arc::new(NoProgress),
+        cancel: CancelToken::new(),
+    }
+}
