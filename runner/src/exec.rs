@@ -381,6 +381,7 @@ impl Executor<'_> {
                     tch::set_num_threads(threads as i32);
                 }
                 tracing::info!("running {id}");
+                test_pause(&id);
                 let result =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)))
                         .unwrap_or_else(|p| {
@@ -498,5 +499,20 @@ impl Executor<'_> {
         self.store.set_last_key(&e.identity, &e.key)?;
         tracing::info!("{}: done ({})", e.id, e.short_key());
         Ok(())
+    }
+}
+
+/// Test hook: `TEMPER_PAUSE_AT=stage:<instance id>:<ms>` sleeps before that stage runs, so
+/// end-to-end tests can observe a run in progress (lock holder, read-only commands, kills).
+fn test_pause(id: &str) {
+    let Ok(v) = std::env::var("TEMPER_PAUSE_AT") else {
+        return;
+    };
+    if let Some((target, ms)) = v.rsplit_once(':') {
+        if target == format!("stage:{id}") {
+            if let Ok(ms) = ms.parse::<u64>() {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
     }
 }

@@ -155,8 +155,10 @@ pub fn init(verbosity: i8, bars: bool) -> bool {
                 tracing_subscriber::fmt::format::DefaultFields::new(),
             ))
             .with_progress_style(bar_style());
+        // Terminal lines carry no timestamps (the per-node log files do): the bars show time.
         let fmt = tracing_subscriber::fmt::layer()
             .with_target(false)
+            .without_time()
             .with_writer(indicatif.get_stderr_writer());
         tracing_subscriber::registry()
             .with(NodeLogLayer)
@@ -166,6 +168,7 @@ pub fn init(verbosity: i8, bars: bool) -> bool {
     } else {
         let fmt = tracing_subscriber::fmt::layer()
             .with_target(false)
+            .without_time()
             .with_ansi(false)
             .with_writer(std::io::stderr);
         tracing_subscriber::registry()

@@ -86,6 +86,7 @@ impl Project {
             .env_remove("TEMPER_STORE")
             .env_remove("LD_LIBRARY_PATH")
             .env_remove("TEMPER_CRASH_AT")
+            .env_remove("TEMPER_PAUSE_AT")
             .env("NO_COLOR", "1")
             .arg("--store")
             .arg(self.store())

@@ -5,10 +5,24 @@ use clap::Args;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// Machine-readable: the lock holder and every recorded run (newest first) with the nodes it
+    /// executed (cached nodes are not listed: they did not execute).
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(g: &Global, _a: StatusArgs) -> Result<ExitCode> {
+pub fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
     let store = g.open_store()?;
+    if a.json {
+        let holder = store.run_lock_holder().map(|h| {
+            serde_json::json!({ "pid": h.pid, "command": h.command, "since": h.since })
+        });
+        let runs = store.runs(usize::MAX)?;
+        let out = serde_json::json!({ "running": holder, "runs": runs });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     print!("{}", status_text(&store)?);
     Ok(ExitCode::SUCCESS)
 }
