@@ -4,12 +4,14 @@
 
 pub mod arch;
 pub mod data;
+pub mod evaluate;
 pub mod hf;
 pub mod kinds;
 pub mod llama_init;
 pub mod stage;
 pub mod tok;
 pub mod train;
+pub mod trainer;
 
 pub use stage::{
     CancelToken, Checkpoints, InputArtifact, MetricsSink, NoProgress, Progress, Stage, StageCtx,
@@ -23,6 +25,9 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
         Box::new(kinds::tokenizer::Tokenizer),
         Box::new(kinds::model::Model),
         Box::new(kinds::mixture::Mixture),
+        Box::new(kinds::cpt::Cpt),
+        Box::new(kinds::sft::Sft),
+        Box::new(kinds::eval::Eval),
     ]
 }
 

@@ -13,9 +13,9 @@ dataset corpus path="data/corpus.jsonl" format=text
 tokenizer tok vocab-size=320 { data corpus; }
 model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
 cpt domain model=tiny data=corpus {
-    seq-len 32; batch-size 4; steps 240; lr 2e-3; weight-decay 0.1
+    seq-len 32; batch-size 4; steps 120; lr 2e-3; weight-decay 0.1
     schedule cosine warmup=0.1
-    checkpoint-every 20; log-every 5; device cpu; threads 1
+    checkpoint-every 10; log-every 5; device cpu; threads 1
 }
 "#;
 

@@ -123,12 +123,10 @@ fn check(n: &NodeDecl) -> Vec<ParamIssue> {
 
 fn path_mode(ctx: &StageCtx, p: &str) -> Result<J, StageError> {
     let dir = ctx.resolve_path(p);
+    let info = hf::validate_model_dir(&dir, p)?;
     // The architecture code is the authority on what temper can run: unsupported model types,
     // activations or rope variants are rejected here, before anything is published.
-    if dir.join("config.json").is_file() {
-        crate::arch::ArchConfig::from_dir(&dir, p)?;
-    }
-    let info = hf::validate_model_dir(&dir, p)?;
+    crate::arch::ArchConfig::from_dir(&dir, p)?;
     if dir.join(tok::TOKENIZER_FILE).is_file() {
         let shown = format!("{}/{}", p.trim_end_matches('/'), tok::TOKENIZER_FILE);
         tok::load_tokenizer_json(&dir.join(tok::TOKENIZER_FILE), &shown)?;

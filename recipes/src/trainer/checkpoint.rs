@@ -1,0 +1,133 @@
+//! What a training checkpoint holds and how it is restored.
+//!
+//! A checkpoint directory `step-NNNNNNNNN` (written atomically by
+//! [`crate::stage::Checkpoints::save`]) contains:
+//! - `model.safetensors`: every variable of the model by checkpoint name, in its dtype;
+//! - `optimizer.safetensors` + `optimizer.json`: AdamW moments and per-parameter steps;
+//! - `trainer.json` ([`TrainerState`]): step, tokens seen, first/last loss, the intra-op thread
+//!   count, seed, total steps and the objective's data position (stream / packer / sampler
+//!   state). The schedule is a pure function of the step; the loop draws no random numbers of
+//!   torch's, so the seed is all the RNG state there is.
+//!
+//! Metrics are appended to `work_dir/metrics.jsonl` as the run goes; on start,
+//! [`truncate_metrics`] drops every line of a step after the restored checkpoint (and any torn
+//! last line), so the file of a resumed run has the lines of an uninterrupted one.
+
+use super::{Objective, Progress};
+use crate::arch::HfModel;
+use crate::train::optim::AdamW;
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as J;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use tch::Tensor;
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "trainer.json";
+
+/// `trainer.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub progress: Progress,
+    pub threads: usize,
+    pub seed: u64,
+    pub total_steps: u64,
+    /// The objective's data position.
+    pub data: J,
+}
+
+/// Writes a checkpoint into `dir` (a fresh temporary directory).
+pub fn write(dir: &Path, model: &HfModel, opt: &AdamW, st: &TrainerState) -> anyhow::Result<()> {
+    let vars: BTreeMap<String, Tensor> = model.vs.variables().into_iter().collect();
+    let cpu: Vec<(String, Tensor)> = vars
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().to_device(tch::Device::Cpu)))
+        .collect();
+    let p = dir.join(WEIGHTS_FILE);
+    Tensor::write_safetensors(&cpu, &p).with_context(|| format!("writing {}", p.display()))?;
+    opt.save(dir)?;
+    let p = dir.join(STATE_FILE);
+    fs::write(&p, serde_json::to_string_pretty(st)? + "\n")
+        .with_context(|| format!("writing {}", p.display()))
+}
+
+/// Restores weights, optimizer and data position from `dir`; returns the trainer state.
+pub fn restore<O: Objective>(
+    dir: &Path,
+    model: &mut HfModel,
+    opt: &mut AdamW,
+    obj: &mut O,
+) -> anyhow::Result<TrainerState> {
+    let p = dir.join(STATE_FILE);
+    let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let st: TrainerState =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+    let p = dir.join(WEIGHTS_FILE);
+    let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(&p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .into_iter()
+        .collect();
+    let vars = model.vs.variables();
+    if saved.len() != vars.len() {
+        bail!(
+            "{}: {} tensors, the model has {}",
+            p.display(),
+            saved.len(),
+            vars.len()
+        );
+    }
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (name, var) in &vars {
+            let src = saved
+                .get(name)
+                .ok_or_else(|| anyhow!("{}: no tensor `{name}`", p.display()))?;
+            if src.size() != var.size() {
+                bail!(
+                    "{}: `{name}` has shape {:?}, the model {:?}",
+                    p.display(),
+                    src.size(),
+                    var.size()
+                );
+            }
+            let mut v = var.shallow_clone();
+            v.f_copy_(&src.f_to_device(v.device())?.f_to_kind(v.kind())?)?;
+        }
+        Ok(())
+    })?;
+    opt.load(dir)?;
+    obj.restore(&st.data)
+        .with_context(|| format!("restoring the data position of {}", dir.display()))?;
+    Ok(st)
+}
+
+/// Cuts `metrics.jsonl` before its first line that is torn, unparsable, or of a step after
+/// `step` (lines are written in step order, so what remains is exactly the lines of steps up
+/// to `step`). Truncates in place, so an open append handle keeps writing to the same file.
+pub fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut keep = 0usize;
+    for line in text.split_inclusive('\n') {
+        let ok = line.ends_with('\n')
+            && serde_json::from_str::<J>(line)
+                .ok()
+                .is_some_and(|v| v.get("step").and_then(J::as_u64).is_none_or(|s| s <= step));
+        if !ok {
+            break;
+        }
+        keep += line.len();
+    }
+    if keep == text.len() {
+        return Ok(());
+    }
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.set_len(keep as u64)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("truncating {}", path.display()))
+}

@@ -1,0 +1,307 @@
+//! The training loop shared by `cpt`, `sft` and (later) the preference stages: one optimizer
+//! step at a time, with gradient accumulation, clipping, a schedule, metrics, checkpoints and
+//! mid-stage resume. What a stage trains on and how its loss is computed is an [`Objective`].
+//!
+//! One optimizer step `s` (0-based) of a run of `T` steps:
+//! 1. `micro = objective.micro_batches(s)` (the `grad-accum` micro-batches of the step);
+//!    `N = Σ_m objective.n_targets(m)`, counted before any forward pass;
+//! 2. for each micro-batch: `L_m = objective.loss(model, m)` (a loss *summed* over its targets),
+//!    backpropagate `L_m / N` — so the accumulated gradient is the gradient of
+//!    `loss_s = Σ_m L_m / N`, not a mean of per-micro-batch means;
+//! 3. a non-finite `loss_s` or gradient stops the run with a user error naming the step and the
+//!    last good checkpoint (nothing is checkpointed after a poisoned step);
+//! 4. `g = ‖∇‖₂` before clipping (logged as `grad_norm`), gradients scaled by
+//!    `min(1, max_grad_norm / (g + 1e-6))` when clipping is on;
+//! 5. AdamW at `lr(s)` of the [`Schedule`] (weight decay off for 1-D tensors: norms, biases).
+//!
+//! Checkpoints (`ctx.checkpoints()`, every `checkpoint_every` steps, on cancel and at the end)
+//! hold everything the next steps depend on ([`checkpoint`]); a rerun with the same work
+//! directory restores the latest complete one and continues, and on CPU its final weights are
+//! bit-identical to an uninterrupted run's: the loop uses no randomness of torch's, the data
+//! order is a pure function of the seed and the saved position, and the intra-op thread count
+//! (which decides how CPU reductions are split) is pinned to the one the run started with.
+
+pub mod checkpoint;
+pub mod lm;
+pub mod params;
+
+use crate::arch::HfModel;
+use crate::stage::{StageCtx, StageError};
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::schedule::{self, Schedule, Warmup};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as J};
+use std::time::Instant;
+use tch::Tensor;
+
+/// How to train: everything the loop needs besides the data and the loss.
+#[derive(Clone, Debug)]
+pub struct TrainSpec {
+    /// Peak learning rate.
+    pub lr: f64,
+    pub schedule: schedule::Kind,
+    pub warmup: Warmup,
+    /// Optimizer steps of the run (the stage resolves steps / epochs / token budgets).
+    pub total_steps: u64,
+    /// Clip the global gradient norm to this value; `None` = no clipping (norm still logged).
+    pub max_grad_norm: Option<f64>,
+    pub adamw: AdamWConfig,
+    pub seed: u64,
+    /// Checkpoint every N steps (0 = only on cancel and at the end).
+    pub checkpoint_every: u64,
+    /// Complete checkpoints kept in the work directory (at least 1).
+    pub keep_checkpoints: usize,
+    /// Write a metrics line every N steps (the last step is always logged).
+    pub log_every: u64,
+    /// Intra-op CPU threads (0 = libtorch's default; a resumed run reuses the checkpoint's).
+    pub threads: usize,
+}
+
+/// The loss of one micro-batch.
+pub struct LossOut {
+    /// The loss summed over the micro-batch's targets (a scalar tensor with a graph).
+    pub sum: Tensor,
+    /// Extra metrics, summed over the micro-batch (divided by `N` like the loss when logged).
+    pub extra: Vec<(String, f64)>,
+}
+
+/// What a stage trains on and how: the data of each step and the loss of a micro-batch.
+///
+/// The data position must be a function of the steps consumed so far: after
+/// `restore(state())` the objective yields exactly the micro-batches it would have yielded.
+pub trait Objective {
+    type Batch;
+    /// The micro-batches of step `step`; `None` when the data is exhausted (the run ends).
+    fn micro_batches(&mut self, step: u64) -> anyhow::Result<Option<Vec<Self::Batch>>>;
+    /// The normalisation units of a micro-batch (target tokens for LM losses, pairs for
+    /// preference losses).
+    fn n_targets(&self, batch: &Self::Batch) -> usize;
+    /// Real (non-padding) tokens of a micro-batch (for `tokens_seen` and tokens/s).
+    fn n_tokens(&self, batch: &Self::Batch) -> usize;
+    /// The summed loss of a micro-batch.
+    fn loss(&mut self, model: &HfModel, batch: &Self::Batch) -> anyhow::Result<LossOut>;
+    /// The data position after the steps consumed so far (saved in checkpoints).
+    fn state(&self) -> J;
+    /// Restores a position saved by [`Objective::state`].
+    fn restore(&mut self, state: &J) -> anyhow::Result<()>;
+    /// Passes over the data so far (fractional), for the metrics.
+    fn epoch(&self) -> f64;
+}
+
+/// What a finished run reports (also written as `train_summary.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub total_steps: u64,
+    pub tokens_seen: u64,
+    pub epoch: f64,
+    pub first_loss: Option<f64>,
+    pub final_loss: Option<f64>,
+    /// Step the run resumed from (0 = fresh).
+    pub resumed_from: u64,
+    /// Wall-clock seconds of the steps run in this attempt.
+    pub seconds: f64,
+    pub threads: usize,
+}
+
+/// Counters carried across checkpoints.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: u64,
+    pub tokens_seen: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+}
+
+/// Runs (or resumes) training of `model` on `obj` per `spec`; returns the summary. The caller
+/// saves the model afterwards.
+pub fn train<O: Objective>(
+    ctx: &StageCtx,
+    model: &mut HfModel,
+    spec: &TrainSpec,
+    obj: &mut O,
+) -> Result<TrainSummary, StageError> {
+    let ckpts = ctx.checkpoints();
+    let mut opt = AdamW::from_var_store(&model.vs, spec.adamw);
+    let sched = Schedule::new(spec.schedule, spec.lr, spec.warmup, spec.total_steps);
+    let mut prog = Progress::default();
+    let mut threads = spec.threads;
+    let mut last_good: Option<u64> = None;
+    if let Some((step, dir)) = ckpts.latest() {
+        let st = checkpoint::restore(&dir, model, &mut opt, obj).map_err(|e| {
+            StageError::Other(e.context(format!(
+                "node {}: resuming from checkpoint {}",
+                ctx.node,
+                dir.display()
+            )))
+        })?;
+        if spec.threads == 0 {
+            threads = st.threads;
+        }
+        prog = st.progress;
+        prog.step = step;
+        last_good = Some(step);
+        tracing::info!(node = %ctx.node, step, "resuming from {}", dir.display());
+    }
+    checkpoint::truncate_metrics(ctx.metrics.path(), prog.step)
+        .map_err(|e| StageError::Other(e.context("truncating metrics.jsonl")))?;
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+    let threads = tch::get_num_threads().max(1) as usize;
+    let resumed_from = prog.step;
+    let save = |prog: &Progress, model: &HfModel, opt: &AdamW, obj: &O| {
+        let st = checkpoint::TrainerState {
+            progress: prog.clone(),
+            threads,
+            seed: spec.seed,
+            total_steps: spec.total_steps,
+            data: obj.state(),
+        };
+        ckpts
+            .save(prog.step, spec.keep_checkpoints.max(1), |d| {
+                checkpoint::write(d, model, opt, &st)
+            })
+            .map_err(|e| {
+                StageError::Other(e.context(format!(
+                    "node {}: writing checkpoint at step {}",
+                    ctx.node, prog.step
+                )))
+            })
+    };
+
+    ctx.progress.set_length(spec.total_steps);
+    ctx.progress.set_position(prog.step);
+    let started = Instant::now();
+    let mut window = (Instant::now(), 0u64);
+    while prog.step < spec.total_steps {
+        if ctx.cancel.is_cancelled() {
+            if last_good != Some(prog.step) {
+                save(&prog, model, &opt, obj)?;
+            }
+            return Err(StageError::Cancelled);
+        }
+        let step = prog.step;
+        let shown = step + 1;
+        let Some(micro) = obj
+            .micro_batches(step)
+            .map_err(|e| StageError::Other(e.context(format!("step {shown}: reading data"))))?
+        else {
+            break;
+        };
+        let n: usize = micro.iter().map(|b| obj.n_targets(b)).sum();
+        let tokens: u64 = micro.iter().map(|b| obj.n_tokens(b) as u64).sum();
+        let poisoned = |what: String| {
+            let kept = match last_good {
+                Some(s) => format!(
+                    "the last good checkpoint (step {s}) is kept in {}",
+                    ckpts.dir().display()
+                ),
+                None => "no checkpoint was written yet".into(),
+            };
+            StageError::user(
+                format!("node {}: {what} at step {shown}; {kept}", ctx.node),
+                Some("lower `lr`, set `max-grad-norm`, or check the data".into()),
+            )
+        };
+        let mut loss_sum = 0.0;
+        let mut extra: Vec<(String, f64)> = Vec::new();
+        if n > 0 {
+            let scale = 1.0 / n as f64;
+            for b in &micro {
+                let out = obj
+                    .loss(model, b)
+                    .map_err(|e| StageError::Other(e.context(format!("step {shown}: forward"))))?;
+                let v = out.sum.double_value(&[]);
+                if !v.is_finite() {
+                    return Err(poisoned(format!("non-finite loss ({v})")));
+                }
+                loss_sum += v;
+                (out.sum * scale).f_backward().map_err(|e| {
+                    StageError::Other(anyhow::anyhow!("step {shown}: backward: {e}"))
+                })?;
+                for (k, x) in out.extra {
+                    match extra.iter_mut().find(|(name, _)| *name == k) {
+                        Some(slot) => slot.1 += x,
+                        None => extra.push((k, x)),
+                    }
+                }
+            }
+        }
+        let loss = if n > 0 { loss_sum / n as f64 } else { 0.0 };
+        let bad = opt.non_finite_grads().map_err(StageError::Other)?;
+        if !bad.is_empty() {
+            let more = if bad.len() > 3 {
+                format!(" and {} more", bad.len() - 3)
+            } else {
+                String::new()
+            };
+            return Err(poisoned(format!(
+                "non-finite gradient in {}{more}",
+                bad[..bad.len().min(3)].join(", ")
+            )));
+        }
+        let grad_norm = match spec.max_grad_norm {
+            Some(m) if m > 0.0 => opt.clip_grad_norm(m),
+            _ => opt.grad_norm(),
+        }
+        .map_err(|e| poisoned(format!("{e}")))?;
+        let lr = sched.lr(step);
+        if n > 0 {
+            opt.step(lr).map_err(StageError::Other)?;
+        }
+        opt.zero_grad();
+
+        prog.step += 1;
+        prog.tokens_seen += tokens;
+        if n > 0 {
+            prog.first_loss.get_or_insert(loss);
+            prog.last_loss = Some(loss);
+        }
+        window.1 += tokens;
+        ctx.progress.set_position(prog.step);
+        ctx.progress.set_message(&format!("loss {loss:.4}"));
+        let log_every = spec.log_every.max(1);
+        if prog.step.is_multiple_of(log_every) || prog.step == spec.total_steps {
+            let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+            let mut rec = json!({
+                "step": prog.step,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "targets": n,
+                "tokens_seen": prog.tokens_seen,
+                "epoch": obj.epoch(),
+                "tokens_per_s": window.1 as f64 / secs,
+            });
+            if let Some(o) = rec.as_object_mut() {
+                for (k, x) in &extra {
+                    o.insert(k.clone(), json!(if n > 0 { x / n as f64 } else { 0.0 }));
+                }
+            }
+            ctx.metrics
+                .log(&rec)
+                .map_err(|e| StageError::Other(anyhow::anyhow!("writing metrics: {e}")))?;
+            window = (Instant::now(), 0);
+        }
+        let every = spec.checkpoint_every;
+        if every > 0 && prog.step.is_multiple_of(every) && prog.step < spec.total_steps {
+            save(&prog, model, &opt, obj)?;
+            last_good = Some(prog.step);
+        }
+    }
+    if last_good != Some(prog.step) {
+        save(&prog, model, &opt, obj)?;
+    }
+    Ok(TrainSummary {
+        steps: prog.step,
+        total_steps: spec.total_steps,
+        tokens_seen: prog.tokens_seen,
+        epoch: obj.epoch(),
+        first_loss: prog.first_loss,
+        final_loss: prog.last_loss,
+        resumed_from,
+        seconds: started.elapsed().as_secs_f64(),
+        threads,
+    })
+}
