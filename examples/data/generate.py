@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Generates the quickstart's synthetic data set (deterministic; stdlib only).
 
-Tasks a tiny model can learn in minutes on a CPU:
-  - addition of two numbers below 100          "12+35="        -> "47"
-  - reversing a short lowercase word           "reverse: abc"  -> "cba"
-  - sorting three digits                       "sort: 3 1 2"   -> "1 2 3"
-Outputs (next to this script):
+Tasks on short lists of digits, chosen so that a tiny model trained from scratch on 2 CPU
+cores learns them in a couple of minutes and *generalises* to prompts it never saw (there are
+10^3 + 10^4 lists per task, far more than the training pairs):
+  - sorting       "sort: 3 1 2 ="     -> " 1 2 3"
+  - reversing     "reverse: 3 1 2 ="  -> " 2 1 3"
+  - the maximum   "max: 3 1 2 ="      -> " 3"
+Lists have 3 or 4 digits. Outputs (next to this script):
   corpus.jsonl   format=text               CPT documents: worked examples mixed with filler prose
   filler.jsonl   format=text               filler prose only (a second mixture source)
   train.jsonl    format=prompt-completion  SFT training pairs
-  heldout.jsonl  format=prompt-completion  held-out pairs (disjoint prompts) for eval
+  heldout.jsonl  format=prompt-completion  held-out pairs (prompts disjoint from all others)
   chat.jsonl     format=messages           the same tasks as chat turns
 Run: python3 examples/data/generate.py
 """
@@ -18,9 +20,6 @@ import os
 import random
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORDS = ("apple river stone cloud light music garden paper winter silver forest window "
-         "bridge candle harbor meadow pencil rocket saddle tunnel velvet wagon yellow zebra "
-         "anchor basket copper desert engine falcon glacier hammer island jungle kettle lemon").split()
 FILLER = [
     "The weather changed slowly over the hills and the farmers watched the sky.",
     "A small boat crossed the harbor before the evening bell rang twice.",
@@ -31,18 +30,18 @@ FILLER = [
     "She reversed the order of the cards and then sorted them again.",
     "The old clock in the station was always three minutes late.",
 ]
+N_TRAIN, N_HELDOUT = 4000, 150
 
 
 def task(rng):
+    d = [rng.randrange(10) for _ in range(rng.choice((3, 4)))]
     kind = rng.randrange(3)
+    show = " ".join(map(str, d))
     if kind == 0:
-        a, b = rng.randrange(100), rng.randrange(100)
-        return f"{a}+{b}=", f"{a + b}"
+        return f"sort: {show} =", " " + " ".join(map(str, sorted(d)))
     if kind == 1:
-        w = rng.choice(WORDS)[: rng.randrange(3, 7)]
-        return f"reverse: {w} =", " " + w[::-1]
-    d = [rng.randrange(10) for _ in range(3)]
-    return "sort: " + " ".join(map(str, d)) + " =", " " + " ".join(map(str, sorted(d)))
+        return f"reverse: {show} =", " " + " ".join(map(str, d[::-1]))
+    return f"max: {show} =", f" {max(d)}"
 
 
 def write(name, rows):
@@ -54,12 +53,12 @@ def write(name, rows):
 def main():
     rng = random.Random(20261128)
     seen, pairs = set(), []
-    while len(pairs) < 3200:
+    while len(pairs) < N_TRAIN + N_HELDOUT:
         p, c = task(rng)
         if p not in seen:
             seen.add(p)
             pairs.append((p, c))
-    heldout, train = pairs[:200], pairs[200:]
+    heldout, train = pairs[:N_HELDOUT], pairs[N_HELDOUT:]
     corpus = []
     for i in range(0, len(train), 8):
         lines = [rng.choice(FILLER)] + [p + c for p, c in train[i:i + 8]]

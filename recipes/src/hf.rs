@@ -86,7 +86,8 @@ impl HfConfig {
     }
     /// q/k/v projections carry a bias: always for qwen2, else `attention_bias`.
     pub fn qkv_bias(&self) -> bool {
-        self.model_type == "qwen2" || (self.model_type == "llama" && self.attention_bias.unwrap_or(false))
+        self.model_type == "qwen2"
+            || (self.model_type == "llama" && self.attention_bias.unwrap_or(false))
     }
     /// Llama's `attention_bias` also puts a bias on `o_proj` (as transformers does).
     pub fn o_bias(&self) -> bool {

@@ -33,7 +33,10 @@ pub enum StageError {
     Cancelled,
     /// A mistake in the recipe or its inputs (bad record, missing file…): message and hint.
     #[error("{message}")]
-    User { message: String, hint: Option<String> },
+    User {
+        message: String,
+        hint: Option<String>,
+    },
     /// Anything else, with context.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
