@@ -171,6 +171,13 @@ pub fn key_tree(
         if spec.added_later && is_default(spec, v) {
             continue;
         }
+        let resolved;
+        let v = if spec.name == "dtype" && v.as_str() == Some("auto") {
+            resolved = Value::Str(resolve_auto_dtype(inst).into());
+            &resolved
+        } else {
+            v
+        };
         let j = value_json(v, root_dir, input_key, hasher)
             .with_context(|| format!("node {}: parameter `{}`", inst.id, spec.name))?;
         params.insert(spec.name.to_string(), j);
@@ -180,6 +187,32 @@ pub fn key_tree(
         "version": schema.version,
         "params": J::Object(params),
     })))
+}
+
+/// The dtype a training stage resolves `dtype=auto` to, which is what determines its result and
+/// so what enters the key: f32 on CPU, bf16 on CUDA (the device itself stays out of the key).
+/// Must agree with `recipes::trainer::params::resolve_dtype`.
+pub fn resolve_auto_dtype(inst: &Instance) -> &'static str {
+    let device = inst
+        .params
+        .get("device")
+        .and_then(|v| v.as_str())
+        .unwrap_or("auto");
+    let cuda = match device {
+        "cpu" => false,
+        d if d.starts_with("cuda") => true,
+        _ => cuda_available(),
+    };
+    if cuda {
+        "bf16"
+    } else {
+        "f32"
+    }
+}
+
+fn cuda_available() -> bool {
+    static CUDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CUDA.get_or_init(tch::Cuda::is_available)
 }
 
 fn value_json(

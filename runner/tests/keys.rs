@@ -402,3 +402,31 @@ mod properties {
         }
     }
 }
+
+/// A training-like kind with a `dtype` that may be `auto`.
+struct Trains;
+impl Stage for Trains {
+    fn schema(&self) -> KindSchema {
+        KindSchema::new("trains", 1, "model").param(
+            ParamSpec::new("dtype", ParamType::Enum(&["auto", "f32", "bf16"]))
+                .default(Value::Str("auto".into())),
+        )
+    }
+    fn run(&self, _: &StageCtx) -> Result<serde_json::Value, StageError> {
+        Ok(serde_json::Value::Null)
+    }
+}
+
+#[test]
+fn dtype_auto_enters_the_key_as_the_resolved_dtype() {
+    let p = Project::new();
+    let k = Kinds::new(vec![Box::new(Trains)]);
+    let auto_cpu = keys_in(&k, p.path(), "trains t device=cpu");
+    let f32 = keys_in(&k, p.path(), "trains t dtype=f32 device=cpu");
+    let bf16_cuda = keys_in(&k, p.path(), "trains t device=cuda:0");
+    let bf16 = keys_in(&k, p.path(), "trains t dtype=bf16");
+    // On CPU, auto means f32; on CUDA, bf16: the resolved dtype is what the key holds.
+    assert_eq!(auto_cpu["t"], f32["t"]);
+    assert_eq!(bf16_cuda["t"], bf16["t"]);
+    assert_ne!(auto_cpu["t"], bf16_cuda["t"]);
+}

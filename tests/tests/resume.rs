@@ -113,3 +113,42 @@ fn kill_9_mid_training_then_rerun_is_bit_identical() {
     );
     assert_eq!(metrics(&ref_dir), metrics(&dir));
 }
+
+#[test]
+fn ctrl_c_checkpoints_and_stops_then_rerun_resumes_bit_identical() {
+    let reference = project();
+    reference.ok(&["run", "recipe.kdl"]);
+    let ref_dir =
+        cpt_artifact(&reference.store()).expect("the reference run published the cpt node");
+
+    let p = project();
+    let child = p.cmd(&["run", "recipe.kdl"]).spawn().unwrap();
+    let t0 = Instant::now();
+    while checkpoints(&p.store()).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One Ctrl-C: the running stage checkpoints and stops; nothing is recorded done that is not.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "an interrupted run is not a success\n{}", text(&out));
+    assert!(cpt_artifact(&p.store()).is_none(), "an interrupted node is never published");
+    let plan = p.ok(&["plan", "recipe.kdl"]);
+    let line = plan.lines().find(|l| l.contains("domain")).unwrap();
+    assert!(line.contains("incomplete"), "{plan}");
+    let v = p.run(&["verify"]);
+    assert!(v.status.success(), "verify after Ctrl-C\n{}", text(&v));
+
+    p.ok(&["run", "recipe.kdl"]);
+    let dir = cpt_artifact(&p.store()).expect("the rerun published the cpt node");
+    let s: J =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train_summary.json")).unwrap())
+            .unwrap();
+    assert!(s["resumed_from"].as_u64().unwrap() > 0, "resumed mid-stage: {s}");
+    let a = std::fs::read(ref_dir.join("model.safetensors")).unwrap();
+    let b = std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(a == b, "weights after Ctrl-C + resume differ from the uninterrupted run");
+    assert_eq!(metrics(&ref_dir), metrics(&dir));
+}
