@@ -1,0 +1,26 @@
+//! `ties` (TIES-merging): each task vector `τᵢ = θᵢ − θbase` keeps its `k = ⌊densityᵢ·N⌋` entries of
+//! largest magnitude; `Wᵢ = wᵢ·τᵢ`; `majority = sign(Σ Wᵢ)` (≥ 0 counts as +);
+//! `maskᵢ = [sign(Wᵢ) = majority]` (zeros never vote); `mixed = Σ Wᵢ·maskᵢ / Σ wᵢ·maskᵢ` (with
+//! `normalize`, default on; a zero divisor becomes 1); result `θbase + λ·mixed`.
+//! Formula details and edge cases: [`super::task_vector`].
+
+use super::task_vector::{self, Sparsify};
+use super::{MergeFn, MethodDef, ParamDecl, Real, TensorParams, Tensors};
+use super::{DENSITY, LAMBDA, NORMALIZE, WEIGHT};
+
+pub const DEF: MethodDef = MethodDef {
+    name: "ties",
+    doc: "TIES: top-k sparsified task vectors with sign consensus, normalised",
+    base: super::BaseUse::Required,
+    min_models: 1,
+    params: &[WEIGHT, DENSITY, LAMBDA, NORMALIZE] as &[ParamDecl],
+    normalize_default: true,
+    random: false,
+    merge_f32: merge::<f32> as MergeFn<f32>,
+    merge_f64: merge::<f64> as MergeFn<f64>,
+};
+
+/// See the module doc.
+pub fn merge<T: Real>(t: Tensors<T>, p: &TensorParams) -> Result<Vec<T>, String> {
+    task_vector::merge(t, p, Sparsify::TopK, true)
+}
