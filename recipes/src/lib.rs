@@ -6,8 +6,11 @@ pub mod arch;
 pub mod data;
 pub mod evaluate;
 pub mod hf;
+pub mod influence;
 pub mod kinds;
 pub mod llama_init;
+pub mod merge;
+pub mod pref;
 pub mod stage;
 pub mod tok;
 pub mod train;
@@ -27,7 +30,12 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
         Box::new(kinds::mixture::Mixture),
         Box::new(kinds::cpt::Cpt),
         Box::new(kinds::sft::Sft),
+        Box::new(kinds::ref_logps::RefLogps),
+        Box::new(kinds::dpo::Dpo),
+        Box::new(kinds::npo::Npo),
         Box::new(kinds::eval::Eval),
+        Box::new(kinds::merge::Merge),
+        Box::new(kinds::reweight::Reweight),
     ]
 }
 

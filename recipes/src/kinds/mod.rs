@@ -2,7 +2,12 @@
 pub mod cpt;
 pub mod dataset;
 pub mod eval;
+pub mod merge;
 pub mod mixture;
 pub mod model;
+pub mod dpo;
+pub mod npo;
+pub mod ref_logps;
+pub mod reweight;
 pub mod sft;
 pub mod tokenizer;

@@ -86,6 +86,12 @@ pub trait Objective {
     fn restore(&mut self, state: &J) -> anyhow::Result<()>;
     /// Passes over the data so far (fractional), for the metrics.
     fn epoch(&self) -> f64;
+    /// Metrics averaged over the logging window (the steps since the previous metrics line),
+    /// added to the line when the loop writes one; the objective then starts a new window.
+    /// Default: none. An objective that keeps a window saves it in [`Objective::state`].
+    fn window_metrics(&mut self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
 }
 
 /// What a finished run reports (also written as `train_summary.json`).
@@ -277,6 +283,9 @@ pub fn train<O: Objective>(
             if let Some(o) = rec.as_object_mut() {
                 for (k, x) in &extra {
                     o.insert(k.clone(), json!(if n > 0 { x / n as f64 } else { 0.0 }));
+                }
+                for (k, x) in obj.window_metrics() {
+                    o.insert(k, json!(x));
                 }
             }
             ctx.metrics

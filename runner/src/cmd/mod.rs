@@ -9,6 +9,7 @@ pub mod kinds;
 pub mod ls;
 pub mod pin;
 pub mod plan;
+pub mod results;
 pub mod run;
 pub mod show;
 pub mod status;
@@ -88,6 +89,8 @@ pub enum Command {
     Why(why::WhyArgs),
     /// The current or last run.
     Status(status::StatusArgs),
+    /// One row per sweep variant: swept values and final metrics.
+    Results(results::ResultsArgs),
     /// A node's record, artifact, summary and log.
     Show(show::ShowArgs),
     /// Every finished artifact in the store.
@@ -115,6 +118,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run::run(&g, a),
         Command::Why(a) => why::run(&g, a),
         Command::Status(a) => status::run(&g, a),
+        Command::Results(a) => results::run(&g, a),
         Command::Show(a) => show::run(&g, a),
         Command::Ls(a) => ls::run(&g, a),
         Command::Export(a) => export::run(&g, a),
