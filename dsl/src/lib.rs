@@ -13,6 +13,7 @@ mod parse;
 pub mod recipe;
 mod record;
 mod refs;
+mod repeat;
 pub mod schema;
 pub mod suggest;
 mod sweep;

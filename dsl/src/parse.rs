@@ -1,6 +1,7 @@
 //! Reading recipe files: KDL 2.0 parsing, `include` resolution (relative to the including file,
 //! each file included once, cycles reported with the whole chain) and collection of the
-//! top-level items (node declarations and `sweep` blocks) with the file they came from.
+//! top-level items (node declarations and `sweep` blocks; `repeat` blocks are expanded into
+//! node declarations by [`crate::repeat`]) with the file they came from.
 
 use crate::diag::{Diag, Src};
 use crate::recipe::SourceFile;
@@ -150,6 +151,7 @@ impl Sources {
             match node.name().value() {
                 "include" => self.include(file, node, chain),
                 "sweep" => self.sweeps.push((file, node.clone())),
+                "repeat" => self.repeat(file, node),
                 _ => self.nodes.push((file, node.clone())),
             }
         }
