@@ -21,7 +21,8 @@ build: $(TORCH_STAMP)
 
 demo: build
 	cd examples && $(TEMPER) run quickstart.kdl
-	cd examples && $(TEMPER) show quickstart.kdl
+	@echo; echo "== before/after on held-out prompts (eval node \`scores\`; loss curves: metrics.jsonl of \`pretrained\` and \`tuned\`)"
+	cd examples && $(TEMPER) show quickstart.kdl scores --log-lines 5
 
 test: $(TORCH_STAMP) $(HELPERS_STAMP)
 	$(CARGO) build --release --bin temper

@@ -1,0 +1,245 @@
+//! Evaluation primitives on a loaded [`HfModel`]: held-out loss and greedy decoding. The `eval`
+//! node kind ([`crate::kinds::eval`]) builds on them; both run under `no_grad`.
+//!
+//! - [`loss_sum`]: `Σ CE` over the target tokens of tokenised examples (labels as in
+//!   [`crate::train::examples`]: aligned with the inputs, −100 where not a target, shifted inside
+//!   the loss) and the number of target tokens, so that the *token-weighted* mean over a whole
+//!   data set is `loss = Σ CE / Σ targets` and `perplexity = exp(loss)`. Examples are batched
+//!   right-padded, grouped by length (the sum does not depend on the grouping beyond float
+//!   rounding).
+//! - [`greedy`]: batched greedy decoding of left-padded prompts. At each step the next token of
+//!   every unfinished row is `argmax logits[row, last]` (the first maximum on ties); a row
+//!   finishes when it emits a stop token (not included in the output) or after
+//!   `max_new_tokens` tokens, or when its length reaches the model's position limit. Positions
+//!   of a left-padded row count its real tokens only (`pos = cumsum(mask) − 1`), so a row
+//!   decodes as it would alone. No KV cache: each step runs the whole prefix, which is fine
+//!   for the short completions exact-match scores.
+
+use crate::arch::{AttnMask, HfModel};
+use crate::train::examples::Example;
+use crate::train::loss::sum_ce;
+use crate::train::pack::pad_batch;
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+/// Summed cross-entropy over target tokens and their count.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossSum {
+    /// `Σ −log p(target)` in nats (accumulated in f64).
+    pub sum: f64,
+    /// Target tokens counted.
+    pub targets: usize,
+}
+
+impl LossSum {
+    /// Mean CE per target token (`NaN` when there is none).
+    pub fn mean(&self) -> f64 {
+        if self.targets == 0 {
+            f64::NAN
+        } else {
+            self.sum / self.targets as f64
+        }
+    }
+    /// `exp(mean)`.
+    pub fn perplexity(&self) -> f64 {
+        self.mean().exp()
+    }
+    pub fn add(&mut self, other: LossSum) {
+        self.sum += other.sum;
+        self.targets += other.targets;
+    }
+}
+
+/// Order of indices that groups items of similar length (stable: ties keep input order).
+fn by_length(lens: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i]);
+    order
+}
+
+fn tensor2(data: &[i64], rows: usize, cols: usize, dev: Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(data)
+        .f_view([rows as i64, cols as i64])?
+        .f_to_device(dev)?)
+}
+
+/// `Σ CE` and target count over `examples`, `batch_size` examples per forward pass.
+/// `on_batch(n)` is called after each batch with the examples it held (progress).
+pub fn loss_sum(
+    model: &HfModel,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: i64,
+    mut on_batch: impl FnMut(usize),
+) -> Result<LossSum> {
+    let _guard = tch::no_grad_guard();
+    let dev = model.device();
+    let lens: Vec<usize> = examples.iter().map(Example::len).collect();
+    let order = by_length(&lens);
+    let mut total = LossSum::default();
+    for chunk in order.chunks(batch_size.max(1)) {
+        let exs: Vec<Example> = chunk.iter().map(|&i| examples[i].clone()).collect();
+        let b = pad_batch(&exs, pad_id, None);
+        if b.cols == 0 {
+            on_batch(chunk.len());
+            continue;
+        }
+        let ids = tensor2(&b.input_ids, b.rows, b.cols, dev)?;
+        let pos = tensor2(&b.position_ids, b.rows, b.cols, dev)?;
+        let labels = tensor2(&b.labels, b.rows, b.cols, dev)?;
+        let mask = tensor2(&b.attention_mask(), b.rows, b.cols, dev)?;
+        let logits = model.forward(&ids, &pos, AttnMask::Padding(&mask))?;
+        let s = sum_ce(&logits, &labels)?.f_double_value(&[])?;
+        total.add(LossSum {
+            sum: s,
+            targets: b.n_target_tokens,
+        });
+        on_batch(chunk.len());
+    }
+    Ok(total)
+}
+
+/// How to decode.
+#[derive(Clone, Debug)]
+pub struct GreedyOptions {
+    /// At most this many new tokens per prompt.
+    pub max_new_tokens: usize,
+    /// Tokens that end a completion (EOS, end-of-turn markers); not part of the output.
+    pub stop: Vec<i64>,
+    /// Token written into left padding (never attended to).
+    pub pad_id: i64,
+    /// Prompts decoded together.
+    pub batch_size: usize,
+}
+
+/// One decoded completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// New tokens, without the stop token.
+    pub tokens: Vec<i64>,
+    /// Whether a stop token ended it (else the token or position limit did).
+    pub stopped: bool,
+}
+
+/// Greedy completions of `prompts` (token ids, each non-empty), in input order.
+/// `on_batch(n)` is called after each batch with the prompts it held.
+pub fn greedy(
+    model: &HfModel,
+    prompts: &[Vec<i64>],
+    opts: &GreedyOptions,
+    mut on_batch: impl FnMut(usize),
+) -> Result<Vec<Generation>> {
+    let _guard = tch::no_grad_guard();
+    let max_pos = model.config.max_position.unwrap_or(usize::MAX);
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    if let Some(k) = lens.iter().position(|&l| l == 0) {
+        bail!("prompt {k} is empty: greedy decoding needs at least one token");
+    }
+    if let Some(k) = lens.iter().position(|&l| l > max_pos) {
+        bail!(
+            "prompt {k} has {} tokens, more than the model's max_position_embeddings ({max_pos})",
+            lens[k]
+        );
+    }
+    let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
+    for chunk in by_length(&lens).chunks(opts.batch_size.max(1)) {
+        let batch: Vec<&[i64]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+        let gens = greedy_batch(model, &batch, opts, max_pos)
+            .with_context(|| format!("decoding prompts {chunk:?}"))?;
+        for (&i, g) in chunk.iter().zip(gens) {
+            out[i] = Some(g);
+        }
+        on_batch(chunk.len());
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Greedy decoding of one left-padded batch.
+fn greedy_batch(
+    model: &HfModel,
+    prompts: &[&[i64]],
+    opts: &GreedyOptions,
+    max_pos: usize,
+) -> Result<Vec<Generation>> {
+    let dev = model.device();
+    let rows = prompts.len();
+    let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows * width);
+    let mut mask = Vec::with_capacity(rows * width);
+    for p in prompts {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat_n(opts.pad_id, pad));
+        ids.extend_from_slice(p);
+        mask.extend(std::iter::repeat_n(0i64, pad));
+        mask.extend(std::iter::repeat_n(1i64, p.len()));
+    }
+    let mut ids = tensor2(&ids, rows, width, dev)?;
+    let mut mask = tensor2(&mask, rows, width, dev)?;
+    let mut gens: Vec<Generation> = vec![
+        Generation {
+            tokens: Vec::new(),
+            stopped: false,
+        };
+        rows
+    ];
+    // Remaining new tokens per row: the token budget and the position limit.
+    let budget: Vec<usize> = prompts
+        .iter()
+        .map(|p| opts.max_new_tokens.min(max_pos - p.len()))
+        .collect();
+    let mut done: Vec<bool> = budget.iter().map(|&b| b == 0).collect();
+    let lm_w = model
+        .model
+        .lm_head
+        .as_ref()
+        .unwrap_or(&model.model.embed_tokens);
+    while !done.iter().all(|&d| d) {
+        let pos = mask
+            .f_cumsum(1, Kind::Int64)?
+            .f_sub_scalar(1)?
+            .f_clamp_min(0)?;
+        let h = model
+            .model
+            .hidden_states(&ids, &pos, AttnMask::Padding(&mask))?;
+        let t = h.size()[1];
+        let last = h.f_select(1, t - 1)?;
+        let logits = last.f_linear::<&Tensor>(lm_w, None)?;
+        let next = logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
+        let next: Vec<i64> = Vec::<i64>::try_from(&next).context("reading decoded tokens")?;
+        let mut col = Vec::with_capacity(rows);
+        let mut mcol = Vec::with_capacity(rows);
+        for r in 0..rows {
+            if done[r] {
+                col.push(opts.pad_id);
+                mcol.push(0i64);
+                continue;
+            }
+            let tok = next[r];
+            if opts.stop.contains(&tok) {
+                gens[r].stopped = true;
+                done[r] = true;
+                col.push(opts.pad_id);
+                mcol.push(0);
+                continue;
+            }
+            gens[r].tokens.push(tok);
+            if gens[r].tokens.len() >= budget[r] {
+                done[r] = true;
+            }
+            col.push(tok);
+            mcol.push(1);
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        ids = Tensor::f_cat(&[ids, tensor2(&col, rows, 1, dev)?], 1)?;
+        mask = Tensor::f_cat(&[mask, tensor2(&mcol, rows, 1, dev)?], 1)?;
+    }
+    Ok(gens)
+}
+
+/// The exact-match rule: the prediction equals the reference after trimming whitespace at both
+/// ends.
+pub fn exact_match(prediction: &str, reference: &str) -> bool {
+    prediction.trim() == reference.trim()
+}
