@@ -71,7 +71,8 @@ fn mask_durations(l: &str) -> String {
             }
             let unit: String = bytes[j..].iter().take(2).collect();
             let is_dur = unit == "ms"
-                || (unit.starts_with('s') && !bytes.get(j + 1).is_some_and(|c| c.is_alphanumeric()));
+                || (unit.starts_with('s')
+                    && !bytes.get(j + 1).is_some_and(|c| c.is_alphanumeric()));
             if is_dur {
                 out.push_str("<t>");
                 i = j + if unit == "ms" { 2 } else { 1 };
@@ -113,10 +114,7 @@ fn check_snapshot(name: &str, actual: &str) -> Result<(), String> {
 /// normalized stderr, asserting the expected exit code and no panic.
 fn run_case(sub: &str, file: &Path, cmd: &str, codes: &[i32]) -> String {
     let store = tempfile::tempdir().unwrap();
-    let rel = format!(
-        "bad/{sub}/{}",
-        file.file_name().unwrap().to_string_lossy()
-    );
+    let rel = format!("bad/{sub}/{}", file.file_name().unwrap().to_string_lossy());
     let out = Command::new(temper_bin())
         .current_dir(repo_root().join("tests"))
         .env_remove("TEMPER_STORE")
@@ -142,7 +140,10 @@ fn run_case(sub: &str, file: &Path, cmd: &str, codes: &[i32]) -> String {
 #[test]
 fn corpus_is_large_enough() {
     let n = corpus("recipes").len() + corpus("data-recipes").len();
-    assert!(n >= 40, "the bad-input corpus has {n} entries, want at least 40");
+    assert!(
+        n >= 40,
+        "the bad-input corpus has {n} entries, want at least 40"
+    );
 }
 
 #[test]

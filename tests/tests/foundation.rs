@@ -57,7 +57,10 @@ fn artifacts(store: &Path) -> BTreeMap<String, J> {
         let text = std::fs::read_to_string(&m)
             .unwrap_or_else(|_| panic!("artifact {} has no manifest", e.path().display()));
         let v: J = serde_json::from_str(&text).expect("manifest JSON");
-        out.insert(e.file_name().to_string_lossy().into_owned(), v["files"].clone());
+        out.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            v["files"].clone(),
+        );
     }
     out
 }
@@ -76,7 +79,10 @@ fn sweep_grid_runs_shared_upstream_once() {
         "{RECIPE}\nsweep {{ tiny.seed 0 1 2; tiny.hidden-size 32 64; }}\n"
     ));
     let plan = p.ok(&["plan", "recipe.kdl"]);
-    assert!(plan.contains("tiny[seed=1,hidden-size=64]"), "readable variant ids:\n{plan}");
+    assert!(
+        plan.contains("tiny[seed=1,hidden-size=64]"),
+        "readable variant ids:\n{plan}"
+    );
     p.ok(&["run", "recipe.kdl", "--jobs", "2"]);
     let ex = executions(&p);
     let count = |prefix: &str| -> Vec<usize> {
@@ -88,7 +94,11 @@ fn sweep_grid_runs_shared_upstream_once() {
     assert_eq!(count("corpus"), vec![1], "{ex:?}");
     assert_eq!(count("train"), vec![1], "{ex:?}");
     assert_eq!(count("tok"), vec![1], "{ex:?}");
-    assert_eq!(count("tiny"), vec![1; 6], "six model variants, each built once: {ex:?}");
+    assert_eq!(
+        count("tiny"),
+        vec![1; 6],
+        "six model variants, each built once: {ex:?}"
+    );
     // Distinct seeds/sizes give distinct weights.
     let keys: BTreeSet<_> = ex.keys().collect();
     assert_eq!(keys.len(), 9);
@@ -116,14 +126,30 @@ fn crash_at_each_publish_point_then_rerun_matches_uninterrupted() {
             .env("TEMPER_CRASH_AT", point)
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{point}: the crash hook must abort\n{}", text(&out));
+        assert!(
+            !out.status.success(),
+            "{point}: the crash hook must abort\n{}",
+            text(&out)
+        );
         let v = p.run(&["verify"]);
-        assert!(v.status.success(), "{point}: verify after crash\n{}", text(&v));
+        assert!(
+            v.status.success(),
+            "{point}: verify after crash\n{}",
+            text(&v)
+        );
         let again = p.ok(&["run", "recipe.kdl"]);
         assert!(again.contains("0 failed"), "{point}: {again}");
-        assert_eq!(artifacts(&p.store()), reference, "{point}: artifacts differ from an uninterrupted run");
+        assert_eq!(
+            artifacts(&p.store()),
+            reference,
+            "{point}: artifacts differ from an uninterrupted run"
+        );
         let v = p.run(&["verify"]);
-        assert!(v.status.success(), "{point}: verify after rerun\n{}", text(&v));
+        assert!(
+            v.status.success(),
+            "{point}: verify after rerun\n{}",
+            text(&v)
+        );
     }
 }
 
@@ -139,13 +165,25 @@ fn kill_9_at_random_instants_then_rerun_matches_uninterrupted() {
         }
         let _ = child.wait();
         let v = p.run(&["verify"]);
-        assert!(v.status.success(), "kill after {delay_ms} ms: verify\n{}", text(&v));
+        assert!(
+            v.status.success(),
+            "kill after {delay_ms} ms: verify\n{}",
+            text(&v)
+        );
         // Whatever was recorded done must be a complete artifact equal to the reference one.
         for (k, files) in artifacts(&p.store()) {
-            assert_eq!(Some(&files), reference.get(&k), "kill after {delay_ms} ms: artifact {k}");
+            assert_eq!(
+                Some(&files),
+                reference.get(&k),
+                "kill after {delay_ms} ms: artifact {k}"
+            );
         }
         p.ok(&["run", "recipe.kdl"]);
-        assert_eq!(artifacts(&p.store()), reference, "kill after {delay_ms} ms: rerun");
+        assert_eq!(
+            artifacts(&p.store()),
+            reference,
+            "kill after {delay_ms} ms: rerun"
+        );
     }
 }
 
@@ -159,7 +197,10 @@ fn concurrent_runs_on_one_store_build_each_node_once() {
     assert!(b.status.success(), "{}", text(&b));
     let ex = executions(&p);
     assert_eq!(ex.len(), 4, "{ex:?}");
-    assert!(ex.values().all(|(_, n)| *n == 1), "a node was built twice: {ex:?}");
+    assert!(
+        ex.values().all(|(_, n)| *n == 1),
+        "a node was built twice: {ex:?}"
+    );
     assert_eq!(runs(&p).len(), 2);
     let v = p.run(&["verify"]);
     assert!(v.status.success(), "{}", text(&v));
@@ -169,7 +210,10 @@ fn concurrent_runs_on_one_store_build_each_node_once() {
 fn no_wait_fails_at_once_naming_the_holder_and_read_only_commands_work_during_a_run() {
     // The test hook holds the stage for 3 s so the run is observably in progress.
     let p = project(RECIPE);
-    p.write("slow.kdl", "dataset big path=\"data/corpus.jsonl\" format=text\n");
+    p.write(
+        "slow.kdl",
+        "dataset big path=\"data/corpus.jsonl\" format=text\n",
+    );
     let mut child = p
         .cmd(&["run", "slow.kdl"])
         .env("TEMPER_PAUSE_AT", "stage:big:3000")
@@ -183,16 +227,25 @@ fn no_wait_fails_at_once_naming_the_holder_and_read_only_commands_work_during_a_
             assert!(s.contains(&child.id().to_string()), "{s}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "run never showed up in status");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "run never showed up in status"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let busy = p.run(&["run", "recipe.kdl", "--no-wait"]);
-    assert!(child.try_wait().unwrap().is_none(), "the paused run is still going");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the paused run is still going"
+    );
     assert_no_panic(&busy, "run --no-wait");
     {
         assert!(!busy.status.success(), "{}", text(&busy));
         let err = String::from_utf8_lossy(&busy.stderr);
-        assert!(err.contains(&child.id().to_string()), "names the holder's pid: {err}");
+        assert!(
+            err.contains(&child.id().to_string()),
+            "names the holder's pid: {err}"
+        );
         // Read-only commands answer while the run goes on.
         let plan = p.run(&["plan", "slow.kdl"]);
         assert!(plan.status.success(), "{}", text(&plan));
@@ -212,21 +265,38 @@ fn plan_and_why_explain_what_changed() {
     p.ok(&["run", "recipe.kdl"]);
     let plan = p.ok(&["plan", "recipe.kdl", "--set", "tiny.seed=3"]);
     let line = plan.lines().find(|l| l.contains("tiny")).unwrap();
-    assert!(line.contains("seed") && line.contains('0') && line.contains('3'), "{plan}");
-    assert!(plan.lines().find(|l| l.contains(" tok ")).is_none_or(|l| l.contains("cached")), "{plan}");
+    assert!(
+        line.contains("seed") && line.contains('0') && line.contains('3'),
+        "{plan}"
+    );
+    assert!(
+        plan.lines()
+            .find(|l| l.contains(" tok "))
+            .is_none_or(|l| l.contains("cached")),
+        "{plan}"
+    );
     // Change a data file: the dataset's content changed, downstream inputs changed.
     let mut corpus = std::fs::read_to_string(p.path().join("data/corpus.jsonl")).unwrap();
     corpus.push_str("{\"text\": \"one more document\"}\n");
     p.write("data/corpus.jsonl", &corpus);
     let plan = p.ok(&["plan", "recipe.kdl"]);
     let corpus_line = plan.lines().find(|l| l.contains("corpus")).unwrap();
-    assert!(corpus_line.contains("path"), "names the changed file parameter: {plan}");
+    assert!(
+        corpus_line.contains("path"),
+        "names the changed file parameter: {plan}"
+    );
     let tok_line = plan.lines().find(|l| l.contains(" tok")).unwrap();
     assert!(tok_line.contains("input"), "tok's input changed: {plan}");
     let why = p.ok(&["why", "recipe.kdl", "tok"]);
     assert!(why.contains("data"), "{why}");
     // Unchanged train dataset stays cached; moving the whole project keeps keys.
-    assert!(plan.lines().find(|l| l.contains(" train")).unwrap().contains("cached"), "{plan}");
+    assert!(
+        plan.lines()
+            .find(|l| l.contains(" train"))
+            .unwrap()
+            .contains("cached"),
+        "{plan}"
+    );
 }
 
 #[test]
@@ -235,7 +305,10 @@ fn moving_the_project_keeps_every_node_cached() {
     p.ok(&["run", "recipe.kdl"]);
     let moved = Project::new();
     temper_e2e::copy_all(&p.path().join("data"), &moved.path().join("elsewhere/data"));
-    temper_e2e::copy_all(&p.path().join("recipe.kdl"), &moved.path().join("elsewhere/recipe.kdl"));
+    temper_e2e::copy_all(
+        &p.path().join("recipe.kdl"),
+        &moved.path().join("elsewhere/recipe.kdl"),
+    );
     let out = moved
         .cmd(&["plan", "elsewhere/recipe.kdl"])
         .arg("--store")
@@ -244,5 +317,9 @@ fn moving_the_project_keeps_every_node_cached() {
         .unwrap();
     // the second --store overrides the first
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("4 cached, 0 to run"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("4 cached, 0 to run"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -125,7 +125,10 @@ fn ctrl_c_checkpoints_and_stops_then_rerun_resumes_bit_identical() {
     let child = p.cmd(&["run", "recipe.kdl"]).spawn().unwrap();
     let t0 = Instant::now();
     while checkpoints(&p.store()).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // One Ctrl-C: the running stage checkpoints and stops; nothing is recorded done that is not.
@@ -133,8 +136,15 @@ fn ctrl_c_checkpoints_and_stops_then_rerun_resumes_bit_identical() {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
     let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "an interrupted run is not a success\n{}", text(&out));
-    assert!(cpt_artifact(&p.store()).is_none(), "an interrupted node is never published");
+    assert!(
+        !out.status.success(),
+        "an interrupted run is not a success\n{}",
+        text(&out)
+    );
+    assert!(
+        cpt_artifact(&p.store()).is_none(),
+        "an interrupted node is never published"
+    );
     let plan = p.ok(&["plan", "recipe.kdl"]);
     let line = plan.lines().find(|l| l.contains("domain")).unwrap();
     assert!(line.contains("incomplete"), "{plan}");
@@ -146,9 +156,15 @@ fn ctrl_c_checkpoints_and_stops_then_rerun_resumes_bit_identical() {
     let s: J =
         serde_json::from_str(&std::fs::read_to_string(dir.join("train_summary.json")).unwrap())
             .unwrap();
-    assert!(s["resumed_from"].as_u64().unwrap() > 0, "resumed mid-stage: {s}");
+    assert!(
+        s["resumed_from"].as_u64().unwrap() > 0,
+        "resumed mid-stage: {s}"
+    );
     let a = std::fs::read(ref_dir.join("model.safetensors")).unwrap();
     let b = std::fs::read(dir.join("model.safetensors")).unwrap();
-    assert!(a == b, "weights after Ctrl-C + resume differ from the uninterrupted run");
+    assert!(
+        a == b,
+        "weights after Ctrl-C + resume differ from the uninterrupted run"
+    );
     assert_eq!(metrics(&ref_dir), metrics(&dir));
 }

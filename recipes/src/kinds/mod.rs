@@ -1,11 +1,11 @@
 //! One file per node kind.
 pub mod cpt;
 pub mod dataset;
+pub mod dpo;
 pub mod eval;
 pub mod merge;
 pub mod mixture;
 pub mod model;
-pub mod dpo;
 pub mod npo;
 pub mod ref_logps;
 pub mod reweight;

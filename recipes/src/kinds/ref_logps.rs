@@ -109,18 +109,19 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
     })?;
     let pad = tdir.pad_id().unwrap_or(eos) as i64;
     let maxp = model.as_ref().and_then(|(m, _)| m.config.max_position);
-    let max_len =
-        match (params::get_u64(ctx, "max-len"), maxp) {
-            (Some(m), Some(p)) if m as usize > p => return Err(StageError::user(
+    let max_len = match (params::get_u64(ctx, "max-len"), maxp) {
+        (Some(m), Some(p)) if m as usize > p => {
+            return Err(StageError::user(
                 format!(
                     "max-len {m} is longer than the reference model's max_position_embeddings {p}"
                 ),
                 Some(format!("use max-len {p} or less")),
-            )),
-            (Some(m), _) => m as usize,
-            (None, Some(p)) => p,
-            (None, None) => 1024,
-        };
+            ))
+        }
+        (Some(m), _) => m as usize,
+        (None, Some(p)) => p,
+        (None, None) => 1024,
+    };
     let max_prompt_len = params::get_u64(ctx, "max-prompt-len").map(|m| m as usize);
     let template = match ChatTemplate::load(&tok_dir, &tdir.tokenizer) {
         Ok(Some(mut t)) => {

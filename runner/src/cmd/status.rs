@@ -15,9 +15,9 @@ pub struct StatusArgs {
 pub fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
     let store = g.open_store()?;
     if a.json {
-        let holder = store.run_lock_holder().map(|h| {
-            serde_json::json!({ "pid": h.pid, "command": h.command, "since": h.since })
-        });
+        let holder = store
+            .run_lock_holder()
+            .map(|h| serde_json::json!({ "pid": h.pid, "command": h.command, "since": h.since }));
         let runs = store.runs(usize::MAX)?;
         let out = serde_json::json!({ "running": holder, "runs": runs });
         println!("{}", serde_json::to_string_pretty(&out)?);
