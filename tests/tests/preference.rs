@@ -1,7 +1,9 @@
 //! End to end: a β sweep of `dpo` over one `ref-logps` node computes the reference log-probs
 //! once (counted from `temper status --json`), a later learning-rate sweep reuses them, and
-//! `temper results` prints one row per variant (table, CSV, JSON, sorted). Bad preference
-//! records fail with the record's line.
+//! `temper results` prints one row per variant (table, CSV, JSON, sorted); an `eval` node with
+//! `metric=preference-accuracy` shows DPO raising held-out preference accuracy from about 50% to
+//! ≥ 90%, and its scores appear in `results` next to the swept β. Bad preference records fail
+//! with the record's line.
 
 use serde_json::Value as J;
 use std::collections::BTreeMap;
@@ -141,6 +143,88 @@ fn beta_and_lr_sweeps_compute_reference_logps_once_and_results_compare_variants(
     );
     let bad = p.run(&["results", "recipe.kdl", "--sort", "nope"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}
+
+/// DPO → eval on held-out pairs: the untrained model and the DPO model scored side by side.
+const EVAL_RECIPE: &str = r#"
+dataset prefs path="data/prefs.jsonl" format=preference
+dataset held path="data/prefs_heldout.jsonl" format=preference
+tokenizer tok vocab-size=300 { data prefs; }
+model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 max-position=64 seed=0
+ref-logps ref model=tiny data=prefs { max-len 32; batch-size 32; }
+dpo aligned model=tiny ref=ref { beta 0.1; steps 40; batch-size 16; lr 3e-3; schedule constant; log-every 20; }
+eval scores { model tiny; model aligned; data held; batch-size 32; }
+sweep { aligned.beta 0.1 0.3; }
+"#;
+
+#[test]
+fn eval_after_dpo_shows_heldout_preference_accuracy_rise_in_results() {
+    let p = Project::new();
+    p.copy_from_repo("examples/data/prefs.jsonl", "data/prefs.jsonl");
+    p.copy_from_repo(
+        "examples/data/prefs_heldout.jsonl",
+        "data/prefs_heldout.jsonl",
+    );
+    p.write("recipe.kdl", EVAL_RECIPE);
+    p.ok(&["run", "recipe.kdl"]);
+    let json = p.ok(&["results", "recipe.kdl", "--format", "json"]);
+    let rows: Vec<J> = serde_json::from_str(&json).expect("results --format json");
+    assert_eq!(rows.len(), 2, "one row per β: {json}");
+    let num = |r: &J, k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {r}"))
+    };
+    for (r, beta) in rows.iter().zip([0.1, 0.3]) {
+        assert_eq!(num(r, "aligned.beta"), beta);
+        let before = num(r, "scores.tiny.held.preference_accuracy");
+        let after = num(r, "scores.aligned.held.preference_accuracy");
+        eprintln!("beta {beta}: held-out preference accuracy {before:.3} -> {after:.3}");
+        assert!(
+            (0.25..=0.75).contains(&before),
+            "untrained accuracy {before} should be near 50%"
+        );
+        assert!(after >= 0.9, "held-out accuracy after DPO {after}");
+        assert!(
+            num(r, "scores.aligned.held.margin") > num(r, "scores.tiny.held.margin"),
+            "{r}"
+        );
+        // Last training metrics sit in the same row.
+        assert_eq!(r["aligned.step"], 40, "{r}");
+        assert!(r["aligned.rewards/accuracies"].is_number(), "{r}");
+    }
+    // The untrained model's score does not depend on β; sortable by the eval column.
+    assert_eq!(
+        rows[0]["scores.tiny.held.preference_accuracy"],
+        rows[1]["scores.tiny.held.preference_accuracy"]
+    );
+    let csv = p.ok(&[
+        "results",
+        "recipe.kdl",
+        "--format",
+        "csv",
+        "--sort",
+        "aligned.held.preference_accuracy",
+        "--desc",
+    ]);
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap_or("")
+            .contains("scores.aligned.held.margin"),
+        "{csv}"
+    );
+    // The eval log holds the side-by-side table that `temper show` prints.
+    let show = p.ok(&[
+        "show",
+        "recipe.kdl",
+        "scores[aligned.beta=0.1]",
+        "--log-lines",
+        "4",
+    ]);
+    assert!(
+        show.contains("pref-acc") && show.contains("aligned[beta=0.1]"),
+        "{show}"
+    );
 }
 
 #[test]

@@ -14,12 +14,18 @@
 //!   of a left-padded row count its real tokens only (`pos = cumsum(mask) − 1`), so a row
 //!   decodes as it would alone. No KV cache: each step runs the whole prefix, which is fine
 //!   for the short completions exact-match scores.
+//! - [`pref::preference_scores`]: held-out preference accuracy and margin of tokenised pairs.
+//! - [`report`]: the result rows' table (what the `eval` node logs and `temper show` prints).
+
+pub mod pref;
+pub mod report;
 
 use crate::arch::{AttnMask, HfModel};
 use crate::train::examples::Example;
 use crate::train::loss::sum_ce;
 use crate::train::pack::pad_batch;
 use anyhow::{bail, Context, Result};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Summed cross-entropy over target tokens and their count.
@@ -242,4 +248,19 @@ fn greedy_batch(
 /// ends.
 pub fn exact_match(prediction: &str, reference: &str) -> bool {
     prediction.trim() == reference.trim()
+}
+
+/// `eos_token_id` of the directory's generation_config.json (an id or a list), if any.
+pub fn generation_eos(dir: &Path) -> Vec<i64> {
+    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    match v.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
+        _ => Vec::new(),
+    }
 }

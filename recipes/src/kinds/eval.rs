@@ -22,21 +22,33 @@
 //!   at most `max-new-tokens`, stopped at EOS or at an `eos_token_id` of the model's
 //!   generation_config.json) decodes, special tokens skipped, to the reference after trimming
 //!   whitespace at both ends.
+//! - **preference-accuracy** (preference data only) = the fraction of pairs whose chosen
+//!   completion has the higher summed log-prob, `mean[logπ(yc) > logπ(yr)]`, with the mean
+//!   margin `mean[logπ(yc) − logπ(yr)]` and, as `loss`, the chosen completions' token-weighted
+//!   CE ([`crate::evaluate::pref`]). Pairs are tokenised as `ref-logps` / `dpo` do
+//!   ([`crate::pref::encode`], `max-len` = the model's limit); pairs identical after
+//!   truncation or without a completion token are skipped and counted.
 //!
-//! `metric` per dataset: `loss` / `perplexity` (the same numbers), or `exact-match` (loss as
-//! well). Unset: `exact-match` for prompt-completion, `loss` otherwise. `max-records N` keeps
+//! `metric` per dataset: `loss` / `perplexity` (the same numbers), `exact-match` (loss as
+//! well), or `preference-accuracy`. Unset: `exact-match` for prompt-completion,
+//! `preference-accuracy` for preference data, `loss` otherwise. `max-records N` keeps
 //! the first N records of each dataset. Evaluation computes in f32 on every device, so the
 //! numbers do not depend on the device's default dtype. `batch-size` is not semantic (it only
 //! changes float rounding).
 //!
 //! Artifact: `results.json` (parameters and, per model × dataset, format, metric, records,
-//! target tokens, loss, perplexity, exact-match with counts, and the first `examples`
+//! target tokens, loss, perplexity, exact-match or preference accuracy and margin with counts,
+//! and the first `examples`
 //! predictions). The summary (what `temper show` prints) holds the same rows without the
 //! examples, and the log gets a table.
 
 use crate::arch::{HfModel, LoadOptions};
-use crate::data::{read_normalized, Format, Message, Record, Role};
+use crate::data::{read_normalized, Format, Message, Record, Role, Turns};
+use crate::evaluate::pref::{encode_pairs, preference_scores};
+pub use crate::evaluate::report::table;
+use crate::evaluate::report::{finite, summary_row};
 use crate::evaluate::{exact_match, greedy, loss_sum, GreedyOptions, LossSum};
+use crate::pref::encode::PairEncoder;
 use crate::stage::{InputArtifact, Stage, StageCtx, StageError};
 use crate::tok::TokenizerDir;
 use crate::train::chat::ChatTemplate;
@@ -46,7 +58,6 @@ use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 use serde_json::{json, Value as J};
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
 use tch::{Device, Kind};
 
 /// The `eval` kind.
@@ -56,7 +67,7 @@ pub struct Eval;
 pub const RESULTS_FILE: &str = "results.json";
 
 /// Metric names accepted by `data NAME metric=…`.
-pub const METRICS: &[&str] = &["loss", "perplexity", "exact-match"];
+pub const METRICS: &[&str] = &["loss", "perplexity", "exact-match", "preference-accuracy"];
 
 /// Fixed clock for chat templates that print a date, so results never depend on the day.
 const TEMPLATE_NOW: i64 = 1_735_689_600; // 2025-01-01T00:00:00Z
@@ -71,7 +82,7 @@ fn int(min: i64) -> ParamType {
 impl Stage for Eval {
     fn schema(&self) -> KindSchema {
         KindSchema::new("eval", 1, "eval")
-            .doc("Held-out loss / perplexity and greedy exact-match of one or more models on one or more datasets.")
+            .doc("Held-out loss / perplexity, greedy exact-match and preference accuracy of one or more models on one or more datasets.")
             .param(ParamSpec::new("model", ParamType::Ref(&["model"])).repeated()
                 .doc("a model to evaluate; repeat to compare several (before / after)"))
             .param(
@@ -82,7 +93,7 @@ impl Stage for Eval {
                         fields: vec![
                             ParamSpec::new("name", ParamType::Ref(&["dataset"])).doc("the dataset node"),
                             ParamSpec::new("metric", ParamType::Enum(METRICS)).optional()
-                                .doc("loss | perplexity | exact-match (default by format)"),
+                                .doc("loss | perplexity | exact-match | preference-accuracy (default by format)"),
                         ],
                     },
                 )
@@ -153,24 +164,6 @@ fn check(n: &NodeDecl) -> Vec<ParamIssue> {
     out
 }
 
-/// The device string the runner resolved (`cpu`, `cuda`, `cuda:N`).
-fn device(s: &str) -> Result<Device, StageError> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| {
-                StageError::user(
-                    format!("unknown device `{s}`"),
-                    Some("use cpu, cuda or cuda:N".into()),
-                )
-            }),
-    }
-}
-
 /// A dataset to score.
 struct DataSet {
     node: String,
@@ -192,7 +185,7 @@ struct Scorer {
 }
 
 fn run(ctx: &StageCtx) -> Result<J, StageError> {
-    let dev = device(&ctx.device)?;
+    let dev = crate::trainer::params::parse_device(&ctx.device)?;
     if let Some(t) = ctx.param("threads").as_i64().filter(|t| *t > 0) {
         tch::set_num_threads(t as i32);
     }
@@ -287,14 +280,20 @@ fn pick_metric(
     let m = match asked {
         Some("exact-match") => "exact-match",
         Some("perplexity") => "perplexity",
+        Some("preference-accuracy") => "preference-accuracy",
         Some(_) => "loss",
         None if format == Format::PromptCompletion => "exact-match",
+        None if format == Format::Preference => "preference-accuracy",
         None => "loss",
     };
     match format {
-        Format::Preference => Err(StageError::user(
-            format!("dataset {node} is in the preference format, which eval does not score"),
-            Some("evaluate on text, prompt-completion or messages data".into()),
+        Format::Preference if m != "preference-accuracy" => Err(StageError::user(
+            format!("dataset {node} is in the preference format: eval scores it with preference-accuracy only, not {m}"),
+            Some("use `metric=preference-accuracy` (or leave `metric` unset) for preference data".into()),
+        )),
+        _ if format != Format::Preference && m == "preference-accuracy" => Err(StageError::user(
+            format!("dataset {node}: preference-accuracy needs prompt/chosen/rejected pairs, and this dataset is {}", format.name()),
+            Some("give a `format=preference` dataset, or use loss / exact-match here".into()),
         )),
         Format::Text if m == "exact-match" => Err(StageError::user(
             format!("dataset {node}: exact-match needs prompts and references, and this dataset is plain text"),
@@ -336,7 +335,7 @@ impl Scorer {
             )
         })?;
         let mut stop = vec![eos as i64];
-        stop.extend(generation_eos(&input.dir));
+        stop.extend(crate::evaluate::generation_eos(&input.dir));
         stop.sort_unstable();
         stop.dedup();
         let pad = tok.pad_id().unwrap_or(eos) as i64;
@@ -412,21 +411,6 @@ impl Scorer {
     }
 }
 
-/// `eos_token_id` of the directory's generation_config.json (an id or a list), if any.
-fn generation_eos(dir: &Path) -> Vec<i64> {
-    let Ok(text) = fs::read_to_string(dir.join("generation_config.json")) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_str::<J>(&text) else {
-        return Vec::new();
-    };
-    match v.get("eos_token_id") {
-        Some(J::Number(n)) => n.as_i64().into_iter().collect(),
-        Some(J::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Text documents in windows of at most `max_len` tokens.
 fn text_windows(ids: Vec<i64>, max_len: Option<usize>) -> Vec<Example> {
     let w = max_len.unwrap_or(usize::MAX).max(2);
@@ -440,6 +424,9 @@ fn text_windows(ids: Vec<i64>, max_len: Option<usize>) -> Vec<Example> {
 
 /// Scores one model on one dataset: a result row (JSON).
 fn score(ctx: &StageCtx, s: &Scorer, set: &DataSet, o: &Opts) -> Result<J, StageError> {
+    if set.metric == "preference-accuracy" {
+        return score_pairs(ctx, s, set, o);
+    }
     let enc = s.encoder(o.chat);
     let mut examples = Vec::new();
     let mut skipped = 0usize;
@@ -563,6 +550,10 @@ fn prefix(e: StageError, what: &str) -> StageError {
 fn prompt_text(r: &Record) -> String {
     match r {
         Record::PromptCompletion { prompt, .. } => prompt.clone(),
+        Record::Preference {
+            prompt: Turns::Text(p),
+            ..
+        } => p.clone(),
         Record::Messages { messages } => messages
             .iter()
             .rev()
@@ -573,65 +564,39 @@ fn prompt_text(r: &Record) -> String {
     }
 }
 
-/// JSON number, or null for NaN / infinity.
-fn finite(x: f64) -> J {
-    if x.is_finite() {
-        json!(x)
-    } else {
-        J::Null
-    }
-}
-
-/// A result row without the example predictions.
-fn summary_row(row: &J) -> J {
-    let mut r = row.clone();
-    if let Some(m) = r.as_object_mut() {
-        m.remove("examples");
-    }
-    r
-}
-
-/// The human-readable table written to the log.
-pub fn table(rows: &[J]) -> Vec<String> {
-    let cell = |r: &J, k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let wm = rows
-        .iter()
-        .map(|r| cell(r, "model").len())
-        .chain([5])
-        .max()
-        .unwrap_or(5);
-    let wd = rows
-        .iter()
-        .map(|r| cell(r, "data").len())
-        .chain([4])
-        .max()
-        .unwrap_or(4);
-    let mut out = vec![format!(
-        "{:<wm$}  {:<wd$}  {:>6}  {:>8}  {:>10}  {:>12}",
-        "model", "data", "n", "loss", "perplexity", "exact-match"
-    )];
-    for r in rows {
-        let num = |k: &str, p: usize| {
-            r.get(k)
-                .and_then(|v| v.as_f64())
-                .map_or("-".to_string(), |x| format!("{x:.p$}"))
-        };
-        let em = match (
-            r.get("exact_match").and_then(|v| v.as_f64()),
-            r.get("correct"),
-        ) {
-            (Some(x), Some(c)) => format!("{:.1}% ({c})", 100.0 * x),
-            _ => "-".into(),
-        };
-        out.push(format!(
-            "{:<wm$}  {:<wd$}  {:>6}  {:>8}  {:>10}  {:>12}",
-            cell(r, "model"),
-            cell(r, "data"),
-            r.get("n").and_then(|v| v.as_u64()).unwrap_or(0),
-            num("loss", 4),
-            num("perplexity", 3),
-            em
-        ));
-    }
-    out
+/// Preference accuracy of one model on one preference dataset: a result row (JSON).
+fn score_pairs(ctx: &StageCtx, s: &Scorer, set: &DataSet, o: &Opts) -> Result<J, StageError> {
+    let enc = PairEncoder {
+        tokenizer: &s.tok.tokenizer,
+        template: s.template.as_ref(),
+        eos_id: s.eos,
+        use_chat_template: o.chat,
+        max_len: s.max_len.unwrap_or(usize::MAX),
+        max_prompt_len: None,
+    };
+    let e = encode_pairs(&enc, &set.records, o.skip_long)?;
+    let progress = |n: usize| ctx.progress.inc(n as u64);
+    let sc = preference_scores(&s.model, &e.pairs, o.batch, s.pad, progress)?;
+    let shown: Vec<J> = (e.kept.iter().zip(&sc.margins).take(o.keep))
+        .map(|(&k, &m)| {
+            let p = prompt_text(&set.records[k]);
+            json!({ "record": k + 1, "prompt": p, "margin": finite(m), "correct": m > 0.0 })
+        })
+        .collect();
+    Ok(json!({
+        "model": s.node,
+        "data": set.node,
+        "format": set.format.name(),
+        "metric": set.metric,
+        "n": sc.n(),
+        "skipped": e.skipped,
+        "target_tokens": sc.chosen_tokens,
+        "loss": finite(sc.chosen_loss()),
+        "perplexity": finite(sc.chosen_loss().exp()),
+        "exact_match": J::Null,
+        "preference_accuracy": finite(sc.accuracy()),
+        "correct": sc.correct(),
+        "margin": finite(sc.mean_margin()),
+        "examples": shown,
+    }))
 }

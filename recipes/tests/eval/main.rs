@@ -4,4 +4,5 @@
 
 mod common;
 mod decode;
+mod pref;
 mod scores;

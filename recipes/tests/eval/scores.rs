@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// `Σ −log p(ids[t] | ids[..t])` over `t ∈ targets`, one sequence per forward pass.
-fn manual_sum(m: &HfModel, ids: &[i64], targets: std::ops::Range<usize>) -> f64 {
+pub fn manual_sum(m: &HfModel, ids: &[i64], targets: std::ops::Range<usize>) -> f64 {
     let n = ids.len() as i64;
     let x = Tensor::from_slice(ids).view([1, n]);
     let pos = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).view([1, n]);
@@ -21,7 +21,7 @@ fn manual_sum(m: &HfModel, ids: &[i64], targets: std::ops::Range<usize>) -> f64 
         .sum()
 }
 
-fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Vec<i64> {
+pub fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Vec<i64> {
     let e = tok.encode(text, true).unwrap();
     e.get_ids().iter().map(|&i| i as i64).collect()
 }
@@ -59,7 +59,7 @@ fn manual(model_dir: &Path) -> (f64, usize, f64, usize) {
     (pc_sum, pc_n, tx_sum, tx_n)
 }
 
-fn data(name: &str, metric: Option<&str>) -> dsl::Value {
+pub fn data(name: &str, metric: Option<&str>) -> dsl::Value {
     let mut m = std::collections::BTreeMap::new();
     m.insert("name".to_string(), r(name));
     if let Some(x) = metric {

@@ -4,7 +4,11 @@
 //!
 //! Columns: `variant`, then the swept parameters (`node.param`), then for every built instance
 //! of the variant: the last line of its `metrics.jsonl` as `node.metric` (training nodes), and
-//! the rows of an eval node's `results.json` as `node.model.data.loss|perplexity|exact_match`.
+//! the rows of an eval node's `results.json` as
+//! `node.model.data.loss|perplexity|exact_match|preference_accuracy|margin` (the metrics that
+//! apply to the row's dataset; `margin` is the mean `logπ(yc) − logπ(yr)` of preference data),
+//! `model` and `data` named by node without the variant suffix, so a column means the same in
+//! every row.
 //! Cells of instances not built yet are empty. Rows sort by `--sort` (ascending; `--desc` for
 //! descending; rows without the value last), else in sweep order.
 use super::{Global, RecipeArgs};
@@ -141,11 +145,16 @@ pub fn collect(store: &store::Store, plan: &crate::plan::Plan) -> Result<(Vec<St
     Ok((cols, rows))
 }
 
-/// The last metrics line (numbers only, without `step`-independent noise such as tokens/s) and
-/// the eval rows of an artifact.
+/// The last metrics line (numbers only, without `step`-independent noise such as tokens/s) of a
+/// training artifact, or the rows of an eval artifact (`results.json`).
 pub fn artifact_metrics(dir: &Path) -> Result<Vec<(String, J)>> {
     let mut out = Vec::new();
-    if let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) {
+    // An eval node's metrics lines repeat its result rows: its results.json is read instead.
+    let eval = dir.join("results.json").is_file();
+    if let Some(text) = (!eval)
+        .then(|| std::fs::read_to_string(dir.join("metrics.jsonl")).ok())
+        .flatten()
+    {
         if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
             let v: J = serde_json::from_str(last).context("metrics.jsonl: last line")?;
             for (k, x) in v.as_object().into_iter().flatten() {
@@ -158,11 +167,20 @@ pub fn artifact_metrics(dir: &Path) -> Result<Vec<(String, J)>> {
     if let Ok(text) = std::fs::read_to_string(dir.join("results.json")) {
         let v: J = serde_json::from_str(&text).context("results.json")?;
         for r in v["results"].as_array().into_iter().flatten() {
-            let (m, d) = (
-                r["model"].as_str().unwrap_or("?"),
-                r["data"].as_str().unwrap_or("?"),
-            );
-            for k in ["loss", "perplexity", "exact_match"] {
+            // Instance ids without the variant suffix (`aligned[beta=0.1]` → `aligned`): the
+            // row already names the variant, and the column stays the same across rows.
+            let base = |k: &str| {
+                let s = r[k].as_str().unwrap_or("?");
+                s.split_once('[').map_or(s, |(b, _)| b).to_string()
+            };
+            let (m, d) = (base("model"), base("data"));
+            for k in [
+                "loss",
+                "perplexity",
+                "exact_match",
+                "preference_accuracy",
+                "margin",
+            ] {
                 if r[k].is_number() {
                     out.push((format!("{m}.{d}.{k}"), r[k].clone()));
                 }
