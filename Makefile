@@ -30,7 +30,7 @@ test: $(TORCH_STAMP) $(HELPERS_STAMP)
 	  TEMPER_BIN=$(TEMPER) $(CARGO) test --release --workspace
 
 bench: build
-	bash tests/bench/plan_bench.sh
+	bash bench/plan_bench.sh
 
 fmt:
 	$(CARGO) fmt --all

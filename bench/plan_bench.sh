@@ -2,9 +2,9 @@
 # Benchmarks of the foundation (not timed tests): prints wall times and the ratio to the 1 s target.
 #  1. `temper plan` of a generated 1,000-variant sweep recipe (10 x 10 x 10 grid over a model node).
 #  2. a fully cached rerun of the quickstart (`temper run examples/quickstart.kdl` after it has run).
-# Usage: make bench   (or: bash tests/bench/plan_bench.sh [path/to/temper])
+# Usage: make bench   (or: bash bench/plan_bench.sh [path/to/temper])
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TEMPER="${1:-$ROOT/target/release/temper}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
