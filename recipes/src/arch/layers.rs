@@ -7,8 +7,11 @@
 //! - RoPE (default type): `inv_freq[k] = 1 / θ^(2k/d)` in f32, angles `pos · inv_freq` in f32,
 //!   `cos`/`sin` of `[angles, angles]` cast to the model dtype;
 //!   `rope(x) = x·cos + rotate_half(x)·sin`, `rotate_half([a, b]) = [−b, a]`;
-//! - attention: `softmax(q kᵀ / sqrt(d) + mask) v` through `scaled_dot_product_attention`, k/v
-//!   heads repeated `heads / kv_heads` times (GQA);
+//! - attention: `softmax(q kᵀ / sqrt(d) + mask) v` through `scaled_dot_product_attention`, each
+//!   k/v head shared by `heads / kv_heads` query heads (GQA). The kernel's `enable_gqa` does the
+//!   sharing without copying k/v where it has a fast path (always on CPU; on CUDA only without
+//!   a mask, transformers' rule — with a mask it would fall back to the math kernel); elsewhere
+//!   k/v heads are materialised (`Attention::repeat_kv`). Both give identical values;
 //! - MLP (SwiGLU): `down(silu(gate(x)) ⊙ up(x))`;
 //! - block: `h = x + attn(norm₁(x))`, `out = h + mlp(norm₂(h))`.
 //!
@@ -164,7 +167,13 @@ impl Attention {
             sin,
         )?;
         let v = self.heads(&self.v_proj.forward(x)?, self.num_kv_heads)?;
-        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
+        let gqa = self.num_heads != self.num_kv_heads
+            && (mask.is_none() || q.device() == tch::Device::Cpu);
+        let (k, v) = if gqa {
+            (k, v)
+        } else {
+            (self.repeat_kv(k)?, self.repeat_kv(v)?)
+        };
         let scale = (self.head_dim as f64).powf(-0.5);
         let y = Tensor::f_scaled_dot_product_attention(
             &q,
@@ -174,7 +183,7 @@ impl Attention {
             0.0,
             mask.is_none(),
             scale,
-            false,
+            gqa,
         )?;
         let y = y
             .f_transpose(1, 2)?

@@ -58,8 +58,13 @@ impl Model {
         mask: AttnMask,
     ) -> Result<Tensor> {
         let h = self.hidden_states(input_ids, position_ids, mask)?;
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Ok(h.f_linear::<&Tensor>(w, None)?)
+        Ok(h.f_linear::<&Tensor>(self.lm_head_weight(), None)?)
+    }
+
+    /// The LM head's weight `[vocab, hidden]`: `lm_head.weight`, or `embed_tokens.weight`
+    /// when tied. `logits = hidden_states · Wᵀ`.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
     /// The final normalised hidden states `[B, T, hidden]` (what the LM head reads).

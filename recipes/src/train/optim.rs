@@ -119,6 +119,12 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr`.
+    ///
+    /// The same in-place kernels, in the same order, as torch's single-tensor AdamW — so the
+    /// result is bit-identical to it on CPU and the update allocates only two temporaries of a
+    /// parameter's size: `s = (1 − β2)·g` for `v.addcmul_(s, g)` (`v + s·g`, torch's
+    /// `v + (1 − β2)·g·g`), reused for `denom = √v / √(1 − β2^t) + ε`, and
+    /// `u = −(lr / (1 − β1^t))·m` for `θ.addcdiv_(u, denom)` (torch's `θ + value·m / denom`).
     pub fn step(&mut self, lr: f64) -> anyhow::Result<()> {
         let cfg = self.cfg;
         tch::no_grad(|| -> anyhow::Result<()> {
@@ -134,18 +140,17 @@ impl AdamW {
                 }
                 let _ = p.exp_avg.f_lerp_(&g, 1.0 - cfg.beta1)?;
                 let _ = p.exp_avg_sq.f_mul_scalar_(cfg.beta2)?;
-                let gg = g.f_mul(&g)?.f_mul_scalar(1.0 - cfg.beta2)?;
-                let _ = p.exp_avg_sq.f_add_(&gg)?;
+                let mut scratch = g.f_mul_scalar(1.0 - cfg.beta2)?;
+                let _ = p.exp_avg_sq.f_addcmul_(&scratch, &g)?;
+                drop(g);
                 let bc1 = 1.0 - cfg.beta1.powi(t);
                 let bc2 = 1.0 - cfg.beta2.powi(t);
                 let step_size = lr / bc1;
-                let denom = p
-                    .exp_avg_sq
-                    .f_sqrt()?
-                    .f_div_scalar(bc2.sqrt())?
-                    .f_add_scalar(cfg.eps)?;
-                let upd = p.exp_avg.f_div(&denom)?.f_mul_scalar(-step_size)?;
-                let _ = p.tensor.f_add_(&upd)?;
+                let _ = p.exp_avg_sq.f_sqrt_out(&scratch)?;
+                let _ = scratch.f_div_scalar_(bc2.sqrt())?;
+                let _ = scratch.f_add_scalar_(cfg.eps)?;
+                let upd = p.exp_avg.f_mul_scalar(-step_size)?;
+                let _ = p.tensor.f_addcdiv_(&upd, &scratch)?;
             }
             Ok(())
         })
@@ -206,11 +211,36 @@ impl AdamW {
     }
 
     /// Names of parameters whose gradient has a NaN or infinite value.
+    ///
+    /// Cheap on the common path: a gradient's 2-norm is finite iff all its values are (barring
+    /// an overflow of the sum of squares), so only the per-parameter norms are computed — one
+    /// read of each gradient, no temporaries of its size — and the values of a gradient are
+    /// checked one by one only when its norm is not finite.
     pub fn non_finite_grads(&self) -> anyhow::Result<Vec<String>> {
-        let mut bad = Vec::new();
+        let mut grads = Vec::new();
+        let mut norms = Vec::new();
         for p in &self.params {
             let g = p.tensor.grad();
-            if g.defined() && !bool::try_from(g.f_isfinite()?.f_all()?)? {
+            if g.defined() {
+                norms.push(
+                    g.f_norm()?
+                        .f_to_kind(Kind::Float)?
+                        .f_to_device(tch::Device::Cpu)?,
+                );
+                grads.push((p, g));
+            }
+        }
+        if norms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let finite = Tensor::f_stack(&norms, 0)?.f_isfinite()?;
+        if bool::try_from(finite.f_all()?)? {
+            return Ok(Vec::new());
+        }
+        let finite = Vec::<bool>::try_from(&finite)?;
+        let mut bad = Vec::new();
+        for ((p, g), ok) in grads.into_iter().zip(finite) {
+            if !ok && !bool::try_from(g.f_isfinite()?.f_all()?)? {
                 bad.push(p.name.clone());
             }
         }
