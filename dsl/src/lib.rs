@@ -6,6 +6,7 @@
 //! Entry points: [`load`] / [`load_str`] (text → validated [`Recipe`]) and [`expand`]
 //! (recipe → [`Expanded`] instances and variants).
 
+mod defaults;
 mod diag;
 mod expand;
 mod overrides;
@@ -86,6 +87,7 @@ fn load_inner(
     let mut sources = parse::Sources::new();
     let root = sources.add(name, path, text, PathBuf::new());
     sources.load_file(root, &mut Vec::new());
+    sources.apply_defaults();
     let mut v = validate::Validator {
         reg: registry,
         s: sources,

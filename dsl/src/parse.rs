@@ -23,6 +23,8 @@ pub(crate) struct Sources {
     pub nodes: Vec<(usize, KdlNode)>,
     /// `sweep` blocks, with their file.
     pub sweeps: Vec<(usize, KdlNode)>,
+    /// Recipe-wide defaults from `defaults` blocks, as properties to add (see `defaults.rs`).
+    pub recipe_defaults: Vec<(String, KdlEntry)>,
     pub diags: Vec<Diag>,
     /// A file failed to parse: later stages would only report cascades, so they are skipped.
     pub syntax_failed: bool,
@@ -108,6 +110,7 @@ impl Sources {
             canon: Vec::new(),
             nodes: Vec::new(),
             sweeps: Vec::new(),
+            recipe_defaults: Vec::new(),
             diags: Vec::new(),
             syntax_failed: false,
         }
@@ -152,6 +155,7 @@ impl Sources {
                 "include" => self.include(file, node, chain),
                 "sweep" => self.sweeps.push((file, node.clone())),
                 "repeat" => self.repeat(file, node),
+                "defaults" => self.defaults(file, node),
                 _ => self.nodes.push((file, node.clone())),
             }
         }

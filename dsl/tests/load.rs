@@ -482,3 +482,29 @@ fn load_shows_the_path_as_given() {
     };
     assert_one(&e, "cannot read recipe `no/such/recipe.kdl`");
 }
+
+#[test]
+fn defaults_block_sets_common_params_where_nodes_do_not() {
+    let d = project();
+    let text = format!(
+        "defaults {{ device cuda:1; threads 3 }}\n{}\nmodel other tokenizer=tok device=cpu {{ threads 1 }}\n",
+        BASE
+    );
+    let r = ok(d.path(), &text);
+    let node = |n: &str| r.node(n).unwrap();
+    assert_eq!(node("tiny").params["device"], Value::Str("cuda:1".into()));
+    assert_eq!(node("corpus").params["threads"], Value::Int(3));
+    assert_eq!(node("other").params["device"], Value::Str("cpu".into()));
+    assert_eq!(node("other").params["threads"], Value::Int(1));
+    // log-every not defaulted: the kind's default stays.
+    assert_eq!(node("tiny").params["log-every"], Value::Int(10));
+    // Only non-semantic common parameters may be defaulted; mistakes are reported with a hint.
+    let e = errs(d.path(), &format!("defaults {{ seed 3; thread 2; device }}\n{BASE}"), &[]);
+    let m = e.render();
+    assert!(m.contains("`defaults` cannot set `seed`"), "{m}");
+    assert!(m.contains("did you mean `threads`?"), "{m}");
+    assert!(m.contains("`device` in `defaults` takes exactly one value"), "{m}");
+    // A mistyped default is type-checked like the parameter itself.
+    let e = errs(d.path(), &format!("defaults {{ threads many }}\n{BASE}"), &[]);
+    assert!(e.render().contains("threads"), "{}", e.render());
+}
