@@ -113,7 +113,11 @@ const EXPECT: &[(&str, usize, &str)] = &[
     ("40-include-relative-path.kdl", 1, "file not found"),
     ("41-unexpected-argument.kdl", 2, "unexpected argument"),
     ("42-set-bare-keyword.kdl", 1, "bad value in override"),
-    ("43-defaults-semantic-param.kdl", 1, "`defaults` cannot set `seed`"),
+    (
+        "43-defaults-semantic-param.kdl",
+        1,
+        "`defaults` cannot set `seed`",
+    ),
 ];
 
 fn dir() -> PathBuf {

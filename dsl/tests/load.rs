@@ -499,12 +499,23 @@ fn defaults_block_sets_common_params_where_nodes_do_not() {
     // log-every not defaulted: the kind's default stays.
     assert_eq!(node("tiny").params["log-every"], Value::Int(10));
     // Only non-semantic common parameters may be defaulted; mistakes are reported with a hint.
-    let e = errs(d.path(), &format!("defaults {{ seed 3; thread 2; device }}\n{BASE}"), &[]);
+    let e = errs(
+        d.path(),
+        &format!("defaults {{ seed 3; thread 2; device }}\n{BASE}"),
+        &[],
+    );
     let m = e.render();
     assert!(m.contains("`defaults` cannot set `seed`"), "{m}");
     assert!(m.contains("did you mean `threads`?"), "{m}");
-    assert!(m.contains("`device` in `defaults` takes exactly one value"), "{m}");
+    assert!(
+        m.contains("`device` in `defaults` takes exactly one value"),
+        "{m}"
+    );
     // A mistyped default is type-checked like the parameter itself.
-    let e = errs(d.path(), &format!("defaults {{ threads many }}\n{BASE}"), &[]);
+    let e = errs(
+        d.path(),
+        &format!("defaults {{ threads many }}\n{BASE}"),
+        &[],
+    );
     assert!(e.render().contains("threads"), "{}", e.render());
 }
