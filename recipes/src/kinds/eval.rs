@@ -29,12 +29,10 @@
 //!   ([`crate::pref::encode`], `max-len` = the model's limit); pairs identical after
 //!   truncation or without a completion token are skipped and counted.
 //!
-//! `metric` per dataset: `loss` / `perplexity` (the same numbers), `exact-match` (loss as
-//! well), or `preference-accuracy`. Unset: `exact-match` for prompt-completion,
-//! `preference-accuracy` for preference data, `loss` otherwise. `max-records N` keeps
-//! the first N records of each dataset. Evaluation computes in f32 on every device, so the
-//! numbers do not depend on the device's default dtype. `batch-size` is not semantic (it only
-//! changes float rounding).
+//! `metric` per dataset: `loss` / `perplexity` (same numbers), `exact-match` (loss too) or
+//! `preference-accuracy`; unset: by format (exact-match, preference-accuracy, else loss).
+//! `max-records N` keeps the first N records. Computes in f32 on every device; `batch-size`
+//! is not semantic (it only changes float rounding).
 //!
 //! Artifact: `results.json` (parameters and, per model × dataset, format, metric, records,
 //! target tokens, loss, perplexity, exact-match or preference accuracy and margin with counts,
