@@ -286,8 +286,9 @@ impl Stage for Mixture {
     }
 }
 
-/// Tokens of a source as the mixture counts them (see the module docs).
-fn count_tokens(t: &TokenizerDir, records: &[Record]) -> anyhow::Result<u64> {
+/// Tokens of a source as the mixture counts them (see the module docs); `reweight` recounts
+/// with the same rule to detect a tokenizer mismatch.
+pub(crate) fn count_tokens(t: &TokenizerDir, records: &[Record]) -> anyhow::Result<u64> {
     let mut n = 0u64;
     for r in records {
         for text in r.texts() {
@@ -303,7 +304,7 @@ fn count_tokens(t: &TokenizerDir, records: &[Record]) -> anyhow::Result<u64> {
 }
 
 /// Hard-links (or copies) a dataset artifact's data and stats into `dst`.
-fn link_source(src: &Path, dst: &Path) -> anyhow::Result<()> {
+pub(crate) fn link_source(src: &Path, dst: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(dst)?;
     for f in [DATA_FILE, STATS_FILE] {
         let (a, b) = (src.join(f), dst.join(f));

@@ -21,8 +21,10 @@
 //! its tokens with (token counts disagree) or whose tokens exceed the model's vocabulary.
 //! A domain smaller than `samples` is measured on all its records, and the diagnostics say so.
 
-use super::mixture::{read_domains, read_mixture, MixtureSpec, MIXTURE_FILE, SOURCES_DIR};
-use crate::data::{read_normalized, Format, Record, DATA_FILE, STATS_FILE};
+use super::mixture::{
+    count_tokens, link_source, read_domains, read_mixture, MixtureSpec, MIXTURE_FILE, SOURCES_DIR,
+};
+use crate::data::{read_normalized, Format, Record};
 use crate::influence::{self, sample, Batching, Bounds, Config, DomainIn, TargetIn};
 use crate::stage::{Stage, StageCtx, StageError};
 use crate::tok::TokenizerDir;
@@ -33,8 +35,6 @@ use anyhow::{anyhow, Context};
 use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 use serde_json::{json, Value as J};
 use std::collections::BTreeSet;
-use std::fs;
-use std::path::Path;
 
 /// The `reweight` kind.
 pub struct Reweight;
@@ -479,32 +479,4 @@ fn bounds(
         )
     })?;
     Ok(b)
-}
-
-/// Tokens of text records as the `mixture` kind counts them (tokens + EOS).
-fn count_tokens(t: &TokenizerDir, records: &[Record]) -> anyhow::Result<u64> {
-    let mut n = 0u64;
-    for r in records {
-        for text in r.texts() {
-            let enc = t
-                .tokenizer
-                .encode(text, true)
-                .map_err(|e| anyhow!("tokenising: {e}"))?;
-            n += enc.get_ids().len() as u64;
-        }
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Hard-links (or copies) a source's data and stats into `dst`.
-fn link_source(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(dst)?;
-    for name in [DATA_FILE, STATS_FILE] {
-        let (a, b) = (src.join(name), dst.join(name));
-        if fs::hard_link(&a, &b).is_err() {
-            fs::copy(&a, &b).with_context(|| format!("copying {}", a.display()))?;
-        }
-    }
-    Ok(())
 }
