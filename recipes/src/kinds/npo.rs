@@ -67,13 +67,7 @@ impl Stage for Npo {
 fn check(n: &NodeDecl) -> Vec<ParamIssue> {
     let mut out = Vec::new();
     params::check_optim(n, &mut out);
-    if params::is_set(n, "steps") && params::is_set(n, "epochs") {
-        out.push(ParamIssue {
-            param: Some("epochs".into()),
-            message: "`steps` and `epochs` are exclusive: the run has one length".into(),
-            hint: None,
-        });
-    }
+    params::check_steps_or_epochs(n, &mut out);
     out
 }
 

@@ -118,6 +118,17 @@ pub fn optim_params() -> Vec<ParamSpec> {
     ]
 }
 
+/// `steps` and `epochs` both fix the run's length: setting both is a recipe error.
+pub fn check_steps_or_epochs(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
+    if is_set(n, "steps") && is_set(n, "epochs") {
+        out.push(ParamIssue {
+            param: Some("epochs".into()),
+            message: "`steps` and `epochs` are exclusive: the run has one length".into(),
+            hint: None,
+        });
+    }
+}
+
 /// Checks shared by the training kinds: a valid warmup.
 pub fn check_optim(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     if let Some(w) = n
