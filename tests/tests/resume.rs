@@ -64,6 +64,27 @@ fn metrics(dir: &Path) -> Vec<J> {
         .collect()
 }
 
+/// Reruns the recipe and checks the cpt node resumed mid-stage and ended byte-identical (weights)
+/// and line-identical (metrics, wall-clock aside) to the uninterrupted reference run.
+fn rerun_matches_reference(p: &Project, ref_dir: &Path, what: &str) {
+    p.ok(&["run", "recipe.kdl"]);
+    let dir = cpt_artifact(&p.store()).expect("the rerun published the cpt node");
+    let s: J =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train_summary.json")).unwrap())
+            .unwrap();
+    assert!(
+        s["resumed_from"].as_u64().unwrap() > 0,
+        "{what}: the rerun resumed mid-stage: {s}"
+    );
+    let a = std::fs::read(ref_dir.join("model.safetensors")).unwrap();
+    let b = std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "weights after {what} + resume differ from the uninterrupted run"
+    );
+    assert_eq!(metrics(ref_dir), metrics(&dir));
+}
+
 #[test]
 fn kill_9_mid_training_then_rerun_is_bit_identical() {
     let reference = project();
@@ -96,22 +117,7 @@ fn kill_9_mid_training_then_rerun_is_bit_identical() {
     let v = p.run(&["verify"]);
     assert!(v.status.success(), "verify after kill\n{}", text(&v));
 
-    p.ok(&["run", "recipe.kdl"]);
-    let dir = cpt_artifact(&p.store()).expect("the rerun published the cpt node");
-    let s: J =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("train_summary.json")).unwrap())
-            .unwrap();
-    assert!(
-        s["resumed_from"].as_u64().unwrap() > 0,
-        "the rerun resumed mid-stage: {s}"
-    );
-    let a = std::fs::read(ref_dir.join("model.safetensors")).unwrap();
-    let b = std::fs::read(dir.join("model.safetensors")).unwrap();
-    assert!(
-        a == b,
-        "weights after kill -9 + resume differ from the uninterrupted run"
-    );
-    assert_eq!(metrics(&ref_dir), metrics(&dir));
+    rerun_matches_reference(&p, &ref_dir, "kill -9");
 }
 
 #[test]
@@ -151,20 +157,5 @@ fn ctrl_c_checkpoints_and_stops_then_rerun_resumes_bit_identical() {
     let v = p.run(&["verify"]);
     assert!(v.status.success(), "verify after Ctrl-C\n{}", text(&v));
 
-    p.ok(&["run", "recipe.kdl"]);
-    let dir = cpt_artifact(&p.store()).expect("the rerun published the cpt node");
-    let s: J =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("train_summary.json")).unwrap())
-            .unwrap();
-    assert!(
-        s["resumed_from"].as_u64().unwrap() > 0,
-        "resumed mid-stage: {s}"
-    );
-    let a = std::fs::read(ref_dir.join("model.safetensors")).unwrap();
-    let b = std::fs::read(dir.join("model.safetensors")).unwrap();
-    assert!(
-        a == b,
-        "weights after Ctrl-C + resume differ from the uninterrupted run"
-    );
-    assert_eq!(metrics(&ref_dir), metrics(&dir));
+    rerun_matches_reference(&p, &ref_dir, "Ctrl-C");
 }
