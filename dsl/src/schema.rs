@@ -144,6 +144,11 @@ impl KindSchema {
         self.params.push(p);
         self
     }
+    /// Declares several parameters at once (e.g. a family's shared training parameters).
+    pub fn params(mut self, ps: impl IntoIterator<Item = ParamSpec>) -> Self {
+        self.params.extend(ps);
+        self
+    }
     pub fn check(mut self, f: fn(&NodeDecl) -> Vec<ParamIssue>) -> Self {
         self.check = Some(f);
         self

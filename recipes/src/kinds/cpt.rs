@@ -36,7 +36,7 @@ pub struct Cpt;
 
 impl Stage for Cpt {
     fn schema(&self) -> KindSchema {
-        let mut s = KindSchema::new("cpt", 1, "model")
+        KindSchema::new("cpt", 1, "model")
             .doc("Continued pre-training: documents packed into blocks of `seq-len` tokens, causal-LM loss on every token.")
             .param(ParamSpec::new("model", ParamType::Ref(&["model"])).doc("the model to train"))
             .param(ParamSpec::new("data", ParamType::Ref(&["dataset", "mixture"])).doc("a text dataset or a mixture of them"))
@@ -44,11 +44,9 @@ impl Stage for Cpt {
             .param(ParamSpec::new("seq-len", int(2)).default(Value::Int(1024)).doc("tokens per block"))
             .param(ParamSpec::new("tokens", int(1)).optional().doc("token budget (ends the stream)"))
             .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("sequences per micro-batch"))
-            .param(ParamSpec::new("batch-tokens", int(1)).optional().doc("tokens per micro-batch (instead of batch-size)"));
-        for p in params::optim_params() {
-            s = s.param(p);
-        }
-        s.check(check)
+            .param(ParamSpec::new("batch-tokens", int(1)).optional().doc("tokens per micro-batch (instead of batch-size)"))
+            .params(params::optim_params())
+            .check(check)
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {

@@ -46,7 +46,7 @@ const ORDER: u64 = 0x0DF0_0DE4;
 
 impl Stage for Dpo {
     fn schema(&self) -> KindSchema {
-        let mut s = KindSchema::new("dpo", 1, "model")
+        KindSchema::new("dpo", 1, "model")
             .doc("Preference optimisation (DPO, cDPO, robust, hinge, IPO, sigmoid_norm, RPO, ORPO, SimPO) on the pairs of a ref-logps node.")
             .param(ParamSpec::new("model", ParamType::Ref(&["model"])).doc("the policy to train (usually the SFT model the reference log-probs were computed with)"))
             .param(ParamSpec::new("ref", ParamType::Ref(&["ref-logps"])).doc("a ref-logps node: the pairs and the reference log-probs"))
@@ -61,11 +61,9 @@ impl Stage for Dpo {
                 .doc("NLL = −logπ(yc)/Lc (mean, default) or −logπ(yc) (sum)"))
             .param(ParamSpec::new("logp-norm", ParamType::Enum(LogpNorm::NAMES)).optional()
                 .doc("ρ from summed (default) or per-token mean log-probs, for sigmoid / robust / hinge"))
-            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("pairs per micro-batch"));
-        for p in params::optim_params() {
-            s = s.param(p);
-        }
-        s.check(check)
+            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("pairs per micro-batch"))
+            .params(params::optim_params())
+            .check(check)
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {

@@ -42,7 +42,7 @@ const RETAIN_ORDER: u64 = 0x4E0F_0DE5;
 
 impl Stage for Npo {
     fn schema(&self) -> KindSchema {
-        let mut s = KindSchema::new("npo", 1, "model")
+        KindSchema::new("npo", 1, "model")
             .doc("Unlearning with NPO on a forget set (ref-logps node), optionally with an NLL or KL term on a retain set.")
             .param(ParamSpec::new("model", ParamType::Ref(&["model"])).doc("the model to make forget (usually the reference of `forget=`)"))
             .param(ParamSpec::new("forget", ParamType::Ref(&["ref-logps"])).doc("ref-logps node over the forget set"))
@@ -52,11 +52,9 @@ impl Stage for Npo {
                 .doc("nll: −logπ(y)/L; kl: per-token k2 KL to the stored reference"))
             .param(ParamSpec::new("retain-weight", float(0.0)).default(Value::Float(1.0)).doc("c, the weight of the retain term"))
             .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("forget sequences per micro-batch"))
-            .param(ParamSpec::new("retain-batch-size", int(1)).optional().doc("retain sequences per micro-batch (default: batch-size)"));
-        for p in params::optim_params() {
-            s = s.param(p);
-        }
-        s.check(check)
+            .param(ParamSpec::new("retain-batch-size", int(1)).optional().doc("retain sequences per micro-batch (default: batch-size)"))
+            .params(params::optim_params())
+            .check(check)
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {

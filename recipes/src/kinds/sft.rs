@@ -45,7 +45,7 @@ const ORDER: u64 = 0x5F7_0DE4;
 
 impl Stage for Sft {
     fn schema(&self) -> KindSchema {
-        let mut s = KindSchema::new("sft", 1, "model")
+        KindSchema::new("sft", 1, "model")
             .doc("Supervised fine-tuning on prompt-completion or chat data: loss on the completion / assistant turns, EOS trained.")
             .param(ParamSpec::new("model", ParamType::Ref(&["model"])).doc("the model to train"))
             .param(ParamSpec::new("data", ParamType::Ref(&["dataset"])).doc("a prompt-completion or messages dataset"))
@@ -60,11 +60,9 @@ impl Stage for Sft {
                 .doc("skip and count examples longer than max-len instead of failing"))
             .param(ParamSpec::new("use-chat-template", ParamType::Bool).default(Value::Bool(false))
                 .doc("render prompt-completion records with the chat template"))
-            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("examples per micro-batch"));
-        for p in params::optim_params() {
-            s = s.param(p);
-        }
-        s.check(check)
+            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("examples per micro-batch"))
+            .params(params::optim_params())
+            .check(check)
     }
 
     fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {
