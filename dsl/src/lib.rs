@@ -9,6 +9,7 @@
 mod defaults;
 mod diag;
 mod expand;
+pub mod files;
 mod overrides;
 mod parse;
 pub mod recipe;

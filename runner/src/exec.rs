@@ -11,9 +11,9 @@
 
 use crate::device::Devices;
 use crate::plan::{self, Entry, Loaded, Plan, State};
-use crate::progress;
 pub use crate::report::{Control, Outcome, RunOptions, RunReport, UsageError};
 use crate::Kinds;
+use crate::{nodelog, progress};
 use anyhow::{anyhow, Context, Result};
 use recipes::{CancelToken, InputArtifact, MetricsSink, StageCtx, StageError};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -183,6 +183,12 @@ impl Executor<'_> {
                 pending.push(i);
             }
         }
+        // Instances with equal keys (same kind, parameters and inputs under two names) are
+        // built once: the first to start builds, the others wait for it and share its artifact.
+        let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
+        for &i in &pending {
+            by_key.entry(entries[i].key.as_str()).or_default().push(i);
+        }
         let (tx, rx) = mpsc::channel::<Finished>();
         let mut running: HashSet<usize> = HashSet::new();
         let mut stop = false;
@@ -201,7 +207,7 @@ impl Executor<'_> {
                 for (_, input) in inputs {
                     let j = pos[input.as_str()];
                     match &self.outcomes[j] {
-                        Some(Outcome::Cached) | Some(Outcome::Done) => {}
+                        Some(Outcome::Cached) | Some(Outcome::Done) | Some(Outcome::Shared(_)) => {}
                         None if entries[j].state == State::Cached => {}
                         Some(Outcome::Failed(_)) => bad = Some(format!("input {input} failed")),
                         Some(Outcome::Skipped(_)) => {
@@ -214,6 +220,29 @@ impl Executor<'_> {
                             bad = Some(format!("input {input} did not run"))
                         }
                         None => blocked = true,
+                    }
+                }
+                let twin = by_key[entries[i].key.as_str()]
+                    .iter()
+                    .copied()
+                    .find(|&j| j != i && (running.contains(&j) || self.outcomes[j].is_some()));
+                if bad.is_none() && !blocked {
+                    if let Some(j) = twin {
+                        match &self.outcomes[j] {
+                            None => blocked = true, // building now: wait for it
+                            Some(o) if o.ok() => {
+                                self.outcomes[i] = Some(Outcome::Shared(entries[j].id.clone()));
+                                changed = true;
+                                continue;
+                            }
+                            Some(o) => {
+                                bad = Some(format!(
+                                    "same key as {}, which ended {}",
+                                    entries[j].id,
+                                    o.word()
+                                ))
+                            }
+                        }
                     }
                 }
                 if let Some(why) = bad {
@@ -315,9 +344,9 @@ impl Executor<'_> {
             .with_context(|| format!("node {}: preparing its output directory", e.id))?;
         let work_dir = store.work_dir(&e.key);
         let log = store.log_path(&e.key);
-        progress::open_node_log(&e.id, &log)
+        nodelog::open(&e.id, &log, self.run_id)
             .with_context(|| format!("node {}: opening log {}", e.id, log.display()))?;
-        progress::node_log(
+        nodelog::line(
             &e.id,
             "INFO",
             &format!(
@@ -401,17 +430,28 @@ impl Executor<'_> {
         Ok(Start::Started)
     }
 
+    /// Records node `i` as failed with `msg`; its start time is kept when this run recorded
+    /// the start (so `show` gives the attempt's real duration).
     fn record_failure(&self, i: usize, msg: &str) -> Result<()> {
         let e = &self.plan.entries[i];
-        let rec = store::NodeRecord::running(
-            &e.key,
-            &e.kind,
-            &e.id,
-            &self.plan.loaded.stem,
-            e.tree.clone(),
-            Some(self.run_id),
-        )
-        .finished(store::Status::Failed, Some(msg.to_string()));
+        let started = self
+            .store
+            .record(&e.key)
+            .ok()
+            .flatten()
+            .filter(|r| r.status == store::Status::Running && r.run_id == Some(self.run_id));
+        let rec = started
+            .unwrap_or_else(|| {
+                store::NodeRecord::running(
+                    &e.key,
+                    &e.kind,
+                    &e.id,
+                    &self.plan.loaded.stem,
+                    e.tree.clone(),
+                    Some(self.run_id),
+                )
+            })
+            .finished(store::Status::Failed, Some(msg.to_string()));
         self.store
             .put_record(&rec)
             .with_context(|| format!("node {}: recording its failure", e.id))?;
@@ -450,12 +490,12 @@ impl Executor<'_> {
                 self.store.put_record(
                     &base.finished(store::Status::Cancelled, Some("cancelled".into())),
                 )?;
-                progress::node_log(&e.id, "WARN", "cancelled");
+                nodelog::line(&e.id, "WARN", "cancelled");
                 tracing::warn!("{}: cancelled", e.id);
                 Outcome::Cancelled
             }
             Err(StageError::User { message, hint }) => {
-                let mut msg = format!("node {}: {message}", e.id);
+                let mut msg = node_prefixed(&e.id, &message);
                 if let Some(h) = hint {
                     msg += &format!("\n  hint: {h}");
                 }
@@ -463,17 +503,17 @@ impl Executor<'_> {
                 Outcome::Failed(msg)
             }
             Err(StageError::Other(err)) => {
-                let msg = format!("node {}: {err:#}", e.id);
+                let msg = node_prefixed(&e.id, &format!("{err:#}"));
                 self.record_failure(i, &msg)?;
                 Outcome::Failed(msg)
             }
         };
         match &outcome {
-            Outcome::Failed(m) => progress::node_log(&e.id, "ERROR", m),
-            Outcome::Done => progress::node_log(&e.id, "INFO", "done"),
+            Outcome::Failed(m) => nodelog::line(&e.id, "ERROR", m),
+            Outcome::Done => nodelog::line(&e.id, "INFO", "done"),
             _ => {}
         }
-        progress::close_node_log(&e.id);
+        nodelog::close(&e.id);
         let failed = matches!(outcome, Outcome::Failed(_));
         self.outcomes[i] = Some(outcome);
         Ok(failed)
@@ -499,6 +539,17 @@ impl Executor<'_> {
         self.store.set_last_key(&e.identity, &e.key)?;
         tracing::info!("{}: done ({})", e.id, e.short_key());
         Ok(())
+    }
+}
+
+/// `node ID: message`, without doubling the prefix when a stage already wrote it (a stage's
+/// error context often names its node).
+fn node_prefixed(id: &str, message: &str) -> String {
+    let prefix = format!("node {id}: ");
+    if message.starts_with(&prefix) {
+        message.to_string()
+    } else {
+        prefix + message
     }
 }
 

@@ -8,14 +8,16 @@
 //! - a reference becomes `{"key": <key of the referenced instance>}` (Merkle propagation), and
 //! - a path becomes `{"content": C}`: for a file its blake3, for a directory `{relative path:
 //!   blake3}` over every file below it (entries whose name starts with `.` are skipped), for a glob
-//!   `{path relative to the glob's non-glob prefix: blake3}`.
+//!   `{path relative to the glob's non-glob prefix: blake3}` — the files of
+//!   [`dsl::files::list`], the same enumeration the readers use (symlinks followed, dangling
+//!   ones an error, an existing literal path before a glob).
 //!
 //! Neither absolute paths nor node names enter a tree, so renaming a node or moving the project
 //! keeps every key. `key = blake3_hex(canonical(tree))` where `canonical` is compact JSON with
 //! object fields sorted recursively (explicitly: serde_json's `preserve_order` is enabled in this
 //! workspace, so insertion order would otherwise leak into the digest).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use dsl::{Instance, KindSchema, Registry, Value};
 use serde_json::Value as J;
 use std::cell::RefCell;
@@ -244,98 +246,28 @@ fn value_json(
     })
 }
 
-fn is_glob(p: &str) -> bool {
-    p.contains(['*', '?', '['])
-}
-
-fn rel_string(p: &Path) -> String {
-    p.components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-fn hidden(p: &Path, base: &Path) -> bool {
-    p.strip_prefix(base)
-        .map(|r| {
-            r.components()
-                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
-        })
-        .unwrap_or(false)
-}
-
 /// Content of a path parameter (see the module docs): a file's hash, or a map of relative
-/// path → hash for a directory or glob. Errors name the path as written.
+/// path → hash for a directory or glob, over exactly the files [`dsl::files::list`] gives the
+/// readers. Errors name the path as written.
 pub fn path_content(root_dir: &Path, p: &str, hasher: &dyn FileHasher) -> Result<J> {
-    let full = root_dir.join(p);
-    // (name in the tree, file to hash); `None` name = the path is a single file.
-    let mut files: Vec<(Option<String>, PathBuf)> = Vec::new();
-    if is_glob(p) {
-        // Non-glob prefix: the leading components without glob characters.
-        let mut prefix = PathBuf::new();
-        for c in Path::new(p).components() {
-            if is_glob(&c.as_os_str().to_string_lossy()) {
-                break;
-            }
-            prefix.push(c);
-        }
-        let base = root_dir.join(&prefix);
-        let pattern = full.to_string_lossy().into_owned();
-        for entry in glob::glob(&pattern).with_context(|| format!("bad glob pattern `{p}`"))? {
-            let f = entry.with_context(|| format!("reading a match of `{p}`"))?;
-            let rel = f.strip_prefix(&base).unwrap_or(&f).to_path_buf();
-            if f.is_dir() {
-                for (r, path) in dir_files(&f)? {
-                    files.push((Some(rel_string(&rel.join(r))), path));
-                }
-            } else {
-                files.push((Some(rel_string(&rel)), f));
-            }
-        }
-        if files.is_empty() {
-            bail!("no file matches `{p}` (relative to {})", root_dir.display());
-        }
-    } else {
-        let meta = std::fs::metadata(&full)
-            .with_context(|| format!("`{p}` not found (relative to {})", root_dir.display()))?;
-        if meta.is_dir() {
-            for (r, path) in dir_files(&full)? {
-                files.push((Some(r), path));
-            }
-        } else {
-            files.push((None, full));
-        }
-    }
-    let paths: Vec<PathBuf> = files.iter().map(|(_, p)| p.clone()).collect();
+    let listing = dsl::files::list(root_dir, p).map_err(|e| match &e.hint {
+        Some(h) => anyhow!("{e} (hint: {h})"),
+        None => anyhow!("{e}"),
+    })?;
+    let paths: Vec<PathBuf> = listing.paths().into_iter().map(Path::to_path_buf).collect();
     let hashes = hasher.hash_files(&paths)?;
-    if let [(None, _)] = files.as_slice() {
-        return Ok(J::String(hashes.into_iter().next().unwrap_or_default()));
-    }
-    let m: BTreeMap<String, String> = files
-        .into_iter()
-        .zip(hashes)
-        .map(|((name, _), h)| (name.unwrap_or_default(), h))
-        .collect();
-    Ok(J::Object(
-        m.into_iter().map(|(k, h)| (k, J::String(h))).collect(),
-    ))
-}
-
-/// (relative path, path) of every regular file below `dir` (dot-entries skipped).
-fn dir_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(dir)
-        .follow_links(true)
-        .sort_by_file_name()
-    {
-        let e = entry.with_context(|| format!("listing {}", dir.display()))?;
-        if !e.file_type().is_file() || hidden(e.path(), dir) {
-            continue;
+    match listing {
+        dsl::files::Listing::File(_) => {
+            Ok(J::String(hashes.into_iter().next().unwrap_or_default()))
         }
-        let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
-        out.push((rel_string(rel), e.path().to_path_buf()));
+        dsl::files::Listing::Many(files) => {
+            let m: BTreeMap<String, String> =
+                files.into_iter().map(|f| f.rel).zip(hashes).collect();
+            Ok(J::Object(
+                m.into_iter().map(|(k, h)| (k, J::String(h))).collect(),
+            ))
+        }
     }
-    Ok(out)
 }
 
 /// Computes keys of `instances`, which must be in topological order (inputs first).

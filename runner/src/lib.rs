@@ -12,6 +12,7 @@ mod device;
 pub mod diff;
 pub mod exec;
 pub mod keys;
+pub mod nodelog;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -4,60 +4,19 @@
 //!   (`tracing-indicatif`) draws one bar per running node and log lines go through its writer so
 //!   they never break the bars; elsewhere (pipes, CI) plain lines and no bars.
 //! - Every node runs inside a tracing span named `node` with field `id`. [`NodeLogLayer`]
-//!   copies each event inside such a span into that node's log file (registered with
-//!   [`open_node_log`]), so logs stay per node even with `--jobs > 1`.
+//!   copies each event inside such a span into that node's log file (opened with
+//!   [`nodelog::open`]), so logs stay per node even with `--jobs > 1`. Both the terminal and
+//!   the node logs are filtered by [`nodelog::directives`]: temper's events at the run's level,
+//!   dependencies' at WARN; node logs never go below INFO, even with `-q`.
 //! - [`NodeProgress`] is the [`recipes::Progress`] the runner hands a stage: it drives the bar of
 //!   the node's span (a no-op when no bars are shown).
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use crate::nodelog;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Span, Subscriber};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
-
-/// Open log files by instance id.
-fn logs() -> &'static Mutex<HashMap<String, File>> {
-    static LOGS: OnceLock<Mutex<HashMap<String, File>>> = OnceLock::new();
-    LOGS.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-/// Opens (appending) the log file of node `id`; events inside its span go there until
-/// [`close_node_log`].
-pub fn open_node_log(id: &str, path: &Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let f = OpenOptions::new().create(true).append(true).open(path)?;
-    logs()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.to_string(), f);
-    Ok(())
-}
-
-/// Closes the log file of node `id`.
-pub fn close_node_log(id: &str) {
-    logs().lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-}
-
-/// Appends one timestamped line to node `id`'s log (if open).
-pub fn node_log(id: &str, level: &str, line: &str) {
-    let mut map = logs().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(f) = map.get_mut(id) {
-        let now = store::now_secs();
-        let ms = ((now.fract()) * 1000.0) as u32;
-        let _ = writeln!(
-            f,
-            "{}.{ms:03} {level:>5} {line}",
-            crate::cmd::human_time(now)
-        );
-    }
-}
 
 /// The span a node runs in; `indicatif.pb_show` makes it get a bar.
 pub fn node_span(id: &str) -> Span {
@@ -127,27 +86,26 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for NodeLogLayer {
             if let Some(NodeId(node)) = span.extensions().get::<NodeId>() {
                 let mut m = MsgVisitor(String::new());
                 event.record(&mut m);
-                node_log(node, event.metadata().level().as_str(), &m.0);
+                nodelog::line(node, event.metadata().level().as_str(), &m.0);
                 return;
             }
         }
     }
 }
 
-/// Installs the global subscriber. `verbosity`: -1 quiet (errors), 0 info, 1 debug, 2+ trace;
-/// `RUST_LOG` overrides. Bars only when `bars` and stderr is a terminal. Returns whether bars
-/// are shown. Safe to call twice (the second call does nothing).
+/// Installs the global subscriber. `verbosity`: -1 quiet (errors), 0 info, 1 debug, 2 trace
+/// (temper's own events), 3+ everything; `RUST_LOG` overrides. Bars only when `bars` and stderr
+/// is a terminal. Returns whether bars are shown. Safe to call twice (the second call does
+/// nothing).
 pub fn init(verbosity: i8, bars: bool) -> bool {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
-    let level = match verbosity {
-        i8::MIN..=-1 => "error",
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    let filter_for = |v: i8| {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(nodelog::directives(v)))
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = filter_for(verbosity);
+    let node_logs = NodeLogLayer.with_filter(filter_for(verbosity.max(0)));
     let bars = bars && std::io::stderr().is_terminal();
     let result = if bars {
         let indicatif = tracing_indicatif::IndicatifLayer::new()
@@ -161,7 +119,7 @@ pub fn init(verbosity: i8, bars: bool) -> bool {
             .without_time()
             .with_writer(indicatif.get_stderr_writer());
         tracing_subscriber::registry()
-            .with(NodeLogLayer)
+            .with(node_logs)
             .with(fmt.with_filter(filter))
             .with(indicatif.with_filter(tracing_indicatif::filter::IndicatifFilter::new(false)))
             .try_init()
@@ -172,7 +130,7 @@ pub fn init(verbosity: i8, bars: bool) -> bool {
             .with_ansi(false)
             .with_writer(std::io::stderr);
         tracing_subscriber::registry()
-            .with(NodeLogLayer)
+            .with(node_logs)
             .with(fmt.with_filter(filter))
             .try_init()
     };

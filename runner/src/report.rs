@@ -88,11 +88,14 @@ pub enum Outcome {
     Cancelled,
     /// Not started: the run stopped first (failure without --keep-going, or Ctrl-C).
     NotStarted,
+    /// Its key is the key of the named instance, which built it in this run: one artifact,
+    /// built once, serves both.
+    Shared(String),
 }
 
 impl Outcome {
     pub fn ok(&self) -> bool {
-        matches!(self, Outcome::Cached | Outcome::Done)
+        matches!(self, Outcome::Cached | Outcome::Done | Outcome::Shared(_))
     }
     pub fn word(&self) -> String {
         match self {
@@ -102,6 +105,7 @@ impl Outcome {
             Outcome::Skipped(why) => format!("skipped: {why}"),
             Outcome::Cancelled => "cancelled".into(),
             Outcome::NotStarted => "not started".into(),
+            Outcome::Shared(with) => format!("same key as {with} (built once)"),
         }
     }
 }
@@ -148,6 +152,10 @@ impl RunReport {
         let c = self.count(|o| *o == Outcome::Cancelled);
         if c > 0 {
             s += &format!(", {c} cancelled");
+        }
+        let sh = self.count(|o| matches!(o, Outcome::Shared(_)));
+        if sh > 0 {
+            s += &format!(", {sh} shared");
         }
         let n = self.count(|o| *o == Outcome::NotStarted);
         if n > 0 {

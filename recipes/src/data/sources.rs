@@ -42,105 +42,60 @@ pub fn display_name(root: &Path, p: &Path) -> String {
         .replace('\\', "/")
 }
 
-fn is_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
-/// Resolves the `path` parameter (`param`, as written, relative to `root`).
+/// Resolves the `path` parameter (`param`, as written, relative to `root`) through
+/// [`dsl::files::list`] — the enumeration the key hashes — keeping the data files: a directory
+/// contributes its files with a supported extension, while a file or a glob match of another
+/// type is an error (it would be hashed but not read).
 pub fn resolve(root: &Path, param: &str) -> Result<Vec<SourceFile>, StageError> {
-    let full = if Path::new(param).is_absolute() {
-        PathBuf::from(param)
-    } else {
-        root.join(param)
-    };
+    let listing = dsl::files::list(root, param)
+        .map_err(|e| StageError::user(format!("path \"{param}\": {e}"), e.hint.clone()))?;
     let mut files = Vec::new();
-    if is_glob(param) && !full.exists() {
-        let pattern = full.to_string_lossy().to_string();
-        let paths = glob::glob(&pattern).map_err(|e| {
-            StageError::user(
-                format!("path \"{param}\": invalid glob pattern: {e}"),
-                Some("globs use *, ? and [abc]; quote the path".to_string()),
-            )
-        })?;
-        for p in paths {
-            let p = p.map_err(|e| {
-                StageError::user(format!("path \"{param}\": cannot read {e}"), None)
-            })?;
-            if p.is_dir() {
-                continue;
-            }
-            let kind = kind_of(&p).ok_or_else(|| {
+    match listing {
+        dsl::files::Listing::File(path) => {
+            let kind = kind_of(&path).ok_or_else(|| {
                 StageError::user(
-                    format!(
-                        "path \"{param}\" matches {}, which is not a supported data file",
-                        display_name(root, &p)
-                    ),
-                    Some(format!(
-                        "supported extensions: {EXTENSIONS}; narrow the glob"
-                    )),
+                    format!("path \"{param}\": not a supported data file"),
+                    Some(format!("supported extensions: {EXTENSIONS}")),
                 )
             })?;
             files.push(SourceFile {
-                name: display_name(root, &p),
-                path: p,
+                name: display_name(root, &path),
+                path,
                 kind,
             });
         }
-        if files.is_empty() {
-            return Err(StageError::user(
-                format!("path \"{param}\": the glob matches no file"),
-                Some("globs are relative to the recipe's directory; check the pattern".to_string()),
-            ));
-        }
-    } else if full.is_dir() {
-        for e in walkdir::WalkDir::new(&full)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_map(|e| e.ok())
-        {
-            let p = e.path();
-            let hidden = p
-                .strip_prefix(&full)
-                .map(|r| {
-                    r.components()
-                        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
-                })
-                .unwrap_or(false);
-            if e.file_type().is_file() && !hidden {
-                if let Some(kind) = kind_of(p) {
-                    files.push(SourceFile {
-                        name: display_name(root, p),
-                        path: p.to_path_buf(),
+        dsl::files::Listing::Many(listed) => {
+            let globbed = dsl::files::is_glob(param) && !root.join(param).is_dir();
+            for l in listed {
+                match kind_of(&l.path) {
+                    Some(kind) => files.push(SourceFile {
+                        name: display_name(root, &l.path),
+                        path: l.path,
                         kind,
-                    });
+                    }),
+                    None if globbed => {
+                        return Err(StageError::user(
+                            format!(
+                                "path \"{param}\" matches {}, which is not a supported data file",
+                                display_name(root, &l.path)
+                            ),
+                            Some(format!(
+                                "supported extensions: {EXTENSIONS}; narrow the glob"
+                            )),
+                        ))
+                    }
+                    None => {}
                 }
             }
+            if files.is_empty() {
+                return Err(StageError::user(
+                    format!("path \"{param}\": the directory holds no data file"),
+                    Some(format!(
+                        "a dataset directory is read for files ending in {EXTENSIONS}"
+                    )),
+                ));
+            }
         }
-        if files.is_empty() {
-            return Err(StageError::user(
-                format!("path \"{param}\": the directory holds no data file"),
-                Some(format!(
-                    "a dataset directory is read for files ending in {EXTENSIONS}"
-                )),
-            ));
-        }
-    } else if full.is_file() {
-        let kind = kind_of(&full).ok_or_else(|| {
-            StageError::user(
-                format!("path \"{param}\": not a supported data file"),
-                Some(format!("supported extensions: {EXTENSIONS}")),
-            )
-        })?;
-        files.push(SourceFile {
-            name: display_name(root, &full),
-            path: full,
-            kind,
-        });
-    } else {
-        return Err(StageError::user(
-            format!("path \"{param}\": no such file or directory"),
-            Some("paths are relative to the recipe's directory".to_string()),
-        ));
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)

@@ -278,17 +278,46 @@ fn eos_param(
     Ok(Some(eos.to_string()))
 }
 
-/// The `chat-template` file's text.
+/// Largest chat template file accepted (real ones are a few KiB).
+const TEMPLATE_MAX_BYTES: u64 = 256 << 10;
+
+/// The `chat-template` file's text. Only a file that looks like a chat template is copied into
+/// the artifact (which `export` ships): a regular UTF-8 file of at most 256 KiB with Jinja
+/// syntax that refers to `messages`. Other files are refused without echoing their content.
 fn template_param(ctx: &StageCtx) -> Result<Option<String>, StageError> {
     let Some(p) = ctx.param("chat-template").as_str() else {
         return Ok(None);
     };
-    let text = fs::read_to_string(ctx.resolve_path(p)).map_err(|e| {
+    let refuse = |why: String| {
         StageError::user(
-            format!("chat-template \"{p}\": cannot read: {e}"),
-            Some("paths are relative to the recipe's directory".into()),
+            format!("chat-template \"{p}\": {why}"),
+            Some(
+                "name a Jinja chat template file (e.g. chat_template.jinja) that renders \
+                 `messages`; paths are relative to the recipe's directory"
+                    .into(),
+            ),
         )
-    })?;
+    };
+    let path = ctx.resolve_path(p);
+    let meta = fs::metadata(&path).map_err(|e| refuse(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.len() > TEMPLATE_MAX_BYTES {
+        return Err(refuse(format!(
+            "{} bytes: too large for a chat template (at most {} KiB)",
+            meta.len(),
+            TEMPLATE_MAX_BYTES >> 10
+        )));
+    }
+    let bytes = fs::read(&path).map_err(|e| refuse(format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| refuse("not UTF-8 text".into()))?;
+    let jinja = text.contains("{{") || text.contains("{%");
+    if !jinja || !text.contains("messages") {
+        return Err(refuse(
+            "not a chat template (no Jinja block that iterates over `messages`)".into(),
+        ));
+    }
     Ok(Some(text))
 }
 

@@ -211,40 +211,18 @@ impl AdamW {
     }
 
     /// Names of parameters whose gradient has a NaN or infinite value.
-    ///
-    /// Cheap on the common path: a gradient's 2-norm is finite iff all its values are (barring
-    /// an overflow of the sum of squares), so only the per-parameter norms are computed — one
-    /// read of each gradient, no temporaries of its size — and the values of a gradient are
-    /// checked one by one only when its norm is not finite.
     pub fn non_finite_grads(&self) -> anyhow::Result<Vec<String>> {
-        let mut grads = Vec::new();
-        let mut norms = Vec::new();
-        for p in &self.params {
-            let g = p.tensor.grad();
-            if g.defined() {
-                norms.push(
-                    g.f_norm()?
-                        .f_to_kind(Kind::Float)?
-                        .f_to_device(tch::Device::Cpu)?,
-                );
-                grads.push((p, g));
-            }
-        }
-        if norms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let finite = Tensor::f_stack(&norms, 0)?.f_isfinite()?;
-        if bool::try_from(finite.f_all()?)? {
-            return Ok(Vec::new());
-        }
-        let finite = Vec::<bool>::try_from(&finite)?;
-        let mut bad = Vec::new();
-        for ((p, g), ok) in grads.into_iter().zip(finite) {
-            if !ok && !bool::try_from(g.f_isfinite()?.f_all()?)? {
-                bad.push(p.name.clone());
-            }
-        }
-        Ok(bad)
+        non_finite(self.params.iter().map(|p| (&p.name, p.tensor.grad())))
+    }
+
+    /// Names of parameters whose *value* has a NaN or infinite entry: checked before a
+    /// checkpoint or an artifact is written, so poisoned weights are never kept.
+    pub fn non_finite_params(&self) -> anyhow::Result<Vec<String>> {
+        non_finite(
+            self.params
+                .iter()
+                .map(|p| (&p.name, p.tensor.shallow_clone())),
+        )
     }
 
     /// Writes the state into `dir` (see the module docs).
@@ -319,4 +297,45 @@ impl AdamW {
         self.cfg = meta.config;
         Ok(())
     }
+}
+
+/// Names of the tensors with a NaN or infinite value (undefined tensors are skipped).
+///
+/// Cheap on the common path: a tensor's 2-norm is finite iff all its values are (barring an
+/// overflow of the sum of squares), so only the per-tensor norms are computed — one read of
+/// each tensor, no temporaries of its size — and the values of a tensor are checked one by one
+/// only when its norm is not finite.
+fn non_finite<'a>(
+    tensors: impl Iterator<Item = (&'a String, Tensor)>,
+) -> anyhow::Result<Vec<String>> {
+    let mut kept = Vec::new();
+    let mut norms = Vec::new();
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (name, t) in tensors {
+            if t.defined() {
+                norms.push(
+                    t.f_norm()?
+                        .f_to_kind(Kind::Float)?
+                        .f_to_device(tch::Device::Cpu)?,
+                );
+                kept.push((name, t));
+            }
+        }
+        Ok(())
+    })?;
+    if norms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let finite = Tensor::f_stack(&norms, 0)?.f_isfinite()?;
+    if bool::try_from(finite.f_all()?)? {
+        return Ok(Vec::new());
+    }
+    let finite = Vec::<bool>::try_from(&finite)?;
+    let mut bad = Vec::new();
+    for ((name, t), ok) in kept.into_iter().zip(finite) {
+        if !ok && !bool::try_from(t.f_isfinite()?.f_all()?)? {
+            bad.push(name.clone());
+        }
+    }
+    Ok(bad)
 }

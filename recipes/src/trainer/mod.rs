@@ -9,10 +9,15 @@
 //!    backpropagate `L_m / N` — so the accumulated gradient is the gradient of
 //!    `loss_s = Σ_m L_m / N`, not a mean of per-micro-batch means;
 //! 3. a non-finite `loss_s` or gradient stops the run with a user error naming the step and the
-//!    last good checkpoint (nothing is checkpointed after a poisoned step);
+//!    last good checkpoint (nothing is checkpointed after a poisoned step); the weights
+//!    themselves are checked finite before every checkpoint and before the model is returned
+//!    for publishing, so an optimizer step that produced NaN is never kept;
 //! 4. `g = ‖∇‖₂` before clipping (logged as `grad_norm`), gradients scaled by
 //!    `min(1, max_grad_norm / (g + 1e-6))` when clipping is on;
 //! 5. AdamW at `lr(s)` of the [`Schedule`] (weight decay off for 1-D tensors: norms, biases).
+//!
+//! A run that ends with every step's gradient zero, or with a loss that never moved, succeeds
+//! but carries a warning in its summary (`warnings`), logged and shown by `temper show`.
 //!
 //! Checkpoints (`ctx.checkpoints()`, every `checkpoint_every` steps, on cancel and at the end)
 //! hold everything the next steps depend on ([`checkpoint`]); a rerun with the same work
@@ -108,6 +113,9 @@ pub struct TrainSummary {
     /// Wall-clock seconds of the steps run in this attempt.
     pub seconds: f64,
     pub threads: usize,
+    /// Signs that the run did not train (zero gradients, a loss that never moved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Counters carried across checkpoints.
@@ -117,6 +125,16 @@ pub struct Progress {
     pub tokens_seen: u64,
     pub first_loss: Option<f64>,
     pub last_loss: Option<f64>,
+    /// Steps whose gradient norm was exactly zero, in all and in a row up to now.
+    #[serde(default)]
+    pub zero_grad_steps: u64,
+    #[serde(default)]
+    pub zero_grad_tail: u64,
+    /// Smallest and largest step loss so far.
+    #[serde(default)]
+    pub loss_min: Option<f64>,
+    #[serde(default)]
+    pub loss_max: Option<f64>,
 }
 
 /// Runs (or resumes) training of `model` on `obj` per `spec`; returns the summary. The caller
@@ -157,6 +175,7 @@ pub fn train<O: Objective>(
     let threads = tch::get_num_threads().max(1) as usize;
     let resumed_from = prog.step;
     let save = |prog: &Progress, model: &HfModel, opt: &AdamW, obj: &O| {
+        check_weights(opt, prog.step, last_good_of(&ckpts))?;
         let st = checkpoint::TrainerState {
             progress: prog.clone(),
             threads,
@@ -206,7 +225,7 @@ pub fn train<O: Objective>(
                 None => "no checkpoint was written yet".into(),
             };
             StageError::user(
-                format!("node {}: {what} at step {shown}; {kept}", ctx.node),
+                format!("{what} at step {shown}; {kept}"),
                 Some("lower `lr`, set `max-grad-norm`, or check the data".into()),
             )
         };
@@ -263,6 +282,14 @@ pub fn train<O: Objective>(
         if n > 0 {
             prog.first_loss.get_or_insert(loss);
             prog.last_loss = Some(loss);
+            prog.loss_min = Some(prog.loss_min.map_or(loss, |m| m.min(loss)));
+            prog.loss_max = Some(prog.loss_max.map_or(loss, |m| m.max(loss)));
+            if grad_norm == 0.0 {
+                prog.zero_grad_steps += 1;
+                prog.zero_grad_tail += 1;
+            } else {
+                prog.zero_grad_tail = 0;
+            }
         }
         window.1 += tokens;
         ctx.progress.set_position(prog.step);
@@ -302,6 +329,10 @@ pub fn train<O: Objective>(
     if last_good != Some(prog.step) {
         save(&prog, model, &opt, obj)?;
     }
+    let warnings = warnings(&prog);
+    for w in &warnings {
+        tracing::warn!("{}: {w}", ctx.node);
+    }
     Ok(TrainSummary {
         steps: prog.step,
         total_steps: spec.total_steps,
@@ -312,5 +343,87 @@ pub fn train<O: Objective>(
         resumed_from,
         seconds: started.elapsed().as_secs_f64(),
         threads,
+        warnings,
     })
+}
+
+/// The step of the newest complete checkpoint, for messages.
+fn last_good_of(ckpts: &crate::stage::Checkpoints) -> Option<u64> {
+    ckpts.latest().map(|(s, _)| s)
+}
+
+/// Fails with a user error naming the tensors when a trained weight is NaN or infinite after
+/// `step` steps (checked before anything is written from them).
+fn check_weights(opt: &AdamW, step: u64, last_good: Option<u64>) -> Result<(), StageError> {
+    let bad = opt.non_finite_params().map_err(StageError::Other)?;
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let more = if bad.len() > 3 {
+        format!(" and {} more", bad.len() - 3)
+    } else {
+        String::new()
+    };
+    let kept = match last_good {
+        Some(s) => format!("the last good checkpoint (step {s}) is kept"),
+        None => "no checkpoint was written".into(),
+    };
+    Err(StageError::user(
+        format!(
+            "non-finite weights in {}{more} after step {step}; {kept}, nothing is published",
+            bad[..bad.len().min(3)].join(", ")
+        ),
+        Some("lower `lr`, keep `adam-eps` well above 0, set `max-grad-norm`".into()),
+    ))
+}
+
+/// Warnings for a run that finished without training: the gradient was exactly zero over the
+/// last `min(10, steps)` steps (training stalled: a dead model, e.g. after a far too high `lr`,
+/// or no trainable targets), or the loss never moved over at least two steps (relative spread
+/// below 1e-7).
+pub fn warnings(prog: &Progress) -> Vec<String> {
+    let mut w = Vec::new();
+    let steps = prog.step;
+    if steps > 0 && prog.zero_grad_tail >= steps.min(10) {
+        w.push(format!(
+            "training stalled: the gradient was zero at the last {} steps ({} of {steps} in \
+             all), so the weights stopped changing (a dead model after a too high `lr`, or no \
+             trainable targets)",
+            prog.zero_grad_tail, prog.zero_grad_steps
+        ));
+    } else if let (Some(lo), Some(hi)) = (prog.loss_min, prog.loss_max) {
+        if steps >= 2 && (hi - lo) <= 1e-7 * hi.abs().max(1.0) {
+            w.push(format!(
+                "the loss never moved over {steps} steps (stayed at {lo:.6}): check `lr` and \
+                 the data"
+            ));
+        }
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prog(steps: u64, zero_total: u64, zero_tail: u64, lo: f64, hi: f64) -> Progress {
+        Progress {
+            step: steps,
+            zero_grad_steps: zero_total,
+            zero_grad_tail: zero_tail,
+            loss_min: Some(lo),
+            loss_max: Some(hi),
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn a_stalled_or_flat_run_warns_and_a_learning_one_does_not() {
+        assert!(warnings(&prog(250, 249, 249, 5.5, 6.2))[0].starts_with("training stalled"));
+        assert!(warnings(&prog(1, 1, 1, 5.5, 5.5))[0].starts_with("training stalled"));
+        assert!(warnings(&prog(100, 3, 0, 1.0, 1.0))[0].starts_with("the loss never moved"));
+        assert!(warnings(&prog(100, 9, 9, 1.0, 3.0)).is_empty());
+        assert!(warnings(&prog(100, 0, 0, 1.0, 3.0)).is_empty());
+        assert!(warnings(&prog(1, 0, 0, 5.5, 5.5)).is_empty());
+    }
 }

@@ -129,8 +129,21 @@ pub fn check_steps_or_epochs(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     }
 }
 
-/// Checks shared by the training kinds: a valid warmup.
+/// Checks shared by the training kinds: a valid warmup, and `adam-eps` > 0 (AdamW divides by
+/// `√v̂ + eps`; with eps = 0 a parameter whose gradient was always zero gets 0/0 = NaN).
 pub fn check_optim(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
+    if let Some(eps) = n.params.get("adam-eps").and_then(|v| v.as_f64()) {
+        if eps <= 0.0 {
+            out.push(ParamIssue {
+                param: Some("adam-eps".into()),
+                message: format!(
+                    "adam-eps={eps}: must be greater than 0 (AdamW divides by √v + eps, and a \
+                     weight whose gradient is zero would become NaN)"
+                ),
+                hint: Some("keep the default 1e-8, or a small positive value".into()),
+            });
+        }
+    }
     if let Some(w) = n
         .params
         .get("schedule")

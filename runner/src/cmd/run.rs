@@ -3,6 +3,7 @@ use super::{Global, RecipeArgs};
 use crate::exec::{Control, Outcome, RunOptions};
 use anyhow::Result;
 use clap::Args;
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
@@ -32,7 +33,10 @@ pub fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     // A second handler cannot be installed in one process; ignore that case (tests).
     let _ = ctrlc::set_handler(move || {
         if c.interrupt() == 1 {
-            eprintln!("stopping after checkpoint (Ctrl-C again to abort)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "stopping after checkpoint (Ctrl-C again to abort)"
+            );
         } else {
             std::process::exit(130);
         }
@@ -45,15 +49,19 @@ pub fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let report = crate::exec::run(&store, &kinds, loaded, &opts, &control)?;
+    // Writes ignore errors: a closed stdout/stderr must not turn a finished run into a panic
+    // (SIGPIPE stays ignored for `run`, see main.rs).
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     for (id, key, o) in &report.outcomes {
-        match o {
+        let line = format!("{:<12} {id} {}", &key[..12.min(key.len())], o.word());
+        let _ = match o {
             Outcome::Failed(_) | Outcome::Skipped(_) | Outcome::Cancelled | Outcome::NotStarted => {
-                eprintln!("{:<12} {id} {}", &key[..12.min(key.len())], o.word())
+                writeln!(err, "{line}")
             }
-            _ => println!("{:<12} {id} {}", &key[..12.min(key.len())], o.word()),
-        }
+            _ => writeln!(out, "{line}"),
+        };
     }
-    println!("run {}: {}", report.run_id, report.summary());
+    let _ = writeln!(out, "run {}: {}", report.run_id, report.summary());
     Ok(if report.interrupted {
         ExitCode::from(130)
     } else if report.success() {

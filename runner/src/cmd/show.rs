@@ -26,7 +26,7 @@ pub fn run(g: &Global, a: ShowArgs) -> Result<ExitCode> {
     let as_recipe = a.target.ends_with(".kdl") || Path::new(&a.target).is_file();
     if !as_recipe {
         let key = resolve_key(&store, &a.target)?;
-        print!("{}", show_key(&store, &key, a.log_lines)?);
+        print!("{}", show_key(&store, &key, None, a.log_lines)?);
         return Ok(ExitCode::SUCCESS);
     }
     let kinds = crate::Kinds::builtin();
@@ -49,7 +49,7 @@ pub fn run(g: &Global, a: ShowArgs) -> Result<ExitCode> {
     for e in entries {
         println!("== {} ({}, {})", e.id, e.kind, e.state.word());
         if e.state == crate::plan::State::Cached || store.record(&e.key)?.is_some() {
-            print!("{}", show_key(&store, &e.key, a.log_lines)?);
+            print!("{}", show_key(&store, &e.key, Some(&e.id), a.log_lines)?);
         } else {
             println!("key        {}\nnot built: {}", e.key, e.reason_text());
         }
@@ -104,18 +104,28 @@ pub fn resolve_key(store: &store::Store, prefix: &str) -> Result<String> {
     }
 }
 
-/// Everything known about `key`.
-pub fn show_key(store: &store::Store, key: &str, log_lines: usize) -> Result<String> {
+/// Everything known about `key`. `as_id`: the instance the user asked about, when it may
+/// differ from the one that built the key (two instances with equal keys share one artifact).
+pub fn show_key(
+    store: &store::Store,
+    key: &str,
+    as_id: Option<&str>,
+    log_lines: usize,
+) -> Result<String> {
     let mut s = format!("key        {key}\n");
     let Some(r) = store.record(key)? else {
         s += "no record\n";
         return Ok(s);
     };
+    let node = match as_id {
+        Some(id) if id != r.node => format!(
+            "{id} (kind {}; same key as {} of recipe {}, which built it)",
+            r.kind, r.node, r.recipe
+        ),
+        _ => format!("{} (kind {}, recipe {})", r.node, r.kind, r.recipe),
+    };
     s += &format!(
-        "node       {} (kind {}, recipe {})\nstatus     {}\n",
-        r.node,
-        r.kind,
-        r.recipe,
+        "node       {node}\nstatus     {}\n",
         store.effective_status(&r)
     );
     if let Some(e) = &r.error {
@@ -125,8 +135,13 @@ pub fn show_key(store: &store::Store, key: &str, log_lines: usize) -> Result<Str
         s += &format!("started    {}\n", human_time(t));
     }
     if let Some(t) = r.finished_at {
+        let word = match r.status {
+            store::Status::Failed => "failed    ",
+            store::Status::Cancelled => "cancelled ",
+            _ => "finished  ",
+        };
         s += &format!(
-            "finished   {}{}\n",
+            "{word} {}{}\n",
             human_time(t),
             r.duration_s
                 .map(|d| format!(" ({d:.2} s)"))
@@ -146,6 +161,9 @@ pub fn show_key(store: &store::Store, key: &str, log_lines: usize) -> Result<Str
             s += &format!("  {:>10}  {}\n", human_bytes(f.size), f.path);
         }
     }
+    for w in r.summary["warnings"].as_array().into_iter().flatten() {
+        s += &format!("warning    {}\n", w.as_str().unwrap_or_default());
+    }
     if !r.summary.is_null() {
         s += &format!(
             "summary    {}\n",
@@ -154,9 +172,9 @@ pub fn show_key(store: &store::Store, key: &str, log_lines: usize) -> Result<Str
     }
     let log = store.log_path(key);
     if let Ok(text) = std::fs::read_to_string(&log) {
-        let lines: Vec<&str> = text.lines().collect();
+        let lines = crate::nodelog::last_attempt(&text);
         s += &format!(
-            "log        {} (last {} lines)\n",
+            "log        {} (last attempt, last {} lines)\n",
             log.display(),
             log_lines.min(lines.len())
         );

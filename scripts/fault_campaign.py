@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""The standing fault campaign: run before a release (not part of `make test`).
+
+    python3 scripts/fault_campaign.py kills [--trials 20] [--seed S]
+    python3 scripts/fault_campaign.py disk-full [--size-mb 6]
+    python3 scripts/fault_campaign.py fuzz [--seconds 600]
+    python3 scripts/fault_campaign.py all
+
+`kills`: one uninterrupted reference run of a training recipe (tokenizer -> tiny model -> CPT
+-> SFT), then TRIALS runs in fresh stores, each `kill -9`ed at one to three random instants,
+`temper verify` after every kill, and rerun to completion. Every artifact of every trial must be
+byte-identical to the reference (wall-clock fields aside: `seconds` in `train_summary.json`,
+`tokens_per_s` in `metrics.jsonl`). Prints `N/N bit-identical`.
+
+`disk-full`: mounts a small tmpfs (root only; skipped with a message otherwise), pins a built
+node, then runs a bigger recipe there until the disk is full. The run must fail with a clear
+"disk full" / "No space left" message and no panic; then `status`, `verify`, `unpin` of the pin
+and `gc --yes` must work on the full disk and free space, and the pin must have survived.
+
+`fuzz`: the DSL fuzzer (byte and token mutations of every example and bad-corpus recipe through
+parse -> validate -> expand), `TEMPER_FUZZ_SECS` seconds; zero panics, zero hangs.
+
+Uses `target/release/temper` (run `make build` first).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPER = ROOT / "target" / "release" / "temper"
+
+RECIPE = """
+dataset corpus path="data/corpus.jsonl" format=text
+dataset train  path="data/train.jsonl"  format=prompt-completion
+tokenizer tok vocab-size=320 { data corpus; data train; }
+model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
+cpt domain model=tiny data=corpus {
+    seq-len 32; batch-size 4; steps 60; lr 2e-3; schedule cosine warmup=0.1
+    checkpoint-every 7; device cpu; threads 1; log-every 5
+}
+sft tuned model=domain data=train {
+    seq-len 48; batch-size 8; steps 40; lr 1e-3; checkpoint-every 6; device cpu; threads 1
+}
+"""
+
+
+def project(dirname: Path, recipe: str = RECIPE) -> Path:
+    (dirname / "data").mkdir(parents=True, exist_ok=True)
+    for f in ["corpus.jsonl", "train.jsonl"]:
+        shutil.copy(ROOT / "examples" / "data" / f, dirname / "data" / f)
+    (dirname / "recipe.kdl").write_text(recipe)
+    return dirname
+
+
+def temper(proj: Path, *args, store=None, check=True, **kw):
+    cmd = [str(TEMPER), "--store", str(store or proj / ".temper"), *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "TEMPER_STORE")}
+    out = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, **kw)
+    if "panicked at" in out.stderr or out.returncode == 101:
+        sys.exit(f"PANIC: temper {' '.join(args)}\n{out.stderr}")
+    if check and out.returncode != 0:
+        sys.exit(f"FAILED: temper {' '.join(args)} ({out.returncode})\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def fingerprint(store: Path) -> dict:
+    """key -> {file: digest} over every published artifact, wall-clock fields removed."""
+    fp = {}
+    for art in sorted((store / "artifacts").iterdir()):
+        files = {}
+        for f in sorted(art.rglob("*")):
+            if not f.is_file() or f.name == "MANIFEST.json":
+                continue
+            rel = str(f.relative_to(art))
+            data = f.read_bytes()
+            if f.name == "train_summary.json":
+                s = json.loads(data)
+                for k in ("seconds", "resumed_from"):
+                    s.pop(k, None)
+                data = json.dumps(s, sort_keys=True).encode()
+            elif f.name == "metrics.jsonl":
+                lines = []
+                for line in data.decode().splitlines():
+                    m = json.loads(line)
+                    m.pop("tokens_per_s", None)
+                    lines.append(json.dumps(m, sort_keys=True))
+                data = "\n".join(lines).encode()
+            files[rel] = hashlib.blake2b(data, digest_size=16).hexdigest()
+        fp[art.name] = files
+    return fp
+
+
+def kills(trials: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="temper-kills-") as tmp:
+        tmp = Path(tmp)
+        ref = project(tmp / "ref")
+        t0 = time.time()
+        temper(ref, "run", "recipe.kdl")
+        ref_time = time.time() - t0
+        ref_fp = fingerprint(ref / ".temper")
+        print(f"reference run: {ref_time:.1f} s, {len(ref_fp)} artifacts")
+        same = 0
+        total_kills = 0
+        for t in range(trials):
+            p = project(tmp / f"trial-{t}")
+            n_kills = rng.randint(1, 3)
+            moments = []
+            for _ in range(n_kills):
+                # temper starts in ~0.5 s; kill anywhere in the remaining run.
+                at = rng.uniform(0.3, ref_time * 0.9)
+                env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+                child = subprocess.Popen(
+                    [str(TEMPER), "--store", str(p / ".temper"), "run", "recipe.kdl"],
+                    cwd=p, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+                try:
+                    child.wait(timeout=at)
+                    moments.append(f"{at:.1f}s (finished first)")
+                except subprocess.TimeoutExpired:
+                    child.send_signal(signal.SIGKILL)
+                    child.wait()
+                    total_kills += 1
+                    moments.append(f"{at:.1f}s")
+                v = temper(p, "verify", check=False)
+                if v.returncode != 0:
+                    sys.exit(f"trial {t}: verify after kill failed\n{v.stdout}{v.stderr}")
+            temper(p, "run", "recipe.kdl")
+            fp = fingerprint(p / ".temper")
+            ok = fp == ref_fp
+            same += ok
+            print(f"trial {t + 1:>2}: killed at {', '.join(moments)}: "
+                  f"{'bit-identical' if ok else 'DIFFERENT'}")
+            if not ok:
+                for k in sorted(set(fp) | set(ref_fp)):
+                    if fp.get(k) != ref_fp.get(k):
+                        print(f"  differs: {k}: {fp.get(k)} vs {ref_fp.get(k)}")
+            shutil.rmtree(p)
+        print(f"kills: {total_kills} kill -9s over {trials} trials; "
+              f"{same}/{trials} bit-identical to the uninterrupted run")
+        if same != trials:
+            sys.exit(1)
+
+
+def disk_full(size_mb: int) -> None:
+    if os.geteuid() != 0:
+        print("disk-full: skipped: mounting a tmpfs needs root")
+        return
+    with tempfile.TemporaryDirectory(prefix="temper-full-") as tmp:
+        mnt = Path(tmp) / "mnt"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"disk-full: skipped: cannot mount tmpfs: {r.stderr.strip()}")
+            return
+        try:
+            p = project(Path(tmp) / "proj", RECIPE.replace("steps 60", "steps 400")
+                        .replace("checkpoint-every 7", "checkpoint-every 1"))
+            store = mnt / "store"
+            small = project(Path(tmp) / "small", RECIPE.split("cpt domain")[0])
+            temper(small, "run", "recipe.kdl", store=store)
+            temper(small, "pin", "keepme", "recipe.kdl", store=store)
+            out = temper(p, "run", "recipe.kdl", store=store, check=False)
+            msg = out.stdout + out.stderr
+            print(f"run on a {size_mb} MB tmpfs: exit {out.returncode}")
+            print("  " + "\n  ".join(msg.strip().splitlines()[-4:]))
+            if out.returncode == 0:
+                sys.exit("disk-full: the run did not fill the disk; lower --size-mb")
+            if not any(s in msg.lower() for s in ("disk full", "no space left", "not enough free space")):
+                sys.exit("disk-full: the failure does not say the disk is full")
+            df = shutil.disk_usage(mnt)
+            print(f"  free after the failed run: {df.free} bytes")
+            for args in (["status"], ["verify"], ["unpin", "keepme"], ["gc", "--yes"]):
+                o = temper(p, *args, store=store, check=False)
+                print(f"temper {' '.join(args)} on the full disk: exit {o.returncode}")
+                if o.returncode != 0:
+                    sys.exit(f"disk-full: temper {' '.join(args)} failed\n{o.stdout}{o.stderr}")
+            print(f"  free after gc: {shutil.disk_usage(mnt).free} bytes")
+            print("disk-full: ok")
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)])
+
+
+def fuzz(seconds: int) -> None:
+    env = dict(os.environ, TEMPER_FUZZ_SECS=str(seconds))
+    r = subprocess.run(
+        ["cargo", "test", "--release", "-p", "temper-dsl", "--test", "prop", "fuzz", "--",
+         "--nocapture"], cwd=ROOT, env=env)
+    if r.returncode != 0:
+        sys.exit("fuzz: failed")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["kills", "disk-full", "fuzz", "all"])
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--size-mb", type=int, default=6)
+    ap.add_argument("--seconds", type=int, default=600)
+    a = ap.parse_args()
+    if not TEMPER.exists():
+        sys.exit(f"{TEMPER} not found: run `make build` first")
+    if a.what in ("kills", "all"):
+        print(f"== kills (seed {a.seed})")
+        kills(a.trials, a.seed)
+    if a.what in ("disk-full", "all"):
+        print("== disk-full")
+        disk_full(a.size_mb)
+    if a.what in ("fuzz", "all"):
+        print(f"== fuzz ({a.seconds} s)")
+        fuzz(a.seconds)
+
+
+if __name__ == "__main__":
+    main()
