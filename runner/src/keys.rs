@@ -250,10 +250,8 @@ fn value_json(
 /// path → hash for a directory or glob, over exactly the files [`dsl::files::list`] gives the
 /// readers. Errors name the path as written.
 pub fn path_content(root_dir: &Path, p: &str, hasher: &dyn FileHasher) -> Result<J> {
-    let listing = dsl::files::list(root_dir, p).map_err(|e| match &e.hint {
-        Some(h) => anyhow!("{e} (hint: {h})"),
-        None => anyhow!("{e}"),
-    })?;
+    let listing = dsl::files::list(root_dir, p)
+        .map_err(|e| anyhow!("{e} (relative to {})", root_dir.display()))?;
     let paths: Vec<PathBuf> = listing.paths().into_iter().map(Path::to_path_buf).collect();
     let hashes = hasher.hash_files(&paths)?;
     match listing {
