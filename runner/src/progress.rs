@@ -104,9 +104,19 @@ pub fn init(verbosity: i8, bars: bool) -> bool {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(nodelog::directives(v)))
     };
-    let filter = filter_for(verbosity);
     let node_logs = NodeLogLayer.with_filter(filter_for(verbosity.max(0)));
     let bars = bars && std::io::stderr().is_terminal();
+    // With bars, per-step lines would scroll them away: the bar shows the loss instead.
+    let filter = if bars && std::env::var_os("RUST_LOG").is_none() {
+        let d = format!(
+            "{},{}=warn",
+            nodelog::directives(verbosity),
+            recipes::trainer::STEP_TARGET
+        );
+        tracing_subscriber::EnvFilter::new(d)
+    } else {
+        filter_for(verbosity)
+    };
     let result = if bars {
         let indicatif = tracing_indicatif::IndicatifLayer::new()
             .with_span_field_formatter(tracing_indicatif::filter::hide_indicatif_span_fields(

@@ -205,7 +205,7 @@ fn directory_and_glob_paths_hash_relative_contents() {
     );
     let err = keys::path_content(p.path(), "missing.txt", &PlainHasher).unwrap_err();
     assert!(
-        format!("{err:#}").contains("`missing.txt` not found"),
+        format!("{err:#}").contains("`missing.txt` does not exist"),
         "{err:#}"
     );
     // No absolute path anywhere in a tree.

@@ -47,8 +47,7 @@ pub fn display_name(root: &Path, p: &Path) -> String {
 /// contributes its files with a supported extension, while a file or a glob match of another
 /// type is an error (it would be hashed but not read).
 pub fn resolve(root: &Path, param: &str) -> Result<Vec<SourceFile>, StageError> {
-    let listing = dsl::files::list(root, param)
-        .map_err(|e| StageError::user(format!("path \"{param}\": {e}"), e.hint.clone()))?;
+    let listing = dsl::files::list(root, param).map_err(|e| StageError::user(e.message, e.hint))?;
     let mut files = Vec::new();
     match listing {
         dsl::files::Listing::File(path) => {

@@ -39,6 +39,10 @@ use serde_json::{json, Value as J};
 use std::time::Instant;
 use tch::Tensor;
 
+/// The tracing target of the per-step progress lines (one per metrics line): node logs keep
+/// them; a terminal that shows progress bars leaves them out.
+pub const STEP_TARGET: &str = "recipes::steps";
+
 /// How to train: everything the loop needs besides the data and the loss.
 #[derive(Clone, Debug)]
 pub struct TrainSpec {
@@ -318,6 +322,13 @@ pub fn train<O: Objective>(
             ctx.metrics
                 .log(&rec)
                 .map_err(|e| StageError::Other(anyhow::anyhow!("writing metrics: {e}")))?;
+            tracing::info!(
+                target: STEP_TARGET,
+                "step {}/{} loss {loss:.4} lr {lr:.3e} grad-norm {grad_norm:.3} {:.0} tok/s",
+                prog.step,
+                spec.total_steps,
+                window.1 as f64 / secs
+            );
             window = (Instant::now(), 0);
         }
         let every = spec.checkpoint_every;
