@@ -45,11 +45,11 @@ dataset train  path="data/train.jsonl"  format=prompt-completion
 tokenizer tok vocab-size=320 { data corpus; data train; }
 model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
 cpt domain model=tiny data=corpus {
-    seq-len 32; batch-size 4; steps 60; lr 2e-3; schedule cosine warmup=0.1
-    checkpoint-every 7; device cpu; threads 1; log-every 5
+    seq-len 64; batch-size 8; steps 600; lr 2e-3; schedule cosine warmup=0.1
+    checkpoint-every 17; device cpu; threads 1; log-every 5
 }
 sft tuned model=domain data=train {
-    seq-len 48; batch-size 8; steps 40; lr 1e-3; checkpoint-every 6; device cpu; threads 1
+    seq-len 48; batch-size 8; steps 400; lr 1e-3; checkpoint-every 13; device cpu; threads 1
 }
 """
 
@@ -131,7 +131,9 @@ def kills(trials: int, seed: int) -> None:
                     child.send_signal(signal.SIGKILL)
                     child.wait()
                     total_kills += 1
-                    moments.append(f"{at:.1f}s")
+                    arts = p / ".temper" / "artifacts"
+                    done = len(list(arts.iterdir())) if arts.is_dir() else 0
+                    moments.append(f"{at:.1f}s ({done}/{len(ref_fp)} published)")
                 v = temper(p, "verify", check=False)
                 if v.returncode != 0:
                     sys.exit(f"trial {t}: verify after kill failed\n{v.stdout}{v.stderr}")
@@ -165,8 +167,8 @@ def disk_full(size_mb: int) -> None:
             print(f"disk-full: skipped: cannot mount tmpfs: {r.stderr.strip()}")
             return
         try:
-            p = project(Path(tmp) / "proj", RECIPE.replace("steps 60", "steps 400")
-                        .replace("checkpoint-every 7", "checkpoint-every 1"))
+            p = project(Path(tmp) / "proj", RECIPE.replace("steps 600", "steps 4000")
+                        .replace("checkpoint-every 17", "checkpoint-every 1"))
             store = mnt / "store"
             small = project(Path(tmp) / "small", RECIPE.split("cpt domain")[0])
             temper(small, "run", "recipe.kdl", store=store)

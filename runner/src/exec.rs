@@ -328,6 +328,14 @@ impl Executor<'_> {
             return Ok(Start::Failed);
         };
         let store = self.store;
+        if let Err(err) = store.ensure_space(0, &format!("starting node {}", e.id)) {
+            let msg = format!("node {}: {err}", e.id);
+            self.record_failure(i, &msg).ok();
+            self.outcomes[i] = Some(Outcome::Failed(msg));
+            self.devices.give(pooled);
+            self.device_of.remove(&i);
+            return Ok(Start::Failed);
+        }
         let record = store::NodeRecord::running(
             &e.key,
             &e.kind,

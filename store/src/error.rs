@@ -51,6 +51,43 @@ pub enum StoreError {
     /// Publishing an artifact failed for a reason other than I/O.
     #[error("publishing node {key}: {message}")]
     Publish { key: String, message: String },
+    /// The store's filesystem is full: an operation failed with `ENOSPC`/`EDQUOT`, or a free
+    /// space check found fewer bytes than an operation needs (`needed`, with what was
+    /// `available`). Nothing half-written is left visible: the operation either did not start
+    /// or failed before its result became visible.
+    #[error("{}", disk_full_message(what, path, *needed, *available))]
+    DiskFull {
+        what: String,
+        path: PathBuf,
+        needed: Option<u64>,
+        available: Option<u64>,
+    },
+}
+
+/// What to do about [`StoreError::DiskFull`].
+pub const DISK_FULL_HINT: &str = "free space: `temper gc`, or move the store with --store";
+
+fn disk_full_message(
+    what: &str,
+    path: &std::path::Path,
+    needed: Option<u64>,
+    available: Option<u64>,
+) -> String {
+    let human = crate::space::human_bytes;
+    let head = match (needed, available) {
+        (Some(n), Some(a)) => format!(
+            "{what}: not enough free space on the store's filesystem ({}): needs {} ({n} \
+             bytes), {} ({a} bytes) available",
+            path.display(),
+            human(n),
+            human(a)
+        ),
+        _ => format!(
+            "{what} {}: no space left on the store's filesystem",
+            path.display()
+        ),
+    };
+    format!("{head}\n  hint: {DISK_FULL_HINT}")
 }
 
 fn running_for(since: f64) -> f64 {
@@ -58,12 +95,42 @@ fn running_for(since: f64) -> f64 {
 }
 
 impl StoreError {
+    /// An I/O error of `op` on `path`; `ENOSPC`/`EDQUOT` become [`StoreError::DiskFull`].
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| StoreError::Io { op, path, source }
+        move |source| {
+            if crate::space::is_out_of_space(&source) {
+                StoreError::DiskFull {
+                    what: op.to_string(),
+                    path,
+                    needed: None,
+                    available: None,
+                }
+            } else {
+                StoreError::Io { op, path, source }
+            }
+        }
+    }
+    /// A sled error on the index at `path`; an out-of-space I/O error becomes
+    /// [`StoreError::DiskFull`].
+    pub(crate) fn index(path: impl Into<PathBuf>, source: sled::Error) -> Self {
+        let path = path.into();
+        match &source {
+            sled::Error::Io(e) if crate::space::is_out_of_space(e) => StoreError::DiskFull {
+                what: "writing the index".to_string(),
+                path,
+                needed: None,
+                available: None,
+            },
+            _ => StoreError::Index { path, source },
+        }
+    }
+    /// Whether this is [`StoreError::DiskFull`].
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
     }
     pub(crate) fn json(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Self {
         let what = what.into();

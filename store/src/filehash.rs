@@ -6,7 +6,9 @@
 //! a file written in the same timestamp tick as its hashing could change again without its
 //! mtime moving (git's "racy clean" problem), so such entries are re-hashed next time. Index
 //! access is batched: one open to read all entries, hashing outside the lock, one open to
-//! write the new entries.
+//! write the new entries. On a full disk, where the index may not open or take writes, the
+//! cache is skipped (every file hashed, nothing stored), so keys can still be computed — e.g.
+//! for `temper gc recipe.kdl` to free space.
 
 use crate::{Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -94,7 +96,7 @@ impl Store {
             let s = stat(&c)?;
             canon.push((c, s));
         }
-        let cached: Vec<Option<FileHashEntry>> = self.with_index(|ix| {
+        let cached: Vec<Option<FileHashEntry>> = match self.with_index(|ix| {
             let tree = ix.tree(crate::index::FILEHASH)?;
             canon
                 .iter()
@@ -104,7 +106,14 @@ impl Store {
                     Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
                 })
                 .collect()
-        })?;
+        }) {
+            Ok(v) => v,
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!("file hash cache not used: {e}");
+                vec![None; canon.len()]
+            }
+            Err(e) => return Err(e),
+        };
 
         let mut out = Vec::with_capacity(canon.len());
         let mut fresh = Vec::new();
@@ -132,7 +141,7 @@ impl Store {
             out.push(hash);
         }
         if !fresh.is_empty() {
-            self.with_index(|ix| {
+            let stored = self.with_index(|ix| {
                 let tree = ix.tree(crate::index::FILEHASH)?;
                 for (c, e) in &fresh {
                     let bytes =
@@ -141,7 +150,12 @@ impl Store {
                         .map_err(|e| ix.err(e))?;
                 }
                 Ok(())
-            })?;
+            });
+            match stored {
+                Ok(()) => {}
+                Err(e) if e.is_disk_full() => tracing::warn!("file hashes not cached: {e}"),
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }

@@ -7,8 +7,19 @@
 //! by a mutex first, so they do not poll each other. Batch work into one closure: one open
 //! costs ~8 ms with 2,000 records (measured by `open_close_cost_with_2000_records` in
 //! `tests/index.rs`).
+//!
+//! A full disk: sled 0.34 writes a snapshot (`snap.<lsn>.generating`, renamed into place once
+//! complete) while it opens. When the disk is full that write fails and leaves the empty
+//! `.generating` file behind, and sled's next open takes it for the newest snapshot and reports
+//! corruption — which is how a full disk used to get a healthy index "rebuilt" and its pins and
+//! runs lost. [`open_sled`] removes such leftovers first (safe: only an open writes snapshots,
+//! and opens happen under the index lock); out-of-space errors surface as
+//! [`StoreError::DiskFull`]; and a corrupt-looking index on a nearly full disk is left alone
+//! (reported as disk full) rather than rebuilt.
 
+use crate::durable;
 use crate::record::{NodeRecord, RunInfo};
+use crate::space::{free_space_at, SPACE_MARGIN};
 use crate::{Result, Store, StoreError};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -92,31 +103,48 @@ impl Store {
     /// Runs `f` with the index open, then flushes and closes it. All index access goes through
     /// here; put many reads/writes in one closure (one open/close). Not reentrant: calling it
     /// from inside `f` returns [`StoreError::Reentrant`]. If sled reports corruption on open, the
-    /// index is rebuilt from the manifests first (runs, pins and the file-hash cache are lost).
+    /// index is rebuilt from the manifests and the pin and run files first (failed-attempt
+    /// records, lineage and the file-hash cache are lost unless the old index can still be
+    /// read); on a nearly full disk it is not rebuilt but reported as [`StoreError::DiskFull`].
+    /// A full disk while opening or flushing is [`StoreError::DiskFull`].
     pub fn with_index<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
         let _guard = self.lock_index()?;
         let db = self.open_db_locked()?;
+        self.ensure_migrated(&db)?;
         let ix = Index {
             db,
             path: self.index_path(),
+            root: self.root().to_path_buf(),
         };
         let out = f(&ix);
         let flushed = ix.db.flush();
         drop(ix);
         let out = out?;
-        flushed.map_err(|source| StoreError::Index {
-            path: self.index_path(),
-            source,
-        })?;
+        flushed.map_err(|source| StoreError::index(self.index_path(), source))?;
         Ok(out)
     }
 
-    /// Opens sled; the caller holds the index guard. Recovers from corruption by rebuilding.
+    /// Opens sled; the caller holds the index guard. Recovers from corruption by rebuilding,
+    /// except on a nearly full disk.
     pub(crate) fn open_db_locked(&self) -> Result<sled::Db> {
         let path = self.index_path();
         match open_sled(&path) {
             Ok(db) => Ok(db),
             Err(OpenError::Corrupt(why)) => {
+                let available = free_space_at(self.root()).unwrap_or(u64::MAX);
+                if available < SPACE_MARGIN {
+                    tracing::warn!(
+                        "store index {} cannot be opened ({why}) and the disk is nearly full; \
+                         not rebuilding it until space is freed",
+                        path.display()
+                    );
+                    return Err(StoreError::DiskFull {
+                        what: "opening the index".into(),
+                        path,
+                        needed: Some(SPACE_MARGIN),
+                        available: Some(available),
+                    });
+                }
                 tracing::warn!(
                     "store index {} is corrupt ({why}); rebuilding it from the artifact manifests",
                     path.display()
@@ -125,7 +153,7 @@ impl Store {
                 tracing::warn!("store index rebuilt: {n} artifacts recorded");
                 Ok(db)
             }
-            Err(OpenError::Other(source)) => Err(StoreError::Index { path, source }),
+            Err(OpenError::Other(source)) => Err(StoreError::index(path, source)),
         }
     }
 }
@@ -135,10 +163,40 @@ pub(crate) enum OpenError {
     Other(sled::Error),
 }
 
+/// Removes `snap.*.generating` files from the sled directory `path`: snapshots whose writing
+/// was interrupted (typically by a full disk). sled renames a snapshot into place only once it
+/// is complete and fsynced, so these are never needed; left behind, sled's next open reads one
+/// as the newest snapshot and reports corruption. Only call with the index lock held.
+fn remove_unfinished_snapshots(path: &Path) {
+    let Ok(rd) = std::fs::read_dir(path) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!("removing unfinished index snapshot {name}: {err}");
+            }
+        }
+    }
+}
+
 /// Opens sled at `path` with no background flusher (we flush explicitly before closing, and
 /// a flusher thread would delay every close). A lock conflict with a `Db` still being torn
 /// down in this process is retried briefly; a panic inside sled counts as corruption.
+/// Unfinished snapshots are removed before (and after a failed) open. The caller holds the
+/// index lock.
 pub(crate) fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
+    remove_unfinished_snapshots(path);
+    let res = open_sled_inner(path);
+    if res.is_err() {
+        remove_unfinished_snapshots(path);
+    }
+    res
+}
+
+fn open_sled_inner(path: &Path) -> Result<sled::Db, OpenError> {
     let config = sled::Config::new()
         .path(path)
         .flush_every_ms(None)
@@ -170,11 +228,14 @@ pub(crate) fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
 }
 
 /// The open index, valid inside a [`Store::with_index`] closure. Typed accessors for the sled
-/// trees `nodes` (key → [`NodeRecord`]), `lineage` (`<recipe>/<instance id>` → last key),
-/// `runs` (big-endian run id → [`RunInfo`]), `pins` (name → key list) and `filehash`.
+/// trees `nodes` (key → [`NodeRecord`]), `lineage` (`<recipe>/<instance id>` → last key) and
+/// `filehash`; and for pins and runs, which live in durable files (`pins/`, `runs/`, see
+/// `durable.rs`) mirrored in the sled trees `pins` (name → key list) and `runs` (big-endian
+/// run id → [`RunInfo`]).
 pub struct Index {
     pub(crate) db: sled::Db,
     path: PathBuf,
+    root: PathBuf,
 }
 
 impl Index {
@@ -187,10 +248,7 @@ impl Index {
         self.db.open_tree(name).map_err(|e| self.err(e))
     }
     pub(crate) fn err(&self, source: sled::Error) -> StoreError {
-        StoreError::Index {
-            path: self.path.clone(),
-            source,
-        }
+        StoreError::index(self.path.clone(), source)
     }
     fn get_json<T: serde::de::DeserializeOwned>(
         &self,
@@ -264,58 +322,44 @@ impl Index {
         Ok(())
     }
 
-    /// The id the next run gets: one more than the largest recorded (ids start at 1).
+    /// The id the next run gets: one more than the largest ever recorded, in the run files or
+    /// the sled mirror (ids start at 1).
     pub fn next_run_id(&self) -> Result<u64> {
         let last = self.tree(RUNS)?.last().map_err(|e| self.err(e))?;
-        Ok(last.and_then(|(k, _)| run_id_from(&k)).unwrap_or(0) + 1)
+        let in_sled = last.and_then(|(k, _)| run_id_from(&k)).unwrap_or(0);
+        let in_files = durable::run_ids(&self.root)?.last().copied().unwrap_or(0);
+        Ok(in_sled.max(in_files) + 1)
     }
-    /// Inserts or replaces run `run.id`.
+    /// Inserts or replaces run `run.id` (its file first, then the sled mirror).
     pub fn put_run(&self, run: &RunInfo) -> Result<()> {
+        durable::write_run(&self.root, run)?;
         self.put_json(RUNS, &run.id.to_be_bytes(), run)
     }
     /// Run `id`, if recorded.
     pub fn run(&self, id: u64) -> Result<Option<RunInfo>> {
-        self.get_json(RUNS, &id.to_be_bytes())
+        durable::read_run(&self.root, id)
     }
     /// The `limit` most recent runs, newest first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunInfo>> {
-        let mut out = Vec::new();
-        for item in self.tree(RUNS)?.iter().rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = item.map_err(|e| self.err(e))?;
-            match serde_json::from_slice::<RunInfo>(&v) {
-                Ok(r) => out.push(r),
-                Err(e) => tracing::warn!("skipping undecodable run record: {e}"),
-            }
-        }
-        Ok(out)
+        durable::read_runs(&self.root, limit)
     }
 
-    /// Sets pin `name` to `keys` (replacing it).
+    /// Sets pin `name` to `keys` (replacing it): its file first, then the sled mirror.
     pub fn pin(&self, name: &str, keys: &[String]) -> Result<()> {
+        durable::write_pin(&self.root, name, keys)?;
         self.put_json(PINS, name.as_bytes(), &keys)
     }
     /// Removes pin `name`; returns whether it existed.
     pub fn unpin(&self, name: &str) -> Result<bool> {
-        let old = self
-            .tree(PINS)?
+        let existed = durable::remove_pin(&self.root, name)?;
+        self.tree(PINS)?
             .remove(name.as_bytes())
             .map_err(|e| self.err(e))?;
-        Ok(old.is_some())
+        Ok(existed)
     }
-    /// All pins, by name.
+    /// All pins, by name (from the pin files).
     pub fn pins(&self) -> Result<BTreeMap<String, Vec<String>>> {
-        let mut out = BTreeMap::new();
-        for item in self.tree(PINS)?.iter() {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let name = String::from_utf8_lossy(&k).into_owned();
-            let keys: Vec<String> = serde_json::from_slice(&v)
-                .map_err(StoreError::json(format!("decoding pin {name}")))?;
-            out.insert(name, keys);
-        }
-        Ok(out)
+        durable::read_pins(&self.root)
     }
 }
 

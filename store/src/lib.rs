@@ -1,14 +1,18 @@
-//! temper's embedded store. A sled index (node records with key trees, runs, pins, file-hash
+//! temper's embedded store. A sled index (node records with key trees, lineage, file-hash
 //! cache) beside content-addressed artifact directories named by node key, each with a
-//! manifest written last. Publishing is atomic; locks recover from dead processes; the index
-//! can be rebuilt from the manifests. Knows nothing of torch or recipes.
+//! manifest written last, and small durable files for pins and runs. Publishing is atomic;
+//! locks recover from dead processes; the index can be rebuilt from the manifests and those
+//! files; a full disk fails cleanly and loses nothing. Knows nothing of torch or recipes.
 //!
 //! Layout under the store root (the runner picks it, default `./.temper/`):
 //!
 //! ```text
-//! index/              sled database (an index, rebuildable from the manifests)
+//! index/              sled database (a cache, rebuildable from the manifests and pins/, runs/)
 //! index.lock          flock taken around every index open (see [`Store::with_index`])
 //! run.lock            flock held by a running `temper run`; holds its pid, command and start
+//! pins/<name>.json    pins (the truth; mirrored in sled), see `durable.rs`
+//! runs/<id>.json      run history (the truth; mirrored in sled)
+//! durable.v1          marker: pins and runs were moved out of sled (older stores migrate)
 //! artifacts/<key>/    published artifacts, read-only once there, `MANIFEST.json` inside
 //! work/<key>/         a node's persistent work dir (checkpoints, `out/` staging, metrics)
 //! logs/<key>.log      per-node log
@@ -21,23 +25,36 @@
 //! - a node is `Done` only if its artifact is complete: publish writes the manifest last,
 //!   fsyncs, renames into `artifacts/`, and only then records; a crash at any instant leaves no
 //!   `Done` record or a complete artifact (an unrecorded complete artifact is adopted);
-//! - the index is a cache: [`Store::rebuild_index`] recreates the node records from manifests.
+//! - the index is a cache: [`Store::rebuild_index`] recreates the node records from manifests
+//!   and its pin and run mirrors from their files; pins and runs are written atomically
+//!   (tmp, fsync, rename, fsync dir) before the index, so no index loss or corruption loses
+//!   them, and run ids keep growing;
+//! - a full disk is [`StoreError::DiskFull`] with a hint, never a corrupt index:
+//!   [`Store::publish`] checks free space before writing its manifest
+//!   ([`Store::ensure_space`]), unfinished sled snapshots are cleared before every open, and
+//!   an index that looks corrupt on a nearly full disk is not rebuilt; `gc`, `unpin`,
+//!   `verify` and taking the run lock write nothing before they free space.
 
+mod durable;
 mod error;
 mod filehash;
+mod gc;
 mod index;
 mod maint;
 mod publish;
 mod record;
 mod runlock;
+mod space;
 
-pub use error::{Result, StoreError};
+pub use error::{Result, StoreError, DISK_FULL_HINT};
 pub use filehash::FileHashEntry;
+pub use gc::GcReport;
 pub use index::Index;
-pub use maint::{GcReport, VerifyIssue, VerifyReport};
+pub use maint::{VerifyIssue, VerifyReport};
 pub use publish::{Manifest, ManifestFile, MANIFEST_FILE};
 pub use record::{identity, EffectiveStatus, NodeRecord, RunInfo, Status};
 pub use runlock::{LockHolder, RunLock};
+pub use space::{free_space_at, is_out_of_space, SPACE_MARGIN};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,12 +1,13 @@
-//! Maintenance: verify artifacts against their manifests, rebuild the index from the
-//! manifests, and garbage-collect unreachable artifacts.
+//! Maintenance: verify artifacts against their manifests and rebuild the index from the
+//! manifests and the pin and run files (gc is in `gc.rs`).
 
-use crate::index::{open_sled, OpenError, LINEAGE, PINS, RUNS};
+use crate::durable::{self, tree_entries};
+use crate::index::{open_sled, OpenError, LINEAGE, NODES, PINS, RUNS};
 use crate::publish::{
     list_tree, read_manifest_at, record_from_manifest, size_problem, MANIFEST_FILE,
 };
-use crate::record::Status;
-use crate::{pid_alive, Result, Store, StoreError};
+use crate::record::{NodeRecord, Status};
+use crate::{Result, Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::Path;
@@ -70,6 +71,9 @@ pub struct VerifyReport {
     /// Complete artifacts with no `Done` record (a crash between rename and record); harmless,
     /// adopted by the next lookup.
     pub unrecorded: Vec<String>,
+    /// Set when the index could not be read because the disk is full: the artifacts were still
+    /// re-hashed, but records were not checked against them (`unrecorded` is then empty).
+    pub index_error: Option<String>,
 }
 
 impl VerifyReport {
@@ -79,27 +83,8 @@ impl VerifyReport {
     }
 }
 
-/// What [`Store::gc`] removed (or would remove, in a dry run).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GcReport {
-    /// (key, bytes of artifact + work dir + log), sorted by key.
-    pub removed: Vec<(String, u64)>,
-    pub freed_bytes: u64,
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    walkdir::WalkDir::new(path)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
-
 /// Names of the entries of `dir` (none if it does not exist), hidden ones skipped.
-fn entry_names(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn entry_names(dir: &Path) -> Result<Vec<String>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -120,15 +105,25 @@ fn entry_names(dir: &Path) -> Result<Vec<String>> {
 
 impl Store {
     /// Re-hashes every artifact against its manifest (no cache) and checks the index against
-    /// the artifacts. Read-only.
+    /// the artifacts. Writes nothing of its own, so it works on a full disk: if the index
+    /// cannot even be opened there, the artifacts are still checked and
+    /// [`VerifyReport::index_error`] says why the records were not.
     pub fn verify(&self) -> Result<VerifyReport> {
-        let records = self.with_index(|ix| ix.all_records())?;
+        let mut report = VerifyReport::default();
+        let records = match self.with_index(|ix| ix.all_records()) {
+            Ok(r) => r,
+            Err(e) if e.is_disk_full() => {
+                report.index_error = Some(e.to_string());
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let index_ok = report.index_error.is_none();
         let done: BTreeMap<&str, &str> = records
             .iter()
             .filter(|r| r.status == Status::Done)
             .map(|r| (r.key.as_str(), r.node.as_str()))
             .collect();
-        let mut report = VerifyReport::default();
         let artifacts = self.artifacts_root();
         let keys = entry_names(&artifacts)?;
         for key in &keys {
@@ -180,7 +175,7 @@ impl Store {
                     });
                 }
             }
-            if !done.contains_key(key.as_str()) {
+            if index_ok && !done.contains_key(key.as_str()) {
                 report.unrecorded.push(key.clone());
             }
         }
@@ -196,29 +191,36 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes the index and recreates it: a `Done` record (and lineage) for every artifact
-    /// with a manifest whose file sizes match. Runs, pins and lineage are carried over when
-    /// the old index can still be read. Returns the number of artifacts recorded.
+    /// Deletes the index and recreates it. Keeps: a `Done` record (and lineage) for every
+    /// artifact with a manifest whose file sizes match, its key tree (for `why`) from the
+    /// manifest; every pin and run from their files (`pins/`, `runs/`; run numbering goes on
+    /// after the highest). When the old index can still be read it also keeps the lineage, the
+    /// records of failed, cancelled and incomplete attempts, and the run metadata of `Done`
+    /// records. Loses otherwise: those attempt records (the plan then says "new" rather than
+    /// "previous attempt failed"), lineage beyond the newest artifact per identity, and always
+    /// the file-hash cache (files are re-hashed once). Returns the number of artifacts recorded.
     pub fn rebuild_index(&self) -> Result<usize> {
         let _guard = self.lock_index()?;
         let (db, n) = self.rebuild_locked()?;
-        db.flush().map_err(|source| StoreError::Index {
-            path: self.index_path(),
-            source,
-        })?;
+        db.flush()
+            .map_err(|source| StoreError::index(self.index_path(), source))?;
         Ok(n)
     }
 
     /// The rebuild itself; the caller holds the index guard and gets the open, rebuilt Db.
     pub(crate) fn rebuild_locked(&self) -> Result<(sled::Db, usize)> {
         let path = self.index_path();
-        let salvaged = salvage(&path);
+        let old = salvage(&path);
+        // An index from before the pin and run files: save what it holds before deleting it.
+        if !self.root().join(durable::MARKER).is_file() {
+            durable::migrate_entries(self.root(), old.pins, old.runs)?;
+        }
         if path.exists() {
             self.remove_via_tmp(&path, "index")?;
         }
         let db = match open_sled(&path) {
             Ok(db) => db,
-            Err(OpenError::Other(source)) => return Err(StoreError::Index { path, source }),
+            Err(OpenError::Other(source)) => return Err(StoreError::index(path, source)),
             Err(OpenError::Corrupt(why)) => {
                 return Err(StoreError::Index {
                     path,
@@ -226,17 +228,26 @@ impl Store {
                 })
             }
         };
-        let ierr = |source| StoreError::Index {
-            path: self.index_path(),
-            source,
-        };
-        for (tree, k, v) in salvaged {
-            db.open_tree(tree)
-                .and_then(|t| t.insert(k, v))
-                .map_err(ierr)?;
+        let ierr = |source| StoreError::index(self.index_path(), source);
+        let pins = db.open_tree(PINS).map_err(ierr)?;
+        for (name, keys) in durable::read_pins(self.root())? {
+            let v = serde_json::to_vec(&keys).map_err(StoreError::json("encoding pin"))?;
+            pins.insert(name.as_bytes(), v).map_err(ierr)?;
         }
-        let nodes = db.open_tree(crate::index::NODES).map_err(ierr)?;
+        let runs = db.open_tree(RUNS).map_err(ierr)?;
+        for run in durable::read_runs(self.root(), usize::MAX)? {
+            let v = serde_json::to_vec(&run).map_err(StoreError::json("encoding run"))?;
+            runs.insert(run.id.to_be_bytes(), v).map_err(ierr)?;
+        }
         let lineage = db.open_tree(LINEAGE).map_err(ierr)?;
+        for (k, v) in old.lineage {
+            lineage.insert(k, v).map_err(ierr)?;
+        }
+        let nodes = db.open_tree(NODES).map_err(ierr)?;
+        for rec in old.records.values().filter(|r| r.status != Status::Done) {
+            let bytes = serde_json::to_vec(rec).map_err(StoreError::json("encoding record"))?;
+            nodes.insert(rec.key.as_bytes(), bytes).map_err(ierr)?;
+        }
         let mut newest: BTreeMap<String, (f64, String)> = BTreeMap::new();
         let mut n = 0;
         for key in entry_names(&self.artifacts_root())? {
@@ -249,7 +260,7 @@ impl Store {
                 tracing::warn!("rebuild: skipping artifact {key}: {problem}");
                 continue;
             }
-            let rec = record_from_manifest(&m, None);
+            let rec = record_from_manifest(&m, old.records.get(&key));
             let bytes = serde_json::to_vec(&rec).map_err(StoreError::json("encoding record"))?;
             nodes.insert(key.as_bytes(), bytes).map_err(ierr)?;
             n += 1;
@@ -271,89 +282,36 @@ impl Store {
         }
         Ok((db, n))
     }
-
-    /// Removes every artifact (with its record, work dir and log) whose key is neither in
-    /// `keep` nor pinned, and work dirs/logs/records of such keys without artifacts. Never
-    /// touches a key whose record is `Running` with a live pid. Doomed artifacts are renamed
-    /// into `tmp/` before deletion, and their records removed first, so no `Done` record ever
-    /// points at a half-deleted artifact. The caller should hold the run lock.
-    pub fn gc(&self, keep: &HashSet<String>, dry_run: bool) -> Result<GcReport> {
-        let (records, pins) = self.with_index(|ix| Ok((ix.all_records()?, ix.pins()?)))?;
-        let pinned: HashSet<String> = pins.into_values().flatten().collect();
-        let live: HashSet<&str> = records
-            .iter()
-            .filter(|r| r.status == Status::Running && r.pid.is_some_and(pid_alive))
-            .map(|r| r.key.as_str())
-            .collect();
-        let mut candidates: BTreeSet<String> = BTreeSet::new();
-        candidates.extend(entry_names(&self.artifacts_root())?);
-        candidates.extend(entry_names(&self.root().join("work"))?);
-        candidates.extend(
-            entry_names(&self.root().join("logs"))?
-                .into_iter()
-                .filter_map(|n| n.strip_suffix(".log").map(str::to_string)),
-        );
-        candidates.extend(records.iter().map(|r| r.key.clone()));
-        candidates
-            .retain(|k| !keep.contains(k) && !pinned.contains(k) && !live.contains(k.as_str()));
-
-        let mut report = GcReport::default();
-        for key in &candidates {
-            let log = self.log_path(key);
-            let bytes = dir_bytes(&self.artifact_dir(key))
-                + dir_bytes(&self.work_dir(key))
-                + fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-            report.removed.push((key.clone(), bytes));
-            report.freed_bytes += bytes;
-        }
-        if dry_run || candidates.is_empty() {
-            return Ok(report);
-        }
-        self.with_index(|ix| {
-            for key in &candidates {
-                ix.remove_record(key)?;
-            }
-            Ok(())
-        })?;
-        for key in &candidates {
-            for dir in [self.artifact_dir(key), self.work_dir(key)] {
-                if dir.exists() {
-                    self.remove_via_tmp(&dir, key)?;
-                }
-            }
-            let log = self.log_path(key);
-            if log.exists() {
-                fs::remove_file(&log).map_err(StoreError::io("removing", &log))?;
-            }
-        }
-        // Leftovers of an earlier gc that crashed mid-delete.
-        for name in entry_names(&self.tmp_dir())? {
-            if name.starts_with("rm-") {
-                let _ = fs::remove_dir_all(self.tmp_dir().join(name));
-            }
-        }
-        Ok(report)
-    }
 }
 
-/// Best-effort copy of the `runs`, `pins` and `lineage` trees of an index about to be rebuilt.
-fn salvage(path: &Path) -> Vec<(&'static str, sled::IVec, sled::IVec)> {
+/// What can still be read from an index about to be rebuilt.
+#[derive(Default)]
+struct Salvaged {
+    lineage: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Node records by key (undecodable ones dropped).
+    records: BTreeMap<String, NodeRecord>,
+    /// Raw `pins` and `runs` entries, for the migration of a store from before their files.
+    pins: Vec<(Vec<u8>, Vec<u8>)>,
+    runs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Best-effort read of the index at `path` (nothing if it is missing or cannot be opened).
+fn salvage(path: &Path) -> Salvaged {
     if !path.exists() {
-        return Vec::new();
+        return Salvaged::default();
     }
     let Ok(db) = open_sled(path) else {
-        return Vec::new();
+        return Salvaged::default();
     };
-    let mut out = Vec::new();
-    for name in [RUNS, PINS, LINEAGE] {
-        let Ok(tree) = db.open_tree(name) else {
-            continue;
-        };
-        out.extend(
-            tree.iter()
-                .filter_map(|kv| kv.ok())
-                .map(|(k, v)| (name, k, v)),
-        );
+    let records = tree_entries(&db, NODES)
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<NodeRecord>(&v).ok())
+        .map(|r| (r.key.clone(), r))
+        .collect();
+    Salvaged {
+        lineage: tree_entries(&db, LINEAGE),
+        records,
+        pins: tree_entries(&db, PINS),
+        runs: tree_entries(&db, RUNS),
     }
-    out
 }

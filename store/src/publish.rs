@@ -2,7 +2,9 @@
 //!
 //! Publish order (each step durable before the next):
 //! 1. hash and fsync every file of the staging dir `work/<key>/out`;
-//! 2. write `MANIFEST.json` last, fsync it and every directory of the staging tree;
+//! 2. check free space for the manifest plus [`crate::SPACE_MARGIN`] (room for the index
+//!    record), failing with [`StoreError::DiskFull`] before anything is written; then write
+//!    `MANIFEST.json` last, fsync it and every directory of the staging tree;
 //! 3. `rename` the staging dir to `artifacts/<key>` and fsync `artifacts/`;
 //! 4. record `Done` in the index and flush.
 //!
@@ -157,10 +159,16 @@ impl Store {
             created_at: now_secs(),
         };
 
-        crash_point("publish:before-manifest");
-        let mpath = staging.join(MANIFEST_FILE);
         let bytes =
             serde_json::to_vec_pretty(&manifest).map_err(StoreError::json("encoding manifest"))?;
+        // The staged files are already on this filesystem (the rename moves them for free);
+        // what is still to write is the manifest and the index record.
+        self.ensure_space(
+            bytes.len() as u64,
+            &format!("publishing node {} ({key})", record.node),
+        )?;
+        crash_point("publish:before-manifest");
+        let mpath = staging.join(MANIFEST_FILE);
         fs::write(&mpath, bytes).map_err(StoreError::io("writing", &mpath))?;
         fsync_path(&mpath)?;
         for d in dirs.iter().rev() {

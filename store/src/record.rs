@@ -1,9 +1,10 @@
 //! Node records, runs and lineage: the index's content, and the one-call conveniences on
-//! [`Store`] (each opens the index once; use [`Store::with_index`] to batch).
+//! [`Store`] (each opens the index once; use [`Store::with_index`] to batch). Pins and runs
+//! are kept in durable files; their conveniences are in `durable.rs`.
 
 use crate::{now_secs, pid_alive, Result, Store};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// A node attempt's state as recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,7 +135,7 @@ impl std::fmt::Display for EffectiveStatus {
     }
 }
 
-/// One `temper run` invocation (sled tree `runs`, keyed by big-endian id).
+/// One `temper run` invocation (`runs/<id>.json`, mirrored in sled tree `runs`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     /// Monotonic within a store, from 1.
@@ -216,73 +217,5 @@ impl Store {
     /// Sets the last key of `identity`.
     pub fn set_last_key(&self, identity: &str, key: &str) -> Result<()> {
         self.with_index(|ix| ix.set_last_key(identity, key))
-    }
-
-    /// Starts a run: allocates the next id and records it (pid, command, start time).
-    pub fn begin_run(&self, command: &str, recipe: &str) -> Result<RunInfo> {
-        self.with_index(|ix| {
-            let run = RunInfo {
-                id: ix.next_run_id()?,
-                pid: std::process::id(),
-                command: command.to_string(),
-                recipe: recipe.to_string(),
-                started_at: now_secs(),
-                finished_at: None,
-                nodes: Vec::new(),
-                ok: None,
-            };
-            ix.put_run(&run)?;
-            Ok(run)
-        })
-    }
-    /// Records the end of run `id` with the nodes it touched and whether all succeeded.
-    pub fn finish_run(
-        &self,
-        id: u64,
-        nodes: Vec<(String, String, Status)>,
-        ok: bool,
-    ) -> Result<RunInfo> {
-        self.with_index(|ix| {
-            let mut run = ix.run(id)?.unwrap_or_else(|| RunInfo {
-                id,
-                pid: std::process::id(),
-                command: String::new(),
-                recipe: String::new(),
-                started_at: now_secs(),
-                finished_at: None,
-                nodes: Vec::new(),
-                ok: None,
-            });
-            run.finished_at = Some(now_secs());
-            run.nodes = nodes;
-            run.ok = Some(ok);
-            ix.put_run(&run)?;
-            Ok(run)
-        })
-    }
-    /// Replaces run `run.id` (progress updates during a run).
-    pub fn put_run(&self, run: &RunInfo) -> Result<()> {
-        self.with_index(|ix| ix.put_run(run))
-    }
-    /// The `limit` most recent runs, newest first.
-    pub fn runs(&self, limit: usize) -> Result<Vec<RunInfo>> {
-        self.with_index(|ix| ix.runs(limit))
-    }
-    /// The most recent run.
-    pub fn last_run(&self) -> Result<Option<RunInfo>> {
-        Ok(self.runs(1)?.into_iter().next())
-    }
-
-    /// Sets pin `name` to `keys` (gc keeps pinned keys).
-    pub fn pin(&self, name: &str, keys: &[String]) -> Result<()> {
-        self.with_index(|ix| ix.pin(name, keys))
-    }
-    /// Removes pin `name`; returns whether it existed.
-    pub fn unpin(&self, name: &str) -> Result<bool> {
-        self.with_index(|ix| ix.unpin(name))
-    }
-    /// All pins by name.
-    pub fn pins(&self) -> Result<BTreeMap<String, Vec<String>>> {
-        self.with_index(|ix| ix.pins())
     }
 }

@@ -4,6 +4,10 @@
 //! into the file so others can name it. The kernel drops a flock when its process dies, so a
 //! lock left by a crashed or `kill -9`ed run never blocks anyone. Read-only commands do not
 //! take this lock; they use [`Store::run_lock_holder`] to say a run is going.
+//!
+//! The holder details are advisory: the flock alone is the lock. So on a full disk, where they
+//! cannot be written, the lock is still taken (the file left empty, others then see an
+//! "unknown" holder) — `temper gc` must get it to free space.
 
 use crate::{now_secs, Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -120,10 +124,22 @@ impl Store {
         };
         let text = serde_json::to_string(&holder).map_err(StoreError::json("encoding run lock"))?;
         let mut f = &file;
-        f.set_len(0)
+        // Truncate first: that frees the old details' block, so a full disk rarely bites.
+        let written = f
+            .set_len(0)
             .and_then(|_| f.write_all(text.as_bytes()))
-            .and_then(|_| f.sync_data())
-            .map_err(StoreError::io("writing", &path))?;
+            .and_then(|_| f.sync_data());
+        match written {
+            Ok(()) => {}
+            Err(e) if crate::space::is_out_of_space(&e) => {
+                let _ = f.set_len(0);
+                tracing::warn!(
+                    "{}: no space to record who holds the run lock; holding it anyway",
+                    path.display()
+                );
+            }
+            Err(e) => return Err(StoreError::io("writing", &path)(e)),
+        }
         Ok(RunLock { file, holder })
     }
 

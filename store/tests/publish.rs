@@ -196,3 +196,52 @@ fn lookup_done_many_batches_and_skips_absent() {
     let got = store.lookup_done_many(&[a.clone(), b.clone()]).unwrap();
     assert!(got.contains_key(&a) && !got.contains_key(&b));
 }
+
+#[test]
+fn free_space_check_names_needed_and_available_bytes() {
+    let (_t, store) = temp_store();
+    store.ensure_space(0, "starting node x").unwrap();
+    let err = store
+        .ensure_space(u64::MAX / 4, "starting node big")
+        .unwrap_err();
+    assert!(err.is_disk_full());
+    let msg = err.to_string();
+    for part in [
+        "starting node big",
+        "needs",
+        "bytes",
+        "available",
+        store::DISK_FULL_HINT,
+    ] {
+        assert!(msg.contains(part), "{part:?} in {msg}");
+    }
+}
+
+#[test]
+fn publish_on_a_full_disk_fails_with_disk_full_and_records_nothing() {
+    let disk = tmpfs_or_skip!("3m");
+    let store = Store::open(disk.dir.join("store")).unwrap();
+    let a = key("a");
+    publish(&store, &a, "a");
+    let k = key("late");
+    let staging = stage(&store, &k);
+    let fill = disk.fill("a");
+    let err = store.publish(&k, &staging, record(&k, "late")).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    let msg = err.to_string();
+    for part in ["publishing node late", "needs", "available", "temper gc"] {
+        assert!(msg.contains(part), "{part:?} in {msg}");
+    }
+    assert!(!store.artifact_dir(&k).exists(), "nothing published");
+    assert!(
+        !staging.join(MANIFEST_FILE).exists(),
+        "nothing written before the check"
+    );
+    std::fs::remove_file(fill).unwrap();
+    assert!(store.lookup_done(&k).unwrap().is_none());
+    assert!(store.record(&k).unwrap().is_none(), "no record");
+    assert!(store.lookup_done(&a).unwrap().is_some());
+    // With space back, the same staged output publishes.
+    store.publish(&k, &staging, record(&k, "late")).unwrap();
+    assert!(store.lookup_done(&k).unwrap().is_some());
+}

@@ -323,3 +323,32 @@ fn moving_the_project_keeps_every_node_cached() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn gc_without_a_recipe_deletes_everything_only_when_confirmed() {
+    let p = project(RECIPE);
+    p.ok(&["run", "recipe.kdl"]);
+    let n = artifacts(&p.store()).len();
+    assert_eq!(n, 4);
+    // Not a terminal (stdin is null here) and no --yes: refused, nothing deleted.
+    let out = p.run(&["gc"]);
+    assert_no_panic(&out, "gc");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--yes") && err.contains("4 artifact(s)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(artifacts(&p.store()).len(), 4, "nothing deleted");
+    // A dry run and a gc that names the recipe need no confirmation.
+    assert!(p.ok(&["gc", "--dry-run"]).contains("would free"));
+    assert!(p.ok(&["gc", "recipe.kdl"]).contains("in 0 artifact(s)"));
+    assert_eq!(artifacts(&p.store()).len(), 4);
+    // Pinned artifacts survive `gc --yes`; the rest go.
+    p.ok(&["pin", "keepme", "recipe.kdl", "tok"]);
+    let out = p.ok(&["gc", "-y"]);
+    assert!(out.contains("in 3 artifact(s)"), "{out}");
+    assert_eq!(artifacts(&p.store()).len(), 1);
+    assert!(p.ok(&["unpin", "keepme"]).contains("removed pin keepme"));
+}

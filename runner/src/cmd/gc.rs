@@ -1,9 +1,12 @@
-//! `temper gc [recipe.kdl…] [--dry-run]`: delete artifacts not reachable from the named recipes
-//! (all their instances) or the pins; print what is freed.
+//! `temper gc [recipe.kdl…] [--dry-run] [--yes]`: delete artifacts not reachable from the named
+//! recipes (all their instances) or the pins; print what is freed. With no recipe every
+//! unpinned artifact goes, so that asks first on a terminal and needs `--yes` otherwise.
+//! Works on a full disk (the store writes nothing before deleting).
 use super::{human_bytes, Global};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::collections::HashSet;
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,6 +17,9 @@ pub struct GcArgs {
     /// Only print what would be deleted.
     #[arg(long)]
     pub dry_run: bool,
+    /// With no recipe: delete every unpinned artifact without asking.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     /// `--set` overrides applied to every recipe.
     #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
     pub set: Vec<String>,
@@ -32,6 +38,13 @@ pub fn run(g: &Global, a: GcArgs) -> Result<ExitCode> {
     let _lock = store
         .lock_run(true, "temper gc")
         .context("taking the store's run lock")?;
+    if a.recipes.is_empty() && !a.dry_run && !a.yes {
+        let preview = store.gc(&keep, true)?;
+        if !preview.removed.is_empty() && !confirm_delete_all(&preview)? {
+            println!("nothing deleted");
+            return Ok(ExitCode::from(1));
+        }
+    }
     let report = store.gc(&keep, a.dry_run)?;
     let verb = if a.dry_run { "would free" } else { "freed" };
     for (key, bytes) in &report.removed {
@@ -44,5 +57,37 @@ pub fn run(g: &Global, a: GcArgs) -> Result<ExitCode> {
         keep.len(),
         a.recipes.len()
     );
+    if let Some(e) = &report.index_error {
+        eprintln!(
+            "warning: the deleted artifacts count as absent, but their records stay in the index \
+             until the next `temper gc`: {e}"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks on the terminal whether to delete everything `preview` lists; off a terminal, refuses
+/// with a usage error that says how to confirm.
+fn confirm_delete_all(preview: &store::GcReport) -> Result<bool> {
+    let what = format!(
+        "{} artifact(s), {}",
+        preview.removed.len(),
+        human_bytes(preview.freed_bytes)
+    );
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(crate::exec::UsageError(format!(
+            "`temper gc` with no recipe deletes every unpinned artifact ({what}); pass --yes to \
+             confirm, name the recipes whose artifacts to keep, or see the list with --dry-run"
+        ))
+        .into());
+    }
+    let mut err = std::io::stderr();
+    write!(
+        err,
+        "`temper gc` with no recipe deletes every unpinned artifact: {what}. Delete them? [y/N] "
+    )?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }

@@ -109,3 +109,74 @@ pub fn child_role() -> Option<(String, PathBuf)> {
     let dir = std::env::var_os("STORE_TEST_DIR")?;
     Some((role, PathBuf::from(dir)))
 }
+
+/// A small tmpfs mounted on a temporary directory, unmounted on drop (even when the test
+/// fails). For full-disk tests; needs root (or `CAP_SYS_ADMIN`).
+pub struct Tmpfs {
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=…`, e.g. "3m"), or says why not: the caller
+    /// prints "skipped: cannot mount tmpfs: …" and returns.
+    pub fn mount(size: &str) -> Result<Tmpfs, String> {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs { dir, _tmp: tmp })
+    }
+
+    /// Bytes available on the tmpfs.
+    pub fn free(&self) -> u64 {
+        store::free_space_at(&self.dir).expect("statvfs")
+    }
+
+    /// Fills the tmpfs completely with `fill-<tag>` (4 KiB writes until ENOSPC, then single
+    /// bytes), returning its path.
+    pub fn fill(&self, tag: &str) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join(format!("fill-{tag}"));
+        let mut f = std::fs::File::create(&path).expect("create fill file");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[0u8]).is_ok() {}
+        assert_eq!(self.free(), 0, "the tmpfs is full");
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Busy (a file still open): detach it now, the kernel frees it when unused.
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Mounts a tmpfs or prints why the calling test is skipped.
+#[macro_export]
+macro_rules! tmpfs_or_skip {
+    ($size:expr) => {
+        match Tmpfs::mount($size) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("skipped: cannot mount tmpfs: {e}");
+                return;
+            }
+        }
+    };
+}
