@@ -20,7 +20,7 @@ and `gc --yes` must work on the full disk and free space, and the pin must have 
 `fuzz`: the DSL fuzzer (byte and token mutations of every example and bad-corpus recipe through
 parse -> validate -> expand), `TEMPER_FUZZ_SECS` seconds; zero panics, zero hangs.
 
-Uses `target/release/temper` (run `make build` first).
+Uses `target/release/temper` (run `make build` first) or `--temper PATH`.
 """
 
 import argparse
@@ -112,6 +112,7 @@ def kills(trials: int, seed: int) -> None:
         print(f"reference run: {ref_time:.1f} s, {len(ref_fp)} artifacts")
         same = 0
         total_kills = 0
+        mid_stage = 0
         for t in range(trials):
             p = project(tmp / f"trial-{t}")
             n_kills = rng.randint(1, 3)
@@ -138,6 +139,12 @@ def kills(trials: int, seed: int) -> None:
                 if v.returncode != 0:
                     sys.exit(f"trial {t}: verify after kill failed\n{v.stdout}{v.stderr}")
             temper(p, "run", "recipe.kdl")
+            resumed = 0
+            for ts in (p / ".temper" / "artifacts").glob("*/train_summary.json"):
+                resumed += json.loads(ts.read_text()).get("resumed_from", 0) > 0
+            mid_stage += resumed > 0
+            if resumed:
+                moments.append(f"{resumed} node(s) resumed mid-stage")
             fp = fingerprint(p / ".temper")
             ok = fp == ref_fp
             same += ok
@@ -148,8 +155,8 @@ def kills(trials: int, seed: int) -> None:
                     if fp.get(k) != ref_fp.get(k):
                         print(f"  differs: {k}: {fp.get(k)} vs {ref_fp.get(k)}")
             shutil.rmtree(p)
-        print(f"kills: {total_kills} kill -9s over {trials} trials; "
-              f"{same}/{trials} bit-identical to the uninterrupted run")
+        print(f"kills: {total_kills} kill -9s over {trials} trials ({mid_stage} resumed a "
+              f"training node mid-stage); {same}/{trials} bit-identical to the uninterrupted run")
         if same != trials:
             sys.exit(1)
 
@@ -204,13 +211,16 @@ def fuzz(seconds: int) -> None:
 
 
 def main() -> None:
+    global TEMPER
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["kills", "disk-full", "fuzz", "all"])
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=int(time.time()))
-    ap.add_argument("--size-mb", type=int, default=6)
+    ap.add_argument("--size-mb", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=600)
+    ap.add_argument("--temper", type=Path, default=TEMPER, help="the binary to test")
     a = ap.parse_args()
+    TEMPER = a.temper.resolve()
     if not TEMPER.exists():
         sys.exit(f"{TEMPER} not found: run `make build` first")
     if a.what in ("kills", "all"):
