@@ -1,6 +1,6 @@
 //! Diagnostics: every problem a load finds, each pointing at `file:line:col` with a label and,
 //! where possible, a hint. Rendering is deterministic (no colours, fixed width 100) so the
-//! output can be snapshot-tested.
+//! output can be snapshot-tested, and never writes a control character of the recipe.
 
 use miette::{
     Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity,
@@ -22,6 +22,8 @@ pub struct Diag {
     help: Option<String>,
     related: Vec<Diag>,
     severity: Severity,
+    /// Located (for ordering and [`Diag::location`]) but rendered without the source text.
+    hidden: bool,
 }
 
 impl Diag {
@@ -34,7 +36,19 @@ impl Diag {
             help: None,
             related: Vec::new(),
             severity: Severity::Error,
+            hidden: false,
         }
+    }
+
+    /// Keeps the location but never shows the source text: the message starts with
+    /// `file:line:col` and the snippet is left out (for files that may not be echoed).
+    pub(crate) fn without_snippet(mut self) -> Self {
+        if let Some(loc) = self.location() {
+            self.message = format!("{loc}: {}", self.message);
+        }
+        self.hidden = true;
+        self.related.clear();
+        self
     }
 
     /// An error at `span` of `src`, labelled `label`.
@@ -88,6 +102,24 @@ impl Diag {
         (file + 1, off)
     }
 
+    /// Whether miette can draw the snippets: its formatter panics when it pads a label past
+    /// column 65,535 (a label far into a very long line), so such a diagnostic is rendered
+    /// without its snippet. Bytes × 4 bound the drawn width (tabs are 4 wide, wide
+    /// characters 2).
+    fn drawable(&self) -> bool {
+        let fits = |l: &LabeledSpan| {
+            let Some(src) = &self.src else { return true };
+            let text = src.inner().as_bytes();
+            let start = l.offset().min(text.len());
+            let line = text[..start]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            (start - line).saturating_add(l.len()).saturating_mul(4) < 60_000
+        };
+        self.labels.iter().all(fits) && self.related.iter().all(Diag::drawable)
+    }
+
     /// The one-line message.
     pub fn message(&self) -> &str {
         &self.message
@@ -128,10 +160,13 @@ impl Diagnostic for Diag {
             .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        if self.hidden {
+            return None;
+        }
         self.src.as_ref().map(|s| &**s as &dyn miette::SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        if self.labels.is_empty() {
+        if self.labels.is_empty() || self.hidden {
             None
         } else {
             Some(Box::new(self.labels.iter().cloned()))
@@ -198,12 +233,26 @@ impl Diagnostics {
                 out.push('\n');
             }
             let mut one = String::new();
+            let shown;
+            let e = if e.drawable() {
+                e
+            } else {
+                shown = e.clone().without_snippet();
+                &shown
+            };
             if handler.render_report(&mut one, e).is_err() {
                 one = format!("Error: {}\n", e.message);
             }
-            // Strip trailing spaces so snapshots are stable across editors.
+            // Strip trailing spaces so snapshots are stable across editors; escape control
+            // characters (a hostile recipe's ESC sequences never reach the terminal).
             for line in one.lines() {
-                out.push_str(line.trim_end());
+                for c in line.trim_end().chars() {
+                    if c != '\t' && crate::limits::is_forbidden_char(c) {
+                        out.extend(c.escape_unicode());
+                    } else {
+                        out.push(c);
+                    }
+                }
                 out.push('\n');
             }
         }

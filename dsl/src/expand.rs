@@ -9,13 +9,15 @@
 //! `name[p=v,up.q=w]`: own parameters unqualified, members on upstream nodes as `node.param`,
 //! in axis declaration order.
 
-use crate::diag::Diagnostics;
+use crate::diag::{Diag, Diagnostics};
+use crate::limits::{self, LoadOptions};
 use crate::recipe::{Expanded, Instance, Recipe, Variant};
 use crate::value::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-/// Most variants `expand` will produce.
+/// Most variants `expand` will produce, whatever [`LoadOptions::max_variants`] allows (a load
+/// refuses more, at the sweep).
 pub const MAX_VARIANTS: usize = 1_000_000;
 
 fn collect_refs(v: &Value, out: &mut Vec<String>) {
@@ -54,8 +56,20 @@ fn instance_index(info: &NodeInfo, ks: &[usize]) -> usize {
         .sum()
 }
 
-/// Expands the recipe's sweep into instances (topological order) and variants (the full grid).
-pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
+/// The dependency graph of a recipe and the axes that reach each node.
+struct Graph<'r> {
+    index: HashMap<&'r str, usize>,
+    /// Topological order, ties by declaration.
+    order: Vec<usize>,
+    axis_len: Vec<usize>,
+    /// Axes reaching each node.
+    reach: Vec<BTreeSet<usize>>,
+    /// Ancestors of each node that own an axis member (the only ancestors ids mention), so
+    /// the sets stay small on long chains.
+    anc: Vec<BTreeSet<usize>>,
+}
+
+fn graph(recipe: &Recipe) -> Result<Graph<'_>, Diagnostics> {
     let n = recipe.nodes.len();
     let index: HashMap<&str, usize> = recipe
         .nodes
@@ -67,15 +81,28 @@ pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
     // Dependencies: declared references plus every target of a swept reference.
     let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
     let mut own: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
-    for (i, d) in recipe.nodes.iter().enumerate() {
-        let mut names = Vec::new();
-        d.params.values().for_each(|v| collect_refs(v, &mut names));
-        for (a, ax) in axes.iter().enumerate() {
-            for m in ax.members.iter().filter(|m| m.node == d.name) {
-                own[i].insert(a);
-                m.values.iter().for_each(|v| collect_refs(v, &mut names));
-            }
+    let mut swept_refs: Vec<Vec<String>> = vec![Vec::new(); n];
+    for ax in axes {
+        for m in &ax.members {
+            let Some(&i) = index.get(m.node.as_str()) else {
+                return Err(Diagnostics::from_message(format!(
+                    "sweep axis `{}.{}` names unknown node",
+                    m.node, m.param
+                )));
+            };
+            m.values
+                .iter()
+                .for_each(|v| collect_refs(v, &mut swept_refs[i]));
         }
+    }
+    for (a, ax) in axes.iter().enumerate() {
+        for m in &ax.members {
+            own[index[m.node.as_str()]].insert(a);
+        }
+    }
+    for (i, d) in recipe.nodes.iter().enumerate() {
+        let mut names = std::mem::take(&mut swept_refs[i]);
+        d.params.values().for_each(|v| collect_refs(v, &mut names));
         for t in names {
             let Some(&j) = index.get(t.as_str()) else {
                 return Err(Diagnostics::from_message(format!(
@@ -86,32 +113,13 @@ pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
             deps[i].insert(j);
         }
     }
-    for ax in axes {
-        for m in &ax.members {
-            if !index.contains_key(m.node.as_str()) {
-                return Err(Diagnostics::from_message(format!(
-                    "sweep axis `{}.{}` names unknown node",
-                    m.node, m.param
-                )));
-            }
-        }
-    }
     let order = topo_order(&deps)
         .ok_or_else(|| Diagnostics::from_message("the recipe's references form a cycle"))?;
-    let total: usize = axes
-        .iter()
-        .try_fold(1usize, |acc, a| {
-            let len = a.members.first().map_or(1, |m| m.values.len().max(1));
-            acc.checked_mul(len).filter(|t| *t <= MAX_VARIANTS)
-        })
-        .ok_or_else(|| {
-            Diagnostics::from_message(format!("the sweep has more than {MAX_VARIANTS} variants"))
-        })?;
     let axis_len: Vec<usize> = axes
         .iter()
         .map(|a| a.members.first().map_or(1, |m| m.values.len().max(1)))
         .collect();
-    // Reach and ancestors, in topological order.
+    // Reach and swept ancestors, in topological order.
     let mut reach: Vec<BTreeSet<usize>> = own.clone();
     let mut anc: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
     for &i in &order {
@@ -119,12 +127,114 @@ pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
         let mut an = BTreeSet::new();
         for &j in &deps[i] {
             r.extend(reach[j].iter().copied());
-            an.insert(j);
+            if !own[j].is_empty() {
+                an.insert(j);
+            }
             an.extend(anc[j].iter().copied());
         }
         reach[i] = r;
         anc[i] = an;
     }
+    Ok(Graph {
+        index,
+        order,
+        axis_len,
+        reach,
+        anc,
+    })
+}
+
+/// Checks, before anything is expanded, that the expansion fits the limits of `opts`: at most
+/// `max_variants` variants, and at most `max_instances` instance ids (the instances, plus one
+/// per node per variant, as each variant lists its instance of every node). The error points at
+/// the first sweep axis.
+pub(crate) fn check_size(
+    recipe: &Recipe,
+    opts: &LoadOptions,
+    srcs: &[crate::diag::Src],
+) -> Result<(), Diag> {
+    let Some(first) = recipe.axes.first() else {
+        return Ok(());
+    };
+    let Ok(g) = graph(recipe) else {
+        return Ok(()); // `expand` reports it
+    };
+    let variants = g
+        .axis_len
+        .iter()
+        .fold(1u128, |acc, l| acc.saturating_mul(*l as u128));
+    let instances = g.reach.iter().fold(0u128, |acc, r| {
+        let c = r
+            .iter()
+            .fold(1u128, |p, a| p.saturating_mul(g.axis_len[*a] as u128));
+        acc.saturating_add(c)
+    });
+    let ids = instances.saturating_add(variants.saturating_mul(recipe.nodes.len() as u128));
+    if variants <= opts.max_variants.min(MAX_VARIANTS) as u128 && ids <= opts.max_instances as u128
+    {
+        return Ok(());
+    }
+    let shown = |x: u128| limits::count(x.min(usize::MAX as u128) as usize);
+    let Some(src) = srcs.get(first.loc.file) else {
+        return Err(Diag::bare("the sweep is too large"));
+    };
+    if variants > MAX_VARIANTS as u128 {
+        return Err(Diag::at(
+            src,
+            first.loc.span,
+            format!(
+                "the sweep has {} variants, more than temper expands ({})",
+                shown(variants),
+                limits::count(MAX_VARIANTS)
+            ),
+            "this sweep",
+        )
+        .help("split the study into several recipes"));
+    }
+    let need = (ids.saturating_mul(limits::DEFAULT_MAX_VARIANTS as u128)
+        / limits::DEFAULT_MAX_INSTANCES as u128)
+        .max(variants)
+        .saturating_add(1);
+    Err(Diag::at(
+        src,
+        first.loc.span,
+        format!(
+            "the sweep expands to {} instances and {} variants of {} nodes: {} instance ids, \
+             more than the limit of {}",
+            shown(instances),
+            shown(variants),
+            recipe.nodes.len(),
+            shown(ids),
+            limits::count(opts.max_instances)
+        ),
+        "this sweep",
+    )
+    .help(format!(
+        "each variant lists its instance of every node; sweep fewer values or split the \
+         recipe, or raise the limits with `--max-variants {}` if you mean it",
+        shown(need)
+    )))
+}
+
+/// Expands the recipe's sweep into instances (topological order) and variants (the full grid).
+pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
+    let n = recipe.nodes.len();
+    let axes = &recipe.axes;
+    let Graph {
+        index,
+        order,
+        axis_len,
+        reach,
+        anc,
+    } = graph(recipe)?;
+    let total: usize = axis_len
+        .iter()
+        .try_fold(1usize, |acc, len| {
+            acc.checked_mul(*len).filter(|t| *t <= MAX_VARIANTS)
+        })
+        .ok_or_else(|| {
+            Diagnostics::from_message(format!("the sweep has more than {MAX_VARIANTS} variants"))
+        })?;
     let mut infos: Vec<Option<NodeInfo>> = (0..n).map(|_| None).collect();
     let mut instances = Vec::new();
     for &i in &order {

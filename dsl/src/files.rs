@@ -137,7 +137,7 @@ pub fn list(root_dir: &Path, p: &str) -> Result<Listing, FilesError> {
     for m in matches {
         let f = m.map_err(|e| err(format!("`{p}`: cannot read a match: {e}"), ""))?;
         let rel = f.strip_prefix(&base).unwrap_or(&f).to_path_buf();
-        let shown = rel_string(&f.strip_prefix(root_dir).unwrap_or(&f).to_path_buf());
+        let shown = rel_string(f.strip_prefix(root_dir).unwrap_or(&f));
         let meta = std::fs::metadata(&f).map_err(|e| unreadable(&shown, &f, e))?;
         if meta.is_dir() {
             files.extend(dir_files(&f, &rel, &shown)?);

@@ -8,7 +8,6 @@
 use crate::diag::Diag;
 use crate::parse::value_span;
 use crate::validate::{Override, Validator};
-use kdl::KdlDocument;
 use miette::SourceSpan;
 use std::path::PathBuf;
 
@@ -34,6 +33,21 @@ impl Validator<'_> {
             );
             return;
         };
+        if let Some(c) = crate::limits::forbidden_char(lhs) {
+            self.push(
+                Diag::at(
+                    &src,
+                    span(0, lhs.len()),
+                    format!(
+                        "override target `{}` contains the control character {c}",
+                        crate::limits::printable(lhs)
+                    ),
+                    "control character",
+                )
+                .help("write `--set node.param=value` with printable characters"),
+            );
+            return;
+        }
         let Some((node, param)) = lhs
             .split_once('.')
             .filter(|(n, p)| !n.is_empty() && !p.is_empty())
@@ -69,9 +83,21 @@ impl Validator<'_> {
             let off = off.min(text.len());
             span(off, s.len().min(text.len() - off))
         };
-        let doc = match KdlDocument::parse_v2(&doc_text) {
-            Ok(d) => d,
-            Err(e) => {
+        let doc = match crate::scan::parse(&doc_text, self.s.opts.max_depth) {
+            crate::scan::Parsed::Doc(Ok(d), _) => d,
+            crate::scan::Parsed::Refused(r) => {
+                self.push(
+                    Diag::at(
+                        &src,
+                        back(r.span),
+                        format!("bad value in override of `{lhs}`: {}", r.message),
+                        r.label,
+                    )
+                    .help(r.hint),
+                );
+                return;
+            }
+            crate::scan::Parsed::Doc(Err(e), _) => {
                 for d in &e.diagnostics {
                     let msg = d.message.clone().unwrap_or_else(|| "syntax error".into());
                     let word = rhs.trim();

@@ -1,11 +1,14 @@
-//! Reading recipe files: KDL 2.0 parsing, `include` resolution (relative to the including file,
-//! each file included once, cycles reported with the whole chain) and collection of the
-//! top-level items (node declarations and `sweep` blocks; `repeat` blocks are expanded into
-//! node declarations by [`crate::repeat`]) with the file they came from.
+//! Reading recipe files: KDL 2.0 parsing (on a stack sized for the text, see `scan`),
+//! `include` resolution (`include.rs`) and collection of the top-level items (node declarations
+//! and `sweep` blocks; `repeat` blocks are expanded into node declarations by
+//! [`crate::repeat`]) with the file they came from. Counts the nodes against the limit.
 
 use crate::diag::{Diag, Src};
+use crate::limits::{self, LoadOptions};
 use crate::recipe::SourceFile;
-use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
+use crate::scan::{self, Parsed};
+use crate::untrusted::Repo;
+use kdl::{KdlEntry, KdlNode};
 use miette::{NamedSource, SourceSpan};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ pub(crate) struct Sources {
     /// written in an include can be rebased onto the root directory.
     pub rel_dirs: Vec<PathBuf>,
     /// Canonical path per file (cycle and include-once detection); None for pseudo-sources.
-    canon: Vec<Option<PathBuf>>,
+    pub canon: Vec<Option<PathBuf>>,
     /// Top-level node declarations, with their file.
     pub nodes: Vec<(usize, KdlNode)>,
     /// `sweep` blocks, with their file.
@@ -26,8 +29,16 @@ pub(crate) struct Sources {
     /// Recipe-wide defaults from `defaults` blocks, as properties to add (see `defaults.rs`).
     pub recipe_defaults: Vec<(String, KdlEntry)>,
     pub diags: Vec<Diag>,
-    /// A file failed to parse: later stages would only report cascades, so they are skipped.
+    /// A file failed to parse or a limit was hit: later stages would only report cascades
+    /// (or spend what the limit protects), so they are skipped.
     pub syntax_failed: bool,
+    pub opts: LoadOptions,
+    /// The recipe's repository (see [`LoadOptions`]).
+    pub repo: Repo,
+    /// Bytes of all files read so far.
+    pub total_bytes: usize,
+    /// KDL nodes (any depth) parsed or produced by `repeat` so far.
+    pub total_nodes: usize,
 }
 
 /// Lexical normalisation: drops `.`, resolves `a/..`, keeps leading `..`.
@@ -102,8 +113,12 @@ fn point_at_end(text: &str, span: SourceSpan) -> SourceSpan {
 }
 
 impl Sources {
-    pub fn new() -> Self {
+    pub fn new(opts: LoadOptions, repo: Repo) -> Self {
         Sources {
+            opts,
+            repo,
+            total_bytes: 0,
+            total_nodes: 0,
             files: Vec::new(),
             srcs: Vec::new(),
             rel_dirs: Vec::new(),
@@ -135,17 +150,65 @@ impl Sources {
         &self.files[file].text
     }
 
+    /// Whether diagnostics may show file `file`'s text: the root, `--set` sources and files
+    /// inside the recipe's repository (an include outside it that fails to parse might be any
+    /// file, e.g. one holding secrets).
+    fn may_show(&self, file: usize) -> bool {
+        file == 0
+            || self.canon[file]
+                .as_ref()
+                .is_none_or(|c| self.repo.contains(c))
+    }
+
+    /// Pushes a diagnostic about file `file`'s own text, without its snippet when it may not be
+    /// shown.
+    pub(crate) fn push_in(&mut self, file: usize, d: Diag) {
+        let d = if self.may_show(file) {
+            d
+        } else {
+            d.without_snippet()
+        };
+        self.diags.push(d);
+    }
+
     /// Parses file `file`, follows its includes (depth first, in order) and collects items.
     /// `chain` holds the files currently being included (for cycle reports).
     pub fn load_file(&mut self, file: usize, chain: &mut Vec<usize>) {
-        let doc = match KdlDocument::parse_v2(self.text(file)) {
-            Ok(d) => d,
-            Err(e) => {
+        let src = self.srcs[file].clone();
+        let doc = match scan::parse(src.inner(), self.opts.max_depth) {
+            Parsed::Doc(Ok(doc), count) => {
+                let left = self.opts.max_nodes.saturating_sub(self.total_nodes);
+                if count > left {
+                    self.syntax_failed = true;
+                    let span = scan::nth_node(&doc, left).unwrap_or_else(|| (0, 0).into());
+                    let d = Diag::at(
+                        &src,
+                        span,
+                        format!(
+                            "the recipe has more than {} nodes",
+                            limits::count(self.opts.max_nodes)
+                        ),
+                        "the limit is reached here",
+                    )
+                    .help("split the work into several recipes");
+                    self.push_in(file, d);
+                    return;
+                }
+                self.total_nodes += count;
+                doc
+            }
+            Parsed::Doc(Err(e), _) => {
                 self.syntax_failed = true;
                 for d in &e.diagnostics {
                     let diag = self.syntax_diag(file, d);
-                    self.diags.push(diag);
+                    self.push_in(file, diag);
                 }
+                return;
+            }
+            Parsed::Refused(r) => {
+                self.syntax_failed = true;
+                let d = Diag::at(&src, r.span, r.message, r.label).help(r.hint);
+                self.push_in(file, d);
                 return;
             }
         };
@@ -186,106 +249,12 @@ impl Sources {
         diag = diag.help_opt(help);
         diag
     }
-
-    fn include(&mut self, file: usize, node: &KdlNode, chain: &mut Vec<usize>) {
-        let src = self.srcs[file].clone();
-        let text = self.files[file].text.clone();
-        let name_span = node.name().span();
-        let args: Vec<&KdlEntry> = node.entries().iter().collect();
-        let arg = match args.as_slice() {
-            [e] if e.name().is_none() => e,
-            _ => {
-                self.diags.push(
-                    Diag::at(&src, name_span, "`include` takes exactly one path", "here")
-                        .help("write `include \"relative/path.kdl\"`"),
-                );
-                return;
-            }
-        };
-        let vspan = value_span(&text, arg);
-        let KdlValue::String(rel) = arg.value() else {
-            self.diags.push(Diag::at(
-                &src,
-                vspan,
-                "`include` expects a path string",
-                "not a string",
-            ));
-            return;
-        };
-        if node.children().is_some() {
-            self.diags.push(Diag::at(
-                &src,
-                name_span,
-                "`include` takes no children block",
-                "here",
-            ));
-        }
-        let parent = &self.files[file];
-        let real = parent
-            .path
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(rel.as_str());
-        let shown = normalize(
-            &Path::new(&parent.name)
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join(rel.as_str()),
-        );
-        let rel_dir = normalize(&self.rel_dirs[file].join(rel.as_str()))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let canon = real.canonicalize().ok();
-        if let Some(c) = &canon {
-            if let Some(pos) = chain
-                .iter()
-                .position(|f| self.canon[*f].as_ref() == Some(c))
-            {
-                let mut names: Vec<String> = chain[pos..]
-                    .iter()
-                    .map(|f| self.files[*f].name.clone())
-                    .collect();
-                names.push(self.files[chain[pos]].name.clone());
-                self.diags.push(
-                    Diag::at(
-                        &src,
-                        vspan,
-                        format!("include cycle: {}", names.join(" → ")),
-                        "this include closes the cycle",
-                    )
-                    .help("remove one of the includes; a file may not include itself, even indirectly"),
-                );
-                return;
-            }
-            if self.canon.iter().any(|x| x.as_ref() == Some(c)) {
-                // Included already (diamond): each file's nodes are merged once.
-                return;
-            }
-        }
-        let body = match std::fs::read_to_string(&real) {
-            Ok(t) => t,
-            Err(e) => {
-                self.diags.push(
-                    Diag::at(
-                        &src,
-                        vspan,
-                        format!("cannot read included file `{}`: {e}", show_path(&shown)),
-                        "included here",
-                    )
-                    .help("include paths are relative to the directory of the including file"),
-                );
-                return;
-            }
-        };
-        let idx = self.add(show_path(&shown), real, body, rel_dir);
-        self.load_file(idx, chain);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kdl::KdlDocument;
 
     #[test]
     fn normalize_is_lexical() {

@@ -24,7 +24,8 @@ impl Validator<'_> {
         let ParamType::Record { positional, fields } = &spec.ty else {
             return None;
         };
-        let text = self.s.text(file).to_string();
+        let src = self.src(file);
+        let text = src.inner().as_str();
         let pname = spec.name;
         let mut out: BTreeMap<String, Value> = BTreeMap::new();
         let mut seen: HashMap<&'static str, SourceSpan> = HashMap::new();
@@ -34,7 +35,7 @@ impl Validator<'_> {
         for e in c.entries() {
             let (fname, span) = match e.name() {
                 None => {
-                    let sp = value_span(&text, e);
+                    let sp = value_span(text, e);
                     let Some(f) = positional.get(npos) else {
                         let d = Diag::at(
                             &self.src(file),
@@ -54,7 +55,7 @@ impl Validator<'_> {
                     npos += 1;
                     (f.to_string(), sp)
                 }
-                Some(k) => (k.value().to_string(), entry_span(&text, e)),
+                Some(k) => (k.value().to_string(), entry_span(text, e)),
             };
             let Some(fspec) = fields.iter().find(|f| f.name == fname) else {
                 let mut hint = suggest::hint(&fname, &fnames).unwrap_or_default();
@@ -87,7 +88,7 @@ impl Validator<'_> {
             }
             seen.insert(fspec.name, span);
             let path = format!("{pname}.{fname}");
-            let vspan = value_span(&text, e);
+            let vspan = value_span(text, e);
             match self.scalar(owner, &path, e.value(), &fspec.ty, file, vspan) {
                 Some(v) if matches!(fspec.ty, ParamType::List(_)) => {
                     out.insert(fname, Value::List(vec![v]));

@@ -6,6 +6,7 @@
 //! depth-first walk in declaration order, with the whole path `a → b → c → a`.
 
 use crate::diag::Diag;
+use crate::limits;
 use crate::recipe::Loc;
 use crate::suggest;
 use crate::validate::Validator;
@@ -20,10 +21,14 @@ impl Validator<'_> {
         for r in &refs {
             let src = self.src(r.loc.file);
             let Some(info) = self.names.get(&r.target) else {
-                let mut hint = suggest::did_you_mean(&r.target, names.iter().map(String::as_str))
+                // Past the errors that are shown, skip the (quadratic) suggestions.
+                let cheap = self.s.diags.len() >= limits::MAX_SHOWN_ERRORS;
+                let mut hint = (!cheap)
+                    .then(|| suggest::did_you_mean(&r.target, names.iter().map(String::as_str)))
+                    .flatten()
                     .map(|c| format!("did you mean `{c}`?"))
                     .unwrap_or_default();
-                if hint.is_empty() {
+                if hint.is_empty() && !cheap {
                     let fit: Vec<&str> = self
                         .names
                         .iter()
@@ -151,28 +156,40 @@ impl Validator<'_> {
     }
 }
 
+/// Depth-first search from `root` without recursion (a chain of thousands of references must
+/// not exhaust the stack): `stack` holds the current path, `iters` the next edge of each.
 fn dfs<'e>(
-    n: &'e str,
+    root: &'e str,
     edges: &'e BTreeMap<String, Vec<(String, Loc)>>,
     state: &mut BTreeMap<&'e str, u8>,
     stack: &mut Vec<String>,
     found: &mut Vec<(Vec<String>, Loc)>,
 ) {
-    state.insert(n, 1);
-    stack.push(n.to_string());
-    if let Some(out) = edges.get(n) {
-        for (t, loc) in out {
-            match state.get(t.as_str()) {
-                Some(1) => {
-                    if let Some(pos) = stack.iter().position(|s| s == t) {
-                        found.push((stack[pos..].to_vec(), *loc));
-                    }
+    let mut iters: Vec<(&'e str, usize)> = vec![(root, 0)];
+    state.insert(root, 1);
+    stack.push(root.to_string());
+    while let Some((n, k)) = iters.last_mut() {
+        let out = edges.get(*n).map_or(&[][..], Vec::as_slice);
+        let Some((t, loc)) = out.get(*k) else {
+            state.insert(*n, 2);
+            stack.pop();
+            iters.pop();
+            continue;
+        };
+        *k += 1;
+        match state.get(t.as_str()) {
+            // Each cycle costs its length; past the errors shown, only the walk goes on.
+            Some(1) if found.len() < limits::MAX_SHOWN_ERRORS => {
+                if let Some(pos) = stack.iter().position(|s| s == t) {
+                    found.push((stack[pos..].to_vec(), *loc));
                 }
-                Some(_) => {}
-                None => dfs(t, edges, state, stack, found),
+            }
+            Some(_) => {}
+            None => {
+                state.insert(t.as_str(), 1);
+                stack.push(t.clone());
+                iters.push((t.as_str(), 0));
             }
         }
     }
-    stack.pop();
-    state.insert(n, 2);
 }

@@ -85,21 +85,34 @@ fn rewrite(
     Ok(())
 }
 
+/// `node` and every node below it (iteratively).
+fn count_nodes(node: &KdlNode) -> usize {
+    let mut stack = vec![node];
+    let mut n = 0;
+    while let Some(x) = stack.pop() {
+        n += 1;
+        stack.extend(x.iter_children());
+    }
+    n
+}
+
 impl Sources {
     /// Expands a top-level `repeat` node of file `file` into `self.nodes` (module docs).
     pub(crate) fn repeat(&mut self, file: usize, node: &KdlNode) {
         let src = self.srcs[file].clone();
-        let text = self.files[file].text.clone();
+        let text = src.inner().as_str();
         let name_span = node.name().span();
         let usage = "write `repeat N ALIAS=NAME… { nodes using {i} and {prev} }`";
         let mut count = None;
+        let mut count_span = name_span;
         let mut aliases = BTreeMap::new();
         let mut ok = true;
         for e in node.entries() {
-            let sp = value_span(&text, e);
+            let sp = value_span(text, e);
             match (e.name(), e.value()) {
                 (None, KdlValue::Integer(k)) if count.is_none() && (1..=MAX_REPEAT).contains(k) => {
-                    count = Some(*k as usize)
+                    count = Some(*k as usize);
+                    count_span = sp;
                 }
                 (None, v) => {
                     ok = false;
@@ -152,10 +165,30 @@ impl Sources {
         let Some(n) = count.filter(|_| ok) else {
             return;
         };
+        let per_copy: usize = body.iter().map(count_nodes).sum();
+        let adding = per_copy.saturating_mul(n);
+        if adding > self.opts.max_nodes.saturating_sub(self.total_nodes) {
+            self.syntax_failed = true;
+            self.diags.push(
+                Diag::at(
+                    &src,
+                    count_span,
+                    format!(
+                        "this `repeat` makes {} nodes; a recipe may have at most {}",
+                        crate::limits::count(adding),
+                        crate::limits::count(self.opts.max_nodes)
+                    ),
+                    "too many copies",
+                )
+                .help("repeat fewer times, or split the work into several recipes"),
+            );
+            return;
+        }
+        self.total_nodes += adding;
         for i in 1..=n {
             for b in body {
                 let mut copy = b.clone();
-                if let Err((word, sp)) = rewrite(&mut copy, &text, i, n, &aliases) {
+                if let Err((word, sp)) = rewrite(&mut copy, text, i, n, &aliases) {
                     self.diags.push(
                         Diag::at(
                             &src,

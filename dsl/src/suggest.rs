@@ -26,13 +26,21 @@ pub fn hint(word: &str, candidates: &[&str]) -> Option<String> {
     did_you_mean(word, candidates.iter().copied()).map(|c| format!("did you mean `{c}`?"))
 }
 
-/// `a, b, c` with backticks.
+/// Most items [`list`] shows.
+pub const LIST_MAX: usize = 20;
+
+/// `a, b, c` with backticks; past [`LIST_MAX`] items, `… (N more)`.
 pub fn list(items: &[&str]) -> String {
-    items
+    let mut out = items
         .iter()
+        .take(LIST_MAX)
         .map(|s| format!("`{s}`"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if items.len() > LIST_MAX {
+        out.push_str(&format!(" … ({} more)", items.len() - LIST_MAX));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! empty).
 
 use crate::diag::Diag;
+use crate::limits::{self, MAX_AXIS_MEMBERS};
 use crate::parse::value_span;
 use crate::recipe::{Axis, AxisMember, Loc};
 use crate::schema::ParamType;
@@ -16,7 +17,7 @@ use crate::suggest;
 use crate::validate::Validator;
 use crate::value::Value;
 use kdl::KdlNode;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Splits `node.param` at its first dot.
 fn split_member(s: &str) -> Option<(&str, &str)> {
@@ -44,6 +45,88 @@ impl Validator<'_> {
             }
         }
         self.swept.extend(found);
+    }
+
+    /// Before any sweep value is checked or any node validated: the number of `node.param`
+    /// members (at most [`MAX_AXIS_MEMBERS`]) and the number of variants, the product of the
+    /// axis lengths as written (a `zip` group counts once, as its longest member; a member a
+    /// `--set` replaces counts 1), saturating. Too many is an error at the sweep (members: at
+    /// the first one over) and stops the load. Returns whether the sizes are within limits.
+    pub fn sweep_sizes_ok(&mut self) -> bool {
+        let max = self.s.opts.max_variants;
+        let overridden = |label: &str| {
+            self.overrides
+                .iter()
+                .any(|o| label.split_once('.') == Some((o.node.as_str(), o.param.as_str())))
+        };
+        let len_of = |m: &KdlNode| {
+            if overridden(m.name().value()) {
+                1
+            } else {
+                m.entries().len().max(1) as u128
+            }
+        };
+        let mut total: u128 = 1;
+        let mut members = 0usize;
+        let mut over_at = None;
+        let mut members_over = None;
+        for (file, sw) in &self.s.sweeps {
+            for c in sw.iter_children() {
+                let (len, group): (u128, Vec<&KdlNode>) = if c.name().value() == "zip" {
+                    let g: Vec<&KdlNode> = c.iter_children().collect();
+                    (g.iter().map(|m| len_of(m)).max().unwrap_or(1), g)
+                } else {
+                    (len_of(c), vec![c])
+                };
+                for m in group {
+                    members += 1;
+                    if members > MAX_AXIS_MEMBERS && members_over.is_none() {
+                        members_over = Some((*file, m.name().span()));
+                    }
+                }
+                total = total.saturating_mul(len);
+                if total > max as u128 && over_at.is_none() {
+                    over_at = Some((*file, sw.name().span()));
+                }
+            }
+        }
+        if let Some((file, span)) = members_over {
+            let d = Diag::at(
+                &self.src(file),
+                span,
+                format!("the sweeps name more than {MAX_AXIS_MEMBERS} `node.param` axes"),
+                "one too many",
+            )
+            .help("sweep fewer parameters at once, or split the study into several recipes");
+            self.push(d);
+        }
+        if let Some((file, span)) = over_at {
+            let n = if total == u128::MAX {
+                "more than 10^38".to_string()
+            } else {
+                limits::count(total.min(usize::MAX as u128) as usize)
+            };
+            let d = Diag::at(
+                &self.src(file),
+                span,
+                format!(
+                    "the sweep has {n} variants, more than the limit of {}",
+                    limits::count(max)
+                ),
+                "too many variants",
+            )
+            .help(format!(
+                "each variant is expanded, keyed and planned; sweep fewer values, or raise the \
+                 limit with `--max-variants {}` if you mean it",
+                if total == u128::MAX {
+                    "N".to_string()
+                } else {
+                    total.to_string()
+                }
+            ));
+            self.push(d);
+        }
+        over_at.is_none() && members_over.is_none()
     }
 
     /// Validates all sweep blocks into axes.
@@ -131,9 +214,23 @@ impl Validator<'_> {
         seen: &mut BTreeMap<(String, String), Loc>,
     ) -> Option<AxisMember> {
         let src = self.src(file);
-        let text = self.s.text(file).to_string();
+        let text = src.inner().as_str();
         let label = m.name().value().to_string();
         let nspan = m.name().span();
+        if let Some(c) = limits::forbidden_char(&label) {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!(
+                    "sweep axis `{}` contains the control character {c}",
+                    limits::printable(&label)
+                ),
+                "control character",
+            )
+            .help("axes are written `node.param` with printable characters");
+            self.push(d);
+            return None;
+        }
         let Some((node, param)) = split_member(&label) else {
             let d = Diag::at(
                 &src,
@@ -147,8 +244,12 @@ impl Validator<'_> {
         };
         let Some(info) = self.names.get(node) else {
             let names: Vec<&str> = self.names.keys().map(String::as_str).collect();
-            let hint = suggest::hint(node, &names)
-                .unwrap_or_else(|| format!("nodes: {}", suggest::list(&names)));
+            let hint = if self.s.diags.len() >= limits::MAX_SHOWN_ERRORS {
+                String::new()
+            } else {
+                suggest::hint(node, &names)
+                    .unwrap_or_else(|| format!("nodes: {}", suggest::list(&names)))
+            };
             let d = Diag::at(
                 &src,
                 nspan,
@@ -250,14 +351,28 @@ impl Validator<'_> {
         }
         let wrap = spec.repeated || matches!(spec.ty, ParamType::List(_));
         let mut values: Vec<Value> = Vec::new();
+        // Canonical JSON of each value: a set, so checking for repeats is linear.
+        let mut seen_values: HashSet<String> = HashSet::new();
         let mut ok = true;
         for e in m.entries() {
-            let sp = value_span(&text, e);
+            let sp = value_span(text, e);
             let node_s = node.to_string();
+            if let Some(c) = e.value().as_string().and_then(limits::forbidden_char) {
+                let d = Diag::at(
+                    &src,
+                    sp,
+                    format!("sweep value of `{label}` contains the control character {c}"),
+                    "control character",
+                )
+                .help("swept values become instance ids; use printable characters");
+                self.push(d);
+                ok = false;
+                continue;
+            }
             match self.scalar(&node_s, spec.name, e.value(), &spec.ty, file, sp) {
                 Some(v) => {
                     let v = if wrap { Value::List(vec![v]) } else { v };
-                    if values.contains(&v) {
+                    if !seen_values.insert(v.to_canonical_json().to_string()) {
                         let d = Diag::at(
                             &src,
                             sp,

@@ -9,6 +9,7 @@
 use crate::parse::{normalize, show_path};
 use crate::schema::ParamType;
 use crate::suggest;
+use crate::untrusted::Repo;
 use crate::value::Value;
 use kdl::KdlValue;
 use std::path::Path;
@@ -62,6 +63,9 @@ pub(crate) struct PathCtx<'a> {
     pub rel_dir: &'a Path,
     /// Name of the file that wrote the value (for hints).
     pub file_name: &'a str,
+    /// In untrusted mode, the repository every path must stay in (checked before the path is
+    /// touched; see [`crate::LoadOptions`]).
+    pub untrusted: Option<&'a Repo>,
 }
 
 fn has_glob(s: &str) -> bool {
@@ -191,27 +195,35 @@ fn path_value(param: &str, s: &str, paths: &PathCtx<'_>) -> Result<Value, TypeEr
     } else {
         normalize(&paths.rel_dir.join(p))
     };
-    if !has_glob(s) {
-        let on_disk = if rebased.is_absolute() {
-            rebased.clone()
-        } else {
-            paths.root_dir.join(&rebased)
-        };
-        if !on_disk.exists() {
-            return Err(err(
-                format!("`{param}`: file not found: {s}"),
-                "no such file or directory",
-                Some(if paths.file_name == "--set" {
-                    "paths in --set are relative to the root recipe's directory".to_string()
-                } else {
-                    format!(
-                        "relative paths are resolved against `{}`, the directory of the file \
-                         that writes them",
-                        show_path(Path::new(paths.file_name).parent().unwrap_or(Path::new("")))
-                    )
-                }),
-            ));
+    let on_disk = if rebased.is_absolute() {
+        rebased.clone()
+    } else {
+        paths.root_dir.join(&rebased)
+    };
+    if let Some(repo) = paths.untrusted {
+        if let Err(why) = repo.check(&rebased, has_glob(s)) {
+            let (message, label, hint) = repo.explain(&format!("`{param}`"), s, &why);
+            return Err(TypeError {
+                message,
+                label,
+                hint: Some(hint),
+            });
         }
+    }
+    if !has_glob(s) && !on_disk.exists() {
+        return Err(err(
+            format!("`{param}`: file not found: {s}"),
+            "no such file or directory",
+            Some(if paths.file_name == "--set" {
+                "paths in --set are relative to the root recipe's directory".to_string()
+            } else {
+                format!(
+                    "relative paths are resolved against `{}`, the directory of the file \
+                     that writes them",
+                    show_path(Path::new(paths.file_name).parent().unwrap_or(Path::new("")))
+                )
+            }),
+        ));
     }
     let shown = show_path(&rebased);
     Ok(Value::Path(shown))

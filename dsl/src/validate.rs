@@ -9,6 +9,7 @@
 //! parameter set twice is an error. `--set` overrides replace whatever the files wrote.
 
 use crate::diag::{Diag, Src};
+use crate::limits;
 use crate::parse::{entry_span, value_span, Sources};
 use crate::recipe::{Loc, NodeDecl};
 use crate::schema::{Default, KindSchema, ParamSpec, ParamType, Registry};
@@ -111,6 +112,7 @@ impl<'a> Validator<'a> {
             root_dir: &self.root_dir,
             rel_dir: &rel,
             file_name: &self.s.files[file].name,
+            untrusted: self.s.opts.untrusted.then_some(&self.s.repo),
         };
         let ty = match ty {
             ParamType::List(inner) => inner.as_ref(),
@@ -141,11 +143,27 @@ impl<'a> Validator<'a> {
     /// when the node should be validated.
     pub fn declare(&mut self, file: usize, node: &KdlNode) -> Option<(&'a KindSchema, String)> {
         let kind = node.name().value();
+        let kind_shown = limits::printable(kind);
         let kspan = node.name().span();
-        let text = self.s.text(file).to_string();
+        let src = self.src(file);
+        let text = src.inner().as_str();
         let name_entry = node.entries().first().filter(|e| e.name().is_none());
-        let name = match name_entry.map(|e| (e.value(), value_span(&text, e))) {
+        let name = match name_entry.map(|e| (e.value(), value_span(text, e))) {
             Some((KdlValue::String(s), sp)) => {
+                if let Some(c) = limits::forbidden_char(s) {
+                    let d = Diag::at(
+                        &src,
+                        sp,
+                        format!(
+                            "node name `{}` contains the control character {c}",
+                            limits::printable(s)
+                        ),
+                        "invalid name",
+                    )
+                    .help("names become instance ids and file names: use printable characters");
+                    self.push(d);
+                    return None;
+                }
                 if s.is_empty() || s.contains(['.', '[', ']', '=', ',']) {
                     let d = Diag::at(
                         &self.src(file),
@@ -163,7 +181,7 @@ impl<'a> Validator<'a> {
                 let d = Diag::at(
                     &self.src(file),
                     sp,
-                    format!("the name of a `{kind}` node must be a string, found `{v}`"),
+                    format!("the name of a `{kind_shown}` node must be a string, found `{v}`"),
                     "not a name",
                 );
                 self.push(d);
@@ -173,10 +191,10 @@ impl<'a> Validator<'a> {
                 let d = Diag::at(
                     &self.src(file),
                     kspan,
-                    format!("`{kind}` node has no name"),
+                    format!("`{kind_shown}` node has no name"),
                     "name missing",
                 )
-                .help(format!("write `{kind} NAME key=value…`"));
+                .help(format!("write `{kind_shown} NAME key=value…`"));
                 self.push(d);
                 return None;
             }
@@ -218,7 +236,7 @@ impl<'a> Validator<'a> {
             let d = Diag::at(
                 &self.src(file),
                 kspan,
-                format!("unknown node kind `{kind}`"),
+                format!("unknown node kind `{kind_shown}`"),
                 "unknown kind",
             )
             .help(hint);
@@ -230,7 +248,8 @@ impl<'a> Validator<'a> {
 
     /// Validates a declared node: every parameter typed, defaults filled.
     pub fn node(&mut self, file: usize, node: &KdlNode, schema: &'a KindSchema, name: &str) {
-        let text = self.s.text(file).to_string();
+        let src = self.src(file);
+        let text = src.inner().as_str();
         let nloc = self.names[name].loc;
         let mut occs: Vec<Occ> = Vec::new();
         for e in node.entries().iter().skip(1) {
@@ -238,13 +257,13 @@ impl<'a> Validator<'a> {
                 Some(k) => occs.push(Occ {
                     param: k.value().to_string(),
                     file,
-                    span: entry_span(&text, e),
+                    span: entry_span(text, e),
                     form: Form::Prop(e),
                 }),
                 None => {
                     let d = Diag::at(
                         &self.src(file),
-                        value_span(&text, e),
+                        value_span(text, e),
                         format!("unexpected argument after the name of `{name}`"),
                         "unexpected",
                     )
@@ -419,7 +438,8 @@ impl<'a> Validator<'a> {
 
     /// The items one occurrence contributes (one value unless repeated).
     fn occ_values(&mut self, owner: &str, spec: &ParamSpec, o: &Occ) -> Vec<Value> {
-        let text = self.s.text(o.file).to_string();
+        let src = self.src(o.file);
+        let text = src.inner().as_str();
         let pname = spec.name;
         let record = matches!(spec.ty, ParamType::Record { .. });
         let list = matches!(spec.ty, ParamType::List(_));
@@ -437,7 +457,7 @@ impl<'a> Validator<'a> {
                     self.failed.insert(owner.to_string());
                     return Vec::new();
                 }
-                vec![(e.value().clone(), value_span(&text, e))]
+                vec![(e.value().clone(), value_span(text, e))]
             }
             Form::Set(vals) => {
                 if record {
@@ -472,14 +492,14 @@ impl<'a> Validator<'a> {
                     if let Some(k) = e.name() {
                         let d = Diag::at(
                             &self.src(o.file),
-                            entry_span(&text, e),
+                            entry_span(text, e),
                             format!("`{pname}` takes no property `{}`", k.value()),
                             "unexpected property",
                         );
                         self.push(d);
                         self.failed.insert(owner.to_string());
                     } else {
-                        args.push((e.value().clone(), value_span(&text, e)));
+                        args.push((e.value().clone(), value_span(text, e)));
                     }
                 }
                 args

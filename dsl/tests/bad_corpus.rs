@@ -118,27 +118,68 @@ const EXPECT: &[(&str, usize, &str)] = &[
         1,
         "`defaults` cannot set `seed`",
     ),
+    ("44-deep-nesting.kdl", 1, "nested more than 64 levels deep"),
+    (
+        "45-sweep-million-variants.kdl",
+        1,
+        "the sweep has 1,000,000 variants, more than the limit of 10,000",
+    ),
+    (
+        "46-include-proc-environ.kdl",
+        1,
+        "`include` accepts only KDL recipe files",
+    ),
+    ("47-include-passwd.kdl", 1, "accepts only KDL recipe files"),
+    (
+        "48-untrusted-outside-path.kdl",
+        1,
+        "`/etc/passwd` is outside the recipe's repository",
+    ),
+    (
+        "49-untrusted-include-outside.kdl",
+        1,
+        "include: `../../../../../../../../../../tmp/team-base.kdl` is outside",
+    ),
+    (
+        "50-nul-in-node-name.kdl",
+        1,
+        "contains the control character \\u{0}",
+    ),
+    (
+        "51-sweep-over-max-variants.kdl",
+        1,
+        "the sweep has 6 variants, more than the limit of 5",
+    ),
+    // The test registry has no `cpt` kind (the e2e snapshot checks the real one).
+    ("60-adam-eps-zero.kdl", 1, "unknown node kind `cpt`"),
 ];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bad/recipes")
 }
 
-/// `--set` arguments from a first-line comment `// args: --set a.b=1`.
-fn sets(text: &str) -> Vec<String> {
+/// `--set` arguments and load options (`--untrusted`, `--max-variants N`) from a first-line
+/// comment `// args: --set a.b=1 --untrusted`.
+fn args(text: &str) -> (Vec<String>, dsl::LoadOptions) {
+    let mut opts = dsl::LoadOptions::default();
     let Some(rest) = text
         .lines()
         .next()
         .and_then(|l| l.trim().strip_prefix("// args:"))
     else {
-        return Vec::new();
+        return (Vec::new(), opts);
     };
     let words: Vec<&str> = rest.split_whitespace().collect();
-    words
+    opts.untrusted = words.contains(&"--untrusted");
+    for w in words.windows(2).filter(|w| w[0] == "--max-variants") {
+        opts = opts.with_max_variants(w[1].parse().unwrap());
+    }
+    let sets = words
         .windows(2)
         .filter(|w| w[0] == "--set")
         .map(|w| w[1].to_string())
-        .collect()
+        .collect();
+    (sets, opts)
 }
 
 #[test]
@@ -162,7 +203,8 @@ fn corpus_files_fail_with_the_expected_errors() {
     for (file, count, phrase) in EXPECT {
         let path = dir().join(file);
         let text = std::fs::read_to_string(&path).unwrap();
-        let result = std::panic::catch_unwind(|| dsl::load(&path, &reg, &sets(&text)));
+        let (sets, opts) = args(&text);
+        let result = std::panic::catch_unwind(|| dsl::load_with(&path, &reg, &sets, &opts));
         let Ok(result) = result else {
             failures.push(format!("{file}: PANIC"));
             continue;
@@ -187,7 +229,9 @@ fn corpus_files_fail_with_the_expected_errors() {
         );
         assert_eq!(
             rendered,
-            dsl::load(&path, &reg, &sets(&text)).unwrap_err().render()
+            dsl::load_with(&path, &reg, &sets, &opts)
+                .unwrap_err()
+                .render()
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -1,5 +1,6 @@
 //! Parsing and validation: every language rule, on recipes in temp directories.
 mod common;
+mod hostile;
 
 use dsl::{load, load_str, Diagnostics, Recipe, Value};
 use std::fs;

@@ -1,7 +1,8 @@
 //! Property: reordering properties, children and nodes, choosing property or child form,
 //! reformatting whitespace and adding comments never changes the validated parameters (the
-//! runner's key stability builds on this).
+//! runner's key stability builds on this). Also the DSL fuzzer (`fuzz`, below).
 mod common;
+mod fuzz;
 
 use dsl::{load_str, Value};
 use proptest::prelude::*;

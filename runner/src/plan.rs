@@ -42,9 +42,22 @@ pub struct Loaded {
     pub expanded: Expanded,
 }
 
-/// Parses, validates and expands `path` with `--set` overrides.
+/// Parses, validates and expands `path` with `--set` overrides (default limits, trusted).
 pub fn load(path: &Path, registry: &Registry, overrides: &[String]) -> Result<Loaded> {
-    let recipe = dsl::load(path, registry, overrides).map_err(|d| RecipeError(d.render()))?;
+    load_with(path, registry, overrides, &dsl::LoadOptions::default())
+}
+
+/// [`load`] with the dsl's limits and untrusted mode. A recipe that breaks them is an error
+/// here, before any key is computed, so an untrusted recipe never makes the runner read or
+/// hash a file outside its repository.
+pub fn load_with(
+    path: &Path,
+    registry: &Registry,
+    overrides: &[String],
+    opts: &dsl::LoadOptions,
+) -> Result<Loaded> {
+    let recipe =
+        dsl::load_with(path, registry, overrides, opts).map_err(|d| RecipeError(d.render()))?;
     let expanded = dsl::expand(&recipe).map_err(|d| RecipeError(d.render()))?;
     let stem = path
         .file_stem()

@@ -437,7 +437,7 @@ fn status_and_show_describe_the_last_run() {
     assert!(text.contains("node f: broken"), "{text}");
     let pl = plan_of(&p, &r, &[]);
     let z = pl.entry("z").unwrap();
-    let shown = runner::cmd::show::show_key(&store, &z.key, 5).unwrap();
+    let shown = runner::cmd::show::show_key(&store, &z.key, None, 5).unwrap();
     assert!(shown.contains("status     done"), "{shown}");
     assert!(shown.contains("out.txt"), "{shown}");
     assert!(shown.contains("\"len\": 1"), "{shown}");

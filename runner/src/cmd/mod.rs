@@ -69,11 +69,24 @@ pub struct RecipeArgs {
     /// Override a parameter: `node.param=value` (same grammar as in the file); repeatable.
     #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
     pub set: Vec<String>,
+    /// Refuse a sweep of more variants than N (at most 1,000,000; the limit on instances
+    /// scales with it).
+    #[arg(long, value_name = "N", default_value_t = dsl::limits::DEFAULT_MAX_VARIANTS)]
+    pub max_variants: usize,
+    /// The recipe is untrusted (CI on a pull request): refuse every include and path outside
+    /// its repository (nearest directory above it with a `.git`), so nothing outside is read,
+    /// listed or hashed.
+    #[arg(long)]
+    pub untrusted: bool,
 }
 
 impl RecipeArgs {
     pub fn load(&self, kinds: &crate::Kinds) -> Result<crate::plan::Loaded> {
-        crate::plan::load(&self.recipe, &kinds.registry, &self.set)
+        let opts = dsl::LoadOptions {
+            untrusted: self.untrusted,
+            ..dsl::LoadOptions::default().with_max_variants(self.max_variants)
+        };
+        crate::plan::load_with(&self.recipe, &kinds.registry, &self.set, &opts)
     }
 }
 
