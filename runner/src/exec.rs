@@ -336,14 +336,7 @@ impl Executor<'_> {
             self.device_of.remove(&i);
             return Ok(Start::Failed);
         }
-        let record = store::NodeRecord::running(
-            &e.key,
-            &e.kind,
-            &e.id,
-            &self.plan.loaded.stem,
-            e.tree.clone(),
-            Some(self.run_id),
-        );
+        let record = self.new_record(e);
         store
             .put_record(&record)
             .with_context(|| format!("node {}: recording its start", e.id))?;
@@ -438,6 +431,18 @@ impl Executor<'_> {
         Ok(Start::Started)
     }
 
+    /// A `Running` record of `e` started now by this run.
+    fn new_record(&self, e: &Entry) -> store::NodeRecord {
+        store::NodeRecord::running(
+            &e.key,
+            &e.kind,
+            &e.id,
+            &self.plan.loaded.stem,
+            e.tree.clone(),
+            Some(self.run_id),
+        )
+    }
+
     /// Records node `i` as failed with `msg`; its start time is kept when this run recorded
     /// the start (so `show` gives the attempt's real duration).
     fn record_failure(&self, i: usize, msg: &str) -> Result<()> {
@@ -449,16 +454,7 @@ impl Executor<'_> {
             .flatten()
             .filter(|r| r.status == store::Status::Running && r.run_id == Some(self.run_id));
         let rec = started
-            .unwrap_or_else(|| {
-                store::NodeRecord::running(
-                    &e.key,
-                    &e.kind,
-                    &e.id,
-                    &self.plan.loaded.stem,
-                    e.tree.clone(),
-                    Some(self.run_id),
-                )
-            })
+            .unwrap_or_else(|| self.new_record(e))
             .finished(store::Status::Failed, Some(msg.to_string()));
         self.store
             .put_record(&rec)
@@ -475,16 +471,10 @@ impl Executor<'_> {
         if let Some(p) = self.device_of.remove(&i) {
             self.devices.give(p);
         }
-        let base = self.store.record(&e.key)?.unwrap_or_else(|| {
-            store::NodeRecord::running(
-                &e.key,
-                &e.kind,
-                &e.id,
-                &self.plan.loaded.stem,
-                e.tree.clone(),
-                Some(self.run_id),
-            )
-        });
+        let base = self
+            .store
+            .record(&e.key)?
+            .unwrap_or_else(|| self.new_record(e));
         let outcome = match f.result {
             Ok(summary) => match self.publish(e, base, summary) {
                 Ok(()) => Outcome::Done,

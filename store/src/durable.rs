@@ -105,24 +105,27 @@ fn pin_file_name(name: &str) -> String {
     format!("{s}.json")
 }
 
-/// Non-hidden `*.json` files of `dir` (none if it does not exist).
+/// Non-hidden `*.json` files of `dir` (none if it does not exist): (stem, path).
 fn json_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io("listing", dir)(e)),
+    Ok(crate::maint::entry_names(dir)?
+        .into_iter()
+        .filter_map(|name| {
+            let stem = name.strip_suffix(".json")?.to_string();
+            Some((stem, dir.join(&name)))
+        })
+        .collect())
+}
+
+/// Reads and decodes the JSON file `path`; `None` when it does not exist.
+pub(crate) fn read_json_opt<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("reading", path)(e)),
     };
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(StoreError::io("listing", dir))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".json") {
-            if !name.starts_with('.') {
-                out.push((stem.to_string(), e.path()));
-            }
-        }
-    }
-    Ok(out)
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(StoreError::json(format!("decoding {}", path.display())))
 }
 
 pub(crate) fn write_pin(root: &Path, name: &str, keys: &[String]) -> Result<()> {
@@ -163,18 +166,7 @@ pub(crate) fn write_run(root: &Path, run: &RunInfo) -> Result<()> {
 }
 
 pub(crate) fn read_run(root: &Path, id: u64) -> Result<Option<RunInfo>> {
-    let path = run_path(root, id);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::io("reading", &path)(e)),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(StoreError::json(format!(
-            "decoding run file {}",
-            path.display()
-        )))
+    read_json_opt(&run_path(root, id))
 }
 
 /// Ids of the run files, ascending.

@@ -54,7 +54,7 @@ pub use maint::{VerifyIssue, VerifyReport};
 pub use publish::{Manifest, ManifestFile, MANIFEST_FILE};
 pub use record::{identity, EffectiveStatus, NodeRecord, RunInfo, Status};
 pub use runlock::{LockHolder, RunLock};
-pub use space::{free_space_at, is_out_of_space, SPACE_MARGIN};
+pub use space::{free_space_at, human_bytes, is_out_of_space, SPACE_MARGIN};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

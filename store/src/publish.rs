@@ -281,15 +281,7 @@ impl Store {
 
 /// Reads `dir/MANIFEST.json` if present.
 pub(crate) fn read_manifest_at(dir: &Path) -> Result<Option<Manifest>> {
-    let path = dir.join(MANIFEST_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::io("reading", &path)(e)),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(StoreError::json(format!("decoding {}", path.display())))
+    crate::durable::read_json_opt(&dir.join(MANIFEST_FILE))
 }
 
 /// The first file of `m` that is missing or has the wrong size, described.

@@ -40,7 +40,7 @@ pub fn free_space_at(path: &Path) -> std::io::Result<u64> {
 }
 
 /// `n` bytes for people: `512 B`, `1.5 KiB`, `3.0 MiB`.
-pub(crate) fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -299,3 +299,30 @@ fn instances_with_one_key_are_built_once_and_shown_as_shared() {
         "show b names b and says who built the key:\n{shown}"
     );
 }
+
+#[test]
+fn untrusted_plan_refuses_paths_outside_the_repository_before_reading_them() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join("repo/.git")).unwrap();
+    let secret = p.write("outside/secret.jsonl", "{\"text\": \"SECRET-MARKER-7\"}\n");
+    p.write(
+        "repo/recipe.kdl",
+        &format!(
+            "dataset d path=\"{}\" format=text\ninclude \"../outside/x.kdl\"\n",
+            secret.display()
+        ),
+    );
+    p.write(
+        "outside/x.kdl",
+        "dataset e path=\"secret.jsonl\" format=text\n",
+    );
+    let out = p.run(&["plan", "repo/recipe.kdl", "--untrusted"]);
+    assert_no_panic(&out, "plan --untrusted");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("is outside the recipe's repository"), "{all}");
+    assert!(!all.contains("SECRET-MARKER"), "{all}");
+    // The same recipe is valid when trusted: the refusal is the untrusted mode's.
+    let trusted = p.run(&["plan", "repo/recipe.kdl"]);
+    assert!(trusted.status.success(), "{}", text(&trusted));
+}

@@ -66,7 +66,9 @@ impl Stage for Src {
     }
     fn run(&self, ctx: &StageCtx) -> Result<serde_json::Value, StageError> {
         log_execution(ctx, &ctx.node);
-        tracing::info!("src {} says {}", ctx.node, ctx.param("text").display());
+        // Node logs keep INFO events of temper's crates (dependencies' only from WARN): a test
+        // kind logs under a `recipes` target like the built-in kinds.
+        tracing::info!(target: "recipes::test_src", "src {} says {}", ctx.node, ctx.param("text").display());
         let mut text = ctx.param("text").as_str().unwrap_or("").to_string();
         if let Some(f) = ctx.param("file").as_str() {
             text += &std::fs::read_to_string(ctx.resolve_path(f))
