@@ -50,7 +50,7 @@ use crate::pref::encode::PairEncoder;
 use crate::stage::{InputArtifact, Stage, StageCtx, StageError};
 use crate::tok::TokenizerDir;
 use crate::train::chat::ChatTemplate;
-use crate::train::examples::{Encoded, Encoder, Example, LossOn};
+use crate::train::examples::{tokens_text, Encoded, Encoder, Example, LossOn};
 use anyhow::{anyhow, Context};
 use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 use serde_json::{json, Value as J};
@@ -443,11 +443,12 @@ fn score(ctx: &StageCtx, s: &Scorer, set: &DataSet, o: &Opts) -> Result<J, Stage
                 examples.push(ex);
                 kept.push(k);
             }
-            Encoded::TooLong { len, max } if !o.skip_long => {
+            Encoded::TooLong { len, max, exact } if !o.skip_long => {
                 return Err(StageError::user(
                     format!(
-                        "record {} has {len} tokens, more than the model's limit of {max}",
-                        k + 1
+                        "record {} has {}, more than the model's limit of {max}",
+                        k + 1,
+                        tokens_text(len, exact)
                     ),
                     Some(
                         "set `skip-long #true` to skip and count such records, or `max-records`"

@@ -28,7 +28,7 @@ use crate::data::{read_normalized, Format};
 use crate::stage::{Stage, StageCtx, StageError};
 use crate::tok::TokenizerDir;
 use crate::train::chat::ChatTemplate;
-use crate::train::examples::{Encoded, Encoder, Example, LossOn};
+use crate::train::examples::{tokens_text, Encoded, Encoder, Example, LossOn};
 use crate::train::pack::{pack_rows, pad_batch, Batch};
 use crate::train::rng::SplitMix64;
 use crate::trainer::params::{self, int};
@@ -159,13 +159,13 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
         );
         match enc.example(r).with_context(|| at.clone())? {
             Encoded::Ok(ex) => examples.push(ex),
-            Encoded::TooLong { len, max } if skip_long => {
+            Encoded::TooLong { len, max, .. } if skip_long => {
                 tracing::debug!("{at}: {len} tokens > max-len {max}, skipped");
                 skipped += 1;
             }
-            Encoded::TooLong { len, max } => {
+            Encoded::TooLong { len, max, exact } => {
                 return Err(StageError::user(
-                    format!("{at}: {len} tokens, longer than max-len {max}"),
+                    format!("{at}: {}, longer than max-len {max}", tokens_text(len, exact)),
                     Some("raise `max-len` (up to the model's limit) or set `skip-long=#true` to skip and count such examples".into()),
                 ))
             }

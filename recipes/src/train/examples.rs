@@ -82,10 +82,12 @@ impl Example {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Encoded {
     Ok(Example),
-    /// Longer than the limit: `len` tokens, `max` allowed.
+    /// Longer than the limit: `len` tokens, `max` allowed. `exact` is false when the record was
+    /// too large to tokenise at all and `len` is a lower bound (see [`Encoder::example`]).
     TooLong {
         len: usize,
         max: usize,
+        exact: bool,
     },
     /// Nothing to train on (every label masked).
     NoTarget,
@@ -130,7 +132,19 @@ impl Encoder<'_> {
 
     /// Encodes an SFT record (`prompt-completion` or `messages`; `text` is trained on
     /// entirely).
+    ///
+    /// A record far longer than `max_len` is not tokenised (a 50 MB line would take gigabytes):
+    /// with a BPE model every token covers at most `L` bytes of text (`L` = the longest vocabulary
+    /// entry, at least 4 for an unknown character), so a record of `B` bytes has at least
+    /// `B / (4·L)` tokens (4× slack for normalisation); above `max_len` it is `TooLong`.
     pub fn example(&self, rec: &Record) -> anyhow::Result<Encoded> {
+        if let Some((len, max)) = self.surely_too_long(rec) {
+            return Ok(Encoded::TooLong {
+                len,
+                max,
+                exact: false,
+            });
+        }
         let ex = match rec {
             Record::Text { text } => {
                 let ids = self.document(text)?;
@@ -162,10 +176,38 @@ impl Encoder<'_> {
         Ok(self.check(ex))
     }
 
+    /// `(lower bound of the token count, max_len)` when `rec` is certainly longer than
+    /// `max_len` without tokenising it (see [`Encoder::example`]); `None` otherwise. Records under
+    /// 64 bytes per allowed token return at once; only larger ones read the vocabulary.
+    fn surely_too_long(&self, rec: &Record) -> Option<(usize, usize)> {
+        let max = self.max_len?;
+        let bytes = record_bytes(rec);
+        if bytes <= max.saturating_mul(64) {
+            return None;
+        }
+        if !matches!(self.tokenizer.get_model(), tokenizers::ModelWrapper::BPE(_)) {
+            return None;
+        }
+        let longest = self
+            .tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(4);
+        let at_least = bytes / (4 * longest);
+        (at_least > max).then_some((at_least, max))
+    }
+
     fn check(&self, ex: Example) -> Encoded {
         if let Some(max) = self.max_len {
             if ex.len() > max {
-                return Encoded::TooLong { len: ex.len(), max };
+                return Encoded::TooLong {
+                    len: ex.len(),
+                    max,
+                    exact: true,
+                };
             }
         }
         if ex.n_targets() == 0 {
@@ -240,4 +282,23 @@ impl Encoder<'_> {
 /// Length of the longest common prefix.
 pub fn lcp(a: &[i64], b: &[i64]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// `N tokens`, or `at least N tokens` when `N` is a lower bound ([`Encoded::TooLong`]).
+pub fn tokens_text(len: usize, exact: bool) -> String {
+    if exact {
+        format!("{len} tokens")
+    } else {
+        format!("at least {len} tokens")
+    }
+}
+
+/// Bytes of text in a record (what tokenisation reads).
+fn record_bytes(rec: &Record) -> usize {
+    match rec {
+        Record::Text { text } => text.len(),
+        Record::PromptCompletion { prompt, completion } => prompt.len() + completion.len(),
+        Record::Messages { messages } => messages.iter().map(|m| m.content.len()).sum(),
+        Record::Preference { .. } => 0,
+    }
 }

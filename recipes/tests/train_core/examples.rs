@@ -202,10 +202,30 @@ fn too_long_is_a_typed_outcome_and_documents_get_eos() {
     enc.max_len = Some(n - 1);
     assert_eq!(
         enc.example(&rec).unwrap(),
-        Encoded::TooLong { len: n, max: n - 1 }
+        Encoded::TooLong {
+            len: n,
+            max: n - 1,
+            exact: true
+        }
     );
     enc.max_len = Some(n);
     assert!(matches!(enc.example(&rec).unwrap(), Encoded::Ok(_)));
+    // A record far beyond the limit is refused from its size, before tokenising it (a 50 MB
+    // line used to cost minutes and gigabytes before being skipped).
+    enc.max_len = Some(8);
+    let huge = Record::PromptCompletion {
+        prompt: "a ".repeat(1 << 20),
+        completion: "b".into(),
+    };
+    match enc.example(&huge).unwrap() {
+        Encoded::TooLong {
+            len,
+            max: 8,
+            exact: false,
+        } => assert!(len > 8, "{len}"),
+        other => panic!("{other:?}"),
+    }
+    enc.max_len = Some(n);
 
     let doc = enc.document("Hello there").unwrap();
     assert_eq!(decode(&tok, &doc), "Hello there<|endoftext|>");
