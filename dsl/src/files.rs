@@ -72,6 +72,14 @@ pub fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// The leading components of `p` without glob characters (the base a glob's names are
+/// relative to).
+pub fn glob_prefix(p: &Path) -> PathBuf {
+    p.components()
+        .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
+        .collect()
+}
+
 fn rel_string(p: &Path) -> String {
     p.components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -117,15 +125,7 @@ pub fn list(root_dir: &Path, p: &str) -> Result<Listing, FilesError> {
         }
         return Ok(Listing::File(full));
     }
-    // Non-glob prefix: the leading components without glob characters.
-    let mut prefix = PathBuf::new();
-    for c in Path::new(p).components() {
-        if is_glob(&c.as_os_str().to_string_lossy()) {
-            break;
-        }
-        prefix.push(c);
-    }
-    let base = root_dir.join(&prefix);
+    let base = root_dir.join(glob_prefix(Path::new(p)));
     let pattern = full.to_string_lossy().into_owned();
     let matches = glob::glob(&pattern).map_err(|e| {
         err(

@@ -68,10 +68,6 @@ pub(crate) struct PathCtx<'a> {
     pub untrusted: Option<&'a Repo>,
 }
 
-fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
 /// Converts a scalar value (any type but `List`/`Record`, which the caller unpacks).
 /// `param` names the parameter for messages.
 pub(crate) fn convert(
@@ -201,7 +197,7 @@ fn path_value(param: &str, s: &str, paths: &PathCtx<'_>) -> Result<Value, TypeEr
         paths.root_dir.join(&rebased)
     };
     if let Some(repo) = paths.untrusted {
-        if let Err(why) = repo.check(&rebased, has_glob(s)) {
+        if let Err(why) = repo.check(&rebased, crate::files::is_glob(s)) {
             let (message, label, hint) = repo.explain(&format!("`{param}`"), s, &why);
             return Err(TypeError {
                 message,
@@ -210,7 +206,7 @@ fn path_value(param: &str, s: &str, paths: &PathCtx<'_>) -> Result<Value, TypeEr
             });
         }
     }
-    if !has_glob(s) && !on_disk.exists() {
+    if !crate::files::is_glob(s) && !on_disk.exists() {
         return Err(err(
             format!("`{param}`: file not found: {s}"),
             "no such file or directory",

@@ -6,7 +6,7 @@ use crate::limits;
 use crate::parse::normalize;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Most directory entries checked below one directory or glob prefix.
 pub(crate) const MAX_WALK_ENTRIES: usize = 100_000;
@@ -61,16 +61,6 @@ pub(crate) fn find_repo(root_dir: &Path) -> Repo {
     }
 }
 
-/// The leading components of `p` without glob characters.
-pub(crate) fn glob_prefix(p: &Path) -> PathBuf {
-    p.components()
-        .take_while(|c| match c {
-            Component::Normal(s) => !s.to_string_lossy().contains(['*', '?', '[']),
-            _ => true,
-        })
-        .collect()
-}
-
 impl Repo {
     /// Whether `p` (absolute, normalised or canonical) is inside the repository.
     pub fn contains(&self, p: &Path) -> bool {
@@ -94,7 +84,7 @@ impl Repo {
     /// followed); a path that does not exist passes (the caller reports it missing).
     pub fn check(&self, rebased: &Path, glob: bool) -> Result<(), Refused> {
         let target = if glob {
-            glob_prefix(rebased)
+            crate::files::glob_prefix(rebased)
         } else {
             rebased.to_path_buf()
         };

@@ -301,28 +301,28 @@ impl Store {
     /// Sets pin `name` to `keys` (replacing it); gc keeps pinned keys. Durable in
     /// `pins/<name>.json` before this returns.
     pub fn pin(&self, name: &str, keys: &[String]) -> Result<()> {
-        let _guard = self.lock_index()?;
-        self.ensure_migrated_locked()?;
-        write_pin(self.root(), name, keys)?;
-        let value = serde_json::to_vec(keys).map_err(StoreError::json("encoding pin"))?;
-        self.mirror_locked("pin", |db| {
-            db.open_tree(PINS)?.insert(name.as_bytes(), value)?;
+        self.with_durable(|root| {
+            write_pin(root, name, keys)?;
+            let value = serde_json::to_vec(keys).map_err(StoreError::json("encoding pin"))?;
+            self.mirror_locked("pin", |db| {
+                db.open_tree(PINS)?.insert(name.as_bytes(), value)?;
+                Ok(())
+            });
             Ok(())
-        });
-        Ok(())
+        })
     }
 
     /// Removes pin `name`; returns whether it existed. Writes no new bytes before the pin file
     /// is gone, so it works on a full disk.
     pub fn unpin(&self, name: &str) -> Result<bool> {
-        let _guard = self.lock_index()?;
-        self.ensure_migrated_locked()?;
-        let existed = remove_pin(self.root(), name)?;
-        self.mirror_locked("unpin", |db| {
-            db.open_tree(PINS)?.remove(name.as_bytes())?;
-            Ok(())
-        });
-        Ok(existed)
+        self.with_durable(|root| {
+            let existed = remove_pin(root, name)?;
+            self.mirror_locked("unpin", |db| {
+                db.open_tree(PINS)?.remove(name.as_bytes())?;
+                Ok(())
+            });
+            Ok(existed)
+        })
     }
 
     /// All pins by name (read from the pin files; sled is not opened once migrated).
@@ -333,21 +333,12 @@ impl Store {
     /// Starts a run: allocates the next id (one more than the highest ever recorded, so
     /// numbering continues across index rebuilds) and records it (pid, command, start time).
     pub fn begin_run(&self, command: &str, recipe: &str) -> Result<RunInfo> {
-        let _guard = self.lock_index()?;
-        self.ensure_migrated_locked()?;
-        let last = run_ids(self.root())?.last().copied().unwrap_or(0);
-        let run = RunInfo {
-            id: last + 1,
-            pid: std::process::id(),
-            command: command.to_string(),
-            recipe: recipe.to_string(),
-            started_at: now_secs(),
-            finished_at: None,
-            nodes: Vec::new(),
-            ok: None,
-        };
-        self.store_run_locked(&run)?;
-        Ok(run)
+        self.with_durable(|root| {
+            let last = run_ids(root)?.last().copied().unwrap_or(0);
+            let run = RunInfo::started(last + 1, command, recipe);
+            self.store_run_locked(&run)?;
+            Ok(run)
+        })
     }
 
     /// Records the end of run `id` with the nodes it touched and whether all succeeded.
@@ -357,30 +348,19 @@ impl Store {
         nodes: Vec<(String, String, crate::Status)>,
         ok: bool,
     ) -> Result<RunInfo> {
-        let _guard = self.lock_index()?;
-        self.ensure_migrated_locked()?;
-        let mut run = read_run(self.root(), id)?.unwrap_or_else(|| RunInfo {
-            id,
-            pid: std::process::id(),
-            command: String::new(),
-            recipe: String::new(),
-            started_at: now_secs(),
-            finished_at: None,
-            nodes: Vec::new(),
-            ok: None,
-        });
-        run.finished_at = Some(now_secs());
-        run.nodes = nodes;
-        run.ok = Some(ok);
-        self.store_run_locked(&run)?;
-        Ok(run)
+        self.with_durable(|root| {
+            let mut run = read_run(root, id)?.unwrap_or_else(|| RunInfo::started(id, "", ""));
+            run.finished_at = Some(now_secs());
+            run.nodes = nodes;
+            run.ok = Some(ok);
+            self.store_run_locked(&run)?;
+            Ok(run)
+        })
     }
 
     /// Replaces run `run.id` (progress updates during a run).
     pub fn put_run(&self, run: &RunInfo) -> Result<()> {
-        let _guard = self.lock_index()?;
-        self.ensure_migrated_locked()?;
-        self.store_run_locked(run)
+        self.with_durable(|_| self.store_run_locked(run))
     }
 
     fn store_run_locked(&self, run: &RunInfo) -> Result<()> {

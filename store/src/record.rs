@@ -154,6 +154,22 @@ pub struct RunInfo {
     pub ok: Option<bool>,
 }
 
+impl RunInfo {
+    /// Run `id` of this process, started now.
+    pub fn started(id: u64, command: &str, recipe: &str) -> RunInfo {
+        RunInfo {
+            id,
+            pid: std::process::id(),
+            command: command.to_string(),
+            recipe: recipe.to_string(),
+            started_at: crate::now_secs(),
+            finished_at: None,
+            nodes: Vec::new(),
+            ok: None,
+        }
+    }
+}
+
 impl Store {
     /// Status of `record` as shown to users (see [`EffectiveStatus`]). A `Running` record is
     /// running only if its pid is alive and (unless it is this process) some process holds the

@@ -178,8 +178,8 @@ pub fn train<O: Objective>(
     }
     let threads = tch::get_num_threads().max(1) as usize;
     let resumed_from = prog.step;
-    let save = |prog: &Progress, model: &HfModel, opt: &AdamW, obj: &O| {
-        check_weights(opt, prog.step, last_good_of(&ckpts))?;
+    let save = |prog: &Progress, model: &HfModel, opt: &AdamW, obj: &O, last_good| {
+        check_weights(opt, prog.step, last_good)?;
         let st = checkpoint::TrainerState {
             progress: prog.clone(),
             threads,
@@ -206,7 +206,7 @@ pub fn train<O: Objective>(
     while prog.step < spec.total_steps {
         if ctx.cancel.is_cancelled() {
             if last_good != Some(prog.step) {
-                save(&prog, model, &opt, obj)?;
+                save(&prog, model, &opt, obj, last_good)?;
             }
             return Err(StageError::Cancelled);
         }
@@ -260,14 +260,9 @@ pub fn train<O: Objective>(
         let loss = if n > 0 { loss_sum / n as f64 } else { 0.0 };
         let bad = opt.non_finite_grads().map_err(StageError::Other)?;
         if !bad.is_empty() {
-            let more = if bad.len() > 3 {
-                format!(" and {} more", bad.len() - 3)
-            } else {
-                String::new()
-            };
             return Err(poisoned(format!(
-                "non-finite gradient in {}{more}",
-                bad[..bad.len().min(3)].join(", ")
+                "non-finite gradient in {}",
+                first_names(&bad)
             )));
         }
         let grad_norm = match spec.max_grad_norm {
@@ -333,12 +328,12 @@ pub fn train<O: Objective>(
         }
         let every = spec.checkpoint_every;
         if every > 0 && prog.step.is_multiple_of(every) && prog.step < spec.total_steps {
-            save(&prog, model, &opt, obj)?;
+            save(&prog, model, &opt, obj, last_good)?;
             last_good = Some(prog.step);
         }
     }
     if last_good != Some(prog.step) {
-        save(&prog, model, &opt, obj)?;
+        save(&prog, model, &opt, obj, last_good)?;
     }
     let warnings = warnings(&prog);
     for w in &warnings {
@@ -358,9 +353,13 @@ pub fn train<O: Objective>(
     })
 }
 
-/// The step of the newest complete checkpoint, for messages.
-fn last_good_of(ckpts: &crate::stage::Checkpoints) -> Option<u64> {
-    ckpts.latest().map(|(s, _)| s)
+/// The first three of `names`, then `and N more`.
+fn first_names(names: &[String]) -> String {
+    let shown = names[..names.len().min(3)].join(", ");
+    match names.len() {
+        0..=3 => shown,
+        n => format!("{shown} and {} more", n - 3),
+    }
 }
 
 /// Fails with a user error naming the tensors when a trained weight is NaN or infinite after
@@ -370,19 +369,14 @@ fn check_weights(opt: &AdamW, step: u64, last_good: Option<u64>) -> Result<(), S
     if bad.is_empty() {
         return Ok(());
     }
-    let more = if bad.len() > 3 {
-        format!(" and {} more", bad.len() - 3)
-    } else {
-        String::new()
-    };
     let kept = match last_good {
         Some(s) => format!("the last good checkpoint (step {s}) is kept"),
         None => "no checkpoint was written".into(),
     };
     Err(StageError::user(
         format!(
-            "non-finite weights in {}{more} after step {step}; {kept}, nothing is published",
-            bad[..bad.len().min(3)].join(", ")
+            "non-finite weights in {} after step {step}; {kept}, nothing is published",
+            first_names(&bad)
         ),
         Some("lower `lr`, keep `adam-eps` well above 0, set `max-grad-norm`".into()),
     ))
