@@ -13,6 +13,7 @@
 //! path to the recipe's repository ([`LoadOptions`]).
 
 mod defaults;
+pub mod device;
 mod diag;
 mod expand;
 pub mod files;

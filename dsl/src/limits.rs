@@ -58,6 +58,10 @@ pub struct LoadOptions {
     pub max_nodes: usize,
     /// Refuse every path outside the recipe's repository (type docs).
     pub untrusted: bool,
+    /// CUDA devices of the machine that will run the recipe, when the caller knows it: a
+    /// `device "cuda:N"` it does not have is then a validation error with its location
+    /// (`None`: only the syntax is checked).
+    pub cuda_devices: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -70,6 +74,7 @@ impl Default for LoadOptions {
             max_total_bytes: 1 << 20,
             max_nodes: 10_000,
             untrusted: false,
+            cuda_devices: None,
         }
     }
 }

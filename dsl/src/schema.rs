@@ -22,6 +22,10 @@ pub enum ParamType {
     Enum(&'static [&'static str]),
     /// A local file, directory or glob, relative to the recipe file. Its *content* enters the key.
     Path,
+    /// A compute device (`auto | cpu | cuda | cuda:N`, [`crate::device::Device`]): the syntax
+    /// is checked with the recipe, and `cuda:N` against the machine when
+    /// [`crate::LoadOptions::cuda_devices`] is known.
+    Device,
     /// A reference to another node whose kind produces one of these artifact types
     /// (`KindSchema::produces`); empty = any.
     Ref(&'static [&'static str]),
@@ -161,7 +165,7 @@ impl KindSchema {
 /// Parameters every kind accepts; none of them is semantic.
 pub fn common_params() -> Vec<ParamSpec> {
     vec![
-        ParamSpec::new("device", ParamType::Str)
+        ParamSpec::new("device", ParamType::Device)
             .default(Value::Str("auto".into()))
             .non_semantic()
             .doc("auto | cpu | cuda | cuda:N"),

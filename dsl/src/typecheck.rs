@@ -39,6 +39,7 @@ pub(crate) fn type_name(ty: &ParamType) -> String {
         ParamType::Str => "a string".into(),
         ParamType::Enum(words) => format!("one of {}", suggest::list(words)),
         ParamType::Path => "a path".into(),
+        ParamType::Device => format!("a device ({})", crate::device::Device::SYNTAX),
         ParamType::Ref([]) => "a node name".into(),
         ParamType::Ref(kinds) => format!("the name of a {} node", kinds.join(" or ")),
         ParamType::List(inner) => format!("a list of {}", type_name(inner)),
@@ -66,6 +67,8 @@ pub(crate) struct PathCtx<'a> {
     /// In untrusted mode, the repository every path must stay in (checked before the path is
     /// touched; see [`crate::LoadOptions`]).
     pub untrusted: Option<&'a Repo>,
+    /// CUDA devices on this machine, when known: `device "cuda:N"` beyond them is an error.
+    pub cuda_devices: Option<usize>,
 }
 
 /// Converts a scalar value (any type but `List`/`Record`, which the caller unpacks).
@@ -151,6 +154,7 @@ pub(crate) fn convert(
             }
         }
         (ParamType::Path, KdlValue::String(s)) => path_value(param, s, paths),
+        (ParamType::Device, KdlValue::String(s)) => device_value(param, s, paths.cuda_devices),
         (ParamType::Ref(_), KdlValue::String(s)) => Ok(Value::Ref(s.clone())),
         (ParamType::List(_) | ParamType::Record { .. }, _) => Err(err(
             format!("`{param}` expects {}", type_name(ty)),
@@ -160,6 +164,32 @@ pub(crate) fn convert(
         (ParamType::Enum(words), _) => mismatch(Some(format!("allowed: {}", suggest::list(words)))),
         _ => mismatch(None),
     }
+}
+
+/// A `device` value: its syntax, then (when the machine is known) whether it exists here.
+fn device_value(param: &str, s: &str, cuda_devices: Option<usize>) -> Result<Value, TypeError> {
+    use crate::device::Device;
+    let Some(d) = Device::parse(s) else {
+        let words = ["auto", "cpu", "cuda"];
+        let mut hint = suggest::hint(s, &words).unwrap_or_default();
+        if !hint.is_empty() {
+            hint.push(' ');
+        }
+        hint.push_str(&format!("allowed: {}", Device::SYNTAX));
+        return Err(err(
+            format!("`{param}`: unknown device `{s}`"),
+            "not a device",
+            Some(hint),
+        ));
+    };
+    if let Some(why) = cuda_devices.and_then(|n| d.unavailable(n)) {
+        return Err(err(
+            format!("`{param}`: {why}"),
+            "not on this machine",
+            Some("use `device auto` (a free GPU when there is one, else the CPU) or `cpu`".into()),
+        ));
+    }
+    Ok(Value::Str(d.to_string()))
 }
 
 fn check_range(param: &str, x: f64, min: Option<f64>, max: Option<f64>) -> Result<(), TypeError> {

@@ -113,6 +113,7 @@ impl<'a> Validator<'a> {
             rel_dir: &rel,
             file_name: &self.s.files[file].name,
             untrusted: self.s.opts.untrusted.then_some(&self.s.repo),
+            cuda_devices: self.s.opts.cuda_devices,
         };
         let ty = match ty {
             ParamType::List(inner) => inner.as_ref(),

@@ -25,6 +25,33 @@ pub trait Stage: Send + Sync {
     fn run(&self, ctx: &StageCtx) -> Result<serde_json::Value, StageError>;
 }
 
+/// A node kind whose `run` starts from its typed parameters (`kinds::<kind>::Params`, decoded
+/// from the validated values with the defaults its schema declares). Every built-in kind is
+/// one; [`Stage`] is implemented for it.
+pub trait Kind: Send + Sync {
+    /// The kind's typed parameters, declared with `kinds::params!`.
+    type Params: kinds::ParamSet;
+    /// The kind's declaration (`kinds::<kind>::schema()`).
+    fn schema(&self) -> KindSchema;
+    /// Runs the node: parse (done: `p`) → prepare → execute → write into `ctx.out_dir`.
+    fn run(&self, ctx: &StageCtx, p: Self::Params) -> Result<serde_json::Value, StageError>;
+}
+
+impl<K: Kind> Stage for K {
+    fn schema(&self) -> KindSchema {
+        Kind::schema(self)
+    }
+    fn run(&self, ctx: &StageCtx) -> Result<serde_json::Value, StageError> {
+        let p = <K::Params as kinds::ParamSet>::decode(&ctx.params).map_err(|e| {
+            StageError::Other(anyhow::anyhow!(
+                "node {}: {e} (the kind's declaration and its implementation disagree)",
+                ctx.node
+            ))
+        })?;
+        Kind::run(self, ctx, p)
+    }
+}
+
 /// Why a stage did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
