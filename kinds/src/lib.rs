@@ -8,5 +8,21 @@ pub mod common;
 pub mod params;
 pub mod train;
 
+pub mod cpt;
+pub mod dataset;
+pub mod dpo;
+pub mod eval;
+pub mod losses;
+pub mod merge;
+pub mod mixture;
+pub mod model;
+pub mod npo;
+pub mod ref_logps;
+pub mod reweight;
+pub mod sft;
+pub mod tokenizer;
+
+pub mod job;
+
 pub use common::Common;
 pub use params::{DecodeError, FromParam, Input, ParamSet, PathParam};

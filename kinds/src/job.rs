@@ -1,0 +1,1 @@
+//! The job a worker process runs (see issue 10): being written.
