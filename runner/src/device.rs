@@ -1,68 +1,125 @@
-//! Device assignment: `auto` takes a free CUDA device when libtorch sees CUDA (one per
-//! concurrently running node; a node waits when all are taken), else `cpu`; `cpu` and `cuda:N`
-//! are used as given; `cuda` without CUDA, a missing `cuda:N` or an unknown name is an error.
+//! Devices, without libtorch: how many CUDA devices this machine has ([`cuda_devices`], asked
+//! of the CUDA driver, so `check`/`plan` never load libtorch), and the pool that hands devices
+//! to running nodes ([`Devices`]).
+//!
+//! Assignment, for the typed [`dsl::device::Device`] a node asks for:
+//! - `cpu` → the CPU;
+//! - `cuda:N` → that device, *reserved* while the node runs (another node asking for it, or an
+//!   `auto` node, waits or takes another);
+//! - `auto` / `cuda` → a free CUDA device (a node waits when all are taken); `auto` without CUDA
+//!   is the CPU, `cuda` without CUDA an error (reported at `check` already).
 
-use anyhow::Result;
+use dsl::device::Device;
+use std::sync::OnceLock;
 
-/// Devices handed to running nodes: `auto` takes a free CUDA device when CUDA is available
-/// (one per concurrently running node), else `cpu`.
+/// CUDA devices visible to this process (honours `CUDA_VISIBLE_DEVICES`, as libtorch does):
+/// `cuInit` + `cuDeviceGetCount` of the driver library `libcuda.so.1`, loaded with `dlopen` and
+/// never unloaded; 0 when there is no driver or it fails. Asked once per process.
+pub fn cuda_devices() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        if let Some(n) = std::env::var("TEMPER_CUDA_DEVICES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            return n; // test hook: pretend this machine has n CUDA devices
+        }
+        probe_driver().unwrap_or(0)
+    })
+}
+
+fn probe_driver() -> Option<usize> {
+    type CuInit = unsafe extern "C" fn(u32) -> i32;
+    type CuCount = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: dlopen/dlsym with NUL-terminated names; the symbols have the CUDA driver API's
+    // documented signatures (CUresult cuInit(unsigned), CUresult cuDeviceGetCount(int*)).
+    unsafe {
+        let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if lib.is_null() {
+            return None;
+        }
+        let init = libc::dlsym(lib, c"cuInit".as_ptr());
+        let count = libc::dlsym(lib, c"cuDeviceGetCount".as_ptr());
+        if init.is_null() || count.is_null() {
+            return None;
+        }
+        let init: CuInit = std::mem::transmute(init);
+        let count: CuCount = std::mem::transmute(count);
+        if init(0) != 0 {
+            return None;
+        }
+        let mut n: i32 = 0;
+        (count(&mut n) == 0).then_some(n.max(0) as usize)
+    }
+}
+
+/// Devices handed to running nodes (see the module docs).
 pub(crate) struct Devices {
-    cuda: usize,
     busy: Vec<bool>,
 }
 
+/// What [`Devices::take`] gives a node: the device string for the stage and the pool slot to
+/// give back.
+pub(crate) type Taken = (String, Option<usize>);
+
 impl Devices {
     pub(crate) fn new() -> Devices {
-        let cuda = if tch::Cuda::is_available() {
-            tch::Cuda::device_count().max(0) as usize
-        } else {
-            0
-        };
+        Devices::with(cuda_devices())
+    }
+    pub(crate) fn with(cuda: usize) -> Devices {
         Devices {
-            cuda,
             busy: vec![false; cuda],
         }
     }
-    /// `Ok(Some(dev, pooled index))`, `Ok(None)` = wait for a device, `Err` = impossible request.
-    pub(crate) fn take(&mut self, want: &str) -> Result<Option<(String, Option<usize>)>, String> {
-        match want {
-            "cpu" => Ok(Some(("cpu".into(), None))),
-            "auto" | "cuda" => {
-                if self.cuda == 0 {
-                    return if want == "auto" {
-                        Ok(Some(("cpu".into(), None)))
-                    } else {
-                        Err("device `cuda` requested but CUDA is not available (libtorch sees no GPU)".into())
-                    };
-                }
-                match self.busy.iter().position(|b| !b) {
-                    Some(i) => {
-                        self.busy[i] = true;
-                        Ok(Some((format!("cuda:{i}"), Some(i))))
-                    }
-                    None => Ok(None),
-                }
-            }
-            other => match other.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
-                Some(Ok(n)) if n < self.cuda => Ok(Some((other.into(), None))),
-                Some(Ok(n)) => Err(format!(
-                    "device `{other}` requested but {} CUDA device(s) are available{}",
-                    self.cuda,
-                    if n > 0 {
-                        ""
-                    } else {
-                        " (CUDA is not available)"
-                    }
-                )),
-                _ => Err(format!(
-                    "unknown device `{other}`; use auto, cpu, cuda or cuda:N"
-                )),
-            },
+    /// `Ok(Some(taken))`, `Ok(None)` = wait for a device, `Err` = impossible on this machine.
+    /// `want` is the node's validated `device` parameter.
+    pub(crate) fn take(&mut self, want: &str) -> Result<Option<Taken>, String> {
+        let want = Device::parse(want)
+            .ok_or_else(|| format!("unknown device `{want}`; use {}", Device::SYNTAX))?;
+        if let Some(why) = want.unavailable(self.busy.len()) {
+            return Err(why);
         }
+        let slot = match want {
+            Device::Cpu => return Ok(Some(("cpu".into(), None))),
+            Device::Auto if self.busy.is_empty() => return Ok(Some(("cpu".into(), None))),
+            Device::Auto | Device::Cuda(None) => self.busy.iter().position(|b| !b),
+            Device::Cuda(Some(n)) => (!self.busy[n]).then_some(n),
+        };
+        Ok(slot.map(|i| {
+            self.busy[i] = true;
+            (format!("cuda:{i}"), Some(i))
+        }))
     }
     pub(crate) fn give(&mut self, i: Option<usize>) {
         if let Some(i) = i {
             self.busy[i] = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_cuda_devices_are_reserved() {
+        let mut d = Devices::with(2);
+        let a = d.take("cuda:0").unwrap().unwrap();
+        assert_eq!(a, ("cuda:0".into(), Some(0)));
+        // auto skips the reserved device; a second cuda:0 waits.
+        assert_eq!(d.take("auto").unwrap().unwrap().0, "cuda:1");
+        assert_eq!(d.take("cuda:0").unwrap(), None);
+        assert_eq!(d.take("auto").unwrap(), None);
+        d.give(a.1);
+        assert_eq!(d.take("auto").unwrap().unwrap().0, "cuda:0");
+    }
+
+    #[test]
+    fn without_cuda() {
+        let mut d = Devices::with(0);
+        assert_eq!(d.take("auto").unwrap().unwrap().0, "cpu");
+        assert!(d.take("cuda:9").unwrap_err().contains("cuda:9"));
+        assert!(d.take("cuda").is_err());
+        assert_eq!(d.take("cpu").unwrap().unwrap().0, "cpu");
     }
 }

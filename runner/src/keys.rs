@@ -191,30 +191,23 @@ pub fn key_tree(
     })))
 }
 
-/// The dtype a training stage resolves `dtype=auto` to, which is what determines its result and
-/// so what enters the key: f32 on CPU, bf16 on CUDA (the device itself stays out of the key).
-/// Must agree with `recipes::trainer::params::resolve_dtype`.
+/// The dtype a node's `dtype=auto` resolves to, which is what determines its result and so
+/// what enters the key: [`dsl::device::Dtype::resolve`] (f32 on CPU, bf16 on CUDA) for the
+/// device the node asks for (`auto` = CUDA when this machine has it), the same rule the stages
+/// apply to the device they are given. The device itself stays out of the key.
 pub fn resolve_auto_dtype(inst: &Instance) -> &'static str {
+    use dsl::device::{Device, Dtype};
     let device = inst
         .params
         .get("device")
         .and_then(|v| v.as_str())
-        .unwrap_or("auto");
-    let cuda = match device {
-        "cpu" => false,
-        d if d.starts_with("cuda") => true,
-        _ => cuda_available(),
+        .and_then(Device::parse)
+        .unwrap_or(Device::Auto);
+    let on_cuda = match device {
+        Device::Auto => crate::device::cuda_devices() > 0,
+        d => d.is_cuda(0),
     };
-    if cuda {
-        "bf16"
-    } else {
-        "f32"
-    }
-}
-
-fn cuda_available() -> bool {
-    static CUDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CUDA.get_or_init(tch::Cuda::is_available)
+    Dtype::Auto.resolve(on_cuda).name()
 }
 
 fn value_json(

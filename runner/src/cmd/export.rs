@@ -17,7 +17,7 @@ pub struct ExportArgs {
 
 pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
     let kinds = crate::Kinds::builtin();
-    let loaded = a.recipe.load(&kinds)?;
+    let loaded = a.recipe.load_to_inspect(&kinds)?;
     let store = g.open_store()?;
     let plan = crate::plan::plan(&store, &kinds.registry, loaded)?;
     let e = super::show::pick_one(&plan, &a.node)?;

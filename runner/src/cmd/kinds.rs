@@ -55,6 +55,7 @@ pub fn type_name(t: &ParamType) -> String {
         ParamType::Str => "str".into(),
         ParamType::Enum(vs) => format!("one of {}", vs.join("|")),
         ParamType::Path => "path".into(),
+        ParamType::Device => format!("device ({})", dsl::device::Device::SYNTAX),
         ParamType::Ref([]) => "ref".into(),
         ParamType::Ref(ks) => format!("ref to {}", ks.join("|")),
         ParamType::List(t) => format!("list of {}", type_name(t)),

@@ -78,12 +78,28 @@ pub struct RecipeArgs {
     /// listed or hashed.
     #[arg(long)]
     pub untrusted: bool,
+    /// Check `device "cuda:N"` against N CUDA devices instead of this machine's (e.g. when
+    /// checking on a login node a recipe that will run on GPU nodes).
+    #[arg(long, value_name = "N")]
+    pub cuda_devices: Option<usize>,
 }
 
 impl RecipeArgs {
+    /// Loads the recipe; `device` values are checked against this machine's CUDA devices (or
+    /// `--cuda-devices`), so a `cuda:9` typo is a located recipe error, not a failed run.
     pub fn load(&self, kinds: &crate::Kinds) -> Result<crate::plan::Loaded> {
+        let cuda = self.cuda_devices.unwrap_or_else(crate::device::cuda_devices);
+        self.load_with(kinds, Some(cuda))
+    }
+    /// Loads the recipe to inspect what was built (`why`, `results`, `export`, `pin`): devices
+    /// are checked for syntax only, so results of a GPU run can be read on any machine.
+    pub fn load_to_inspect(&self, kinds: &crate::Kinds) -> Result<crate::plan::Loaded> {
+        self.load_with(kinds, self.cuda_devices)
+    }
+    fn load_with(&self, kinds: &crate::Kinds, cuda: Option<usize>) -> Result<crate::plan::Loaded> {
         let opts = dsl::LoadOptions {
             untrusted: self.untrusted,
+            cuda_devices: cuda,
             ..dsl::LoadOptions::default().with_max_variants(self.max_variants)
         };
         crate::plan::load_with(&self.recipe, &kinds.registry, &self.set, &opts)

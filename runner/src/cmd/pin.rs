@@ -17,7 +17,7 @@ pub struct PinArgs {
 
 pub fn run(g: &Global, a: PinArgs) -> Result<ExitCode> {
     let kinds = crate::Kinds::builtin();
-    let loaded = a.recipe.load(&kinds)?;
+    let loaded = a.recipe.load_to_inspect(&kinds)?;
     let store = g.open_store()?;
     let crate::plan::KeyedGraph { order, keyed, .. } =
         crate::plan::keys_of(&loaded, &kinds.registry, &store)?;

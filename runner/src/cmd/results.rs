@@ -45,7 +45,7 @@ pub struct ResultsArgs {
 
 pub fn run(g: &Global, a: ResultsArgs) -> Result<ExitCode> {
     let kinds = crate::Kinds::builtin();
-    let loaded = a.recipe.load(&kinds)?;
+    let loaded = a.recipe.load_to_inspect(&kinds)?;
     let store = g.open_store()?;
     let plan = crate::plan::plan(&store, &kinds.registry, loaded)?;
     let (cols, mut rows) = collect(&store, &plan)?;

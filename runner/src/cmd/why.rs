@@ -15,7 +15,7 @@ pub struct WhyArgs {
 
 pub fn run(g: &Global, a: WhyArgs) -> Result<ExitCode> {
     let kinds = crate::Kinds::builtin();
-    let loaded = a.recipe.load(&kinds)?;
+    let loaded = a.recipe.load_to_inspect(&kinds)?;
     let store = g.open_store()?;
     let plan = crate::plan::plan(&store, &kinds.registry, loaded)?;
     let ids: Vec<String> = plan
