@@ -17,7 +17,7 @@ TEMPER := $(CURDIR)/target/release/temper
 .PHONY: build demo test env clean-env bench fmt lint
 
 build: $(TORCH_STAMP)
-	$(CARGO) build --release --bin temper
+	$(CARGO) build --release --bin temper --bin temper-worker
 
 demo: build
 	cd examples && $(TEMPER) run quickstart.kdl
@@ -25,7 +25,7 @@ demo: build
 	cd examples && $(TEMPER) show quickstart.kdl scores --log-lines 5
 
 test: $(TORCH_STAMP) $(HELPERS_STAMP)
-	$(CARGO) build --release --bin temper
+	$(CARGO) build --release --bin temper --bin temper-worker
 	LD_LIBRARY_PATH="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" \
 	  TEMPER_BIN=$(TEMPER) $(CARGO) test --release --workspace
 

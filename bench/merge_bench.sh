@@ -25,14 +25,15 @@ print(max(v["data_offsets"][1] - v["data_offsets"][0] for v in h.values()) // 10
 PY
 )
 cd "$ROOT"
-cargo test --release -p temper-recipes --test merge --no-run 2>&1 | tail -1
-BIN=$(ls -t target/release/deps/merge-* | grep -v '\.d$' | head -1)
+# The merge tests are the `merge` module of temper-recipes' one test binary (`all`).
+BIN=$(cargo test --release -p temper-recipes --test all --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
+echo "test binary: $BIN"
 rss() { grep "Maximum resident" "$1" | awk '{print int($6/1024)}'; }
 wall() { grep "Elapsed (wall" "$1" | awk '{print $8}'; }
-/usr/bin/time -v "$BIN" --exact golden::dare_rescale_keeps_the_l1_norm >/dev/null 2>"$WORK/noop.time"
+/usr/bin/time -v "$BIN" --exact merge::golden::dare_rescale_keeps_the_l1_norm >/dev/null 2>"$WORK/noop.time"
 rm -rf "$WORK/out"
 MERGE_BENCH_A=$WORK/a MERGE_BENCH_B=$WORK/b MERGE_BENCH_OUT=$WORK/out \
-  /usr/bin/time -v "$BIN" --ignored --exact bench::stream --nocapture 2>"$WORK/driver.time" >/dev/null
+  /usr/bin/time -v "$BIN" --ignored --exact merge::bench::stream --nocapture 2>"$WORK/driver.time" >/dev/null
 grep "merged" "$WORK/driver.time" || true
 cat > "$WORK/recipe.kdl" <<KDL
 model a path="a"

@@ -1,27 +1,52 @@
 #!/usr/bin/env bash
-# Benchmarks of the foundation (not timed tests): prints wall times and the ratio to the 1 s target.
-#  1. `temper plan` of a generated 1,000-variant sweep recipe (10 x 10 x 10 grid over a model node).
-#  2. a fully cached rerun of the quickstart (`temper run examples/quickstart.kdl` after it has run).
-# Usage: make bench   (or: bash bench/plan_bench.sh [path/to/temper])
+# Start-up benchmark of the commands that never train (not a timed test). For each case it runs
+# the binary under test and, when given, a baseline binary (e.g. one built from an older commit)
+# alternately, ROUNDS times each, and prints the median wall times side by side with their ratio.
+#  1. `temper plan examples/quickstart.kdl` (file hashes cached)          goal <= 50 ms
+#  2. `temper plan` of a generated 1,000-variant sweep (10 x 10 x 10 grid)  goal <= 0.3 s
+#  3. `temper check` of the quickstart, `temper kinds`
+# Usage: make bench   (or: bash bench/plan_bench.sh [path/to/temper] [path/to/baseline/temper])
+# Env: ROUNDS (default 5). Run it with nothing else busy.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TEMPER="${1:-$ROOT/target/release/temper}"
+BASE="${2:-}"
+ROUNDS="${ROUNDS:-5}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.6f", b-a}'; }
-best_of() { # best_of N cmd... : best wall time of N runs
-  local n=$1; shift; local best=999999
-  for _ in $(seq "$n"); do
-    local t0; t0=$(now); "$@" >/dev/null 2>&1 || { echo "command failed: $*" >&2; "$@"; exit 1; }
-    local t1; t1=$(now); local d; d=$(elapsed "$t0" "$t1")
-    best=$(awk -v a="$d" -v b="$best" 'BEGIN{print (a<b)?a:b}')
+once() { # once STORE-SUFFIX BIN args... : wall seconds of one run
+  local bin=$1; shift
+  local t0; t0=$(now)
+  "$bin" "$@" >/dev/null 2>&1 || { echo "command failed: $bin $*" >&2; "$bin" "$@"; exit 1; }
+  local t1; t1=$(now)
+  awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.6f", b-a}'
+}
+median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# case NAME GOAL_S DIR args... (run in DIR; each binary gets its own store)
+case_() {
+  local name=$1 goal=$2 dir=$3; shift 3
+  local new=() old=()
+  cd "$dir"
+  once "$TEMPER" --store "$WORK/store-new" "$@" >/dev/null # warm the file-hash cache
+  [ -n "$BASE" ] && once "$BASE" --store "$WORK/store-old" "$@" >/dev/null
+  for _ in $(seq "$ROUNDS"); do
+    new+=("$(once "$TEMPER" --store "$WORK/store-new" "$@")")
+    [ -n "$BASE" ] && old+=("$(once "$BASE" --store "$WORK/store-old" "$@")")
   done
-  echo "$best"
+  local n; n=$(printf '%s\n' "${new[@]}" | median)
+  if [ -n "$BASE" ]; then
+    local o; o=$(printf '%s\n' "${old[@]}" | median)
+    printf '%-38s %8.3f s  (baseline %8.3f s, %5.2fx faster)  goal <= %s s: %s\n' "$name" "$n" "$o" \
+      "$(awk -v a="$o" -v b="$n" 'BEGIN{print a/b}')" "$goal" "$(awk -v a="$n" -v g="$goal" 'BEGIN{print (a<=g)?"met":"MISSED"}')"
+  else
+    printf '%-38s %8.3f s  goal <= %s s: %s\n' "$name" "$n" "$goal" \
+      "$(awk -v a="$n" -v g="$goal" 'BEGIN{print (a<=g)?"met":"MISSED"}')"
+  fi
 }
 
-# --- 1. plan of a 1,000-variant sweep -------------------------------------------------------
 mkdir -p "$WORK/sweep/data"
 cp "$ROOT/examples/data/corpus.jsonl" "$WORK/sweep/data/"
 cat > "$WORK/sweep/recipe.kdl" <<'KDL'
@@ -34,19 +59,10 @@ sweep {
     tiny.rope-theta 1000.0 2000.0 3000.0 4000.0 5000.0 6000.0 7000.0 8000.0 9000.0 10000.0
 }
 KDL
-cd "$WORK/sweep"
-"$TEMPER" --store "$WORK/store1" plan recipe.kdl > "$WORK/plan.txt"
-variants=$(grep -c '^.*tiny\[' "$WORK/plan.txt" || true)
-cold=$(best_of 1 "$TEMPER" --store "$WORK/store1b" plan recipe.kdl)
-warm=$(best_of 5 "$TEMPER" --store "$WORK/store1" plan recipe.kdl)
-printf 'plan, 1000-variant sweep (%s model instances): first %.3f s, best of 5 %.3f s  -> %.2fx of the 1 s target\n' \
-  "$variants" "$cold" "$warm" "$warm"
-
-# --- 2. fully cached rerun of the quickstart -------------------------------------------------
 cp -r "$ROOT/examples" "$WORK/qs"
-cd "$WORK/qs"
-t0=$(now); "$TEMPER" --store "$WORK/store2" run quickstart.kdl -q >/dev/null 2>&1; t1=$(now)
-first=$(elapsed "$t0" "$t1")
-cached=$(best_of 5 "$TEMPER" --store "$WORK/store2" run quickstart.kdl -q)
-printf 'quickstart: first run %.2f s, fully cached rerun best of 5 %.3f s  -> %.2fx of the 1 s target\n' \
-  "$first" "$cached" "$cached"
+
+echo "median of $ROUNDS rounds, binaries alternated; new = $TEMPER${BASE:+, baseline = $BASE}"
+case_ "plan quickstart.kdl" 0.05 "$WORK/qs" plan quickstart.kdl
+case_ "plan, 1000-variant sweep" 0.3 "$WORK/sweep" plan recipe.kdl
+case_ "check quickstart.kdl" 0.05 "$WORK/qs" check quickstart.kdl
+case_ "kinds" 0.05 "$WORK/qs" kinds

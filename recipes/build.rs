@@ -1,6 +1,8 @@
-//! Makes the `temper` binary find libtorch without LD_LIBRARY_PATH (an rpath to the libtorch
-//! torch-sys built against) and keeps `libtorch_cuda` linked despite `--as-needed`, so CUDA is
-//! available whenever the libtorch has it.
+//! Makes this package's binaries — the `temper-worker` process and the test executables — find
+//! libtorch without LD_LIBRARY_PATH (an rpath to the libtorch torch-sys built against) and keeps
+//! `libtorch_cuda` linked despite `--as-needed`, so CUDA is available whenever the libtorch has
+//! it. (`rustc-link-arg` covers every linked target of the package, `-bins` only would leave the
+//! tests without the rpath.)
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {

@@ -204,7 +204,7 @@ def disk_full(size_mb: int) -> None:
 def fuzz(seconds: int) -> None:
     env = dict(os.environ, TEMPER_FUZZ_SECS=str(seconds))
     r = subprocess.run(
-        ["cargo", "test", "--release", "-p", "temper-dsl", "--test", "prop", "fuzz", "--",
+        ["cargo", "test", "--release", "-p", "temper-dsl", "--test", "all", "fuzz", "--",
          "--nocapture"], cwd=ROOT, env=env)
     if r.returncode != 0:
         sys.exit("fuzz: failed")

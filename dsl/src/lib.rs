@@ -23,7 +23,7 @@ mod overrides;
 mod parse;
 pub mod recipe;
 mod recognize;
-mod record;
+mod record_param;
 mod refs;
 mod repeat;
 mod scan;

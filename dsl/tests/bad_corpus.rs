@@ -1,7 +1,7 @@
 //! The bad-recipe corpus (`tests/bad/recipes/*.kdl`) through `dsl::load` with the test
 //! registry: each file yields the expected number of errors and a key phrase, never a panic,
 //! and renders deterministically. (The e2e harness snapshots `temper check` on the same files.)
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -152,13 +152,18 @@ const EXPECT: &[(&str, usize, &str)] = &[
     ),
     // The test registry has no `cpt` kind (the e2e snapshot checks the real one).
     ("60-adam-eps-zero.kdl", 1, "unknown node kind `cpt`"),
+    (
+        "61-device-typo.kdl",
+        2,
+        "device `cuda:9` requested but this machine has 2 CUDA device(s)",
+    ),
 ];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bad/recipes")
 }
 
-/// `--set` arguments and load options (`--untrusted`, `--max-variants N`) from a first-line
+/// `--set` arguments and load options (`--untrusted`, `--max-variants N`, `--cuda-devices N`) from a first-line
 /// comment `// args: --set a.b=1 --untrusted`.
 fn args(text: &str) -> (Vec<String>, dsl::LoadOptions) {
     let mut opts = dsl::LoadOptions::default();
@@ -171,6 +176,9 @@ fn args(text: &str) -> (Vec<String>, dsl::LoadOptions) {
     };
     let words: Vec<&str> = rest.split_whitespace().collect();
     opts.untrusted = words.contains(&"--untrusted");
+    for w in words.windows(2).filter(|w| w[0] == "--cuda-devices") {
+        opts.cuda_devices = Some(w[1].parse().unwrap());
+    }
     for w in words.windows(2).filter(|w| w[0] == "--max-variants") {
         opts = opts.with_max_variants(w[1].parse().unwrap());
     }

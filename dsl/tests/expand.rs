@@ -1,5 +1,5 @@
 //! Sweep expansion: shared upstream instances, grids, zips, swept references, speed.
-mod common;
+use crate::common;
 
 use dsl::{expand, load_str, Expanded, Value};
 use std::fs;

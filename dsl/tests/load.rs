@@ -1,6 +1,5 @@
 //! Parsing and validation: every language rule, on recipes in temp directories.
-mod common;
-mod hostile;
+use crate::common;
 
 use dsl::{load, load_str, Diagnostics, Recipe, Value};
 use std::fs;

@@ -1,8 +1,7 @@
 //! Property: reordering properties, children and nodes, choosing property or child form,
 //! reformatting whitespace and adding comments never changes the validated parameters (the
-//! runner's key stability builds on this). Also the DSL fuzzer (`fuzz`, below).
-mod common;
-mod fuzz;
+//! runner's key stability builds on this). The DSL fuzzer is the `fuzz` module.
+use crate::common;
 
 use dsl::{load_str, Value};
 use proptest::prelude::*;

@@ -1,6 +1,6 @@
 //! `repeat N ALIAS=NAME… { … }`: expansion into ordinary chained nodes, aliases for the first
 //! iteration, overrides and sweeps on expanded nodes, and diagnostics for bad blocks.
-mod common;
+use crate::common;
 
 use dsl::{expand, load_str, Expanded, Recipe, Value};
 use std::fs;

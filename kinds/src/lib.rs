@@ -25,4 +25,32 @@ pub mod tokenizer;
 pub mod job;
 
 pub use common::Common;
+
+/// Every kind temper ships, by declaration (the implementations, in `recipes`, are checked
+/// against this list by a unit test there).
+pub fn schemas() -> Vec<dsl::KindSchema> {
+    vec![
+        dataset::schema(),
+        tokenizer::schema(),
+        model::schema(),
+        mixture::schema(),
+        cpt::schema(),
+        sft::schema(),
+        ref_logps::schema(),
+        dpo::schema(),
+        npo::schema(),
+        eval::schema(),
+        merge::schema(),
+        reweight::schema(),
+    ]
+}
+
+/// The DSL registry of every built-in kind: what `check`, `plan` and keys validate against.
+pub fn registry() -> dsl::Registry {
+    let mut r = dsl::Registry::new();
+    for s in schemas() {
+        r.register(s);
+    }
+    r
+}
 pub use params::{DecodeError, FromParam, Input, ParamSet, PathParam};

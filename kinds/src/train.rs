@@ -1,4 +1,4 @@
-//! Parameters shared by the training kinds (`cpt`, `sft`, `dpo`, `npo`, `kto`): the optimiser,
+//! Parameters shared by the training kinds (`cpt`, `sft`, `dpo`, `npo`): the optimiser,
 //! the schedule, the run's length, the compute dtype and checkpointing, declared once as the
 //! [`Optim`] group and checked by [`check_optim`].
 //!

@@ -1,6 +1,7 @@
 //! temper's stage implementations on libtorch (tch): one file per node kind under `kinds/`,
-//! all registered in [`stages`]. The only crate that links tch. The runner calls stages
-//! through the [`Stage`] interface and never looks inside them.
+//! all registered in [`stages`]. The only crate that links tch. Stages run in the worker
+//! ([`worker`], the `temper-worker` binary), which the runner drives through the job contract
+//! (`kinds::job`); nothing else looks inside them.
 
 pub mod arch;
 pub mod data;
@@ -11,10 +12,12 @@ pub mod kinds;
 pub mod llama_init;
 pub mod merge;
 pub mod pref;
+pub mod prologue;
 pub mod stage;
 pub mod tok;
 pub mod train;
 pub mod trainer;
+pub mod worker;
 
 pub use stage::{
     CancelToken, Checkpoints, InputArtifact, MetricsSink, NoProgress, Progress, Stage, StageCtx,
@@ -39,11 +42,20 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
     ]
 }
 
-/// The DSL registry built from [`stages`].
+/// The DSL registry of the built-in kinds ([`kinds::registry`]: the declarations the front
+/// validates against; [`stages`] implements each of them, as a unit test checks).
 pub fn registry() -> dsl::Registry {
-    let mut r = dsl::Registry::new();
-    for s in stages() {
-        r.register(s.schema());
+    ::kinds::registry()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every declared kind has an implementation, with the same schema, and nothing else.
+    #[test]
+    fn stages_implement_the_declared_kinds() {
+        let declared: Vec<(&str, u32)> = ::kinds::schemas().iter().map(|s| (s.name, s.version)).collect();
+        let implemented: Vec<(&str, u32)> =
+            super::stages().iter().map(|s| { let k = s.schema(); (k.name, k.version) }).collect();
+        assert_eq!(declared, implemented);
     }
-    r
 }

@@ -1,13 +1,18 @@
 //! The executor: runs the uncached instances of a plan in dependency order, independent ones in
-//! parallel (up to `jobs`, on std threads), and publishes each result atomically.
+//! parallel (up to `jobs`), each in a worker ([`kinds::job`]): a `temper-worker` process by
+//! default, started through the [`Kinds`]' launcher.
 //!
-//! Per instance: a `Running` record (pid, run id), the log file `store.log_path(key)`, a
-//! [`StageCtx`] with `work_dir = store.work_dir(key)` and an empty `out_dir = work_dir/out`, the
-//! metrics sink `work_dir/metrics.jsonl` (copied into the artifact), a resolved device; then
-//! `store.publish` and `set_last_key`. A failing node is recorded `Failed` with its error and its
-//! dependents are skipped; without `keep_going` no node starts after a failure. A cancelled
-//! stage (Ctrl-C) is recorded `Cancelled`, never `Done`. Panics in stages become failures.
-//! Store access happens on the scheduling thread only; workers just run stages.
+//! Per instance the front writes a `Running` record (pid, run id), opens the log file
+//! `store.log_path(key)`, empties the staging dir `work_dir/out`, resolves a device and hands a
+//! [`Job`] to an idle worker (starting one while fewer than `jobs` run; a worker serves jobs one
+//! at a time, so a DAG of many small nodes pays the libtorch start-up once per worker, not once
+//! per node). A reader thread per worker re-emits the worker's log events inside the node's span
+//! (so [`nodelog`] keeps writing node logs and the terminal shows them) and drives its bar; the
+//! worker's end event, or its death, finishes the node. On success the worker has published
+//! (`Store::complete`); the front records failures (dependents are skipped; without
+//! `keep_going` no node starts after a failure) and cancellations (Ctrl-C: SIGTERM to the
+//! running workers, which checkpoint and stop; recorded `Cancelled`, never `Done`).
+//! Store bookkeeping of the front happens on the scheduling thread only.
 
 use crate::device::Devices;
 use crate::plan::{self, Entry, Loaded, Plan, State};
@@ -15,8 +20,9 @@ pub use crate::report::{Control, Outcome, RunOptions, RunReport, UsageError};
 use crate::Kinds;
 use crate::{nodelog, progress};
 use anyhow::{anyhow, Context, Result};
-use recipes::{CancelToken, InputArtifact, MetricsSink, StageCtx, StageError};
+use kinds::job::{End, Event, InputArtifact, Job, Launcher, WorkerControl};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, Write};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -78,10 +84,12 @@ enum Start {
     Failed,
 }
 
-/// A finished stage, sent from its worker thread.
+/// A finished job, sent by the reader thread of the worker that ran it.
 struct Finished {
     pos: usize,
-    result: Result<serde_json::Value, StageError>,
+    worker: usize,
+    /// The worker's end event, or how the worker died without one.
+    end: std::result::Result<End, String>,
 }
 
 /// Loads nothing: runs `loaded` with `kinds` on `store`. Takes the run lock (waiting or failing
@@ -190,6 +198,7 @@ impl Executor<'_> {
             by_key.entry(entries[i].key.as_str()).or_default().push(i);
         }
         let (tx, rx) = mpsc::channel::<Finished>();
+        let mut pool = Pool::new(self.kinds.launcher.clone(), tx);
         let mut running: HashSet<usize> = HashSet::new();
         let mut stop = false;
         let jobs = self.opts.jobs.max(1);
@@ -251,7 +260,7 @@ impl Executor<'_> {
                 } else if blocked || stop || running.len() >= jobs {
                     still.push(i);
                 } else {
-                    match self.start(i, &tx)? {
+                    match self.start(i, &mut pool)? {
                         Start::Started => {
                             running.insert(i);
                         }
@@ -276,7 +285,7 @@ impl Executor<'_> {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(f) => {
                     running.remove(&f.pos);
-                    let failed = self.finish(f)?;
+                    let failed = self.finish(f, &mut pool)?;
                     if failed && !self.opts.keep_going {
                         stop = true;
                     }
@@ -293,8 +302,17 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Prepares and spawns instance `i`.
-    fn start(&mut self, i: usize, tx: &mpsc::Sender<Finished>) -> Result<Start> {
+    /// Records node `i` as failed with `msg` before it could start.
+    fn fail_to_start(&mut self, i: usize, msg: String, pooled: Option<usize>) -> Result<Start> {
+        self.record_failure(i, &msg).ok();
+        self.outcomes[i] = Some(Outcome::Failed(msg));
+        self.devices.give(pooled);
+        self.device_of.remove(&i);
+        Ok(Start::Failed)
+    }
+
+    /// Prepares instance `i` and hands it to a worker.
+    fn start(&mut self, i: usize, pool: &mut Pool) -> Result<Start> {
         let e: &Entry = &self.plan.entries[i];
         let inst = self
             .plan
@@ -311,30 +329,16 @@ impl Executor<'_> {
         let (device, pooled) = match self.devices.take(&want) {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(Start::Wait),
-            Err(msg) => {
-                let msg = format!("node {}: {msg}", e.id);
-                self.record_failure(i, &msg)?;
-                self.outcomes[i] = Some(Outcome::Failed(msg));
-                return Ok(Start::Failed);
-            }
+            Err(msg) => return self.fail_to_start(i, format!("node {}: {msg}", e.id), None),
         };
         self.device_of.insert(i, pooled);
-        let Some(stage) = self.kinds.stage(&e.kind) else {
+        if self.kinds.registry.get(&e.kind).is_none() {
             let msg = format!("node {}: kind `{}` has no implementation", e.id, e.kind);
-            self.record_failure(i, &msg)?;
-            self.outcomes[i] = Some(Outcome::Failed(msg));
-            self.devices.give(pooled);
-            self.device_of.remove(&i);
-            return Ok(Start::Failed);
-        };
+            return self.fail_to_start(i, msg, pooled);
+        }
         let store = self.store;
         if let Err(err) = store.ensure_space(0, &format!("starting node {}", e.id)) {
-            let msg = format!("node {}: {err}", e.id);
-            self.record_failure(i, &msg).ok();
-            self.outcomes[i] = Some(Outcome::Failed(msg));
-            self.devices.give(pooled);
-            self.device_of.remove(&i);
-            return Ok(Start::Failed);
+            return self.fail_to_start(i, format!("node {}: {err}", e.id), pooled);
         }
         let record = self.new_record(e);
         store
@@ -378,57 +382,42 @@ impl Executor<'_> {
                 },
             );
         }
-        let cancel = CancelToken::new();
-        self.control.register(&e.id, cancel.clone());
-        let span = progress::node_span(&e.id);
-        let ctx = StageCtx {
+        let job = Job {
+            store: store.root().to_path_buf(),
             node: e.id.clone(),
             kind: e.kind.clone(),
             key: e.key.clone(),
+            identity: e.identity.clone(),
+            run_id: self.run_id,
             params: inst.params.clone(),
             root_dir: self.plan.loaded.recipe.root_dir.clone(),
             inputs,
             out_dir,
-            metrics: MetricsSink::new(work_dir.join("metrics.jsonl")),
-            work_dir,
-            device,
-            progress: Arc::new(progress::NodeProgress::new(span.clone())),
-            cancel,
+            work_dir: work_dir.clone(),
+            device: device.clone(),
+            threads: inst
+                .params
+                .get("threads")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0),
+            log_filter: progress::worker_log_filter(),
         };
-        let threads = inst
-            .params
-            .get("threads")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0);
-        let tx = tx.clone();
-        let id = e.id.clone();
-        std::thread::Builder::new()
-            .name(format!("node {id}"))
-            .spawn(move || {
-                let _enter = span.enter();
-                if threads > 0 {
-                    // Process-wide in libtorch: with --jobs > 1 the last node to start wins.
-                    tch::set_num_threads(threads as i32);
-                }
-                tracing::info!("running {id}");
-                test_pause(&id);
-                let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)))
-                        .unwrap_or_else(|p| {
-                            let msg = p
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| p.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "unknown panic".into());
-                            Err(StageError::Other(anyhow!("the stage panicked: {msg}")))
-                        });
-                if std::env::var("TEMPER_CRASH_AT").is_ok_and(|v| v == format!("stage:{id}")) {
-                    std::process::abort();
-                }
-                let _ = tx.send(Finished { pos: i, result });
-            })
-            .with_context(|| format!("node {}: spawning its thread", e.id))?;
-        Ok(Start::Started)
+        // The job beside its checkpoints: `temper worker <work dir>/job.json` reruns it by hand.
+        let _ = std::fs::write(work_dir.join(kinds::job::JOB_FILE), job.to_line() + "\n");
+        let assignment = Assignment {
+            pos: i,
+            node: e.id.clone(),
+            span: progress::node_span(&e.id),
+        };
+        match pool.run(&job, assignment, self.control) {
+            Ok(()) => Ok(Start::Started),
+            Err(err) => {
+                let msg = format!("node {}: starting a worker: {err:#}", e.id);
+                nodelog::line(&e.id, "ERROR", &msg);
+                nodelog::close(&e.id);
+                self.fail_to_start(i, msg, pooled)
+            }
+        }
     }
 
     /// A `Running` record of `e` started now by this run.
@@ -463,28 +452,50 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Publishes or records the result of a finished stage. Returns whether it failed.
-    fn finish(&mut self, f: Finished) -> Result<bool> {
+    /// Records the end of a finished job. Returns whether it failed.
+    fn finish(&mut self, f: Finished, pool: &mut Pool) -> Result<bool> {
         let i = f.pos;
         let e = &self.plan.entries[i];
         self.control.unregister(&e.id);
         if let Some(p) = self.device_of.remove(&i) {
             self.devices.give(p);
         }
-        let base = self
-            .store
-            .record(&e.key)?
-            .unwrap_or_else(|| self.new_record(e));
-        let outcome = match f.result {
-            Ok(summary) => match self.publish(e, base, summary) {
-                Ok(()) => Outcome::Done,
-                Err(err) => {
-                    let msg = format!("node {}: publishing failed: {err:#}", e.id);
-                    self.record_failure(i, &msg)?;
-                    Outcome::Failed(msg)
+        let end = match f.end {
+            Ok(end) => {
+                pool.done(f.worker, end == End::Cancelled);
+                end
+            }
+            Err(how) => {
+                pool.died(f.worker);
+                let mut message = format!(
+                    "the worker process died ({how}); see its log {}",
+                    self.store.log_path(&e.key).display()
+                );
+                if self.store.lookup_done(&e.key)?.is_some() {
+                    // After publishing: the artifact is complete and recorded (a rerun uses
+                    // it); the run still fails, and the record stays `Done`.
+                    message += " (after publishing its artifact, which is complete)";
+                    let msg = node_prefixed(&e.id, &message);
+                    tracing::error!("{msg}");
+                    return Ok(self.end_node(i, Outcome::Failed(msg)));
                 }
-            },
-            Err(StageError::Cancelled) => {
+                if self.control.interrupted() {
+                    End::Cancelled
+                } else {
+                    End::Error { message }
+                }
+            }
+        };
+        let outcome = match end {
+            End::Done { .. } => {
+                tracing::info!("{}: done ({})", e.id, e.short_key());
+                Outcome::Done
+            }
+            End::Cancelled => {
+                let base = self
+                    .store
+                    .record(&e.key)?
+                    .unwrap_or_else(|| self.new_record(e));
                 self.store.put_record(
                     &base.finished(store::Status::Cancelled, Some("cancelled".into())),
                 )?;
@@ -492,7 +503,7 @@ impl Executor<'_> {
                 tracing::warn!("{}: cancelled", e.id);
                 Outcome::Cancelled
             }
-            Err(StageError::User { message, hint }) => {
+            End::UserError { message, hint } => {
                 let mut msg = node_prefixed(&e.id, &message);
                 if let Some(h) = hint {
                     msg += &format!("\n  hint: {h}");
@@ -500,43 +511,28 @@ impl Executor<'_> {
                 self.record_failure(i, &msg)?;
                 Outcome::Failed(msg)
             }
-            Err(StageError::Other(err)) => {
-                let msg = node_prefixed(&e.id, &format!("{err:#}"));
+            End::Error { message } => {
+                let msg = node_prefixed(&e.id, &message);
                 self.record_failure(i, &msg)?;
                 Outcome::Failed(msg)
             }
         };
-        match &outcome {
-            Outcome::Failed(m) => nodelog::line(&e.id, "ERROR", m),
-            Outcome::Done => nodelog::line(&e.id, "INFO", "done"),
-            _ => {}
-        }
-        nodelog::close(&e.id);
-        let failed = matches!(outcome, Outcome::Failed(_));
-        self.outcomes[i] = Some(outcome);
-        Ok(failed)
+        Ok(self.end_node(i, outcome))
     }
 
-    fn publish(
-        &self,
-        e: &Entry,
-        base: store::NodeRecord,
-        summary: serde_json::Value,
-    ) -> Result<()> {
-        let work = self.store.work_dir(&e.key);
-        let staging = self.store.staging_dir(&e.key);
-        let metrics = work.join("metrics.jsonl");
-        let dst = staging.join("metrics.jsonl");
-        if metrics.is_file() && !dst.exists() {
-            std::fs::copy(&metrics, &dst)
-                .with_context(|| format!("copying {} into the artifact", metrics.display()))?;
+    /// Writes the last line of node `i`'s log, closes it and keeps the outcome. Returns
+    /// whether the node failed.
+    fn end_node(&mut self, i: usize, outcome: Outcome) -> bool {
+        let id = &self.plan.entries[i].id;
+        match &outcome {
+            Outcome::Failed(m) => nodelog::line(id, "ERROR", m),
+            Outcome::Done => nodelog::line(id, "INFO", "done"),
+            _ => {}
         }
-        let mut rec = base.finished(store::Status::Done, None);
-        rec.summary = summary;
-        self.store.publish(&e.key, &staging, rec)?;
-        self.store.set_last_key(&e.identity, &e.key)?;
-        tracing::info!("{}: done ({})", e.id, e.short_key());
-        Ok(())
+        nodelog::close(id);
+        let failed = matches!(outcome, Outcome::Failed(_));
+        self.outcomes[i] = Some(outcome);
+        failed
     }
 }
 
@@ -551,17 +547,228 @@ fn node_prefixed(id: &str, message: &str) -> String {
     }
 }
 
-/// Test hook: `TEMPER_PAUSE_AT=stage:<instance id>:<ms>` sleeps before that stage runs, so
-/// end-to-end tests can observe a run in progress (lock holder, read-only commands, kills).
-fn test_pause(id: &str) {
-    let Ok(v) = std::env::var("TEMPER_PAUSE_AT") else {
-        return;
-    };
-    if let Some((target, ms)) = v.rsplit_once(':') {
-        if target == format!("stage:{id}") {
-            if let Ok(ms) = ms.parse::<u64>() {
-                std::thread::sleep(std::time::Duration::from_millis(ms));
+/// What a worker's reader thread needs to know about the job it reports on.
+struct Assignment {
+    pos: usize,
+    /// Instance id (whose node log the worker's node-log-only lines go to).
+    node: String,
+    /// The node's span: the worker's log events are re-emitted inside it.
+    span: tracing::Span,
+}
+
+/// A started worker, as the scheduler sees it.
+struct Slot {
+    id: usize,
+    jobs: Box<dyn Write + Send>,
+    assign: mpsc::Sender<Assignment>,
+    control: Arc<dyn WorkerControl>,
+    busy: bool,
+    /// The device of its last job (a worker keeps a CUDA context and cached memory there).
+    last_device: Option<String>,
+}
+
+/// The workers of a run: an idle one takes the next job (one whose last job ran on the same
+/// device, or on the CPU, first); a new one starts when none fits; the executor keeps at most
+/// `jobs` busy, so at most `jobs` live. A worker that died, or whose job was cancelled, is
+/// retired. Dropping the pool closes every worker's job stream (idle workers exit), kills
+/// the busy ones (only when the run stopped on an error) and reaps them all.
+struct Pool {
+    launcher: Arc<dyn Launcher>,
+    tx: mpsc::Sender<Finished>,
+    slots: Vec<Slot>,
+    retired: Vec<Arc<dyn WorkerControl>>,
+    next: usize,
+}
+
+impl Pool {
+    fn new(launcher: Arc<dyn Launcher>, tx: mpsc::Sender<Finished>) -> Pool {
+        Pool {
+            launcher,
+            tx,
+            slots: Vec::new(),
+            retired: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// Hands `job` to a worker (an idle one, else a new one) and registers it with `control`.
+    fn run(&mut self, job: &Job, a: Assignment, control: &Control) -> Result<()> {
+        let line = job.to_line() + "\n";
+        let mut a = Some(a);
+        for _attempt in 0..2 {
+            let k = match self.pick(&job.device) {
+                Some(k) => k,
+                None => {
+                    if let Some(k) = self.slots.iter().position(|s| !s.busy) {
+                        // Idle, but on another device: replace it by a fresh worker.
+                        self.retire(k);
+                    }
+                    self.spawn()?
+                }
+            };
+            let slot = &mut self.slots[k];
+            control.register(&job.node, slot.control.clone());
+            if slot
+                .jobs
+                .write_all(line.as_bytes())
+                .and_then(|_| slot.jobs.flush())
+                .is_err()
+            {
+                // It died while idle: replace it and try once more.
+                control.unregister(&job.node);
+                self.retire(k);
+                continue;
             }
+            slot.busy = true;
+            slot.last_device = Some(job.device.clone());
+            let _ = slot.assign.send(a.take().expect("assigned once"));
+            return Ok(());
+        }
+        Err(anyhow!("the worker process died before it took the job"))
+    }
+
+    /// An idle live worker for `device`: same device first, then one that only used the CPU.
+    fn pick(&mut self, device: &str) -> Option<usize> {
+        let dead: Vec<usize> = (0..self.slots.len())
+            .filter(|&k| !self.slots[k].busy && self.slots[k].control.exited())
+            .collect();
+        for k in dead.into_iter().rev() {
+            self.retire(k);
+        }
+        let idle = |k: &usize| !self.slots[*k].busy;
+        let same = (0..self.slots.len())
+            .filter(idle)
+            .find(|&k| self.slots[k].last_device.as_deref() == Some(device));
+        same.or_else(|| {
+            (0..self.slots.len())
+                .filter(idle)
+                .find(|&k| matches!(self.slots[k].last_device.as_deref(), None | Some("cpu")))
+        })
+    }
+
+    /// Starts a worker and its reader thread; returns its slot.
+    fn spawn(&mut self) -> Result<usize> {
+        let conn = self.launcher.start().context("starting a worker")?;
+        self.next += 1;
+        let id = self.next;
+        let (assign, assigned) = mpsc::channel::<Assignment>();
+        let tx = self.tx.clone();
+        let control = conn.control.clone();
+        let events = conn.events;
+        std::thread::Builder::new()
+            .name(format!("worker {} events", control.name()))
+            .spawn(move || read_events(events, assigned, control, id, tx))
+            .context("starting a worker's reader thread")?;
+        self.slots.push(Slot {
+            id,
+            jobs: conn.jobs,
+            assign,
+            control: conn.control,
+            busy: false,
+            last_device: None,
+        });
+        Ok(self.slots.len() - 1)
+    }
+
+    fn position(&self, id: usize) -> Option<usize> {
+        self.slots.iter().position(|s| s.id == id)
+    }
+
+    /// Worker `id` ended its job: idle again, or retired after a cancellation (it exits).
+    fn done(&mut self, id: usize, cancelled: bool) {
+        if let Some(k) = self.position(id) {
+            self.slots[k].busy = false;
+            if cancelled {
+                self.retire(k);
+            }
+        }
+    }
+
+    /// Worker `id` died (its reader thread has reaped it).
+    fn died(&mut self, id: usize) {
+        if let Some(k) = self.position(id) {
+            self.slots.remove(k);
+        }
+    }
+
+    /// Closes slot `k`'s job stream (an idle worker exits) and keeps it to reap.
+    fn retire(&mut self, k: usize) {
+        let slot = self.slots.remove(k);
+        self.retired.push(slot.control);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for slot in self.slots.drain(..) {
+            if slot.busy {
+                slot.control.kill();
+            }
+            self.retired.push(slot.control);
+        }
+        for w in self.retired.drain(..) {
+            w.wait();
+        }
+    }
+}
+
+/// A worker's reader thread: for each job assigned, re-emits the worker's events inside the
+/// node's span until the job's end event, then reports it; at EOF (the worker died) reaps the
+/// worker and reports how it ended. Ends when the pool drops the worker or it dies.
+fn read_events(
+    mut events: Box<dyn BufRead + Send>,
+    assigned: mpsc::Receiver<Assignment>,
+    control: Arc<dyn WorkerControl>,
+    worker: usize,
+    tx: mpsc::Sender<Finished>,
+) {
+    let mut buf = Vec::new();
+    while let Ok(a) = assigned.recv() {
+        let progress = progress::NodeProgress::new(a.span.clone());
+        let end = {
+            let _enter = a.span.enter();
+            loop {
+                buf.clear();
+                match events.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(_) => {}
+                }
+                let line = String::from_utf8_lossy(&buf);
+                match Event::parse(&line) {
+                    Some(Event::Log {
+                        level,
+                        target,
+                        message,
+                    }) if target == kinds::job::NODE_LOG_TARGET => {
+                        nodelog::line(&a.node, &level, &message)
+                    }
+                    Some(Event::Log {
+                        level,
+                        target,
+                        message,
+                    }) => progress::forward(&level, &target, &message),
+                    Some(Event::Progress(p)) => progress.apply(p),
+                    Some(Event::End(end)) => break Some(end),
+                    None if line.trim().is_empty() => {}
+                    None => tracing::warn!("worker {}: {}", control.name(), line.trim_end()),
+                }
+            }
+        };
+        let end = match end {
+            Some(end) => Ok(end),
+            None => Err(control.wait()),
+        };
+        let dead = end.is_err();
+        if tx
+            .send(Finished {
+                pos: a.pos,
+                worker,
+                end,
+            })
+            .is_err()
+            || dead
+        {
+            return;
         }
     }
 }

@@ -4,50 +4,38 @@
 //!
 //! The path of a recipe: [`plan::load`] (dsl: parse, validate, expand) → [`keys`] (a key tree
 //! and blake3 key per instance, inputs first) → [`plan::plan`] (state and reasons from the
-//! store) → [`exec::run`] (run lock, re-plan, execute, publish). Everything takes a [`Kinds`]
-//! (registry + stage implementations) so tests can run on kinds of their own.
+//! store) → [`exec::run`] (run lock, re-plan, execute; workers run the stages and publish).
+//! Everything takes a [`Kinds`] (registry + how to launch workers) so tests can run kinds of
+//! their own on in-process workers (`recipes::worker::InProcess`).
 
 pub mod cmd;
 mod device;
 pub mod diff;
 pub mod exec;
 pub mod keys;
+pub mod launch;
 pub mod nodelog;
 pub mod plan;
 pub mod progress;
 pub mod report;
 
-use recipes::Stage;
-use std::collections::HashMap;
+use kinds::job::Launcher;
 use std::sync::Arc;
 
-/// The node kinds a run can use: the DSL registry and the implementation of each kind.
+/// The node kinds a run can use: the DSL registry, and how to launch the workers that run them.
 #[derive(Clone)]
 pub struct Kinds {
     pub registry: dsl::Registry,
-    stages: HashMap<String, Arc<dyn Stage>>,
+    pub launcher: Arc<dyn Launcher>,
 }
 
 impl Kinds {
-    /// Kinds from stage implementations (the registry is built from their schemas).
-    pub fn new(stages: Vec<Box<dyn Stage>>) -> Kinds {
-        let mut registry = dsl::Registry::new();
-        let mut map = HashMap::new();
-        for s in stages {
-            let schema = s.schema();
-            map.insert(schema.name.to_string(), Arc::from(s));
-            registry.register(schema);
-        }
-        Kinds {
-            registry,
-            stages: map,
-        }
+    /// Kinds declared by `registry`, run by workers from `launcher`.
+    pub fn new(registry: dsl::Registry, launcher: Arc<dyn Launcher>) -> Kinds {
+        Kinds { registry, launcher }
     }
-    /// Every kind temper ships ([`recipes::stages`]).
+    /// Every kind temper ships, run in `temper-worker` processes.
     pub fn builtin() -> Kinds {
-        Kinds::new(recipes::stages())
-    }
-    pub fn stage(&self, kind: &str) -> Option<Arc<dyn Stage>> {
-        self.stages.get(kind).cloned()
+        Kinds::new(kinds::registry(), Arc::new(launch::Processes))
     }
 }

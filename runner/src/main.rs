@@ -16,8 +16,6 @@ fn main() -> ExitCode {
     }
     let bars = matches!(cli.command, runner::cmd::Command::Run(_)) && !cli.global.quiet;
     runner::progress::init(cli.global.verbosity(), bars);
-    // Reference libtorch so the binary links it (and, through build.rs, libtorch_cuda).
-    tracing::debug!(cuda = tch::Cuda::is_available(), "libtorch loaded");
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

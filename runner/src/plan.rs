@@ -423,7 +423,7 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
         let inst = &loaded.expanded.instances[order[pos]];
         let rec = records[pos].as_ref();
         let has_ckpt = || {
-            recipes::Checkpoints::new(store.work_dir(&k.key).join("checkpoints"))
+            store::Checkpoints::new(store.work_dir(&k.key).join("checkpoints"))
                 .latest()
                 .is_some()
         };

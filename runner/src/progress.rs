@@ -8,10 +8,14 @@
 //!   [`nodelog::open`]), so logs stay per node even with `--jobs > 1`. Both the terminal and
 //!   the node logs are filtered by [`nodelog::directives`]: temper's events at the run's level,
 //!   dependencies' at WARN; node logs never go below INFO, even with `-q`.
-//! - [`NodeProgress`] is the [`recipes::Progress`] the runner hands a stage: it drives the bar of
-//!   the node's span (a no-op when no bars are shown).
+//! - A node's stage runs in a worker process; the executor re-emits the worker's log events
+//!   inside the node's span ([`forward`]), so the node log and the terminal treat them as if the
+//!   stage ran here, and drives the node's bar from its progress events ([`NodeProgress`], a
+//!   no-op when no bars are shown).
 
 use crate::nodelog;
+use kinds::job;
+use std::sync::OnceLock;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Span, Subscriber};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
@@ -104,6 +108,7 @@ pub fn init(verbosity: i8, bars: bool) -> bool {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(nodelog::directives(v)))
     };
+    let _ = NODE_LOG_FILTER.set(node_log_filter(verbosity));
     let node_logs = NodeLogLayer.with_filter(filter_for(verbosity.max(0)));
     let bars = bars && std::io::stderr().is_terminal();
     // With bars, per-step lines would scroll them away: the bar shows the loss instead.
@@ -111,7 +116,7 @@ pub fn init(verbosity: i8, bars: bool) -> bool {
         let d = format!(
             "{},{}=warn",
             nodelog::directives(verbosity),
-            recipes::trainer::STEP_TARGET
+            job::STEP_TARGET
         );
         tracing_subscriber::EnvFilter::new(d)
     } else {
@@ -166,17 +171,53 @@ impl NodeProgress {
     }
 }
 
-impl recipes::Progress for NodeProgress {
-    fn set_length(&self, total: u64) {
-        self.span.pb_set_length(total);
+impl NodeProgress {
+    /// Applies a worker's progress event to the bar.
+    pub fn apply(&self, p: job::Progress) {
+        match p {
+            job::Progress::SetLength(n) => self.span.pb_set_length(n),
+            job::Progress::SetPosition(n) => self.span.pb_set_position(n),
+            job::Progress::Inc(n) => self.span.pb_inc(n),
+            job::Progress::SetMessage(m) => self.span.pb_set_message(&m),
+        }
     }
-    fn set_position(&self, pos: u64) {
-        self.span.pb_set_position(pos);
+}
+
+/// The node-log filter's directives for a verbosity: `RUST_LOG` when set, else
+/// [`nodelog::directives`] (never below INFO).
+fn node_log_filter(verbosity: i8) -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| nodelog::directives(verbosity.max(0)))
+}
+
+static NODE_LOG_FILTER: OnceLock<String> = OnceLock::new();
+
+/// The directives a worker filters its log events with: the node-log filter [`init`] set up
+/// (INFO's when `init` was not called).
+pub fn worker_log_filter() -> String {
+    NODE_LOG_FILTER
+        .get()
+        .cloned()
+        .unwrap_or_else(|| node_log_filter(0))
+}
+
+/// Re-emits a worker's log event here, inside the current (node) span: the trainer's step
+/// lines under [`job::STEP_TARGET`] (the terminal hides them behind bars), everything else
+/// under [`job::WORKER_TARGET`] (already filtered by the worker).
+pub fn forward(level: &str, target: &str, message: &str) {
+    macro_rules! emit {
+        ($t:expr) => {
+            match level {
+                "ERROR" => tracing::error!(target: $t, "{message}"),
+                "WARN" => tracing::warn!(target: $t, "{message}"),
+                "INFO" => tracing::info!(target: $t, "{message}"),
+                "DEBUG" => tracing::debug!(target: $t, "{message}"),
+                _ => tracing::trace!(target: $t, "{message}"),
+            }
+        };
     }
-    fn inc(&self, delta: u64) {
-        self.span.pb_inc(delta);
-    }
-    fn set_message(&self, msg: &str) {
-        self.span.pb_set_message(msg);
+    if target.starts_with(job::STEP_TARGET) {
+        emit!(job::STEP_TARGET)
+    } else {
+        emit!(job::WORKER_TARGET)
     }
 }

@@ -1,7 +1,7 @@
 //! What a run reports: the options it takes, the control a Ctrl-C handler shares with it, and
 //! the outcome of every requested instance.
 
-use recipes::CancelToken;
+use kinds::job::WorkerControl;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,48 +32,48 @@ impl Default for RunOptions {
     }
 }
 
-/// Shared between the executor and a Ctrl-C handler.
+/// Shared between the executor and a Ctrl-C handler: the workers running a node, by instance id.
 #[derive(Default)]
 pub struct Control {
     interrupts: AtomicUsize,
-    tokens: Mutex<HashMap<String, CancelToken>>,
+    workers: Mutex<HashMap<String, Arc<dyn WorkerControl>>>,
 }
 
 impl Control {
     pub fn new() -> Arc<Control> {
         Arc::new(Control::default())
     }
-    /// Registers one interrupt: cancels every running stage and stops new ones from starting.
-    /// Returns how many interrupts there have been (the caller exits at the second).
+    /// Registers one interrupt: asks every running worker to checkpoint and stop (SIGTERM) and
+    /// stops new nodes from starting. Returns how many interrupts there have been (the caller
+    /// calls [`Control::kill_all`] and exits at the second).
     pub fn interrupt(&self) -> usize {
         let n = self.interrupts.fetch_add(1, Ordering::SeqCst) + 1;
-        for t in self
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
-            t.cancel();
+        for w in self.lock().values() {
+            w.cancel();
         }
         n
+    }
+    /// Ends every running worker at once (SIGKILL): the second Ctrl-C.
+    pub fn kill_all(&self) {
+        for w in self.lock().values() {
+            w.kill();
+        }
     }
     pub fn interrupted(&self) -> bool {
         self.interrupts.load(Ordering::SeqCst) > 0
     }
-    pub(crate) fn register(&self, id: &str, t: CancelToken) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn WorkerControl>>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Node `id` runs on `w` (cancelled at once when the run was already interrupted).
+    pub(crate) fn register(&self, id: &str, w: Arc<dyn WorkerControl>) {
         if self.interrupted() {
-            t.cancel();
+            w.cancel();
         }
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), t);
+        self.lock().insert(id.to_string(), w);
     }
     pub(crate) fn unregister(&self, id: &str) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.lock().remove(id);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Key stability, both ways: what must not change a key, and what must.
 
-mod common;
+use crate::common;
 
 use common::{kinds, Project};
 use dsl::{KindSchema, ParamSpec, ParamType, Value};
@@ -251,7 +251,7 @@ impl Stage for Evolving {
 }
 
 fn evo_kinds(version: u32, with_extra: bool) -> Kinds {
-    Kinds::new(vec![
+    common::kinds_of(vec![
         Box::new(Evolving {
             version,
             with_extra,
@@ -325,6 +325,24 @@ fn golden_keys_builtin_kinds() {
         &dir.join("builtin.kdl"),
         &dir.join("builtin.keys"),
     );
+}
+
+/// Golden digests of every built-in kind, most parameters away from their defaults (every merge
+/// method, every dpo loss, every eval metric, record and list parameters): refactoring a kind
+/// must leave its keys alone.
+#[test]
+fn golden_keys_every_builtin_kind() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let k = Kinds::builtin();
+    check_golden(&k, &dir.join("kinds.kdl"), &dir.join("kinds.keys"));
+    // Every kind is covered.
+    let text = std::fs::read_to_string(dir.join("kinds.kdl")).unwrap();
+    for kind in k.registry.kinds().map(|s| s.name) {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{kind} "))),
+            "golden/kinds.kdl has no `{kind}` node"
+        );
+    }
 }
 
 fn check_golden(k: &Kinds, recipe: &Path, expected: &Path) {
@@ -420,7 +438,7 @@ impl Stage for Trains {
 #[test]
 fn dtype_auto_enters_the_key_as_the_resolved_dtype() {
     let p = Project::new();
-    let k = Kinds::new(vec![Box::new(Trains)]);
+    let k = common::kinds_of(vec![Box::new(Trains)]);
     let auto_cpu = keys_in(&k, p.path(), "trains t device=cpu");
     let f32 = keys_in(&k, p.path(), "trains t dtype=f32 device=cpu");
     let bf16_cuda = keys_in(&k, p.path(), "trains t device=cuda:0");

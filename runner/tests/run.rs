@@ -1,6 +1,6 @@
 //! Plan reasons and the executor, on tiny fake kinds registered by the test.
 
-mod common;
+use crate::common;
 
 use common::{kinds, load, Project};
 use runner::exec::{self, Control, Outcome, RunOptions};
@@ -369,18 +369,28 @@ fn no_wait_fails_at_once_naming_the_holder() {
 #[test]
 fn device_requests_are_checked() {
     let p = Project::new();
+    // The syntax is checked when the recipe loads, with the location.
     let r = p.write("r.kdl", "src s text=\"x\" device=\"tpu\"\n");
-    let rep = run(&p, &r, &[]);
-    match rep.outcome("s") {
-        Some(Outcome::Failed(m)) => assert!(m.contains("unknown device `tpu`"), "{m}"),
+    let err = runner::plan::load(&r, &common::kinds().registry, &[])
+        .err()
+        .expect("an unknown device is a recipe error")
+        .to_string();
+    assert!(err.contains("unknown device `tpu`") && err.contains("r.kdl:1:"), "{err}");
+    // A device this machine lacks: a recipe error when the machine is known (check / plan /
+    // run), and a failed node when a run gets it anyway.
+    let r = p.write("r2.kdl", "src s text=\"y\" device=\"cuda:9\"\n");
+    let opts = dsl::LoadOptions {
+        cuda_devices: Some(2),
+        ..Default::default()
+    };
+    let err = runner::plan::load_with(&r, &common::kinds().registry, &[], &opts)
+        .err()
+        .expect("cuda:9 on a machine with 2 GPUs")
+        .to_string();
+    assert!(err.contains("cuda:9") && err.contains("r2.kdl:1:"), "{err}");
+    match run(&p, &r, &[]).outcome("s") {
+        Some(Outcome::Failed(m)) => assert!(m.contains("cuda:9") && m.contains("CUDA"), "{m}"),
         o => panic!("{o:?}"),
-    }
-    if !tch::Cuda::is_available() {
-        let r = p.write("r2.kdl", "src s text=\"y\" device=\"cuda:0\"\n");
-        match run(&p, &r, &[]).outcome("s") {
-            Some(Outcome::Failed(m)) => assert!(m.contains("CUDA"), "{m}"),
-            o => panic!("{o:?}"),
-        }
     }
 }
 

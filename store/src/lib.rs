@@ -35,6 +35,7 @@
 //!   an index that looks corrupt on a nearly full disk is not rebuilt; `gc`, `unpin`,
 //!   `verify` and taking the run lock write nothing before they free space.
 
+mod checkpoints;
 mod durable;
 mod error;
 mod filehash;
@@ -46,6 +47,7 @@ mod record;
 mod runlock;
 mod space;
 
+pub use checkpoints::Checkpoints;
 pub use error::{Result, StoreError, DISK_FULL_HINT};
 pub use filehash::FileHashEntry;
 pub use gc::GcReport;

@@ -195,6 +195,37 @@ impl Store {
         Ok(manifest)
     }
 
+    /// Completes a node attempt that ran successfully: copies `work_dir/metrics.jsonl` into the
+    /// staging dir (unless the stage wrote one there), publishes the staging dir of `key` with
+    /// the attempt's record (the `Running` one the scheduler wrote before it started the stage)
+    /// finished `Done` with `summary`, and records `key` as the last one built
+    /// for `identity` (`<recipe stem>/<instance id>`). The one publish sequence every executor
+    /// (the local worker, a future cluster one) goes through.
+    pub fn complete(
+        &self,
+        key: &str,
+        identity: &str,
+        work_dir: &Path,
+        summary: serde_json::Value,
+    ) -> Result<Manifest> {
+        let staging = self.staging_dir(key);
+        let metrics = work_dir.join("metrics.jsonl");
+        let dst = staging.join("metrics.jsonl");
+        if metrics.is_file() && !dst.exists() {
+            fs::copy(&metrics, &dst)
+                .map_err(StoreError::io("copying into the artifact", &metrics))?;
+        }
+        let base = self.record(key)?.ok_or_else(|| StoreError::Publish {
+            key: key.to_string(),
+            message: "no record of this attempt (the scheduler writes one first)".into(),
+        })?;
+        let mut rec = base.finished(Status::Done, None);
+        rec.summary = summary;
+        let manifest = self.publish(key, &staging, rec)?;
+        self.set_last_key(identity, key)?;
+        Ok(manifest)
+    }
+
     /// Records `record` as `Done` for the artifact described by `manifest` (and its lineage).
     fn record_published(&self, manifest: &Manifest, record: NodeRecord) -> Result<()> {
         let mut rec = record.finished(Status::Done, None);

@@ -1,8 +1,7 @@
 //! The file-hash cache: unchanged files are read once; changed, touched or fresh files are
 //! re-read; content decides the hash.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 

@@ -1,8 +1,7 @@
 //! The index: short open/close cycles (sled's lock really released), typed trees, two processes
 //! writing concurrently, and the cost of one open/close on a store with 2,000 records.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 use store::{EffectiveStatus, Status, Store, StoreError};
 
@@ -75,8 +74,8 @@ fn threads_share_the_index_without_errors() {
 fn two_processes_write_concurrently_without_lost_updates() {
     let (_t, store) = temp_store();
     let dir = store.root().to_path_buf();
-    let a = spawn_child("counter-a", &dir, &[]);
-    let b = spawn_child("counter-b", &dir, &[]);
+    let a = spawn_child(module_path!(), "counter-a", &dir, &[]);
+    let b = spawn_child(module_path!(), "counter-b", &dir, &[]);
     // This process reads at the same time.
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(300) {

@@ -1,7 +1,6 @@
 //! verify, rebuild_index (lost and corrupt index) and gc.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::HashSet;
 use store::{Status, VerifyIssue};
 

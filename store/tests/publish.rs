@@ -1,8 +1,7 @@
 //! Atomic publish: manifest contents, crash at every publish boundary (in a child process that
 //! aborts), adoption of unrecorded artifacts, and racing publishers.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 use store::{Status, Store, MANIFEST_FILE};
 
@@ -77,7 +76,12 @@ fn crash_at_each_publish_point_leaves_no_record_or_complete_artifact() {
         let (t, store) = temp_store();
         let dir = store.root().to_path_buf();
         let k = key("crash");
-        let child = spawn_child("publish", &dir, &[("TEMPER_CRASH_AT", point)]);
+        let child = spawn_child(
+            module_path!(),
+            "publish",
+            &dir,
+            &[("TEMPER_CRASH_AT", point)],
+        );
         let st = wait_child(child, Duration::from_secs(60));
         assert!(!st.success(), "{point}: child should have aborted");
 

@@ -1,7 +1,6 @@
 //! The run lock: contention names the holder, a SIGKILLed holder never blocks, waiting works.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 use store::{Store, StoreError};
 
@@ -28,7 +27,7 @@ fn child() {
 fn contention_without_wait_names_the_holder() {
     let (_t, store) = temp_store();
     let dir = store.root().to_path_buf();
-    let child = spawn_child("hold", &dir, &[]);
+    let child = spawn_child(module_path!(), "hold", &dir, &[]);
     let pid = child.id();
     wait_for_file(&dir.join("held"), Duration::from_secs(30));
 
@@ -76,7 +75,7 @@ fn contention_without_wait_names_the_holder() {
 fn lock_of_a_killed_process_never_blocks() {
     let (_t, store) = temp_store();
     let dir = store.root().to_path_buf();
-    let mut child = spawn_child("hold", &dir, &[]);
+    let mut child = spawn_child(module_path!(), "hold", &dir, &[]);
     wait_for_file(&dir.join("held"), Duration::from_secs(30));
     assert!(store.run_lock_holder().is_some());
     // SAFETY: plain kill(2) of our own child.

@@ -326,3 +326,99 @@ fn untrusted_plan_refuses_paths_outside_the_repository_before_reading_them() {
     let trusted = p.run(&["plan", "repo/recipe.kdl"]);
     assert!(trusted.status.success(), "{}", text(&trusted));
 }
+
+/// Two independent datasets, one line of text each (distinct content, so distinct keys).
+fn two_datasets(a_extra: &str, b_extra: &str) -> Project {
+    let p = Project::new();
+    p.write("data/a.jsonl", "{\"text\": \"alpha\"}\n");
+    p.write("data/b.jsonl", "{\"text\": \"beta\"}\n");
+    p.write(
+        "recipe.kdl",
+        &format!(
+            "dataset a path=\"data/a.jsonl\" format=text {a_extra}\n\
+             dataset b path=\"data/b.jsonl\" format=text {b_extra}\n"
+        ),
+    );
+    p
+}
+
+/// The log of node `id` (the one whose start line names it).
+fn node_log(store: &Path, id: &str) -> String {
+    logs(store)
+        .into_iter()
+        .map(|(_, t)| t)
+        .find(|t| t.contains(&format!(" start {id} (kind ")))
+        .unwrap_or_else(|| panic!("no log of node {id}"))
+}
+
+/// The timestamp (`2026-11-28 21:14:03.123`, sortable as text) of the first line containing
+/// `what` in a node log.
+fn stamp<'a>(log: &'a str, what: &str) -> &'a str {
+    let l = log
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no `{what}` in:\n{log}"));
+    &l[..23]
+}
+
+#[test]
+fn nodes_run_in_worker_processes_of_their_own_each_with_its_own_threads() {
+    // `threads` used to be process-wide: with --jobs 2 the last node to start set it for both.
+    let p = two_datasets("threads=1", "threads=2");
+    // Hold `a` so `b` runs while it does.
+    let out = p
+        .cmd(&["run", "recipe.kdl", "--jobs", "2"])
+        .env("TEMPER_PAUSE_AT", "stage:a:1500")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let (a, b) = (node_log(&p.store(), "a"), node_log(&p.store(), "b"));
+    let pid_threads = |log: &str| -> (u32, u32) {
+        let l = log
+            .lines()
+            .find(|l| l.contains("worker pid ") && l.contains(" CPU threads"))
+            .unwrap_or_else(|| panic!("the worker logs its threads:\n{log}"));
+        let rest = &l[l.find("worker pid ").unwrap() + "worker pid ".len()..];
+        let (pid, rest) = rest.split_once(": ").unwrap();
+        let threads = rest.split_whitespace().next().unwrap();
+        (pid.parse().unwrap(), threads.parse().unwrap())
+    };
+    let (pa, ta) = pid_threads(&a);
+    let (pb, tb) = pid_threads(&b);
+    assert_eq!((ta, tb), (1, 2), "each node's own thread count:\n{a}\n{b}");
+    assert_ne!(pa, pb, "two worker processes:\n{a}\n{b}");
+    // At the same time: each started before the other ended.
+    let (a0, a1) = (stamp(&a, " start a "), stamp(&a, " done"));
+    let (b0, b1) = (stamp(&b, " start b "), stamp(&b, " done"));
+    assert!(a0 < b1 && b0 < a1, "a {a0}..{a1}, b {b0}..{b1}");
+}
+
+#[test]
+fn a_worker_that_aborts_fails_its_node_and_an_independent_node_beside_it_completes() {
+    let p = two_datasets("", "");
+    let out = p
+        .cmd(&["run", "recipe.kdl", "--jobs", "2", "--keep-going"])
+        .env("TEMPER_CRASH_AT", "stage:a")
+        .env("TEMPER_PAUSE_AT", "stage:b:1000")
+        .output()
+        .unwrap();
+    assert_no_panic(&out, "run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stderr.contains("node a: the worker process died (signal 6 (SIGABRT)); see its log"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout.contains(" b done"), "{}", text(&out));
+    assert!(stdout.contains("1 done, 0 cached, 1 failed"), "{}", text(&out));
+    let shown = p.ok(&["show", "recipe.kdl", "a"]);
+    assert!(shown.contains("status     failed"), "{shown}");
+    // The death is in the node's log too, and a rerun builds `a` alone.
+    assert!(node_log(&p.store(), "a").contains("the worker process died"));
+    let again = p.ok(&["run", "recipe.kdl"]);
+    assert!(again.contains("1 done, 1 cached, 0 failed"), "{again}");
+}

@@ -85,6 +85,28 @@ fn rerun_matches_reference(p: &Project, ref_dir: &Path, what: &str) {
     assert_eq!(metrics(ref_dir), metrics(&dir));
 }
 
+/// Pids of the live children of process `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|c| {
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`: comm may hold spaces, so read after the last `)`.
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            after.split_whitespace().nth(1) == Some(&pid.to_string())
+        })
+        .collect()
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start()).unwrap_or("");
+    !state.is_empty() && !state.starts_with('Z') && !state.starts_with('X')
+}
+
 #[test]
 fn kill_9_mid_training_then_rerun_is_bit_identical() {
     let reference = project();
@@ -106,10 +128,21 @@ fn kill_9_mid_training_then_rerun_is_bit_identical() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let workers = children_of(child.id());
+    assert!(!workers.is_empty(), "the cpt node runs in a worker process");
     unsafe {
         libc::kill(child.id() as i32, libc::SIGKILL);
     }
     let _ = child.wait();
+    // The workers die with their front: none is left training into the same work dir.
+    let t0 = Instant::now();
+    while workers.iter().any(|&w| alive(w)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "worker processes {workers:?} outlived their killed front"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         cpt_artifact(&p.store()).is_none(),
         "killed before the cpt node finished"
@@ -128,7 +161,12 @@ fn ctrl_c_checkpoints_and_stops_then_rerun_resumes_bit_identical() {
         cpt_artifact(&reference.store()).expect("the reference run published the cpt node");
 
     let p = project();
-    let child = p.cmd(&["run", "recipe.kdl"]).spawn().unwrap();
+    let child = p
+        .cmd(&["run", "recipe.kdl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while checkpoints(&p.store()).is_empty() {
         assert!(
@@ -151,6 +189,15 @@ fn ctrl_c_checkpoints_and_stops_then_rerun_resumes_bit_identical() {
         cpt_artifact(&p.store()).is_none(),
         "an interrupted node is never published"
     );
+    // The front forwarded the Ctrl-C to the node's worker, which checkpointed and stopped.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines().any(|l| l.ends_with(" domain cancelled")),
+        "{}",
+        text(&out)
+    );
+    let shown = p.ok(&["show", "recipe.kdl", "domain"]);
+    assert!(shown.contains("status     cancelled"), "{shown}");
     let plan = p.ok(&["plan", "recipe.kdl"]);
     let line = plan.lines().find(|l| l.contains("domain")).unwrap();
     assert!(line.contains("incomplete"), "{plan}");

@@ -11,7 +11,7 @@
 //! `$CARGO_TARGET_TMPDIR/temper-fuzz/run-PID/fail-N.kdl` and the test fails listing them. Before
 //! each run the input is written to `…/run-PID/repo/sub/main.kdl`: after a hard abort that file
 //! is the culprit. `TEMPER_FUZZ_SECS` (default 5) sets the duration, `TEMPER_FUZZ_SEED` the seed;
-//! the campaign runs `TEMPER_FUZZ_SECS=600 cargo test --release -p temper-dsl --test prop fuzz
+//! the campaign runs `TEMPER_FUZZ_SECS=600 cargo test --release -p temper-dsl --test all fuzz
 //! -- --nocapture`.
 
 use crate::common;

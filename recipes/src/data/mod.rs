@@ -37,10 +37,21 @@ pub enum Format {
     Preference,
 }
 
+impl From<kinds::dataset::Format> for Format {
+    fn from(f: kinds::dataset::Format) -> Self {
+        use kinds::dataset::Format as F;
+        match f {
+            F::Text => Format::Text,
+            F::Messages => Format::Messages,
+            F::PromptCompletion => Format::PromptCompletion,
+            F::Preference => Format::Preference,
+        }
+    }
+}
+
 impl Format {
-    /// Every format's name as written in recipes.
-    pub const NAMES: &'static [&'static str] =
-        &["text", "messages", "prompt-completion", "preference"];
+    /// Every format's name as written in recipes (declared by `kinds::dataset::Format`).
+    pub const NAMES: &'static [&'static str] = kinds::dataset::Format::NAMES;
 
     pub fn parse(s: &str) -> Option<Format> {
         Some(match s {

@@ -16,9 +16,12 @@
 //!   for the short completions exact-match scores.
 //! - [`pref::preference_scores`]: held-out preference accuracy and margin of tokenised pairs.
 //! - [`report`]: the result rows' table (what the `eval` node logs and `temper show` prints).
+//! - [`score`]: one model on one dataset → a result row (loss, exact-match or preference
+//!   accuracy), the unit the `eval` node repeats.
 
 pub mod pref;
 pub mod report;
+pub mod score;
 
 use crate::arch::{AttnMask, HfModel};
 use crate::train::examples::Example;

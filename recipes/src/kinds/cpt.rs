@@ -18,234 +18,206 @@
 //! Batch: `batch-size` sequences per micro-batch, or `batch-tokens` (`⌊batch-tokens / seq-len⌋`
 //! sequences); `grad-accum` micro-batches per optimizer step.
 
-use super::mixture::{read_domains, read_mixture, MIXTURE_FILE};
 use crate::data::{read_normalized, Format, Record};
-use crate::stage::{Stage, StageCtx, StageError};
-use crate::tok::TokenizerDir;
+use crate::prologue::{self, Start};
+use crate::stage::{InputArtifact, Kind, StageCtx, StageError};
 use crate::train::examples::{Encoder, LossOn};
+use crate::train::mixture::{read_domains, read_mixture, MIXTURE_FILE};
 use crate::train::pack::{cpt_batch, Batch, CptPacker, PackerState};
 use crate::train::stream::{Budget, MixtureStream, StreamSource, StreamState};
-use crate::trainer::params::{self, int};
+use crate::trainer::output::write_output;
+use crate::trainer::params::{self, DEFAULT_EPOCHS};
 use crate::trainer::{lm, train, LossOut, Objective};
 use anyhow::Context;
-use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
+use dsl::KindSchema;
+use kinds::cpt::Params;
 use serde_json::{json, Value as J};
 
 /// The `cpt` kind.
 pub struct Cpt;
 
-impl Stage for Cpt {
+impl Kind for Cpt {
+    type Params = Params;
+
     fn schema(&self) -> KindSchema {
-        KindSchema::new("cpt", 1, "model")
-            .doc("Continued pre-training: documents packed into blocks of `seq-len` tokens, causal-LM loss on every token.")
-            .param(ParamSpec::new("model", ParamType::Ref(&["model"])).doc("the model to train"))
-            .param(ParamSpec::new("data", ParamType::Ref(&["dataset", "mixture"])).doc("a text dataset or a mixture of them"))
-            .param(ParamSpec::new("tokenizer", ParamType::Ref(&["tokenizer", "model"])).optional().doc("default: the model's tokenizer files"))
-            .param(ParamSpec::new("seq-len", int(2)).default(Value::Int(1024)).doc("tokens per block"))
-            .param(ParamSpec::new("tokens", int(1)).optional().doc("token budget (ends the stream)"))
-            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("sequences per micro-batch"))
-            .param(ParamSpec::new("batch-tokens", int(1)).optional().doc("tokens per micro-batch (instead of batch-size)"))
-            .params(params::optim_params())
-            .check(check)
+        kinds::cpt::schema()
     }
 
-    fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {
-        run(ctx)
-    }
-}
-
-fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let mut out = Vec::new();
-    params::check_optim(n, &mut out);
-    let issue = |p: &str, m: &str| ParamIssue {
-        param: Some(p.into()),
-        message: m.into(),
-        hint: None,
-    };
-    if params::is_set(n, "batch-tokens") && params::is_set(n, "batch-size") {
-        out.push(issue(
-            "batch-tokens",
-            "`batch-size` and `batch-tokens` are exclusive",
-        ));
-    }
-    let set: Vec<&str> = ["steps", "epochs", "tokens"]
-        .into_iter()
-        .filter(|k| params::is_set(n, k))
-        .collect();
-    if set.len() > 1 {
-        out.push(issue(
-            set[1],
-            &format!(
-                "`{}` are exclusive: the run has one length",
-                set.join("` and `")
-            ),
-        ));
-    }
-    out
-}
-
-fn run(ctx: &StageCtx) -> Result<J, StageError> {
-    let (mut model, model_dir) = params::load_model(ctx)?;
-    let (tok_dir, tok_shown) = params::tokenizer_dir(ctx, &model_dir)?;
-    let tdir = TokenizerDir::load(&tok_dir, &tok_shown)?;
-    let eos = tdir.eos_id().ok_or_else(|| {
-        StageError::user(
-            format!("{tok_shown}: the tokenizer has no EOS token (`eos_token` in tokenizer_config.json)"),
-            Some("CPT appends EOS to every document".into()),
-        )
-    })?;
-    let pad = tdir.pad_id().unwrap_or(eos) as i64;
-    let seq_len = params::get_u64(ctx, "seq-len").unwrap_or(1024) as usize;
-    if let Some(maxp) = model.config.max_position {
-        if seq_len > maxp {
-            return Err(StageError::user(
-                format!(
-                    "seq-len {seq_len} is longer than the model's max_position_embeddings {maxp}"
-                ),
-                Some(format!("use seq-len {maxp} or less")),
-            ));
-        }
-    }
-    let rows = match params::get_u64(ctx, "batch-tokens") {
-        Some(t) => (t as usize / seq_len).max(1),
-        None => params::get_u64(ctx, "batch-size").unwrap_or(8).max(1) as usize,
-    };
-    let accum = params::get_u64(ctx, "grad-accum").unwrap_or(1).max(1) as usize;
-    let enc = Encoder {
-        tokenizer: &tdir.tokenizer,
-        template: None,
-        eos_id: eos,
-        loss_on: LossOn::All,
-        use_chat_template: false,
-        max_len: None,
-    };
-
-    // Sources: (name, records) with their stream caps.
-    let data = ctx.input("data")?;
-    let is_mixture = data.dir.join(MIXTURE_FILE).is_file();
-    let steps = params::get_u64(ctx, "steps");
-    let tokens = params::get_u64(ctx, "tokens");
-    let epochs = ctx.param("epochs").as_f64();
-    let mut docs: Vec<Vec<Vec<i64>>> = Vec::new();
-    let mut sources: Vec<StreamSource> = Vec::new();
-    let mut budget;
-    let mut seed = params::get_u64(ctx, "seed").unwrap_or(0);
-    let encode =
-        |name: &str, format: Format, recs: &[Record]| -> Result<Vec<Vec<i64>>, StageError> {
-            if format != Format::Text {
-                return Err(StageError::user(
-                    format!(
-                        "data {name}: CPT trains on `text` datasets, this one is `{}`",
-                        format.name()
-                    ),
-                    Some("use `sft` for chat or prompt-completion data".into()),
-                ));
-            }
-            let mut out = Vec::with_capacity(recs.len());
-            for (i, r) in recs.iter().enumerate() {
-                ctx.check_cancel()?;
-                let Record::Text { text } = r else { continue };
-                out.push(
-                    enc.document(text)
-                        .with_context(|| format!("data {name}: record {}", i + 1))?,
-                );
-            }
-            Ok(out)
+    fn run(&self, ctx: &StageCtx, p: Params) -> Result<J, StageError> {
+        let Start {
+            mut model,
+            tok,
+            eos,
+            pad,
+        } = prologue::start(
+            ctx,
+            &p.model,
+            p.optim.dtype,
+            p.tokenizer.as_ref(),
+            Some("CPT appends EOS to every document"),
+        )?;
+        let eos = eos.expect("asked for");
+        model.check_len("seq-len", p.seq_len, "the model")?;
+        let rows = match p.batch_tokens {
+            Some(t) => (t / p.seq_len).max(1),
+            None => p.batch_size.max(1),
         };
-    if is_mixture {
-        if epochs.is_some() {
-            return Err(StageError::user(
-                format!(
-                    "`epochs` applies to a dataset; mixture {} has its own budget",
-                    data.node
-                ),
-                Some("set `tokens` or `steps`, or `max-epochs` on the mixture's sources".into()),
-            ));
-        }
-        let spec = read_mixture(&data.dir).with_context(|| format!("mixture {}", data.node))?;
-        let domains =
-            read_domains(&data.dir, &spec).with_context(|| format!("mixture {}", data.node))?;
-        for (d, (format, recs)) in spec.domains.iter().zip(domains) {
-            let ids = encode(
-                &format!("{} (source {} of mixture {})", d.dataset, d.name, data.node),
-                format,
-                &recs,
-            )?;
-            sources.push(StreamSource {
-                name: d.name.clone(),
-                weight: d.weight,
-                max_epochs: d.max_epochs,
-                lengths: ids.iter().map(|d| d.len() as u64).collect(),
-            });
-            docs.push(ids);
-        }
-        budget = spec.budget;
-        seed = spec.seed;
-    } else {
-        let (format, recs) =
-            read_normalized(&data.dir).with_context(|| format!("dataset {}", data.node))?;
-        let ids = encode(&data.node, format, &recs)?;
-        let (max_epochs, b) = match (steps, tokens) {
-            (Some(_), _) => (None, Budget::Examples(u64::MAX)),
-            (None, Some(_)) => (None, Budget::Exhaust),
-            (None, None) => (Some(epochs.unwrap_or(1.0)), Budget::Exhaust),
+        let enc = Encoder {
+            tokenizer: &tok.dir.tokenizer,
+            template: None,
+            eos_id: eos,
+            loss_on: LossOn::All,
+            use_chat_template: false,
+            max_len: None,
         };
-        sources.push(StreamSource {
-            name: data.node.clone(),
-            weight: 1.0,
-            max_epochs,
-            lengths: ids.iter().map(|d| d.len() as u64).collect(),
+        let docs = read_docs(ctx, &p, &enc)?;
+        let mut spec = params::train_spec(&p.optim, &prologue::common(ctx)?);
+        let mut obj = CptData::new(docs, &p, rows, pad)?;
+        spec.total_steps = match p.optim.steps {
+            Some(s) => s,
+            None => obj.steps_to_exhaust(),
+        };
+        let summary = train(ctx, &mut model.hf, &spec, &mut obj)?;
+        let extra = json!({
+            "kind": "cpt",
+            "seq_len": p.seq_len,
+            "batch_rows": rows,
+            "grad_accum": obj.accum,
+            "dtype": params::dtype_name(model.hf.kind()),
+            "stream_position": obj.stream.position(),
         });
-        docs.push(ids);
-        budget = b;
+        write_output(ctx, &model.hf, &tok.path, &summary, extra)
     }
-    if let Some(t) = tokens {
-        budget = Budget::Tokens(t);
+}
+
+/// The tokenised documents of every source, the stream's sources, budget and seed.
+struct Docs {
+    /// `docs[source][record]`: token ids ending with EOS.
+    docs: Vec<Vec<Vec<i64>>>,
+    sources: Vec<StreamSource>,
+    budget: Budget,
+    seed: u64,
+    /// The `data=` node (for errors).
+    node: String,
+}
+
+/// Tokenises the text records of one source (`name` in errors): every document ends with EOS.
+fn encode(
+    ctx: &StageCtx,
+    enc: &Encoder,
+    name: &str,
+    format: Format,
+    recs: &[Record],
+) -> Result<Vec<Vec<i64>>, StageError> {
+    if format != Format::Text {
+        return Err(StageError::user(
+            format!(
+                "data {name}: CPT trains on `text` datasets, this one is `{}`",
+                format.name()
+            ),
+            Some("use `sft` for chat or prompt-completion data".into()),
+        ));
     }
-    if docs.iter().all(|d| d.is_empty()) {
+    let mut out = Vec::with_capacity(recs.len());
+    for (i, r) in recs.iter().enumerate() {
+        ctx.check_cancel()?;
+        let Record::Text { text } = r else { continue };
+        out.push(
+            enc.document(text)
+                .with_context(|| format!("data {name}: record {}", i + 1))?,
+        );
+    }
+    Ok(out)
+}
+
+fn source(name: &str, weight: f64, max_epochs: Option<f64>, ids: &[Vec<i64>]) -> StreamSource {
+    StreamSource {
+        name: name.to_string(),
+        weight,
+        max_epochs,
+        lengths: ids.iter().map(|d| d.len() as u64).collect(),
+    }
+}
+
+/// The documents of `data=`: a mixture's sources (its budget and seed) or one dataset (its
+/// length from `steps`, `tokens` or `epochs`); a `tokens` budget replaces either's.
+fn read_docs(ctx: &StageCtx, p: &Params, enc: &Encoder) -> Result<Docs, StageError> {
+    let data = ctx.input(&p.data.param)?;
+    let mut docs = if data.dir.join(MIXTURE_FILE).is_file() {
+        mixture_docs(ctx, p, enc, data)?
+    } else {
+        dataset_docs(ctx, p, enc, data)?
+    };
+    if let Some(t) = p.tokens {
+        docs.budget = Budget::Tokens(t);
+    }
+    if docs.docs.iter().all(|d| d.is_empty()) {
         return Err(StageError::user(
             format!("data {}: no documents", data.node),
             None,
         ));
     }
-    let stream = MixtureStream::new(sources.clone(), budget, seed)
-        .with_context(|| format!("data {}", data.node))?;
-    let mut spec = params::train_spec(ctx);
-    spec.total_steps = match steps {
-        Some(s) => s,
-        None => {
-            let total: u64 = stream
-                .clone()
-                .map(|d| docs[d.source][d.record].len() as u64)
-                .sum();
-            let blocks = total.div_ceil(seq_len as u64);
-            blocks.div_ceil((rows * accum) as u64).max(1)
-        }
-    };
-    let records: u64 = docs.iter().map(|d| d.len() as u64).sum();
-    let mut obj = CptData {
+    Ok(docs)
+}
+
+fn mixture_docs(
+    ctx: &StageCtx,
+    p: &Params,
+    enc: &Encoder,
+    data: &InputArtifact,
+) -> Result<Docs, StageError> {
+    if p.optim.epochs.is_some() {
+        return Err(StageError::user(
+            format!(
+                "`epochs` applies to a dataset; mixture {} has its own budget",
+                data.node
+            ),
+            Some("set `tokens` or `steps`, or `max-epochs` on the mixture's sources".into()),
+        ));
+    }
+    let spec = read_mixture(&data.dir).with_context(|| format!("mixture {}", data.node))?;
+    let domains =
+        read_domains(&data.dir, &spec).with_context(|| format!("mixture {}", data.node))?;
+    let (mut docs, mut sources) = (Vec::new(), Vec::new());
+    for (d, (format, recs)) in spec.domains.iter().zip(domains) {
+        let name = format!("{} (source {} of mixture {})", d.dataset, d.name, data.node);
+        let ids = encode(ctx, enc, &name, format, &recs)?;
+        sources.push(source(&d.name, d.weight, d.max_epochs, &ids));
+        docs.push(ids);
+    }
+    Ok(Docs {
         docs,
         sources,
-        budget,
-        stream,
-        packer: CptPacker::new(seq_len),
-        finished: false,
-        rows,
-        accum,
-        seq_len,
-        pad,
-        records,
+        budget: spec.budget,
+        seed: spec.seed,
+        node: data.node.clone(),
+    })
+}
+
+fn dataset_docs(
+    ctx: &StageCtx,
+    p: &Params,
+    enc: &Encoder,
+    data: &InputArtifact,
+) -> Result<Docs, StageError> {
+    let (format, recs) =
+        read_normalized(&data.dir).with_context(|| format!("dataset {}", data.node))?;
+    let ids = encode(ctx, enc, &data.node, format, &recs)?;
+    let (max_epochs, budget) = match (p.optim.steps, p.tokens) {
+        (Some(_), _) => (None, Budget::Examples(u64::MAX)),
+        (None, Some(_)) => (None, Budget::Exhaust),
+        (None, None) => (
+            Some(p.optim.epochs.unwrap_or(DEFAULT_EPOCHS)),
+            Budget::Exhaust,
+        ),
     };
-    let summary = train(ctx, &mut model, &spec, &mut obj)?;
-    let extra = json!({
-        "kind": "cpt",
-        "seq_len": seq_len,
-        "batch_rows": rows,
-        "grad_accum": accum,
-        "dtype": params::dtype_name(model.kind()),
-        "stream_position": obj.stream.position(),
-    });
-    params::write_output(ctx, &model, &tok_dir, &summary, extra)
+    Ok(Docs {
+        sources: vec![source(&data.node, 1.0, max_epochs, &ids)],
+        docs: vec![ids],
+        budget,
+        seed: p.optim.seed,
+        node: data.node.clone(),
+    })
 }
 
 /// The CPT data source: the document stream and the block packer.
@@ -265,6 +237,37 @@ struct CptData {
 }
 
 impl CptData {
+    /// The stream of `docs` cut into blocks of `seq-len`, `rows` per micro-batch.
+    fn new(d: Docs, p: &Params, rows: usize, pad: i64) -> Result<CptData, StageError> {
+        let stream = MixtureStream::new(d.sources.clone(), d.budget, d.seed)
+            .with_context(|| format!("data {}", d.node))?;
+        Ok(CptData {
+            records: d.docs.iter().map(|x| x.len() as u64).sum(),
+            docs: d.docs,
+            sources: d.sources,
+            budget: d.budget,
+            stream,
+            packer: CptPacker::new(p.seq_len),
+            finished: false,
+            rows,
+            accum: p.optim.grad_accum.max(1),
+            seq_len: p.seq_len,
+            pad,
+        })
+    }
+
+    /// Optimizer steps until the stream ends: `⌈⌈tokens / seq-len⌉ / (rows · accum)⌉` (at
+    /// least 1), counted by running the stream once without training.
+    fn steps_to_exhaust(&self) -> u64 {
+        let total: u64 = self
+            .stream
+            .clone()
+            .map(|d| self.docs[d.source][d.record].len() as u64)
+            .sum();
+        let blocks = total.div_ceil(self.seq_len as u64);
+        blocks.div_ceil((self.rows * self.accum) as u64).max(1)
+    }
+
     fn next_block(&mut self) -> Option<Vec<i64>> {
         loop {
             if let Some(b) = self.packer.next_block() {

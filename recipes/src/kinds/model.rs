@@ -1,4 +1,4 @@
-//! The `model` node kind. Exactly one of two modes:
+//! The `model` node kind (parameters and the one-source rule: `kinds::model`). Two modes:
 //!
 //! - `path`: a local Hugging Face directory, validated ([`crate::hf::validate_model_dir`]:
 //!   config.json parses, safetensors single or sharded with every shard and tensor present,
@@ -11,116 +11,38 @@
 
 use crate::hf;
 use crate::llama_init::InitSpec;
-use crate::stage::{Stage, StageCtx, StageError};
+use crate::stage::{Kind, StageCtx, StageError};
 use crate::tok::{self, TokenizerDir};
+use ::kinds::model::Params;
 use anyhow::Context;
-use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
+use dsl::KindSchema;
 use serde_json::{json, Value as J};
 use std::fs;
 
 /// The `model` kind.
 pub struct Model;
 
-/// Parameters that only apply when initialising a model.
-pub const INIT_PARAMS: &[&str] = &[
-    "arch",
-    "hidden-size",
-    "layers",
-    "heads",
-    "kv-heads",
-    "head-dim",
-    "intermediate-size",
-    "max-position",
-    "rope-theta",
-    "rms-norm-eps",
-    "tie-embeddings",
-    "init-std",
-    "seed",
-    "dtype",
-];
+impl Kind for Model {
+    type Params = Params;
 
-fn int(min: i64) -> ParamType {
-    ParamType::Int {
-        min: Some(min),
-        max: None,
-    }
-}
-
-impl Stage for Model {
     fn schema(&self) -> KindSchema {
-        let pos = ParamType::Float {
-            min: Some(0.0),
-            max: None,
-        };
-        KindSchema::new("model", 1, "model")
-            .doc("A Hugging Face model directory: a local one (`path`) or a new Llama-family model initialised from a `tokenizer`.")
-            .param(ParamSpec::new("path", ParamType::Path).optional().doc("a local Hugging Face model directory"))
-            .param(ParamSpec::new("tokenizer", ParamType::Ref(&["tokenizer"])).optional().doc("initialise a new model with this tokenizer"))
-            .param(ParamSpec::new("arch", ParamType::Enum(&["llama", "qwen2", "mistral"])).default(Value::Str("llama".into())).doc("architecture of a new model"))
-            .param(ParamSpec::new("hidden-size", int(1)).default(Value::Int(64)))
-            .param(ParamSpec::new("layers", int(1)).default(Value::Int(2)))
-            .param(ParamSpec::new("heads", int(1)).default(Value::Int(4)))
-            .param(ParamSpec::new("kv-heads", int(1)).optional().doc("key/value heads (GQA); default = heads"))
-            .param(ParamSpec::new("head-dim", int(1)).optional().doc("default = hidden-size / heads"))
-            .param(ParamSpec::new("intermediate-size", int(1)).default(Value::Int(128)))
-            .param(ParamSpec::new("max-position", int(1)).default(Value::Int(2048)))
-            .param(ParamSpec::new("rope-theta", pos.clone()).default(Value::Float(10000.0)))
-            .param(ParamSpec::new("rms-norm-eps", pos.clone()).default(Value::Float(1e-5)))
-            .param(ParamSpec::new("tie-embeddings", ParamType::Bool).default(Value::Bool(false)).doc("share embed_tokens with lm_head"))
-            .param(ParamSpec::new("init-std", pos).default(Value::Float(0.02)).doc("std of the normal initialisation"))
-            .param(ParamSpec::new("seed", ParamType::Int { min: None, max: None }).default(Value::Int(0)))
-            .param(ParamSpec::new("dtype", ParamType::Enum(&["f32", "bf16", "f16"])).default(Value::Str("f32".into())).doc("dtype of the saved weights"))
-            .check(check)
+        ::kinds::model::schema()
     }
 
-    fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {
-        match ctx.param("path").as_str() {
-            Some(p) => path_mode(ctx, p),
-            None => init_mode(ctx),
+    fn run(&self, ctx: &StageCtx, p: Params) -> Result<J, StageError> {
+        match (&p.path, &p.tokenizer) {
+            (Some(path), _) => path_mode(ctx, &path.0),
+            (None, Some(tokenizer)) => init_mode(ctx, &p, tokenizer),
+            (None, None) => Err(StageError::user(
+                "a model needs `path` or `tokenizer`",
+                None,
+            )),
         }
     }
 }
 
-/// Exactly one of `path`/`tokenizer`; init parameters only with `tokenizer`; head counts that
-/// divide.
-fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let set = |k: &str| !matches!(n.params.get(k), None | Some(Value::Null));
-    let int = |k: &str| n.params.get(k).and_then(|v| v.as_i64());
-    let issue = |p: &str, m: String, h: Option<&str>| ParamIssue {
-        param: Some(p.to_string()),
-        message: m,
-        hint: h.map(str::to_string),
-    };
-    let mut out = Vec::new();
-    match (set("path"), set("tokenizer")) {
-        (true, true) => out.push(issue("tokenizer", "`path` and `tokenizer` are exclusive: load a model or initialise one".into(), Some("a model loaded from `path` brings its own tokenizer"))),
-        (false, false) => out.push(ParamIssue {
-            param: None,
-            message: "a model needs `path` (a local Hugging Face directory) or `tokenizer` (to initialise a new one)".into(),
-            hint: Some("e.g. `model base path=\"models/smol\"` or `model tiny tokenizer=tok hidden-size=64`".into()),
-        }),
-        (true, false) => {
-            for p in INIT_PARAMS {
-                if n.param_locs.contains_key(*p) {
-                    out.push(issue(p, format!("`{p}`: size parameters apply only when initialising"), Some("a model loaded from `path` is described by its config.json; remove the parameter")));
-                }
-            }
-        }
-        (false, true) => {
-            let (hidden, heads) = (int("hidden-size").unwrap_or(64), int("heads").unwrap_or(4));
-            if !set("head-dim") && heads > 0 && hidden % heads != 0 {
-                out.push(issue("heads", format!("hidden-size {hidden} is not divisible by heads {heads}"), Some("choose heads dividing hidden-size, or set head-dim")));
-            }
-            if let Some(kv) = int("kv-heads") {
-                if kv > 0 && heads % kv != 0 {
-                    out.push(issue("kv-heads", format!("heads {heads} is not divisible by kv-heads {kv}"), Some("grouped-query attention shares each key/value head among heads / kv-heads query heads")));
-                }
-            }
-        }
-    }
-    out
-}
-
+/// `path`: validate the directory (config, weights, architecture, tokenizer) and publish it
+/// hard-linked.
 fn path_mode(ctx: &StageCtx, p: &str) -> Result<J, StageError> {
     let dir = ctx.resolve_path(p);
     let info = hf::validate_model_dir(&dir, p)?;
@@ -146,23 +68,13 @@ fn path_mode(ctx: &StageCtx, p: &str) -> Result<J, StageError> {
     }))
 }
 
-fn uint(ctx: &StageCtx, k: &str, default: i64) -> usize {
-    ctx.param(k).as_i64().unwrap_or(default).max(0) as usize
-}
-
-fn init_mode(ctx: &StageCtx) -> Result<J, StageError> {
-    let input = ctx.input("tokenizer")?;
-    let tdir = TokenizerDir::load(&input.dir, &format!("tokenizer {}", input.node))?;
-    let hidden = uint(ctx, "hidden-size", 64);
-    let heads = uint(ctx, "heads", 4).max(1);
-    let kv_heads = ctx
-        .param("kv-heads")
-        .as_i64()
-        .map_or(heads, |v| v.max(1) as usize);
-    let head_dim = ctx
-        .param("head-dim")
-        .as_i64()
-        .map_or(hidden / heads, |v| v.max(1) as usize);
+/// The new model's shape: `kv-heads` defaults to `heads`, `head-dim` to `hidden-size / heads`;
+/// `kv-heads` must divide `heads` and the head size be positive. The vocabulary and special
+/// token ids are the tokenizer's.
+fn init_spec(p: &Params, tdir: &TokenizerDir) -> Result<InitSpec, StageError> {
+    let (hidden, heads) = (p.hidden_size, p.heads);
+    let kv_heads = p.kv_heads.unwrap_or(heads);
+    let head_dim = p.head_dim.unwrap_or(hidden / heads);
     if head_dim == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(StageError::user(
             format!("hidden-size {hidden}, heads {heads}, kv-heads {kv_heads}: no valid head size"),
@@ -173,26 +85,34 @@ fn init_mode(ctx: &StageCtx) -> Result<J, StageError> {
         ));
     }
     let eos = tdir.eos_id();
-    let spec = InitSpec {
-        arch: ctx.param("arch").as_str().unwrap_or("llama").to_string(),
+    Ok(InitSpec {
+        arch: p.arch.name().to_string(),
         vocab_size: tdir.vocab_size(),
         hidden_size: hidden,
-        layers: uint(ctx, "layers", 2),
+        layers: p.layers,
         heads,
         kv_heads,
         head_dim,
-        intermediate_size: uint(ctx, "intermediate-size", 128),
-        max_position: uint(ctx, "max-position", 2048),
-        rope_theta: ctx.param("rope-theta").as_f64().unwrap_or(10000.0),
-        rms_norm_eps: ctx.param("rms-norm-eps").as_f64().unwrap_or(1e-5),
-        tie_embeddings: ctx.param("tie-embeddings").as_bool().unwrap_or(false),
-        init_std: ctx.param("init-std").as_f64().unwrap_or(0.02),
-        seed: ctx.param("seed").as_i64().unwrap_or(0),
-        dtype: ctx.param("dtype").as_str().unwrap_or("f32").to_string(),
+        intermediate_size: p.intermediate_size,
+        max_position: p.max_position,
+        rope_theta: p.rope_theta,
+        rms_norm_eps: p.rms_norm_eps,
+        tie_embeddings: p.tie_embeddings,
+        init_std: p.init_std,
+        seed: p.seed,
+        dtype: p.dtype.name().to_string(),
         bos_token_id: tdir.bos_id().or(eos),
         eos_token_id: eos,
         pad_token_id: tdir.pad_id(),
-    };
+    })
+}
+
+/// init: a new model from the tokenizer and the size parameters: config.json,
+/// generation_config.json, the tokenizer files and the initialised weights.
+fn init_mode(ctx: &StageCtx, p: &Params, tokenizer: &::kinds::Input) -> Result<J, StageError> {
+    let input = ctx.input(&tokenizer.param)?;
+    let tdir = TokenizerDir::load(&input.dir, &format!("tokenizer {}", input.node))?;
+    let spec = init_spec(p, &tdir)?;
     let out = &ctx.out_dir;
     tok::write_json(&out.join(hf::CONFIG_FILE), &spec.config_json())?;
     tok::write_json(
@@ -200,7 +120,24 @@ fn init_mode(ctx: &StageCtx) -> Result<J, StageError> {
         &spec.generation_config_json(),
     )?;
     copy_tokenizer(&input.dir, out, spec.max_position)?;
-    let params = crate::llama_init::write_weights(&spec, out, |i, n| {
+    let params = write_weights(ctx, &spec)?;
+    Ok(json!({
+        "mode": "init",
+        "arch": spec.arch,
+        "parameters": params,
+        "dtype": spec.dtype,
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "layers": spec.layers,
+        "heads": spec.heads,
+        "kv_heads": spec.kv_heads,
+        "tie_embeddings": spec.tie_embeddings,
+    }))
+}
+
+/// Writes the initialised weights with progress and cancellation; returns the parameter count.
+fn write_weights(ctx: &StageCtx, spec: &InitSpec) -> Result<usize, StageError> {
+    crate::llama_init::write_weights(spec, &ctx.out_dir, |i, n| {
         ctx.progress.set_length(n as u64);
         ctx.progress.set_position(i as u64);
         if ctx.cancel.is_cancelled() {
@@ -214,19 +151,7 @@ fn init_mode(ctx: &StageCtx) -> Result<J, StageError> {
         } else {
             StageError::Other(e)
         }
-    })?;
-    Ok(json!({
-        "mode": "init",
-        "arch": spec.arch,
-        "parameters": params,
-        "dtype": spec.dtype,
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden_size,
-        "layers": spec.layers,
-        "heads": spec.heads,
-        "kv_heads": spec.kv_heads,
-        "tie_embeddings": spec.tie_embeddings,
-    }))
+    })
 }
 
 /// Copies the tokenizer files into the model directory, setting `model_max_length`.

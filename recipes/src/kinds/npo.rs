@@ -20,19 +20,23 @@
 //! permutations, `R` per micro-batch. Metrics: `npo`, `logps/forget`, `retain` (means over the
 //! logging window), plus the trainer's.
 
-use super::dpo::{read_ref, total, Order, Window};
-use crate::pref::logps::seq_logps;
-use crate::pref::npo::npo;
-use crate::pref::stored::StoredRec;
-use crate::stage::{Stage, StageCtx, StageError};
-use crate::tok::TokenizerDir;
+use crate::arch::HfModel;
+use crate::pref::logps::{seq_logps, SeqLogps};
+use crate::pref::npo::{npo, retain_kl, retain_nll};
+use crate::pref::pairs::{total, Order, Window};
+use crate::pref::stored::{self, Policy, StoredRec};
+use crate::prologue::{self, Start};
+use crate::stage::{Kind, StageCtx, StageError};
 use crate::train::examples::Example;
-use crate::trainer::params::{self, float, int};
+use crate::trainer::output::write_output;
+use crate::trainer::params;
 use crate::trainer::{train, LossOut, Objective};
 use anyhow::Context;
-use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
+use dsl::KindSchema;
+use kinds::npo::{Params, RetainLoss};
+use kinds::Input;
 use serde_json::{json, Value as J};
-use tch::{Kind, Tensor};
+use tch::{Kind as Dtype, Tensor};
 
 /// The `npo` kind.
 pub struct Npo;
@@ -40,33 +44,68 @@ pub struct Npo;
 const ORDER: u64 = 0x4E0F_0DE4;
 const RETAIN_ORDER: u64 = 0x4E0F_0DE5;
 
-impl Stage for Npo {
+impl Kind for Npo {
+    type Params = Params;
+
     fn schema(&self) -> KindSchema {
-        KindSchema::new("npo", 1, "model")
-            .doc("Unlearning with NPO on a forget set (ref-logps node), optionally with an NLL or KL term on a retain set.")
-            .param(ParamSpec::new("model", ParamType::Ref(&["model"])).doc("the model to make forget (usually the reference of `forget=`)"))
-            .param(ParamSpec::new("forget", ParamType::Ref(&["ref-logps"])).doc("ref-logps node over the forget set"))
-            .param(ParamSpec::new("retain", ParamType::Ref(&["ref-logps"])).optional().doc("ref-logps node over the retain set"))
-            .param(ParamSpec::new("beta", float(0.0)).default(Value::Float(0.1)).doc("NPO's β"))
-            .param(ParamSpec::new("retain-loss", ParamType::Enum(&["nll", "kl"])).default(Value::Str("nll".into()))
-                .doc("nll: −logπ(y)/L; kl: per-token k2 KL to the stored reference"))
-            .param(ParamSpec::new("retain-weight", float(0.0)).default(Value::Float(1.0)).doc("c, the weight of the retain term"))
-            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("forget sequences per micro-batch"))
-            .param(ParamSpec::new("retain-batch-size", int(1)).optional().doc("retain sequences per micro-batch (default: batch-size)"))
-            .params(params::optim_params())
-            .check(check)
+        kinds::npo::schema()
     }
 
-    fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {
-        run(ctx)
+    fn run(&self, ctx: &StageCtx, p: Params) -> Result<J, StageError> {
+        let Start {
+            mut model,
+            tok,
+            pad,
+            ..
+        } = prologue::start(ctx, &p.model, p.optim.dtype, None, None)?;
+        let policy = Policy {
+            node: &model.node,
+            tok: &tok.dir,
+            vocab: model.hf.config.vocab_size,
+        };
+        let forget = seqs(ctx, &p.forget, &policy)?;
+        let retain = match &p.retain {
+            None => Vec::new(),
+            Some(r) => seqs(ctx, r, &policy)?,
+        };
+        let batch = p.batch_size.max(1);
+        let rbatch = p.retain_batch_size.map_or(batch, |v| v.max(1));
+        let accum = p.optim.grad_accum.max(1);
+        let n = forget.len() as u64;
+        let mut spec = params::train_spec(&p.optim, &prologue::common(ctx)?);
+        let (total_steps, limit) = params::item_budget(&p.optim, n, (batch * accum) as u64);
+        spec.total_steps = total_steps;
+        let mut obj = NpoData {
+            order: Order::new(spec.seed, ORDER, n),
+            retain_order: Order::new(spec.seed, RETAIN_ORDER, retain.len() as u64),
+            forget,
+            retain,
+            cursor: 0,
+            retain_cursor: 0,
+            limit,
+            batch,
+            rbatch,
+            accum,
+            pad,
+            beta: p.beta,
+            kl: p.retain_loss == RetainLoss::Kl,
+            weight: p.retain_weight,
+            window: Window::default(),
+        };
+        let summary = train(ctx, &mut model.hf, &spec, &mut obj)?;
+        let extra = json!({
+            "kind": "npo",
+            "beta": obj.beta,
+            "forget": n,
+            "retain": obj.retain.len(),
+            "retain_loss": p.retain_loss.name(),
+            "retain_weight": obj.weight,
+            "batch_size": batch,
+            "grad_accum": accum,
+            "dtype": params::dtype_name(model.hf.kind()),
+        });
+        write_output(ctx, &model.hf, &model.dir, &summary, extra)
     }
-}
-
-fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let mut out = Vec::new();
-    params::check_optim(n, &mut out);
-    params::check_steps_or_epochs(n, &mut out);
-    out
 }
 
 /// A sequence with its stored reference log-probs.
@@ -76,17 +115,13 @@ pub struct RefSeq {
     pub ref_tok: Vec<f32>,
 }
 
-fn seqs(
-    ctx: &StageCtx,
-    param: &str,
-    tdir: &TokenizerDir,
-    vocab: usize,
-) -> Result<Vec<RefSeq>, StageError> {
-    let (recs, summary) = read_ref(ctx, param, tdir, vocab)?;
-    let node = &ctx.input(param)?.node;
+/// The sequences of the `ref-logps` input `input`, which must hold single sequences with
+/// reference log-probs.
+fn seqs(ctx: &StageCtx, input: &Input, policy: &Policy) -> Result<Vec<RefSeq>, StageError> {
+    let (recs, summary) = stored::read_for_policy(ctx, input, policy)?;
     if summary.layout != "sequences" || summary.reference.is_none() {
         return Err(StageError::user(
-            format!("node {}: `{param}={node}` must be a ref-logps node with a reference `model=` over a non-preference dataset", ctx.node),
+            format!("node {}: `{}={}` must be a ref-logps node with a reference `model=` over a non-preference dataset", ctx.node, input.param, ctx.input(&input.param)?.node),
             Some("e.g. `ref-logps forget-ref model=base data=forget` with a text or prompt-completion dataset".into()),
         ));
     }
@@ -108,66 +143,6 @@ fn seqs(
         .collect())
 }
 
-fn run(ctx: &StageCtx) -> Result<J, StageError> {
-    let (mut model, model_dir) = params::load_model(ctx)?;
-    let tdir = TokenizerDir::load(&model_dir, &format!("model {}", ctx.input("model")?.node))?;
-    let pad = tdir.pad_id().or(tdir.eos_id()).unwrap_or(0) as i64;
-    let vocab = model.config.vocab_size;
-    let forget = seqs(ctx, "forget", &tdir, vocab)?;
-    let retain = match ctx.param("retain") {
-        Value::Null => Vec::new(),
-        _ => seqs(ctx, "retain", &tdir, vocab)?,
-    };
-    let batch = params::get_u64(ctx, "batch-size").unwrap_or(8).max(1) as usize;
-    let rbatch = params::get_u64(ctx, "retain-batch-size").map_or(batch, |v| v.max(1) as usize);
-    let accum = params::get_u64(ctx, "grad-accum").unwrap_or(1).max(1) as usize;
-    let n = forget.len() as u64;
-    let mut spec = params::train_spec(ctx);
-    let limit = match params::get_u64(ctx, "steps") {
-        Some(s) => {
-            spec.total_steps = s;
-            s.saturating_mul((batch * accum) as u64)
-        }
-        None => {
-            let e = ctx.param("epochs").as_f64().unwrap_or(1.0);
-            let limit = ((e * n as f64).ceil() as u64).max(1);
-            spec.total_steps = limit.div_ceil((batch * accum) as u64);
-            limit
-        }
-    };
-    let kl = ctx.param("retain-loss").as_str() == Some("kl");
-    let mut obj = NpoData {
-        order: Order::new(spec.seed, ORDER, n),
-        retain_order: Order::new(spec.seed, RETAIN_ORDER, retain.len() as u64),
-        forget,
-        retain,
-        cursor: 0,
-        retain_cursor: 0,
-        limit,
-        batch,
-        rbatch,
-        accum,
-        pad,
-        beta: params::get_f64(ctx, "beta", 0.1),
-        kl,
-        weight: params::get_f64(ctx, "retain-weight", 1.0),
-        window: Window::default(),
-    };
-    let summary = train(ctx, &mut model, &spec, &mut obj)?;
-    let extra = json!({
-        "kind": "npo",
-        "beta": obj.beta,
-        "forget": n,
-        "retain": obj.retain.len(),
-        "retain_loss": if kl { "kl" } else { "nll" },
-        "retain_weight": obj.weight,
-        "batch_size": batch,
-        "grad_accum": accum,
-        "dtype": params::dtype_name(model.kind()),
-    });
-    params::write_output(ctx, &model, &model_dir, &summary, extra)
-}
-
 /// The NPO data source and loss.
 pub struct NpoData {
     pub forget: Vec<RefSeq>,
@@ -185,6 +160,25 @@ pub struct NpoData {
     kl: bool,
     weight: f64,
     window: Window,
+}
+
+impl NpoData {
+    /// The retain term of each retain sequence (rows `nf..` of `lp`): `−logπ(y)/L` or the k2
+    /// KL to the stored reference ([`crate::pref::npo`]).
+    fn retain_term(&self, lp: &SeqLogps, r: &[&RefSeq], nf: i64) -> anyhow::Result<Tensor> {
+        let nr = r.len() as i64;
+        let len = lp.len.narrow(0, nf, nr).clamp_min(1.0);
+        if !self.kl {
+            return Ok(retain_nll(&lp.sum.narrow(0, nf, nr), &len));
+        }
+        let ref_tok: Vec<&[f32]> = r.iter().map(|s| s.ref_tok.as_slice()).collect();
+        retain_kl(
+            &lp.tok.narrow(0, nf, nr),
+            &lp.mask.narrow(0, nf, nr),
+            &len,
+            &ref_tok,
+        )
+    }
 }
 
 impl Objective for NpoData {
@@ -218,57 +212,31 @@ impl Objective for NpoData {
         b.0.iter().map(|&i| self.forget[i].seq.len()).sum::<usize>()
             + b.1.iter().map(|&i| self.retain[i].seq.len()).sum::<usize>()
     }
-    fn loss(&mut self, model: &crate::arch::HfModel, b: &Self::Batch) -> anyhow::Result<LossOut> {
+    fn loss(&mut self, model: &HfModel, b: &Self::Batch) -> anyhow::Result<LossOut> {
         let f: Vec<&RefSeq> = b.0.iter().map(|&i| &self.forget[i]).collect();
         let r: Vec<&RefSeq> = b.1.iter().map(|&i| &self.retain[i]).collect();
         let all: Vec<&Example> = f.iter().chain(&r).map(|s| &s.seq).collect();
         let lp = seq_logps(model, &all, self.pad)?;
         let (nf, nr) = (f.len() as i64, r.len() as i64);
-        let dev = lp.sum.device();
         let refs: Vec<f32> = f.iter().map(|s| s.ref_sum as f32).collect();
-        let ref_f = Tensor::from_slice(&refs).to_device(dev);
+        let ref_f = Tensor::from_slice(&refs).to_device(lp.sum.device());
         let logp_f = lp.sum.narrow(0, 0, nf);
         let l_npo = npo(&logp_f, &ref_f, self.beta);
-        let npo_sum = l_npo.sum(Kind::Float);
-        let mut retain_sum: Option<Tensor> = None;
-        let w = &mut self.window;
-        w.pairs += nf as f64;
-        w.add("npo", total(&l_npo.detach())?);
-        w.add("logps/forget", total(&logp_f.detach())?);
-        if nr > 0 {
-            let len = lp.len.narrow(0, nf, nr).clamp_min(1.0);
-            let term = if self.kl {
-                // Per-token reference log-probs laid out like the policy's [nr, T−1] mask.
-                let mask = lp.mask.narrow(0, nf, nr);
-                let mut flat = vec![0f32; (nr * mask.size()[1]) as usize];
-                let cols = mask.size()[1] as usize;
-                let m = Vec::<f32>::try_from(&mask.flatten(0, -1))?;
-                for (row, s) in r.iter().enumerate() {
-                    let mut k = 0;
-                    for c in 0..cols {
-                        if m[row * cols + c] > 0.0 {
-                            flat[row * cols + c] = s.ref_tok.get(k).copied().unwrap_or(0.0);
-                            k += 1;
-                        }
-                    }
-                }
-                let ref_tok = Tensor::from_slice(&flat)
-                    .view([nr, cols as i64])
-                    .to_device(dev);
-                let d = (lp.tok.narrow(0, nf, nr) - ref_tok) * &mask;
-                (d.square() * 0.5).sum_dim_intlist(1, false, Kind::Float) / &len
-            } else {
-                -lp.sum.narrow(0, nf, nr) / &len
-            };
-            w.add("retain", total(&term.detach())? * nf as f64 / nr as f64);
-            retain_sum = Some(term.sum(Kind::Float) * self.weight);
+        let npo_sum = l_npo.sum(Dtype::Float);
+        self.window.pairs += nf as f64;
+        self.window.add("npo", total(&l_npo.detach())?);
+        self.window.add("logps/forget", total(&logp_f.detach())?);
+        if nr == 0 {
+            return Ok(LossOut {
+                sum: npo_sum,
+                extra: Vec::new(),
+            });
         }
-        let loss = match retain_sum {
-            Some(r) => npo_sum + r,
-            None => npo_sum,
-        };
+        let term = self.retain_term(&lp, &r, nf)?;
+        self.window
+            .add("retain", total(&term.detach())? * nf as f64 / nr as f64);
         Ok(LossOut {
-            sum: loss,
+            sum: npo_sum + term.sum(Dtype::Float) * self.weight,
             extra: Vec::new(),
         })
     }

@@ -20,145 +20,165 @@
 //! records per forward (chosen and rejected of a pair in the same forward). The pass is short
 //! and not checkpointed: a cancelled node starts over.
 
-use crate::arch::{HfModel, LoadOptions};
+use crate::arch::HfModel;
 use crate::data::{read_normalized, Format, Record};
 use crate::pref::encode::{PairEncoded, PairEncoder};
 use crate::pref::logps::seq_logps;
 use crate::pref::stored::{self, Seq, StoredRec, StoredSummary};
-use crate::stage::{Stage, StageCtx, StageError};
-use crate::tok::TokenizerDir;
+use crate::prologue::{self, Model, Tok};
+use crate::stage::{InputArtifact, Kind, StageCtx, StageError};
 use crate::train::chat::ChatTemplate;
 use crate::train::examples::{Encoded, Encoder, Example, LossOn};
-use crate::trainer::params::{self, int};
 use anyhow::Context;
-use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
+use dsl::KindSchema;
+use kinds::ref_logps::Params;
 use serde_json::Value as J;
 use std::collections::BTreeMap;
 
 /// The `ref-logps` kind.
 pub struct RefLogps;
 
-impl Stage for RefLogps {
+/// `max-len` when neither the node nor a reference model gives one.
+const FALLBACK_MAX_LEN: usize = 1024;
+
+impl Kind for RefLogps {
+    type Params = Params;
+
     fn schema(&self) -> KindSchema {
-        KindSchema::new("ref-logps", 1, "ref-logps")
-            .doc("Tokenised preference (or forget/retain) data with the reference model's log-probs, computed once and read by dpo / npo.")
-            .param(ParamSpec::new("model", ParamType::Ref(&["model"])).optional().doc("the reference model (omit to only tokenise, for simpo / orpo)"))
-            .param(ParamSpec::new("data", ParamType::Ref(&["dataset"])).doc("preference data, or any dataset for npo forget / retain sets"))
-            .param(ParamSpec::new("tokenizer", ParamType::Ref(&["tokenizer", "model"])).optional().doc("default: the model's tokenizer files"))
-            .param(ParamSpec::new("max-len", int(2)).optional().doc("longest prompt + completion in tokens (default: the model's max_position_embeddings, else 1024)"))
-            .param(ParamSpec::new("max-prompt-len", int(1)).optional().doc("prompts longer than this keep their last tokens (default: no limit besides max-len)"))
-            .param(ParamSpec::new("use-chat-template", ParamType::Bool).default(Value::Bool(false)).doc("render plain-text pairs / prompt-completion records with the chat template"))
-            .param(ParamSpec::new("dtype", ParamType::Enum(&["auto", "f32", "bf16"])).default(Value::Str("auto".into())).doc("reference compute dtype: auto = f32 on CPU, bf16 on CUDA"))
-            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).non_semantic().doc("records per forward pass"))
-            .check(check)
+        kinds::ref_logps::schema()
     }
 
-    fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {
-        run(ctx)
-    }
-}
-
-fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let mut out = Vec::new();
-    if !params::is_set(n, "model") && !params::is_set(n, "tokenizer") {
-        out.push(ParamIssue {
-            param: None,
-            message: "ref-logps needs `model=` (the reference) or, to only tokenise, `tokenizer=`"
-                .into(),
-            hint: Some("`ref-logps ref model=sft data=prefs`".into()),
-        });
-    }
-    out
-}
-
-fn skip(m: &mut BTreeMap<String, u64>, reason: &str) {
-    *m.entry(reason.to_string()).or_default() += 1;
-}
-
-fn run(ctx: &StageCtx) -> Result<J, StageError> {
-    let device = params::parse_device(&ctx.device)?;
-    let model = match ctx.param("model") {
-        Value::Null => None,
-        _ => {
-            let input = ctx.input("model")?;
-            let dtype =
-                params::resolve_dtype(ctx.param("dtype").as_str().unwrap_or("auto"), device);
-            let opts = LoadOptions {
+    fn run(&self, ctx: &StageCtx, p: Params) -> Result<J, StageError> {
+        let device = prologue::device(ctx)?;
+        let model = match &p.model {
+            None => None,
+            Some(m) => Some(prologue::load_model(
+                ctx,
+                m,
                 device,
-                dtype: Some(dtype),
-            };
-            Some((
-                HfModel::load(&input.dir, &format!("model {}", input.node), &opts)?,
-                input,
-            ))
+                prologue::resolve_dtype(p.dtype, device),
+            )?),
+        };
+        let tok = prologue::tokenizer(ctx, p.tokenizer.as_ref(), model.as_ref())?;
+        let eos = tok.eos("completions end with EOS")?;
+        let maxp = model.as_ref().and_then(|m| m.hf.config.max_position);
+        let max_len = prologue::max_len(p.max_len, maxp, FALLBACK_MAX_LEN, "the reference model")?;
+        let template = tok.chat_template()?;
+        let data = ctx.input(&p.data.param)?;
+        let (format, records) =
+            read_normalized(&data.dir).with_context(|| format!("dataset {}", data.node))?;
+        let cx = Tokenise {
+            ctx,
+            p: &p,
+            tok: &tok,
+            template: template.as_ref(),
+            eos,
+            max_len,
+            data,
+        };
+        let mut t = if format == Format::Preference {
+            cx.pairs(&records)?
+        } else {
+            cx.sequences(format, &records)?
+        };
+        t.check(ctx, data, records.len())?;
+        let (mc, mr) = match &model {
+            Some(m) => reference_logps(ctx, m, &mut t.recs, p.batch_size, tok.pad())?,
+            None => (None, None),
+        };
+        let summary = StoredSummary {
+            kind: "ref-logps".into(),
+            layout: if format == Format::Preference {
+                "pairs"
+            } else {
+                "sequences"
+            }
+            .into(),
+            records: records.len(),
+            kept: t.recs.len(),
+            skipped: t.skipped,
+            truncated: t.truncated,
+            reference: model.as_ref().map(|m| m.node.clone()),
+            tokenizer_fingerprint: stored::tokenizer_fingerprint(&tok.dir.tokenizer),
+            max_len,
+            max_prompt_len: p.max_prompt_len,
+            use_chat_template: p.use_chat_template,
+            mean_ref_chosen: mc,
+            mean_ref_rejected: mr,
+        };
+        stored::write(&ctx.out_dir, &t.recs, &summary)
+            .with_context(|| format!("node {}: writing the artifact", ctx.node))?;
+        Ok(serde_json::to_value(&summary).context("summary")?)
+    }
+}
+
+/// What tokenising a dataset needs.
+struct Tokenise<'a> {
+    ctx: &'a StageCtx,
+    p: &'a Params,
+    tok: &'a Tok,
+    template: Option<&'a ChatTemplate>,
+    eos: u32,
+    max_len: usize,
+    data: &'a InputArtifact,
+}
+
+/// The tokenised records, and the ones left out (by reason) or truncated.
+#[derive(Default)]
+struct Tokenised {
+    recs: Vec<StoredRec>,
+    skipped: BTreeMap<String, u64>,
+    truncated: u64,
+}
+
+impl Tokenised {
+    fn skip(&mut self, reason: &str) {
+        *self.skipped.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Logs the skips of `n` records; fails when nothing is left.
+    fn check(&self, ctx: &StageCtx, data: &InputArtifact, n: usize) -> Result<(), StageError> {
+        let skipped = &self.skipped;
+        let n_skipped: u64 = skipped.values().sum();
+        if n_skipped > 0 {
+            tracing::warn!(node = %ctx.node, "{n_skipped} of {n} records skipped: {skipped:?}");
         }
-    };
-    let (tok_dir, tok_shown) = match (ctx.param("tokenizer"), &model) {
-        (Value::Null, Some((_, m))) => (m.dir.clone(), format!("model {}", m.node)),
-        _ => {
-            let t = ctx.input("tokenizer")?;
-            (t.dir.clone(), format!("tokenizer {}", t.node))
-        }
-    };
-    let tdir = TokenizerDir::load(&tok_dir, &tok_shown)?;
-    let eos = tdir.eos_id().ok_or_else(|| {
-        StageError::user(
-            format!("{tok_shown}: the tokenizer has no EOS token (`eos_token` in tokenizer_config.json)"),
-            Some("completions end with EOS".into()),
-        )
-    })?;
-    let pad = tdir.pad_id().unwrap_or(eos) as i64;
-    let maxp = model.as_ref().and_then(|(m, _)| m.config.max_position);
-    let max_len = match (params::get_u64(ctx, "max-len"), maxp) {
-        (Some(m), Some(p)) if m as usize > p => {
+        if self.recs.is_empty() {
             return Err(StageError::user(
                 format!(
-                    "max-len {m} is longer than the reference model's max_position_embeddings {p}"
+                    "dataset {}: no record left after tokenisation ({skipped:?})",
+                    data.node
                 ),
-                Some(format!("use max-len {p} or less")),
-            ))
+                Some("raise `max-len`, or set `max-prompt-len` to cut long prompts".into()),
+            ));
         }
-        (Some(m), _) => m as usize,
-        (None, Some(p)) => p,
-        (None, None) => 1024,
-    };
-    let max_prompt_len = params::get_u64(ctx, "max-prompt-len").map(|m| m as usize);
-    let template = match ChatTemplate::load(&tok_dir, &tdir.tokenizer) {
-        Ok(Some(mut t)) => {
-            t.set_now(0);
-            Some(t)
-        }
-        Ok(None) => None,
-        Err(e) => return Err(StageError::user(format!("{tok_shown}: {e:#}"), None)),
-    };
-    let use_chat = ctx.param("use-chat-template").as_bool().unwrap_or(false);
-    let data = ctx.input("data")?;
-    let (format, records) =
-        read_normalized(&data.dir).with_context(|| format!("dataset {}", data.node))?;
-    let at = |i: usize| {
+        Ok(())
+    }
+}
+
+impl Tokenise<'_> {
+    fn at(&self, i: usize) -> String {
         format!(
             "dataset {}: record {} (line {} of data.jsonl)",
-            data.node,
+            self.data.node,
             i + 1,
             i + 1
         )
-    };
+    }
 
-    // Tokenise.
-    let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
-    let mut truncated = 0u64;
-    let mut recs: Vec<StoredRec> = Vec::with_capacity(records.len());
-    if format == Format::Preference {
+    /// Preference records as pairs, per [`crate::pref::encode`].
+    fn pairs(&self, records: &[Record]) -> Result<Tokenised, StageError> {
         let enc = PairEncoder {
-            tokenizer: &tdir.tokenizer,
-            template: template.as_ref(),
-            eos_id: eos,
-            use_chat_template: use_chat,
-            max_len,
-            max_prompt_len,
+            tokenizer: &self.tok.dir.tokenizer,
+            template: self.template,
+            eos_id: self.eos,
+            use_chat_template: self.p.use_chat_template,
+            max_len: self.max_len,
+            max_prompt_len: self.p.max_prompt_len,
         };
+        let mut out = Tokenised::default();
         for (i, r) in records.iter().enumerate() {
-            ctx.check_cancel()?;
+            self.ctx.check_cancel()?;
             let Record::Preference {
                 prompt,
                 chosen,
@@ -166,25 +186,25 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
             } = r
             else {
                 return Err(StageError::user(
-                    format!("{}: not a preference record", at(i)),
+                    format!("{}: not a preference record", self.at(i)),
                     None,
                 ));
             };
             match enc
                 .pair(prompt, chosen, rejected)
-                .map_err(|e| StageError::user(format!("{}: {e:#}", at(i)), None))?
+                .map_err(|e| StageError::user(format!("{}: {e:#}", self.at(i)), None))?
             {
                 PairEncoded::Ok {
                     chosen,
                     rejected,
-                    truncated: t,
+                    truncated,
                 } => {
                     if chosen.n_targets() == 0 || rejected.n_targets() == 0 {
-                        skip(&mut skipped, "no_target");
+                        out.skip("no_target");
                         continue;
                     }
-                    truncated += u64::from(t);
-                    recs.push(StoredRec::Pair {
+                    out.truncated += u64::from(truncated);
+                    out.recs.push(StoredRec::Pair {
                         record: i,
                         chosen: Seq::from_example(&chosen),
                         rejected: Seq::from_example(&rejected),
@@ -194,107 +214,85 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
                 }
                 PairEncoded::PromptTooLong { len } => {
                     tracing::debug!(
-                        "{}: prompt of {len} tokens fills max-len {max_len}, skipped",
-                        at(i)
+                        "{}: prompt of {len} tokens fills max-len {}, skipped",
+                        self.at(i),
+                        self.max_len
                     );
-                    skip(&mut skipped, "prompt_too_long");
+                    out.skip("prompt_too_long");
                 }
-                PairEncoded::Identical => skip(&mut skipped, "identical_after_truncation"),
+                PairEncoded::Identical => out.skip("identical_after_truncation"),
             }
         }
-    } else {
-        if format == Format::Messages && template.is_none() {
+        Ok(out)
+    }
+
+    /// Any other format as single sequences, targets as for SFT.
+    fn sequences(&self, format: Format, records: &[Record]) -> Result<Tokenised, StageError> {
+        if format == Format::Messages && self.template.is_none() {
             return Err(StageError::user(
                 format!(
-                    "{tok_shown}: messages data needs a chat template, and this tokenizer has none"
+                    "{}: messages data needs a chat template, and this tokenizer has none",
+                    self.tok.shown
                 ),
                 None,
             ));
         }
         let enc = Encoder {
-            tokenizer: &tdir.tokenizer,
-            template: template.as_ref(),
-            eos_id: eos,
+            tokenizer: &self.tok.dir.tokenizer,
+            template: self.template,
+            eos_id: self.eos,
             loss_on: LossOn::Assistant,
-            use_chat_template: use_chat,
-            max_len: Some(max_len),
+            use_chat_template: self.p.use_chat_template,
+            max_len: Some(self.max_len),
         };
+        let mut out = Tokenised::default();
         for (i, r) in records.iter().enumerate() {
-            ctx.check_cancel()?;
-            match enc.example(r).with_context(|| at(i))? {
-                Encoded::Ok(ex) => recs.push(StoredRec::Seq {
+            self.ctx.check_cancel()?;
+            match enc.example(r).with_context(|| self.at(i))? {
+                Encoded::Ok(ex) => out.recs.push(StoredRec::Seq {
                     record: i,
                     seq: Seq::from_example(&ex),
                     ref_sum: None,
                     ref_tok: None,
                 }),
-                Encoded::TooLong { .. } => skip(&mut skipped, "too_long"),
-                Encoded::NoTarget => skip(&mut skipped, "no_target"),
+                Encoded::TooLong { .. } => out.skip("too_long"),
+                Encoded::NoTarget => out.skip("no_target"),
             }
         }
+        Ok(out)
     }
-    let n_skipped: u64 = skipped.values().sum();
-    if n_skipped > 0 {
-        tracing::warn!(node = %ctx.node, "{n_skipped} of {} records skipped: {skipped:?}", records.len());
-    }
-    if recs.is_empty() {
-        return Err(StageError::user(
-            format!(
-                "dataset {}: no record left after tokenisation ({skipped:?})",
-                data.node
-            ),
-            Some("raise `max-len`, or set `max-prompt-len` to cut long prompts".into()),
-        ));
-    }
+}
 
-    // Reference log-probs.
-    let (mut mc, mut mr) = (None, None);
-    if let Some((m, _)) = &model {
-        let bs = params::get_u64(ctx, "batch-size").unwrap_or(8).max(1) as usize;
-        ctx.progress.set_length(recs.len() as u64);
-        let _guard = tch::no_grad_guard();
-        for chunk in recs.chunks_mut(bs) {
-            ctx.check_cancel()?;
-            fill(m, chunk, pad)
-                .with_context(|| format!("node {}: reference log-probs", ctx.node))?;
-            ctx.progress.inc(chunk.len() as u64);
-        }
-        let mean = |f: &dyn Fn(&StoredRec) -> Option<f64>| {
-            let v: Vec<f64> = recs.iter().filter_map(f).collect();
-            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-        };
-        mc = mean(&|r| match r {
-            StoredRec::Pair { ref_chosen, .. } => *ref_chosen,
-            StoredRec::Seq { ref_sum, .. } => *ref_sum,
-        });
-        mr = mean(&|r| match r {
-            StoredRec::Pair { ref_rejected, .. } => *ref_rejected,
-            StoredRec::Seq { .. } => None,
-        });
+/// Fills the reference log-probs of `recs` under `no_grad`, `batch` records per forward:
+/// the means of the chosen (or sequence) and rejected sums.
+fn reference_logps(
+    ctx: &StageCtx,
+    m: &Model,
+    recs: &mut [StoredRec],
+    batch: usize,
+    pad: i64,
+) -> Result<(Option<f64>, Option<f64>), StageError> {
+    ctx.progress.set_length(recs.len() as u64);
+    let _guard = tch::no_grad_guard();
+    for chunk in recs.chunks_mut(batch.max(1)) {
+        ctx.check_cancel()?;
+        fill(&m.hf, chunk, pad)
+            .with_context(|| format!("node {}: reference log-probs", ctx.node))?;
+        ctx.progress.inc(chunk.len() as u64);
     }
-    let summary = StoredSummary {
-        kind: "ref-logps".into(),
-        layout: if format == Format::Preference {
-            "pairs"
-        } else {
-            "sequences"
-        }
-        .into(),
-        records: records.len(),
-        kept: recs.len(),
-        skipped,
-        truncated,
-        reference: model.as_ref().map(|(_, i)| i.node.clone()),
-        tokenizer_fingerprint: stored::tokenizer_fingerprint(&tdir.tokenizer),
-        max_len,
-        max_prompt_len,
-        use_chat_template: use_chat,
-        mean_ref_chosen: mc,
-        mean_ref_rejected: mr,
+    let mean = |f: &dyn Fn(&StoredRec) -> Option<f64>| {
+        let v: Vec<f64> = recs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
-    stored::write(&ctx.out_dir, &recs, &summary)
-        .with_context(|| format!("node {}: writing the artifact", ctx.node))?;
-    Ok(serde_json::to_value(&summary).context("summary")?)
+    let mc = mean(&|r| match r {
+        StoredRec::Pair { ref_chosen, .. } => *ref_chosen,
+        StoredRec::Seq { ref_sum, .. } => *ref_sum,
+    });
+    let mr = mean(&|r| match r {
+        StoredRec::Pair { ref_rejected, .. } => *ref_rejected,
+        StoredRec::Seq { .. } => None,
+    });
+    Ok((mc, mr))
 }
 
 /// Computes the reference log-probs of `chunk` in one forward.

@@ -21,20 +21,21 @@
 //! its tokens with (token counts disagree) or whose tokens exceed the model's vocabulary.
 //! A domain smaller than `samples` is measured on all its records, and the diagnostics say so.
 
-use super::mixture::{
-    count_tokens, link_source, read_domains, read_mixture, MixtureSpec, MIXTURE_FILE, SOURCES_DIR,
-};
 use crate::data::{read_normalized, Format, Record};
-use crate::influence::{self, sample, Batching, Bounds, Config, DomainIn, TargetIn};
-use crate::stage::{Stage, StageCtx, StageError};
+use crate::influence::{self, sample, Batching, Bounds, Config, DomainIn, Report, TargetIn};
+use crate::prologue::{self, Model, Tok};
+use crate::stage::{InputArtifact, Kind, StageCtx, StageError};
 use crate::tok::TokenizerDir;
 use crate::train::examples::{Encoder, LossOn};
+use crate::train::mixture::{
+    count_tokens, link_source, read_domains, read_mixture, MixtureSpec, MIXTURE_FILE, SOURCES_DIR,
+};
 use crate::train::stream::Budget;
-use crate::trainer::params::{self, float, int};
 use anyhow::{anyhow, Context};
-use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
+use dsl::device::Dtype;
+use dsl::KindSchema;
+use kinds::reweight::{Params, ReweightDtype};
 use serde_json::{json, Value as J};
-use std::collections::BTreeSet;
 
 /// The `reweight` kind.
 pub struct Reweight;
@@ -42,185 +43,120 @@ pub struct Reweight;
 /// Name of the diagnostics file in the artifact.
 pub const DIAGNOSTICS_FILE: &str = "diagnostics.json";
 
-impl Stage for Reweight {
+impl Kind for Reweight {
+    type Params = Params;
+
     fn schema(&self) -> KindSchema {
-        let unit = || ParamType::Float {
-            min: Some(0.0),
-            max: Some(1.0),
+        kinds::reweight::schema()
+    }
+
+    fn run(&self, ctx: &StageCtx, p: Params) -> Result<J, StageError> {
+        let (model, tok) = load(ctx, &p)?;
+        let eos = tok.eos("documents are measured as CPT trains them, ending with EOS")?;
+        let m = Measure {
+            ctx,
+            enc: Encoder {
+                tokenizer: &tok.dir.tokenizer,
+                template: None,
+                eos_id: eos,
+                loss_on: LossOn::All,
+                use_chat_template: false,
+                max_len: None,
+            },
+            vocab: model.hf.config.vocab_size as i64,
+            shown: model.shown(),
         };
-        KindSchema::new("reweight", 1, "mixture")
-            .doc("Influence-based reweighting: measures how much each domain of a mixture helps target datasets at a checkpoint and writes a new mixture (plus diagnostics).")
-            .param(ParamSpec::new("model", ParamType::Ref(&["model"])).doc("the checkpoint where influence is measured"))
-            .param(ParamSpec::new("mixture", ParamType::Ref(&["mixture"])).doc("the domains and the starting weights w0"))
-            .param(
-                ParamSpec::new(
-                    "target",
-                    ParamType::Record {
-                        positional: &["name"],
-                        fields: vec![
-                            ParamSpec::new("name", ParamType::Ref(&["dataset"])).doc("a text dataset"),
-                            ParamSpec::new("weight", float(0.0)).optional().doc("c_j (default 1; normalised)"),
-                        ],
-                    },
-                )
-                .repeated()
-                .doc("`target DATASET weight=1`; repeat for several targets"),
-            )
-            .param(ParamSpec::new("samples", int(2)).default(Value::Int(64)).doc("records sampled per domain"))
-            .param(ParamSpec::new("target-samples", int(1)).default(Value::Int(64)).doc("records sampled per target"))
-            .param(ParamSpec::new("seq-len", int(2)).default(Value::Int(512)).doc("documents are truncated to this many tokens"))
-            .param(ParamSpec::new("params", ParamType::List(Box::new(ParamType::Str))).optional()
-                .doc("glob patterns of tensor names whose gradients count (default: all)"))
-            .param(ParamSpec::new("project", int(1)).optional().doc("random projection dimension of the gradients"))
-            .param(ParamSpec::new("temperature", float(0.0)).default(Value::Float(1.0)).doc("trust region τ: w ∝ w0·exp(τ·ŝ)"))
-            .param(ParamSpec::new("smoothing", unit()).default(Value::Float(1e-3)).doc("ε: w = (1−ε)·w + ε/K"))
-            .param(ParamSpec::new("floor", unit()).default(Value::Float(0.0)).doc("lowest weight of a domain"))
-            .param(ParamSpec::new("cap", unit()).default(Value::Float(1.0)).doc("highest weight of a domain"))
-            .param(ParamSpec::new("max-repeats", float(0.0)).optional()
-                .doc("cap a domain at max-repeats·size/budget (default: each domain's max-epochs)"))
-            .param(
-                ParamSpec::new(
-                    "bound",
-                    ParamType::Record {
-                        positional: &["domain"],
-                        fields: vec![
-                            ParamSpec::new("domain", ParamType::Str).doc("a domain of the mixture"),
-                            ParamSpec::new("floor", unit()).optional(),
-                            ParamSpec::new("cap", unit()).optional(),
-                        ],
-                    },
-                )
-                .repeated()
-                .optional()
-                .doc("`bound DOMAIN floor=0.05 cap=0.5`: per-domain bounds"),
-            )
-            .param(ParamSpec::new("abstain-z", float(0.0)).default(Value::Float(2.0))
-                .doc("keep w0 when the spread of scores is within z·√2 standard errors"))
-            .param(ParamSpec::new("seed", int(0)).default(Value::Int(0)).doc("seed of the samples and the projection"))
-            .param(ParamSpec::new("check", ParamType::Bool).default(Value::Bool(false))
-                .doc("also measure L_j(θ) − L_j(θ − η·g_k) and its rank correlation with the prediction"))
-            .param(ParamSpec::new("check-lr", float(0.0)).default(Value::Float(1e-3)).doc("η of check mode"))
-            .param(ParamSpec::new("dtype", ParamType::Enum(&["auto", "f32", "bf16", "f64"])).default(Value::Str("auto".into()))
-                .doc("compute dtype: auto = f32 on CPU, bf16 on CUDA"))
-            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).non_semantic().doc("documents per forward pass"))
-            .check(check)
-    }
-
-    fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {
-        run(ctx)
+        let mix = ctx.input(&p.mixture.param)?;
+        let mut mixture = read_domains_of(ctx, &p, &m, &tok.dir, mix)?;
+        let targets = read_targets(ctx, &p, &m)?;
+        let (bounds, mut bound_notes) = bounds(&p, &mixture, &tok.dir)?;
+        let cfg = config(&p, tok.pad());
+        let mut report = estimate(ctx, &model, &mixture, &targets, &bounds, &cfg)?;
+        report.notes.append(&mut mixture.notes);
+        report.notes.append(&mut bound_notes);
+        write(ctx, mix, &mixture.spec, &report)?;
+        Ok(summary(&report))
     }
 }
 
-fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let mut out = Vec::new();
-    let targets = n
-        .params
-        .get("target")
-        .and_then(|v| v.as_list())
-        .unwrap_or(&[]);
-    if targets.is_empty() {
-        out.push(ParamIssue {
-            param: None,
-            message: "a reweight node needs at least one `target DATASET`".into(),
-            hint: Some("add `target my-val weight=1` inside the node's block".into()),
-        });
-    }
-    let total: f64 = targets
-        .iter()
-        .filter_map(|t| t.as_record())
-        .map(|r| r.get("weight").and_then(|w| w.as_f64()).unwrap_or(1.0))
-        .sum();
-    if !targets.is_empty() && total <= 0.0 {
-        out.push(ParamIssue {
-            param: Some("target".into()),
-            message: format!(
-                "the target weights sum to {total}: they must sum to a positive number"
-            ),
-            hint: Some("give at least one target a positive weight".into()),
-        });
-    }
-    let mut seen = BTreeSet::new();
-    for t in targets.iter().filter_map(|t| t.as_record()) {
-        if let Some(name) = t.get("name").and_then(|v| v.as_str()) {
-            if !seen.insert(name.to_string()) {
-                out.push(ParamIssue {
-                    param: Some("target".into()),
-                    message: format!("target `{name}` is listed twice"),
-                    hint: Some("list each target once and set its weight".into()),
-                });
-            }
-        }
-    }
-    out
-}
-
-fn f(ctx: &StageCtx, k: &str, d: f64) -> f64 {
-    params::get_f64(ctx, k, d)
-}
-
-fn run(ctx: &StageCtx) -> Result<J, StageError> {
-    let device = params::parse_device(&ctx.device)?;
-    let dtype = match ctx.param("dtype").as_str().unwrap_or("auto") {
-        "f64" => tch::Kind::Double,
-        other => params::resolve_dtype(other, device),
+/// The checkpoint in the node's dtype (`f64` besides the usual ones) and its tokenizer.
+fn load(ctx: &StageCtx, p: &Params) -> Result<(Model, Tok), StageError> {
+    let device = prologue::device(ctx)?;
+    let kind = match p.dtype {
+        ReweightDtype::F64 => tch::Kind::Double,
+        ReweightDtype::Auto => prologue::resolve_dtype(Dtype::Auto, device),
+        ReweightDtype::F32 => prologue::resolve_dtype(Dtype::F32, device),
+        ReweightDtype::Bf16 => prologue::resolve_dtype(Dtype::Bf16, device),
     };
-    let minput = ctx.input("model")?;
-    let model = crate::arch::HfModel::load(
-        &minput.dir,
-        &format!("model {}", minput.node),
-        &crate::arch::LoadOptions {
-            device,
-            dtype: Some(dtype),
-        },
-    )?;
-    let tshown = format!("model {}", minput.node);
-    let tdir = TokenizerDir::load(&minput.dir, &tshown)?;
-    let eos = tdir.eos_id().ok_or_else(|| {
-        StageError::user(
-            format!(
-                "{tshown}: the tokenizer has no EOS token (`eos_token` in tokenizer_config.json)"
-            ),
-            Some("documents are measured as CPT trains them, ending with EOS".into()),
-        )
-    })?;
-    let enc = Encoder {
-        tokenizer: &tdir.tokenizer,
-        template: None,
-        eos_id: eos,
-        loss_on: LossOn::All,
-        use_chat_template: false,
-        max_len: None,
-    };
-    let vocab = model.config.vocab_size as i64;
-    let encode = |what: &str,
-                  recs: &[Record],
-                  idx: &[usize]|
-     -> Result<Vec<Vec<i64>>, StageError> {
+    let model = prologue::load_model(ctx, &p.model, device, kind)?;
+    let tok = prologue::tokenizer(ctx, None, Some(&model))?;
+    Ok((model, tok))
+}
+
+/// Encodes sampled text records as CPT trains them (ending with EOS), checking every id is
+/// inside the checkpoint's vocabulary.
+struct Measure<'a> {
+    ctx: &'a StageCtx,
+    enc: Encoder<'a>,
+    vocab: i64,
+    /// The checkpoint, as errors name it.
+    shown: String,
+}
+
+impl Measure<'_> {
+    /// The records `idx` of `recs` (`what` in errors), tokenised.
+    fn encode(
+        &self,
+        what: &str,
+        recs: &[Record],
+        idx: &[usize],
+    ) -> Result<Vec<Vec<i64>>, StageError> {
         let mut out = Vec::with_capacity(idx.len());
         for &i in idx {
-            ctx.check_cancel()?;
+            self.ctx.check_cancel()?;
             let Some(Record::Text { text }) = recs.get(i) else {
                 return Err(StageError::user(
                     format!("{what}: record {} is not text", i + 1),
                     None,
                 ));
             };
-            let ids = enc
+            let ids = self
+                .enc
                 .document(text)
                 .with_context(|| format!("{what}: record {}", i + 1))?;
-            if let Some(&bad) = ids.iter().find(|&&t| t >= vocab) {
+            if let Some(&bad) = ids.iter().find(|&&t| t >= self.vocab) {
                 return Err(StageError::user(
-                    format!("{what}: token id {bad} is outside the vocabulary of {tshown} ({vocab} entries)"),
+                    format!(
+                        "{what}: token id {bad} is outside the vocabulary of {} ({} entries)",
+                        self.shown, self.vocab
+                    ),
                     Some("the checkpoint's tokenizer does not belong to its model".into()),
                 ));
             }
             out.push(ids);
         }
         Ok(out)
-    };
+    }
+}
 
-    // Domains.
-    let mix = ctx.input("mixture")?;
+/// The mixture's domains: its spec, every domain's records, the sampled documents, and the
+/// notes for the diagnostics.
+struct Domains {
+    spec: MixtureSpec,
+    data: Vec<(Format, Vec<Record>)>,
+    docs: Vec<Vec<Vec<i64>>>,
+    notes: Vec<String>,
+}
+
+/// Reads and samples the mixture's domains: text, at least 2 records each, and token counts
+/// that agree with the checkpoint's tokenizer.
+fn read_domains_of(
+    ctx: &StageCtx,
+    p: &Params,
+    m: &Measure,
+    tdir: &TokenizerDir,
+    mix: &InputArtifact,
+) -> Result<Domains, StageError> {
     if !mix.dir.join(MIXTURE_FILE).is_file() {
         return Err(StageError::user(
             format!("mixture {}: no {MIXTURE_FILE} in its artifact", mix.node),
@@ -229,10 +165,8 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
     }
     let spec = read_mixture(&mix.dir).with_context(|| format!("mixture {}", mix.node))?;
     let data = read_domains(&mix.dir, &spec).with_context(|| format!("mixture {}", mix.node))?;
-    let seed = params::get_u64(ctx, "seed").unwrap_or(0);
-    let n_samples = params::get_u64(ctx, "samples").unwrap_or(64) as usize;
     let mut notes = Vec::new();
-    let mut domain_docs = Vec::new();
+    let mut docs = Vec::new();
     for (d, (format, recs)) in spec.domains.iter().zip(&data) {
         let what = format!(
             "domain {} (dataset {}) of mixture {}",
@@ -256,44 +190,48 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
                 None,
             ));
         }
-        if recs.len() < n_samples {
+        if recs.len() < p.samples {
             let note = format!(
-                "domain {}: {} records, fewer than samples={n_samples}: used all of them",
+                "domain {}: {} records, fewer than samples={}: used all of them",
                 d.name,
-                recs.len()
+                recs.len(),
+                p.samples
             );
             tracing::warn!("node {}: {note}", ctx.node);
             notes.push(note);
         }
         if let Some(tokens) = d.tokens {
-            let counted = count_tokens(&tdir, recs).with_context(|| what.clone())?;
+            let counted = count_tokens(tdir, recs).with_context(|| what.clone())?;
             if counted != tokens {
                 return Err(StageError::user(
-                    format!("{what}: the mixture counted {tokens} tokens, the tokenizer of {tshown} gives {counted}: the checkpoint's tokenizer differs from the mixture's"),
+                    format!("{what}: the mixture counted {tokens} tokens, the tokenizer of {} gives {counted}: the checkpoint's tokenizer differs from the mixture's", m.shown),
                     Some("use a checkpoint trained with the mixture's tokenizer, or give the mixture `tokenizer=` of this model".into()),
                 ));
             }
         }
-        let idx = sample::indices(recs.len(), n_samples, seed, sample::DOMAIN_STREAM);
-        domain_docs.push(encode(&what, recs, &idx)?);
+        let idx = sample::indices(recs.len(), p.samples, p.seed, sample::DOMAIN_STREAM);
+        docs.push(m.encode(&what, recs, &idx)?);
     }
+    Ok(Domains {
+        spec,
+        data,
+        docs,
+        notes,
+    })
+}
 
-    // Targets.
-    let n_target = params::get_u64(ctx, "target-samples").unwrap_or(64) as usize;
+/// A target: its node, weight `c_j` and sampled documents.
+struct Target {
+    node: String,
+    weight: f64,
+    docs: Vec<Vec<i64>>,
+}
+
+/// Reads and samples every `target`: a non-empty text dataset.
+fn read_targets(ctx: &StageCtx, p: &Params, m: &Measure) -> Result<Vec<Target>, StageError> {
     let mut targets = Vec::new();
-    for (i, t) in ctx
-        .param("target")
-        .as_list()
-        .unwrap_or(&[])
-        .iter()
-        .enumerate()
-    {
-        let input = ctx.input(&format!("target[{i}].name"))?;
-        let weight = t
-            .as_record()
-            .and_then(|r| r.get("weight"))
-            .and_then(|w| w.as_f64())
-            .unwrap_or(1.0);
+    for t in &p.target {
+        let input = ctx.input(&t.name.param)?;
         let what = format!("target {}", input.node);
         let (format, recs) = read_normalized(&input.dir).with_context(|| what.clone())?;
         if format != Format::Text {
@@ -311,8 +249,12 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
                 Some("a target needs held-out text to measure its loss".into()),
             ));
         }
-        let idx = sample::indices(recs.len(), n_target, seed, sample::TARGET_STREAM);
-        targets.push((input.node.clone(), weight, encode(&what, &recs, &idx)?));
+        let idx = sample::indices(recs.len(), p.target_samples, p.seed, sample::TARGET_STREAM);
+        targets.push(Target {
+            node: input.node.clone(),
+            weight: t.weight(),
+            docs: m.encode(&what, &recs, &idx)?,
+        });
     }
     if targets.is_empty() {
         return Err(StageError::user(
@@ -320,36 +262,42 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
             None,
         ));
     }
+    Ok(targets)
+}
 
-    let bounds = bounds(ctx, &spec, &tdir, &data, &mut notes)?;
-    let cfg = Config {
+/// The measurement's knobs from the node's parameters.
+fn config(p: &Params, pad_id: i64) -> Config {
+    Config {
         batching: Batching {
-            seq_len: params::get_u64(ctx, "seq-len").unwrap_or(512) as usize,
-            batch_size: params::get_u64(ctx, "batch-size").unwrap_or(8) as usize,
-            pad_id: tdir.pad_id().unwrap_or(eos) as i64,
+            seq_len: p.seq_len,
+            batch_size: p.batch_size,
+            pad_id,
         },
-        params: ctx
-            .param("params")
-            .as_list()
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        project: params::get_u64(ctx, "project").map(|d| d as usize),
-        seed,
-        temperature: f(ctx, "temperature", 1.0),
-        smoothing: f(ctx, "smoothing", 1e-3),
-        abstain_z: f(ctx, "abstain-z", 2.0),
-        check_lr: ctx
-            .param("check")
-            .as_bool()
-            .unwrap_or(false)
-            .then(|| f(ctx, "check-lr", 1e-3)),
-    };
-    let domains: Vec<DomainIn> = spec
+        params: p.params.clone(),
+        project: p.project,
+        seed: p.seed,
+        temperature: p.temperature,
+        smoothing: p.smoothing,
+        abstain_z: p.abstain_z,
+        check_lr: p.check.then_some(p.check_lr),
+    }
+}
+
+/// Runs [`influence::estimate`] on the sampled documents (a cancel is [`StageError::Cancelled`],
+/// any other failure a user error naming the node).
+fn estimate(
+    ctx: &StageCtx,
+    model: &Model,
+    mixture: &Domains,
+    targets: &[Target],
+    bounds: &Bounds,
+    cfg: &Config,
+) -> Result<Report, StageError> {
+    let domains: Vec<DomainIn> = mixture
+        .spec
         .domains
         .iter()
-        .zip(&domain_docs)
+        .zip(&mixture.docs)
         .map(|(d, docs)| DomainIn {
             name: d.name.clone(),
             docs: docs.iter().map(Vec::as_slice).collect(),
@@ -358,24 +306,29 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
         .collect();
     let tin: Vec<TargetIn> = targets
         .iter()
-        .map(|(n, w, docs)| TargetIn {
-            name: n.clone(),
-            weight: *w,
-            docs: docs.iter().map(Vec::as_slice).collect(),
+        .map(|t| TargetIn {
+            name: t.node.clone(),
+            weight: t.weight,
+            docs: t.docs.iter().map(Vec::as_slice).collect(),
         })
         .collect();
     let cancel = || ctx.check_cancel().map_err(|_| anyhow!("cancelled"));
-    let mut report =
-        influence::estimate(&model, &domains, &tin, &bounds, &cfg, &cancel).map_err(|e| {
-            if ctx.cancel.is_cancelled() {
-                StageError::Cancelled
-            } else {
-                StageError::user(format!("node {}: {e:#}", ctx.node), None)
-            }
-        })?;
-    report.notes.extend(notes);
+    influence::estimate(&model.hf, &domains, &tin, bounds, cfg, &cancel).map_err(|e| {
+        if ctx.cancel.is_cancelled() {
+            StageError::Cancelled
+        } else {
+            StageError::user(format!("node {}: {e:#}", ctx.node), None)
+        }
+    })
+}
 
-    // Output: a mixture with the new weights, and the diagnostics.
+/// The artifact: the mixture with the new weights (its sources linked) and the diagnostics.
+fn write(
+    ctx: &StageCtx,
+    mix: &InputArtifact,
+    spec: &MixtureSpec,
+    report: &Report,
+) -> Result<(), StageError> {
     let mut out_spec = spec.clone();
     for (d, w) in out_spec.domains.iter_mut().zip(&report.w) {
         d.weight = *w;
@@ -388,13 +341,13 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
     out_spec.weight_by = "influence".into();
     let mj = serde_json::to_value(&out_spec).context("serialising mixture.json")?;
     crate::tok::write_json(&ctx.out_dir.join(MIXTURE_FILE), &mj)?;
-    let dj = serde_json::to_value(&report).context("serialising diagnostics")?;
+    let dj = serde_json::to_value(report).context("serialising diagnostics")?;
     crate::tok::write_json(&ctx.out_dir.join(DIAGNOSTICS_FILE), &dj)?;
-    Ok(summary(&report))
+    Ok(())
 }
 
 /// What `temper show` prints: w0 → w per domain and the headline diagnostics.
-pub fn summary(r: &influence::Report) -> J {
+pub fn summary(r: &Report) -> J {
     json!({
         "domains": r.domains.iter().enumerate().map(|(k, n)| json!({
             "name": n, "w0": r.w0[k], "w": r.w[k], "score": r.scores.s[k], "se": r.scores.se[k],
@@ -410,27 +363,28 @@ pub fn summary(r: &influence::Report) -> J {
     })
 }
 
-/// Floors and caps per domain (module docs).
+/// Floors and caps per domain (module docs): `floor`/`cap` for all, the repeat cap
+/// `R·size_k / budget`, then each `bound DOMAIN floor=… cap=…` (a cap only lowers); with the
+/// notes on the caps derived.
 fn bounds(
-    ctx: &StageCtx,
-    spec: &MixtureSpec,
+    p: &Params,
+    mixture: &Domains,
     tdir: &TokenizerDir,
-    data: &[(Format, Vec<Record>)],
-    notes: &mut Vec<String>,
-) -> Result<Bounds, StageError> {
+) -> Result<(Bounds, Vec<String>), StageError> {
+    let spec = &mixture.spec;
     let k = spec.domains.len();
-    let mut floor = vec![f(ctx, "floor", 0.0); k];
-    let mut cap = vec![f(ctx, "cap", 1.0); k];
-    let repeats = ctx.param("max-repeats").as_f64();
+    let mut floor = vec![p.floor; k];
+    let mut cap = vec![p.cap; k];
+    let mut notes = Vec::new();
     for (i, d) in spec.domains.iter().enumerate() {
-        let Some(r) = repeats.or(d.max_epochs) else {
+        let Some(r) = p.max_repeats.or(d.max_epochs) else {
             continue;
         };
         let derived = match spec.budget {
             Budget::Tokens(b) => {
                 let t = match d.tokens {
                     Some(t) => t,
-                    None => count_tokens(tdir, &data[i].1)
+                    None => count_tokens(tdir, &mixture.data[i].1)
                         .with_context(|| format!("domain {}", d.name))?,
                 };
                 Some(r * t as f64 / b as f64)
@@ -454,19 +408,18 @@ fn bounds(
         }
     }
     let names: Vec<&str> = spec.domains.iter().map(|d| d.name.as_str()).collect();
-    for b in ctx.param("bound").as_list().unwrap_or(&[]) {
-        let Some(r) = b.as_record() else { continue };
-        let name = r.get("domain").and_then(|v| v.as_str()).unwrap_or("");
+    for b in &p.bound {
+        let name = b.domain.as_str();
         let Some(i) = names.iter().position(|n| *n == name) else {
             return Err(StageError::user(
                 format!("bound {name}: the mixture has no domain `{name}`"),
                 Some(format!("its domains are: {}", names.join(", "))),
             ));
         };
-        if let Some(v) = r.get("floor").and_then(|v| v.as_f64()) {
+        if let Some(v) = b.floor {
             floor[i] = v;
         }
-        if let Some(v) = r.get("cap").and_then(|v| v.as_f64()) {
+        if let Some(v) = b.cap {
             cap[i] = cap[i].min(v);
         }
     }
@@ -478,5 +431,5 @@ fn bounds(
             Some("lower the floors, raise the caps or max-repeats, or shrink the budget".into()),
         )
     })?;
-    Ok(b)
+    Ok((b, notes))
 }

@@ -24,17 +24,18 @@
 //! Both give the same loss on the same examples. Columns that are padding in every row are
 //! trimmed (they carry no target and no attention).
 
-use crate::data::{read_normalized, Format};
-use crate::stage::{Stage, StageCtx, StageError};
-use crate::tok::TokenizerDir;
-use crate::train::chat::ChatTemplate;
+use crate::data::{read_normalized, Format, Record};
+use crate::prologue::{self, Start, Tok};
+use crate::stage::{InputArtifact, Kind, StageCtx, StageError};
 use crate::train::examples::{tokens_text, Encoded, Encoder, Example, LossOn};
 use crate::train::pack::{pack_rows, pad_batch, Batch};
 use crate::train::rng::SplitMix64;
-use crate::trainer::params::{self, int};
+use crate::trainer::output::write_output;
+use crate::trainer::params;
 use crate::trainer::{lm, train, LossOut, Objective};
 use anyhow::Context;
-use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
+use dsl::KindSchema;
+use kinds::sft::Params;
 use serde_json::{json, Value as J};
 
 /// The `sft` kind.
@@ -43,142 +44,116 @@ pub struct Sft;
 /// Stream key of the epoch permutations.
 const ORDER: u64 = 0x5F7_0DE4;
 
-impl Stage for Sft {
+/// `max-len` when neither the node nor the model's config gives one.
+const FALLBACK_MAX_LEN: usize = 2048;
+
+impl Kind for Sft {
+    type Params = Params;
+
     fn schema(&self) -> KindSchema {
-        KindSchema::new("sft", 1, "model")
-            .doc("Supervised fine-tuning on prompt-completion or chat data: loss on the completion / assistant turns, EOS trained.")
-            .param(ParamSpec::new("model", ParamType::Ref(&["model"])).doc("the model to train"))
-            .param(ParamSpec::new("data", ParamType::Ref(&["dataset"])).doc("a prompt-completion or messages dataset"))
-            .param(ParamSpec::new("tokenizer", ParamType::Ref(&["tokenizer", "model"])).optional().doc("default: the model's tokenizer files"))
-            .param(ParamSpec::new("loss-on", ParamType::Enum(LossOn::NAMES)).default(Value::Str("assistant".into()))
-                .doc("assistant | completion (the same) | all"))
-            .param(ParamSpec::new("packing", ParamType::Bool).default(Value::Bool(true))
-                .doc("pack examples into rows (block-diagonal attention) instead of padding"))
-            .param(ParamSpec::new("max-len", int(2)).optional().doc("longest example in tokens (default: the model's max_position_embeddings)"))
-            .param(ParamSpec::new("seq-len", int(2)).optional().doc("row length when packing (default: max-len)"))
-            .param(ParamSpec::new("skip-long", ParamType::Bool).default(Value::Bool(false))
-                .doc("skip and count examples longer than max-len instead of failing"))
-            .param(ParamSpec::new("use-chat-template", ParamType::Bool).default(Value::Bool(false))
-                .doc("render prompt-completion records with the chat template"))
-            .param(ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("examples per micro-batch"))
-            .params(params::optim_params())
-            .check(check)
+        kinds::sft::schema()
     }
 
-    fn run(&self, ctx: &StageCtx) -> Result<J, StageError> {
-        run(ctx)
+    fn run(&self, ctx: &StageCtx, p: Params) -> Result<J, StageError> {
+        let Start {
+            mut model,
+            tok,
+            eos,
+            pad,
+        } = prologue::start(
+            ctx,
+            &p.model,
+            p.optim.dtype,
+            p.tokenizer.as_ref(),
+            Some("SFT appends and trains EOS"),
+        )?;
+        let maxp = model.hf.config.max_position;
+        let max_len = prologue::max_len(p.max_len, maxp, FALLBACK_MAX_LEN, "the model")?;
+        let seq_len = p.seq_len.map_or(max_len, |s| s.max(max_len));
+        let template = tok.chat_template()?;
+        let enc = Encoder {
+            tokenizer: &tok.dir.tokenizer,
+            template: template.as_ref(),
+            eos_id: eos.expect("asked for"),
+            loss_on: loss_on(p.loss_on),
+            use_chat_template: p.use_chat_template,
+            max_len: Some(max_len),
+        };
+        let data = ctx.input(&p.data.param)?;
+        let (examples, skipped) = read_examples(ctx, &p, &tok, &enc, data)?;
+        if skipped > 0 {
+            tracing::warn!(node = %ctx.node, "{skipped} examples longer than max-len {max_len} skipped");
+        }
+        let (batch, accum) = (p.batch_size.max(1), p.optim.grad_accum.max(1));
+        let n = examples.len() as u64;
+        let mut spec = params::train_spec(&p.optim, &prologue::common(ctx)?);
+        let (total_steps, limit) = params::item_budget(&p.optim, n, (batch * accum) as u64);
+        spec.total_steps = total_steps;
+        let mut obj = SftData::new(
+            examples,
+            spec.seed,
+            limit,
+            (batch, accum),
+            p.packing,
+            seq_len,
+            pad,
+        );
+        let summary = train(ctx, &mut model.hf, &spec, &mut obj)?;
+        let extra = json!({
+            "kind": "sft",
+            "examples": n,
+            "skipped_long": skipped,
+            "max_len": max_len,
+            "packing": obj.packing,
+            "batch_size": batch,
+            "grad_accum": accum,
+            "dtype": params::dtype_name(model.hf.kind()),
+        });
+        write_output(ctx, &model.hf, &tok.path, &summary, extra)
     }
 }
 
-fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let mut out = Vec::new();
-    params::check_optim(n, &mut out);
-    params::check_steps_or_epochs(n, &mut out);
-    let get = |k: &str| n.params.get(k).and_then(|v| v.as_i64());
-    if let (Some(s), Some(m)) = (get("seq-len"), get("max-len")) {
-        if s < m {
-            out.push(ParamIssue {
-                param: Some("seq-len".into()),
-                message: format!("seq-len {s} is shorter than max-len {m}: the longest example must fit in a row"),
-                hint: None,
-            });
-        }
+/// The encoder's loss mask of a `loss-on` value.
+fn loss_on(l: kinds::sft::LossOn) -> LossOn {
+    match l {
+        kinds::sft::LossOn::Assistant | kinds::sft::LossOn::Completion => LossOn::Assistant,
+        kinds::sft::LossOn::All => LossOn::All,
     }
-    out
 }
 
-fn run(ctx: &StageCtx) -> Result<J, StageError> {
-    let (mut model, model_dir) = params::load_model(ctx)?;
-    let (tok_dir, tok_shown) = params::tokenizer_dir(ctx, &model_dir)?;
-    let tdir = TokenizerDir::load(&tok_dir, &tok_shown)?;
-    let eos = tdir.eos_id().ok_or_else(|| {
-        StageError::user(
-            format!("{tok_shown}: the tokenizer has no EOS token (`eos_token` in tokenizer_config.json)"),
-            Some("SFT appends and trains EOS".into()),
-        )
-    })?;
-    let pad = tdir.pad_id().unwrap_or(eos) as i64;
-    let maxp = model.config.max_position;
-    let max_len = match (params::get_u64(ctx, "max-len"), maxp) {
-        (Some(m), Some(p)) if m as usize > p => {
-            return Err(StageError::user(
-                format!("max-len {m} is longer than the model's max_position_embeddings {p}"),
-                Some(format!("use max-len {p} or less")),
-            ))
-        }
-        (Some(m), _) => m as usize,
-        (None, Some(p)) => p,
-        (None, None) => 2048,
-    };
-    let seq_len = params::get_u64(ctx, "seq-len")
-        .map_or(max_len, |s| s as usize)
-        .max(max_len);
-    let template = match ChatTemplate::load(&tok_dir, &tdir.tokenizer) {
-        Ok(Some(mut t)) => {
-            t.set_now(0);
-            Some(t)
-        }
-        Ok(None) => None,
-        Err(e) => return Err(StageError::user(format!("{tok_shown}: {e:#}"), None)),
-    };
-    let loss_on = LossOn::parse(ctx.param("loss-on").as_str().unwrap_or("assistant"))
-        .unwrap_or(LossOn::Assistant);
-    let enc = Encoder {
-        tokenizer: &tdir.tokenizer,
-        template: template.as_ref(),
-        eos_id: eos,
-        loss_on,
-        use_chat_template: ctx.param("use-chat-template").as_bool().unwrap_or(false),
-        max_len: Some(max_len),
-    };
-    let data = ctx.input("data")?;
+/// The examples of `data=` and how many were skipped as too long (`skip-long`).
+fn read_examples(
+    ctx: &StageCtx,
+    p: &Params,
+    tok: &Tok,
+    enc: &Encoder,
+    data: &InputArtifact,
+) -> Result<(Vec<Example>, u64), StageError> {
     let (format, records) =
         read_normalized(&data.dir).with_context(|| format!("dataset {}", data.node))?;
     if format == Format::Preference {
         return Err(StageError::user(
-            format!("dataset {}: SFT trains on prompt-completion or messages data, this one is `preference`", data.node),
+            format!(
+                "dataset {}: SFT trains on prompt-completion or messages data, this one is `preference`",
+                data.node
+            ),
             Some("use a preference stage (dpo …) for preference data".into()),
         ));
     }
-    if format == Format::Messages && template.is_none() {
+    if format == Format::Messages && enc.template.is_none() {
         return Err(StageError::user(
-            format!("{tok_shown}: messages data needs a chat template, and this tokenizer has none"),
+            format!("{}: messages data needs a chat template, and this tokenizer has none", tok.shown),
             Some("use a tokenizer with `chat_template.jinja` (or `chat_template` in tokenizer_config.json)".into()),
         ));
     }
-    let skip_long = ctx.param("skip-long").as_bool().unwrap_or(false);
     let mut examples = Vec::with_capacity(records.len());
     let mut skipped = 0u64;
     for (i, r) in records.iter().enumerate() {
         ctx.check_cancel()?;
-        let at = format!(
-            "dataset {}: record {} (line {} of data.jsonl)",
-            data.node,
-            i + 1,
-            i + 1
-        );
-        match enc.example(r).with_context(|| at.clone())? {
-            Encoded::Ok(ex) => examples.push(ex),
-            Encoded::TooLong { len, max, .. } if skip_long => {
-                tracing::debug!("{at}: {len} tokens > max-len {max}, skipped");
-                skipped += 1;
-            }
-            Encoded::TooLong { len, max, exact } => {
-                return Err(StageError::user(
-                    format!("{at}: {}, longer than max-len {max}", tokens_text(len, exact)),
-                    Some("raise `max-len` (up to the model's limit) or set `skip-long=#true` to skip and count such examples".into()),
-                ))
-            }
-            Encoded::NoTarget => {
-                return Err(StageError::user(
-                    format!("{at}: nothing to train on (every token is masked by loss-on {})", ctx.param("loss-on").display()),
-                    Some("check that the record has an assistant turn / a non-empty completion".into()),
-                ))
-            }
+        match encode(p, enc, &data.node, i, r)? {
+            Some(ex) => examples.push(ex),
+            None => skipped += 1,
         }
-    }
-    if skipped > 0 {
-        tracing::warn!(node = %ctx.node, "{skipped} examples longer than max-len {max_len} skipped");
     }
     if examples.is_empty() {
         return Err(StageError::user(
@@ -186,45 +161,37 @@ fn run(ctx: &StageCtx) -> Result<J, StageError> {
             None,
         ));
     }
-    let batch = params::get_u64(ctx, "batch-size").unwrap_or(8).max(1) as usize;
-    let accum = params::get_u64(ctx, "grad-accum").unwrap_or(1).max(1) as usize;
-    let n = examples.len() as u64;
-    let per_step = (batch * accum) as u64;
-    let mut spec = params::train_spec(ctx);
-    let limit = match params::get_u64(ctx, "steps") {
-        Some(s) => {
-            spec.total_steps = s;
-            s.saturating_mul(per_step)
-        }
-        None => {
-            let e = ctx.param("epochs").as_f64().unwrap_or(1.0);
-            let limit = ((e * n as f64).ceil() as u64).max(1);
-            spec.total_steps = limit.div_ceil(per_step);
-            limit
-        }
-    };
-    let packing = ctx.param("packing").as_bool().unwrap_or(true);
-    let mut obj = SftData::new(
-        examples,
-        spec.seed,
-        limit,
-        (batch, accum),
-        packing,
-        seq_len,
-        pad,
+    Ok((examples, skipped))
+}
+
+/// Record `i` of dataset `node` as an example; `None` when too long and `skip-long` is set.
+fn encode(
+    p: &Params,
+    enc: &Encoder,
+    node: &str,
+    i: usize,
+    r: &Record,
+) -> Result<Option<Example>, StageError> {
+    let at = format!(
+        "dataset {node}: record {} (line {} of data.jsonl)",
+        i + 1,
+        i + 1
     );
-    let summary = train(ctx, &mut model, &spec, &mut obj)?;
-    let extra = json!({
-        "kind": "sft",
-        "examples": n,
-        "skipped_long": skipped,
-        "max_len": max_len,
-        "packing": obj.packing,
-        "batch_size": batch,
-        "grad_accum": accum,
-        "dtype": params::dtype_name(model.kind()),
-    });
-    params::write_output(ctx, &model, &tok_dir, &summary, extra)
+    match enc.example(r).with_context(|| at.clone())? {
+        Encoded::Ok(ex) => Ok(Some(ex)),
+        Encoded::TooLong { len, max, .. } if p.skip_long => {
+            tracing::debug!("{at}: {len} tokens > max-len {max}, skipped");
+            Ok(None)
+        }
+        Encoded::TooLong { len, max, exact } => Err(StageError::user(
+            format!("{at}: {}, longer than max-len {max}", tokens_text(len, exact)),
+            Some("raise `max-len` (up to the model's limit) or set `skip-long=#true` to skip and count such examples".into()),
+        )),
+        Encoded::NoTarget => Err(StageError::user(
+            format!("{at}: nothing to train on (every token is masked by loss-on {})", p.loss_on.name()),
+            Some("check that the record has an assistant turn / a non-empty completion".into()),
+        )),
+    }
 }
 
 /// The SFT data source: tokenised examples in a seeded order per epoch.

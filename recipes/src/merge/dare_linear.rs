@@ -5,17 +5,10 @@
 //! Formula details and edge cases: [`super::task_vector`].
 
 use super::task_vector::{self, Sparsify};
-use super::{MergeFn, MethodDef, ParamDecl, Real, TensorParams, Tensors};
-use super::{DENSITY, LAMBDA, NORMALIZE, WEIGHT};
+use super::{MergeFn, Method, Real, TensorParams, Tensors};
 
-pub const DEF: MethodDef = MethodDef {
-    name: "dare_linear",
-    doc: "DARE: random drop of task-vector entries, L1 rescale, weighted sum",
-    base: super::BaseUse::Required,
-    min_models: 1,
-    params: &[WEIGHT, DENSITY, LAMBDA, NORMALIZE] as &[ParamDecl],
-    normalize_default: false,
-    random: true,
+pub const METHOD: Method = Method {
+    decl: &kinds::merge::DARE_LINEAR,
     merge_f32: merge::<f32> as MergeFn<f32>,
     merge_f64: merge::<f64> as MergeFn<f64>,
 };

@@ -5,17 +5,10 @@
 //! Formula details and edge cases: [`super::task_vector`].
 
 use super::task_vector::{self, Sparsify};
-use super::{MergeFn, MethodDef, ParamDecl, Real, TensorParams, Tensors};
-use super::{DENSITY, LAMBDA, NORMALIZE, WEIGHT};
+use super::{MergeFn, Method, Real, TensorParams, Tensors};
 
-pub const DEF: MethodDef = MethodDef {
-    name: "dare_ties",
-    doc: "DARE sparsification with TIES sign consensus",
-    base: super::BaseUse::Required,
-    min_models: 1,
-    params: &[WEIGHT, DENSITY, LAMBDA, NORMALIZE] as &[ParamDecl],
-    normalize_default: false,
-    random: true,
+pub const METHOD: Method = Method {
+    decl: &kinds::merge::DARE_TIES,
     merge_f32: merge::<f32> as MergeFn<f32>,
     merge_f64: merge::<f64> as MergeFn<f64>,
 };

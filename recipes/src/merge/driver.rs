@@ -18,7 +18,7 @@
 
 use super::params::ParamValue;
 use super::st::{self, MappedFile, OutDtype, OutTensor, ShardWriter};
-use super::{BaseUse, MethodDef, Real, TensorParams, Tensors};
+use super::{BaseUse, Method, Real, TensorParams, Tensors};
 use crate::arch::io::{generation_config, GENERATION_CONFIG_FILE, TOKENIZER_FILES};
 use crate::hf::{self, TensorInfo};
 use crate::stage::StageError;
@@ -47,7 +47,7 @@ pub struct ParamSet {
 /// Everything a merge needs.
 #[derive(Clone, Debug)]
 pub struct Job {
-    pub method: &'static MethodDef,
+    pub method: &'static Method,
     /// The base (for slerp: the first of the two).
     pub base: Option<Input>,
     pub models: Vec<Input>,
@@ -117,9 +117,9 @@ pub fn run(
     out_dir: &Path,
     tick: &mut dyn FnMut(usize, usize) -> Result<(), StageError>,
 ) -> Result<J, StageError> {
-    if job.method.base != BaseUse::None && job.base.is_none() {
+    if job.method.decl.base != BaseUse::None && job.base.is_none() {
         return Err(user(
-            format!("method {} needs a base model", job.method.name),
+            format!("method {} needs a base model", job.method.decl.name),
             Some("set `base=NAME`"),
         ));
     }
@@ -205,7 +205,7 @@ pub fn run(
     }
     write_companions(reference, &tok_src, out_dir, dtype, vocab)?;
     Ok(json!({
-        "method": job.method.name,
+        "method": job.method.decl.name,
         "base": job.base.as_ref().map(|b| b.name.clone()),
         "models": job.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
         "tensors": total,
@@ -404,7 +404,7 @@ impl IntoMerged for f64 {
 
 /// Resolves the parameters for `name` (module [`super::params`]).
 pub fn tensor_params(job: &Job, name: &str, layers: usize) -> Result<TensorParams, StageError> {
-    let m = job.method;
+    let m = job.method.decl;
     let resolve = |v: Option<&ParamValue>, p: &str| -> Result<f64, StageError> {
         v.and_then(|v| v.resolve(name, layers))
             .or_else(|| m.param(p).and_then(|d| d.default))

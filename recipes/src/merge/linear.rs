@@ -3,16 +3,10 @@
 //! `out = Σᵢ wᵢ·θᵢ`, divided by `Σᵢ wᵢ` when `normalize` (default on); a zero sum of weights
 //! leaves the sum undivided. No base. One model of weight 1 reproduces it bit for bit.
 
-use super::{MergeFn, MethodDef, ParamDecl, Real, TensorParams, Tensors, NORMALIZE, WEIGHT};
+use super::{MergeFn, Method, Real, TensorParams, Tensors};
 
-pub const DEF: MethodDef = MethodDef {
-    name: "linear",
-    doc: "weighted average Σ wᵢθᵢ / Σ wᵢ",
-    base: super::BaseUse::None,
-    min_models: 1,
-    params: &[WEIGHT, NORMALIZE] as &[ParamDecl],
-    normalize_default: true,
-    random: false,
+pub const METHOD: Method = Method {
+    decl: &kinds::merge::LINEAR,
     merge_f32: merge::<f32> as MergeFn<f32>,
     merge_f64: merge::<f64> as MergeFn<f64>,
 };

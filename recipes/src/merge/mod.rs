@@ -6,7 +6,8 @@
 //!
 //! Methods are pure functions over flat tensors (`Vec<T>`, `T` = f32 at run time, f64 in tests):
 //! reductions (norms, dot products, sums of weights) are accumulated in f64 either way.
-//! Adding a method: one file exporting a [`MethodDef`] plus one line in [`METHODS`].
+//! Adding a method: its declaration in `kinds::merge` (read by the recipe check without torch),
+//! one file here exporting a [`Method`] with the arithmetic, and one line in each table.
 
 pub mod dare_linear;
 pub mod dare_ties;
@@ -106,106 +107,40 @@ impl Default for TensorParams {
 /// message (the driver adds the tensor name).
 pub type MergeFn<T> = fn(Tensors<T>, &TensorParams) -> Result<Vec<T>, String>;
 
-/// How a method uses the `base` model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BaseUse {
-    /// No base: every input is a `model` (linear).
-    None,
-    /// A base is required (task vectors are taken against it).
-    Required,
-    /// The base is the first of exactly two inputs: `base=` when set, else the first `model`
-    /// (slerp).
-    FirstOfTwo,
-}
+pub use kinds::merge::{BaseUse, MethodDecl, ParamDecl};
 
-/// A parameter a method reads, and its default when the recipe does not set it
-/// (`None` = the recipe must set it).
-#[derive(Clone, Copy, Debug)]
-pub struct ParamDecl {
-    pub name: &'static str,
-    pub default: Option<f64>,
-    /// Set per input model (`model NAME weight=…`) rather than once for the node.
-    pub per_model: bool,
-}
-
-/// A method's declaration: what the `merge` kind validates a recipe against.
+/// A method: its declaration (`kinds::merge`, what recipes are checked against) and its
+/// arithmetic, in f32 (run time) and f64 (golden tests).
 #[derive(Clone, Copy)]
-pub struct MethodDef {
-    pub name: &'static str,
-    pub doc: &'static str,
-    pub base: BaseUse,
-    /// Fewest non-base models.
-    pub min_models: usize,
-    pub params: &'static [ParamDecl],
-    /// Default of `normalize` (only meaningful when `params` mentions it).
-    pub normalize_default: bool,
-    /// Uses `seed`.
-    pub random: bool,
+pub struct Method {
+    pub decl: &'static MethodDecl,
     pub merge_f32: MergeFn<f32>,
     pub merge_f64: MergeFn<f64>,
 }
 
-impl std::fmt::Debug for MethodDef {
+impl std::fmt::Debug for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MethodDef")
-            .field("name", &self.name)
+        f.debug_struct("Method")
+            .field("name", &self.decl.name)
             .finish_non_exhaustive()
     }
 }
 
-impl MethodDef {
-    pub fn param(&self, name: &str) -> Option<&ParamDecl> {
-        self.params.iter().find(|p| p.name == name)
-    }
-}
-
-/// Shared parameter declarations.
-pub const WEIGHT: ParamDecl = ParamDecl {
-    name: "weight",
-    default: Some(1.0),
-    per_model: true,
-};
-pub const DENSITY: ParamDecl = ParamDecl {
-    name: "density",
-    default: Some(1.0),
-    per_model: true,
-};
-pub const LAMBDA: ParamDecl = ParamDecl {
-    name: "lambda",
-    default: Some(1.0),
-    per_model: false,
-};
-pub const NORMALIZE: ParamDecl = ParamDecl {
-    name: "normalize",
-    default: None,
-    per_model: false,
-};
-
-/// Every merge method, by name. Adding one: a file with its `DEF` and a line here.
-pub const METHODS: &[MethodDef] = &[
-    linear::DEF,
-    slerp::DEF,
-    task_arithmetic::DEF,
-    ties::DEF,
-    dare_linear::DEF,
-    dare_ties::DEF,
-    model_stock::DEF,
-];
-
-/// Method names in registry order (the `method` enum of the `merge` kind).
-pub const METHOD_NAMES: &[&str] = &[
-    linear::DEF.name,
-    slerp::DEF.name,
-    task_arithmetic::DEF.name,
-    ties::DEF.name,
-    dare_linear::DEF.name,
-    dare_ties::DEF.name,
-    model_stock::DEF.name,
+/// Every merge method, in the order of `kinds::merge::METHODS`. Adding one: its declaration
+/// there, a file here exporting its `METHOD`, and a line in each table.
+pub const METHODS: &[Method] = &[
+    linear::METHOD,
+    slerp::METHOD,
+    task_arithmetic::METHOD,
+    ties::METHOD,
+    dare_linear::METHOD,
+    dare_ties::METHOD,
+    model_stock::METHOD,
 ];
 
 /// The method called `name`.
-pub fn method(name: &str) -> Option<&'static MethodDef> {
-    METHODS.iter().find(|m| m.name == name)
+pub fn method(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| m.decl.name == name)
 }
 
 /// f64 dot product of two tensors.
@@ -230,4 +165,25 @@ pub(crate) fn same_len<T>(t: &Tensors<T>) -> Result<usize, String> {
         return Err("inputs have different numbers of elements".into());
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The implementations and the declarations list the same methods in the same order.
+    #[test]
+    fn tables_agree() {
+        let impls: Vec<&str> = super::METHODS.iter().map(|m| m.decl.name).collect();
+        let decls: Vec<&str> = kinds::merge::METHODS.iter().map(|m| m.name).collect();
+        assert_eq!(impls, decls);
+        assert_eq!(decls, kinds::merge::METHOD_NAMES);
+    }
+
+    /// The default `shard-size` is the model writer's default shard size.
+    #[test]
+    fn shard_size_default_agrees() {
+        assert_eq!(
+            kinds::merge::DEFAULT_SHARD_SIZE,
+            crate::arch::io::DEFAULT_MAX_SHARD_BYTES
+        );
+    }
 }

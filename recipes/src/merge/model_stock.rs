@@ -7,16 +7,10 @@
 //!
 //! Models identical to the base give `cos = 0`, `t = 0`: the base itself.
 
-use super::{MergeFn, MethodDef, ParamDecl, Real, TensorParams, Tensors};
+use super::{MergeFn, Method, Real, TensorParams, Tensors};
 
-pub const DEF: MethodDef = MethodDef {
-    name: "model_stock",
-    doc: "Model Stock: interpolate the models' mean toward the base by their task vectors' angle",
-    base: super::BaseUse::Required,
-    min_models: 2,
-    params: &[] as &[ParamDecl],
-    normalize_default: false,
-    random: false,
+pub const METHOD: Method = Method {
+    decl: &kinds::merge::MODEL_STOCK,
     merge_f32: merge::<f32> as MergeFn<f32>,
     merge_f64: merge::<f64> as MergeFn<f64>,
 };

@@ -8,8 +8,6 @@
 //!   value `= s[i0]·(1−f) + s[i1]·f`. Tensors outside the layers (embeddings, the final norm,
 //!   the LM head) take `t = 0`. A one-entry gradient is that scalar everywhere.
 
-use dsl::Value;
-
 /// A parameter's value as written.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamValue {
@@ -72,20 +70,13 @@ impl ParamValue {
         }
     }
 
-    /// Reads a recipe value: a number → scalar; a list of one number → scalar; a longer list →
-    /// gradient. `None` for `Null` or an empty list.
-    pub fn from_value(v: &Value) -> Option<ParamValue> {
-        match v {
-            Value::Int(_) | Value::Float(_) => v.as_f64().map(ParamValue::Scalar),
-            Value::List(l) => {
-                let xs: Vec<f64> = l.iter().filter_map(Value::as_f64).collect();
-                match xs.len() {
-                    0 => None,
-                    1 => Some(ParamValue::Scalar(xs[0])),
-                    _ => Some(ParamValue::Gradient(xs)),
-                }
-            }
-            _ => None,
+    /// A node-level value from its numbers as written: one number → scalar; several →
+    /// gradient; none → unset.
+    pub fn from_numbers(xs: &[f64]) -> Option<ParamValue> {
+        match xs {
+            [] => None,
+            [x] => Some(ParamValue::Scalar(*x)),
+            _ => Some(ParamValue::Gradient(xs.to_vec())),
         }
     }
 

@@ -7,20 +7,10 @@
 //! `res = [sin((1−t)θ)·v0 + sin(tθ)·v1] / sin θ` on the **unnormalised** originals.
 //! `t = 0` and `t = 1` return the base / the other input exactly (bit for bit).
 
-use super::{MergeFn, MethodDef, ParamDecl, Real, TensorParams, Tensors};
+use super::{MergeFn, Method, Real, TensorParams, Tensors};
 
-pub const DEF: MethodDef = MethodDef {
-    name: "slerp",
-    doc: "spherical interpolation between two models by t (t=0: the base)",
-    base: super::BaseUse::FirstOfTwo,
-    min_models: 1,
-    params: &[ParamDecl {
-        name: "t",
-        default: None,
-        per_model: false,
-    }],
-    normalize_default: false,
-    random: false,
+pub const METHOD: Method = Method {
+    decl: &kinds::merge::SLERP,
     merge_f32: merge::<f32> as MergeFn<f32>,
     merge_f64: merge::<f64> as MergeFn<f64>,
 };

@@ -23,6 +23,17 @@ pub enum OutDtype {
     F64,
 }
 
+impl From<kinds::model::WeightDtype> for OutDtype {
+    fn from(d: kinds::model::WeightDtype) -> Self {
+        use kinds::model::WeightDtype as W;
+        match d {
+            W::F32 => OutDtype::F32,
+            W::Bf16 => OutDtype::Bf16,
+            W::F16 => OutDtype::F16,
+        }
+    }
+}
+
 impl OutDtype {
     /// From a recipe word (`f32`, `bf16`, `f16`) or a safetensors name (`F32`, `BF16`, …).
     pub fn parse(s: &str) -> Option<Self> {

@@ -3,17 +3,10 @@
 //! Formula details and edge cases: [`super::task_vector`].
 
 use super::task_vector::{self, Sparsify};
-use super::{MergeFn, MethodDef, ParamDecl, Real, TensorParams, Tensors};
-use super::{LAMBDA, NORMALIZE, WEIGHT};
+use super::{MergeFn, Method, Real, TensorParams, Tensors};
 
-pub const DEF: MethodDef = MethodDef {
-    name: "task_arithmetic",
-    doc: "sum of weighted task vectors: θbase + λ·Σ wᵢτᵢ",
-    base: super::BaseUse::Required,
-    min_models: 1,
-    params: &[WEIGHT, LAMBDA, NORMALIZE] as &[ParamDecl],
-    normalize_default: false,
-    random: false,
+pub const METHOD: Method = Method {
+    decl: &kinds::merge::TASK_ARITHMETIC,
     merge_f32: merge::<f32> as MergeFn<f32>,
     merge_f64: merge::<f64> as MergeFn<f64>,
 };

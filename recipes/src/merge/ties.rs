@@ -5,17 +5,10 @@
 //! Formula details and edge cases: [`super::task_vector`].
 
 use super::task_vector::{self, Sparsify};
-use super::{MergeFn, MethodDef, ParamDecl, Real, TensorParams, Tensors};
-use super::{DENSITY, LAMBDA, NORMALIZE, WEIGHT};
+use super::{MergeFn, Method, Real, TensorParams, Tensors};
 
-pub const DEF: MethodDef = MethodDef {
-    name: "ties",
-    doc: "TIES: top-k sparsified task vectors with sign consensus, normalised",
-    base: super::BaseUse::Required,
-    min_models: 1,
-    params: &[WEIGHT, DENSITY, LAMBDA, NORMALIZE] as &[ParamDecl],
-    normalize_default: true,
-    random: false,
+pub const METHOD: Method = Method {
+    decl: &kinds::merge::TIES,
     merge_f32: merge::<f32> as MergeFn<f32>,
     merge_f64: merge::<f64> as MergeFn<f64>,
 };

@@ -10,7 +10,52 @@
 //!
 //! `logσ` is computed as `−softplus(−x)`, stable for large |x|.
 
+use super::{Loss, LossConfig, Terms};
 use tch::Tensor;
+
+/// `sigmoid` (DPO / cDPO).
+pub const SIGMOID: Loss = Loss {
+    decl: &kinds::losses::SIGMOID,
+    f: sigmoid_loss,
+};
+/// `robust` (rDPO).
+pub const ROBUST: Loss = Loss {
+    decl: &kinds::losses::ROBUST,
+    f: robust_loss,
+};
+/// `hinge` (SLiC).
+pub const HINGE: Loss = Loss {
+    decl: &kinds::losses::HINGE,
+    f: hinge_loss,
+};
+/// `sigmoid_norm` (length-normalised DPO).
+pub const SIGMOID_NORM: Loss = Loss {
+    decl: &kinds::losses::SIGMOID_NORM,
+    f: sigmoid_norm_loss,
+};
+
+fn sigmoid_loss(c: &LossConfig, t: &Terms) -> anyhow::Result<Tensor> {
+    Ok(sigmoid(&t.ratios()?.h, c.beta, c.label_smoothing))
+}
+
+fn robust_loss(c: &LossConfig, t: &Terms) -> anyhow::Result<Tensor> {
+    Ok(robust(&t.ratios()?.h, c.beta, c.label_smoothing))
+}
+
+fn hinge_loss(c: &LossConfig, t: &Terms) -> anyhow::Result<Tensor> {
+    Ok(hinge(&t.ratios()?.h, c.beta))
+}
+
+fn sigmoid_norm_loss(c: &LossConfig, t: &Terms) -> anyhow::Result<Tensor> {
+    let r = t.ratios()?;
+    Ok(sigmoid_norm(
+        &r.c,
+        &r.r,
+        t.len_chosen,
+        t.len_rejected,
+        c.beta,
+    ))
+}
 
 /// `log σ(x)`, numerically stable.
 pub fn log_sigmoid(x: &Tensor) -> Tensor {

@@ -1,10 +1,13 @@
-//! Preference-optimisation losses and their registry, sequence log-probs, pair tokenisation and
-//! the stored reference log-probs.
+//! Preference-optimisation losses and their registry, sequence log-probs, pair tokenisation,
+//! the stored reference log-probs and the pair data source the `dpo` kind trains on.
 //!
 //! One file per loss family, each formula in its doc comment: [`dpo`] (sigmoid / cDPO label
-//! smoothing, robust, hinge, sigmoid_norm), [`ipo`], [`orpo`], [`simpo`], [`npo`], [`kto`].
-//! [`LOSSES`] maps the names accepted by `dpo loss=…` to their declaration (whether a reference
-//! is needed, defaults of β and of the normalisation); the `dpo` kind's schema reads it.
+//! smoothing, robust, hinge, sigmoid_norm), [`ipo`], [`orpo`], [`simpo`], and [`npo`] (the
+//! unlearning loss of the `npo` kind and its retain terms). Each `dpo` loss family file exports
+//! its registry entries ([`Loss`]: the torch-free declaration in `kinds::losses` and the
+//! function); [`LOSSES`] lists them in the order of `kinds::losses::LOSSES`, which the `dpo`
+//! kind's schema and check read. Adding a loss: its declaration and a line in `kinds::losses`,
+//! its file here and a line in [`LOSSES`].
 //!
 //! Notation: `logπ(y)` is the policy's log-prob of a completion summed over its completion
 //! tokens, `Lc`, `Lr` the completion lengths in tokens, `ρ = logπ(y) − logπref(y)`,
@@ -24,149 +27,55 @@
 pub mod dpo;
 pub mod encode;
 pub mod ipo;
-pub mod kto;
 pub mod logps;
 pub mod npo;
 pub mod orpo;
+pub mod pairs;
 pub mod simpo;
 pub mod stored;
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
+pub use kinds::losses::{LogpNorm, LossDecl};
 use tch::Tensor;
 
-/// A preference loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LossKind {
-    Sigmoid,
-    Robust,
-    Hinge,
-    Ipo,
-    SigmoidNorm,
-    Orpo,
-    Simpo,
-}
+/// A loss's per-pair function: the loss of each pair (`[B]`) from the pair's [`Terms`],
+/// without the NLL term (added by [`pair_loss`]).
+pub type LossFn = fn(&LossConfig, &Terms) -> anyhow::Result<Tensor>;
 
-/// Summed or per-token averaged sequence log-probs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogpNorm {
-    Sum,
-    Mean,
-}
-
-impl LogpNorm {
-    pub const NAMES: &'static [&'static str] = &["sum", "mean"];
-    pub fn parse(s: &str) -> Option<LogpNorm> {
-        match s {
-            "sum" => Some(LogpNorm::Sum),
-            "mean" => Some(LogpNorm::Mean),
-            _ => None,
-        }
-    }
-}
-
-/// The declaration of a loss: its name in recipes and its defaults.
+/// A registry entry: a loss's declaration and its implementation.
 #[derive(Clone, Copy, Debug)]
-pub struct LossDecl {
-    pub name: &'static str,
-    pub kind: LossKind,
-    /// Needs reference log-probs (a `ref=` node with a model).
-    pub needs_ref: bool,
-    /// Default β (λ for orpo).
-    pub beta: f64,
-    /// Default `nll-weight`.
-    pub nll_weight: f64,
-    /// How `ρ` / the rewards are normalised; `None` = fixed by the loss (per-token averages).
-    pub logp_norm: Option<LogpNorm>,
-    pub doc: &'static str,
+pub struct Loss {
+    pub decl: &'static LossDecl,
+    pub f: LossFn,
 }
 
-/// Every loss `dpo loss=…` accepts.
-pub const LOSSES: &[LossDecl] = &[
-    LossDecl {
-        name: "sigmoid",
-        kind: LossKind::Sigmoid,
-        needs_ref: true,
-        beta: 0.1,
-        nll_weight: 0.0,
-        logp_norm: Some(LogpNorm::Sum),
-        doc: "DPO −logσ(βh); cDPO with label-smoothing ε; RPO with nll-weight",
-    },
-    LossDecl {
-        name: "robust",
-        kind: LossKind::Robust,
-        needs_ref: true,
-        beta: 0.1,
-        nll_weight: 0.0,
-        logp_norm: Some(LogpNorm::Sum),
-        doc: "rDPO [−(1−ε)logσ(βh) + ε·logσ(−βh)]/(1−2ε)",
-    },
-    LossDecl {
-        name: "hinge",
-        kind: LossKind::Hinge,
-        needs_ref: true,
-        beta: 0.1,
-        nll_weight: 0.0,
-        logp_norm: Some(LogpNorm::Sum),
-        doc: "SLiC max(0, 1 − βh)",
-    },
-    LossDecl {
-        name: "ipo",
-        kind: LossKind::Ipo,
-        needs_ref: true,
-        beta: 0.1,
-        nll_weight: 0.0,
-        logp_norm: None,
-        doc: "IPO (ρc/Lc − ρr/Lr − 1/(2β))²",
-    },
-    LossDecl {
-        name: "sigmoid_norm",
-        kind: LossKind::SigmoidNorm,
-        needs_ref: true,
-        beta: 0.1,
-        nll_weight: 0.0,
-        logp_norm: None,
-        doc: "length-normalised DPO −logσ(β(ρc/Lc − ρr/Lr))",
-    },
-    LossDecl {
-        name: "orpo",
-        kind: LossKind::Orpo,
-        needs_ref: false,
-        beta: 0.1,
-        nll_weight: 1.0,
-        logp_norm: None,
-        doc: "ORPO NLL(chosen) − λ·logσ(log_odds), λ = beta; no reference",
-    },
-    LossDecl {
-        name: "simpo",
-        kind: LossKind::Simpo,
-        needs_ref: false,
-        beta: 2.0,
-        nll_weight: 0.0,
-        logp_norm: None,
-        doc: "SimPO −logσ(β(a − b) − γ); no reference",
-    },
-];
-
-/// The loss names, for the schema's enum.
-pub const LOSS_NAMES: &[&str] = &[
-    "sigmoid",
-    "robust",
-    "hinge",
-    "ipo",
-    "sigmoid_norm",
-    "orpo",
-    "simpo",
+/// Every loss `dpo loss=…` accepts, in the order of `kinds::losses::LOSSES` (tested).
+pub const LOSSES: &[Loss] = &[
+    dpo::SIGMOID,
+    dpo::ROBUST,
+    dpo::HINGE,
+    ipo::LOSS,
+    dpo::SIGMOID_NORM,
+    orpo::LOSS,
+    simpo::LOSS,
 ];
 
 /// The declaration of loss `name`.
 pub fn find(name: &str) -> Option<&'static LossDecl> {
-    LOSSES.iter().find(|d| d.name == name)
+    kinds::losses::find(name)
+}
+
+/// The implementation of `decl`.
+pub fn implementation(decl: &LossDecl) -> Option<&'static Loss> {
+    LOSSES.iter().find(|l| l.decl.name == decl.name)
 }
 
 /// A resolved loss configuration (defaults applied).
 #[derive(Clone, Copy, Debug)]
 pub struct LossConfig {
     pub decl: &'static LossDecl,
+    /// The loss's function (from [`LOSSES`]).
+    pub f: LossFn,
     pub beta: f64,
     /// cDPO / robust / simpo label smoothing ε ∈ [0, 0.5).
     pub label_smoothing: f64,
@@ -181,10 +90,15 @@ pub struct LossConfig {
 }
 
 impl LossConfig {
-    /// Defaults of `decl`: ε = 0, γ = 0.5, NLL mean.
+    /// Defaults of `decl`: ε = 0, γ = 0.5, NLL mean (the `dpo` kind's defaults; a node
+    /// overrides every field from its typed parameters).
     pub fn new(decl: &'static LossDecl) -> LossConfig {
+        let f = implementation(decl)
+            .unwrap_or_else(|| panic!("loss `{}` is declared without an implementation", decl.name))
+            .f;
         LossConfig {
             decl,
+            f,
             beta: decl.beta,
             label_smoothing: 0.0,
             gamma: 0.5,
@@ -208,6 +122,37 @@ pub struct PairInputs<'a> {
     pub len_rejected: &'a Tensor,
 }
 
+/// The log-ratios of a pair against the reference.
+pub struct Ratios {
+    /// `ρc`, `ρr` (sums).
+    pub c: Tensor,
+    pub r: Tensor,
+    /// `ρc`, `ρr` with the loss's normalisation (sums, or `ρ/L`).
+    pub norm_c: Tensor,
+    pub norm_r: Tensor,
+    /// `h`: `norm_c − norm_r`.
+    pub h: Tensor,
+}
+
+/// What a loss function reads.
+pub struct Terms<'a> {
+    /// The log-ratios; `None` for the reference-free losses.
+    pub ratios: Option<&'a Ratios>,
+    /// `a`, `b`: per-token average log-probs of chosen / rejected.
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub len_chosen: &'a Tensor,
+    pub len_rejected: &'a Tensor,
+}
+
+impl Terms<'_> {
+    /// The log-ratios, for a loss that needs the reference.
+    pub fn ratios(&self) -> anyhow::Result<&Ratios> {
+        self.ratios
+            .ok_or_else(|| anyhow!("internal: a reference loss called without log-ratios"))
+    }
+}
+
 /// Per-pair outputs (`[B]`).
 pub struct PairOut {
     /// The loss of each pair, NLL term included.
@@ -220,7 +165,31 @@ pub struct PairOut {
     pub reward_rejected: Tensor,
 }
 
-/// The per-pair loss of `cfg` on `x`.
+/// The log-ratios of `x` against its reference, normalised per `cfg` (per-token means when
+/// the loss fixes its normalisation).
+fn ratios(cfg: &LossConfig, x: &PairInputs) -> anyhow::Result<Ratios> {
+    let (Some(refc), Some(refr)) = (x.ref_chosen, x.ref_rejected) else {
+        bail!("loss `{}` needs reference log-probs", cfg.decl.name);
+    };
+    let c = x.chosen - refc;
+    let r = x.rejected - refr;
+    let norm = cfg.decl.logp_norm.map_or(LogpNorm::Mean, |_| cfg.logp_norm);
+    let (norm_c, norm_r) = match norm {
+        LogpNorm::Sum => (c.shallow_clone(), r.shallow_clone()),
+        LogpNorm::Mean => (&c / x.len_chosen, &r / x.len_rejected),
+    };
+    let h = &norm_c - &norm_r;
+    Ok(Ratios {
+        c,
+        r,
+        norm_c,
+        norm_r,
+        h,
+    })
+}
+
+/// The per-pair loss of `cfg` on `x`: `loss + α·NLL` with `NLL = −a` (`nll-norm mean`) or
+/// `−logπ(yc)` (`sum`) when `α = nll_weight > 0`.
 pub fn pair_loss(cfg: &LossConfig, x: &PairInputs) -> anyhow::Result<PairOut> {
     let (beta, eps) = (cfg.beta, cfg.label_smoothing);
     if beta <= 0.0 {
@@ -231,35 +200,22 @@ pub fn pair_loss(cfg: &LossConfig, x: &PairInputs) -> anyhow::Result<PairOut> {
     }
     let a = x.chosen / x.len_chosen;
     let b = x.rejected / x.len_rejected;
-    let (loss, rc, rr) = if cfg.decl.needs_ref {
-        let (Some(refc), Some(refr)) = (x.ref_chosen, x.ref_rejected) else {
-            bail!("loss `{}` needs reference log-probs", cfg.decl.name);
-        };
-        let rho_c = x.chosen - refc;
-        let rho_r = x.rejected - refr;
-        let norm = cfg.decl.logp_norm.map_or(LogpNorm::Mean, |_| cfg.logp_norm);
-        let (nc, nr) = match norm {
-            LogpNorm::Sum => (rho_c.shallow_clone(), rho_r.shallow_clone()),
-            LogpNorm::Mean => (&rho_c / x.len_chosen, &rho_r / x.len_rejected),
-        };
-        let h = &nc - &nr;
-        let loss = match cfg.decl.kind {
-            LossKind::Sigmoid => dpo::sigmoid(&h, beta, eps),
-            LossKind::Robust => dpo::robust(&h, beta, eps),
-            LossKind::Hinge => dpo::hinge(&h, beta),
-            LossKind::Ipo => ipo::ipo(&rho_c, &rho_r, x.len_chosen, x.len_rejected, beta),
-            LossKind::SigmoidNorm => {
-                dpo::sigmoid_norm(&rho_c, &rho_r, x.len_chosen, x.len_rejected, beta)
-            }
-            LossKind::Orpo | LossKind::Simpo => bail!("`{}` is reference-free", cfg.decl.name),
-        };
-        (loss, nc * beta, nr * beta)
+    let rho = if cfg.decl.needs_ref {
+        Some(ratios(cfg, x)?)
     } else {
-        let loss = match cfg.decl.kind {
-            LossKind::Simpo => simpo::simpo(&a, &b, beta, cfg.gamma, eps),
-            _ => orpo::odds_ratio_term(&a, &b, beta),
-        };
-        (loss, &a * beta, &b * beta)
+        None
+    };
+    let terms = Terms {
+        ratios: rho.as_ref(),
+        a: &a,
+        b: &b,
+        len_chosen: x.len_chosen,
+        len_rejected: x.len_rejected,
+    };
+    let loss = (cfg.f)(cfg, &terms)?;
+    let (rc, rr) = match &rho {
+        Some(r) => (&r.norm_c * beta, &r.norm_r * beta),
+        None => (&a * beta, &b * beta),
     };
     let (loss, nll) = if cfg.nll_weight > 0.0 {
         let nll = match cfg.nll_norm {
@@ -276,4 +232,14 @@ pub fn pair_loss(cfg: &LossConfig, x: &PairInputs) -> anyhow::Result<PairOut> {
         reward_chosen: rc.detach(),
         reward_rejected: rr.detach(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_implementations_are_the_declarations_in_order() {
+        let impls: Vec<&str> = super::LOSSES.iter().map(|l| l.decl.name).collect();
+        let decls: Vec<&str> = kinds::losses::LOSSES.iter().map(|d| d.name).collect();
+        assert_eq!(impls, decls);
+    }
 }

@@ -16,3 +16,37 @@ use tch::Tensor;
 pub fn npo(logp: &Tensor, ref_logp: &Tensor, beta: f64) -> Tensor {
     -(log_sigmoid(&((logp - ref_logp) * -beta)) * (2.0 / beta))
 }
+
+/// The `nll` retain term of each sequence: `−logπ(y)/L` (`sum` `[R]`, `len` `[R]`, `L ≥ 1`).
+pub fn retain_nll(sum: &Tensor, len: &Tensor) -> Tensor {
+    -sum / len
+}
+
+/// The `kl` retain term of each sequence: `(1/L)·Σ_t ½(logπ(y_t) − logπref(y_t))²` over its
+/// target tokens. `tok` and `mask` are the policy's `[R, T−1]` per-token log-probs and target
+/// mask; `ref_tok[i]` the stored reference log-probs of sequence `i`'s targets in position
+/// order, laid out here on the mask's target positions.
+pub fn retain_kl(
+    tok: &Tensor,
+    mask: &Tensor,
+    len: &Tensor,
+    ref_tok: &[&[f32]],
+) -> anyhow::Result<Tensor> {
+    let (rows, cols) = (mask.size()[0], mask.size()[1] as usize);
+    let m = Vec::<f32>::try_from(&mask.flatten(0, -1))?;
+    let mut flat = vec![0f32; rows as usize * cols];
+    for (row, r) in ref_tok.iter().enumerate() {
+        let mut k = 0;
+        for c in 0..cols {
+            if m[row * cols + c] > 0.0 {
+                flat[row * cols + c] = r.get(k).copied().unwrap_or(0.0);
+                k += 1;
+            }
+        }
+    }
+    let ref_tok = Tensor::from_slice(&flat)
+        .view([rows, cols as i64])
+        .to_device(tok.device());
+    let d = (tok - ref_tok) * mask;
+    Ok((d.square() * 0.5).sum_dim_intlist(1, false, tch::Kind::Float) / len)
+}

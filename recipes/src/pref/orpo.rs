@@ -6,7 +6,18 @@
 //! λ is the `beta` parameter of the `dpo` kind (default for ORPO: 0.1).
 
 use super::dpo::log_sigmoid;
+use super::{Loss, LossConfig, Terms};
 use tch::Tensor;
+
+/// `orpo`: the odds-ratio term here; its NLL is the `nll-weight` term (default 1 for orpo).
+pub const LOSS: Loss = Loss {
+    decl: &kinds::losses::ORPO,
+    f: orpo_loss,
+};
+
+fn orpo_loss(c: &LossConfig, t: &Terms) -> anyhow::Result<Tensor> {
+    Ok(odds_ratio_term(t.a, t.b, c.beta))
+}
 
 /// `log(1 − eˣ)` for `x < 0`.
 fn log1m_exp(x: &Tensor) -> Tensor {

@@ -3,7 +3,18 @@
 //! (`gamma`). cDPO-style label smoothing ε applies as in `sigmoid`.
 
 use super::dpo::sigmoid;
+use super::{Loss, LossConfig, Terms};
 use tch::Tensor;
+
+/// `simpo`.
+pub const LOSS: Loss = Loss {
+    decl: &kinds::losses::SIMPO,
+    f: simpo_loss,
+};
+
+fn simpo_loss(c: &LossConfig, t: &Terms) -> anyhow::Result<Tensor> {
+    Ok(simpo(t.a, t.b, c.beta, c.gamma, c.label_smoothing))
+}
 
 /// `−(1−ε)·logσ(β(a−b) − γ) − ε·logσ(−(β(a−b) − γ))`.
 pub fn simpo(a: &Tensor, b: &Tensor, beta: f64, gamma: f64, eps: f64) -> Tensor {

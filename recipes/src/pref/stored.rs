@@ -5,7 +5,13 @@
 //! Layout: `logps.jsonl`, one [`StoredRec`] per kept record in dataset order, and
 //! `summary.json` ([`StoredSummary`]: counts, skips, tokenisation parameters and the
 //! tokenizer's fingerprint, which consumers compare with their policy's).
+//!
+//! Consumers read it through [`read_for_policy`]: the policy's tokenizer must map every token
+//! to the same id as the one the records were tokenised with (equal [`tokenizer_fingerprint`]),
+//! and every stored id must lie inside the policy's vocabulary.
 
+use crate::stage::{StageCtx, StageError};
+use crate::tok::TokenizerDir;
 use crate::train::examples::{Example, IGNORE};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -158,6 +164,55 @@ pub fn read(dir: &Path, shown: &str) -> anyhow::Result<(Vec<StoredRec>, StoredSu
             serde_json::from_str(&line)
                 .with_context(|| format!("{shown}: logps.jsonl line {}", i + 1))?,
         );
+    }
+    Ok((recs, summary))
+}
+
+/// The policy a `ref-logps` artifact is read for: its node, tokenizer and vocabulary size.
+pub struct Policy<'a> {
+    pub node: &'a str,
+    pub tok: &'a TokenizerDir,
+    pub vocab: usize,
+}
+
+/// Reads the `ref-logps` artifact of input `input` for `policy`, checking the tokenizer
+/// fingerprints agree and every token id is inside the policy's vocabulary.
+pub fn read_for_policy(
+    ctx: &StageCtx,
+    input: &kinds::Input,
+    policy: &Policy,
+) -> Result<(Vec<StoredRec>, StoredSummary), StageError> {
+    let a = ctx.input(&input.param)?;
+    let shown = format!("ref-logps {}", a.node);
+    let (recs, summary) = read(&a.dir, &shown)?;
+    let fp = tokenizer_fingerprint(&policy.tok.tokenizer);
+    if fp != summary.tokenizer_fingerprint {
+        return Err(StageError::user(
+            format!(
+                "node {}: {shown} was tokenised with a different tokenizer (vocabulary {}) than the policy model {} (vocabulary {fp})",
+                ctx.node, summary.tokenizer_fingerprint, policy.node
+            ),
+            Some("compute the reference log-probs with a reference model that shares the policy's tokenizer (usually the policy's starting point)".into()),
+        ));
+    }
+    let max_id = recs
+        .iter()
+        .flat_map(|r| match r {
+            StoredRec::Pair {
+                chosen, rejected, ..
+            } => chosen.ids.iter().chain(&rejected.ids).max().copied(),
+            StoredRec::Seq { seq, .. } => seq.ids.iter().max().copied(),
+        })
+        .max()
+        .unwrap_or(0);
+    if max_id < 0 || max_id as usize >= policy.vocab {
+        return Err(StageError::user(
+            format!(
+                "node {}: {shown} holds token id {max_id}, outside the policy's vocabulary of {}",
+                ctx.node, policy.vocab
+            ),
+            None,
+        ));
     }
     Ok((recs, summary))
 }

@@ -1,4 +1,4 @@
-//! The training loop shared by `cpt`, `sft` and (later) the preference stages: one optimizer
+//! The training loop shared by `cpt`, `sft`, `dpo` and `npo`: one optimizer
 //! step at a time, with gradient accumulation, clipping, a schedule, metrics, checkpoints and
 //! mid-stage resume. What a stage trains on and how its loss is computed is an [`Objective`].
 //!
@@ -28,20 +28,24 @@
 
 pub mod checkpoint;
 pub mod lm;
+pub mod output;
 pub mod params;
+mod step;
 
 use crate::arch::HfModel;
 use crate::stage::{StageCtx, StageError};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::{self, Schedule, Warmup};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value as J};
+use serde_json::Value as J;
 use std::time::Instant;
+pub use step::StepOut;
+use step::{log_metrics, resume, step, summarise, Poisoned, Saver};
 use tch::Tensor;
 
 /// The tracing target of the per-step progress lines (one per metrics line): node logs keep
 /// them; a terminal that shows progress bars leaves them out.
-pub const STEP_TARGET: &str = "recipes::steps";
+pub const STEP_TARGET: &str = kinds::job::STEP_TARGET;
 
 /// How to train: everything the loop needs besides the data and the loss.
 #[derive(Clone, Debug)]
@@ -142,7 +146,10 @@ pub struct Progress {
 }
 
 /// Runs (or resumes) training of `model` on `obj` per `spec`; returns the summary. The caller
-/// saves the model afterwards.
+/// saves the model afterwards. The steps: [`resume`], then per optimizer step [`step`], the
+/// progress counters ([`Progress::record`]), a metrics line every `log_every` steps
+/// ([`log_metrics`]) and a checkpoint every `checkpoint_every` ([`Saver::save`]); a final
+/// checkpoint, then the summary ([`summarise`]).
 pub fn train<O: Objective>(
     ctx: &StageCtx,
     model: &mut HfModel,
@@ -152,53 +159,14 @@ pub fn train<O: Objective>(
     let ckpts = ctx.checkpoints();
     let mut opt = AdamW::from_var_store(&model.vs, spec.adamw);
     let sched = Schedule::new(spec.schedule, spec.lr, spec.warmup, spec.total_steps);
-    let mut prog = Progress::default();
-    let mut threads = spec.threads;
-    let mut last_good: Option<u64> = None;
-    if let Some((step, dir)) = ckpts.latest() {
-        let st = checkpoint::restore(&dir, model, &mut opt, obj).map_err(|e| {
-            StageError::Other(e.context(format!(
-                "node {}: resuming from checkpoint {}",
-                ctx.node,
-                dir.display()
-            )))
-        })?;
-        if spec.threads == 0 {
-            threads = st.threads;
-        }
-        prog = st.progress;
-        prog.step = step;
-        last_good = Some(step);
-        tracing::info!(node = %ctx.node, step, "resuming from {}", dir.display());
-    }
-    checkpoint::truncate_metrics(ctx.metrics.path(), prog.step)
-        .map_err(|e| StageError::Other(e.context("truncating metrics.jsonl")))?;
-    if threads > 0 {
-        tch::set_num_threads(threads as i32);
-    }
-    let threads = tch::get_num_threads().max(1) as usize;
+    let (mut prog, threads, mut last_good) = resume(ctx, &ckpts, spec, model, &mut opt, obj)?;
     let resumed_from = prog.step;
-    let save = |prog: &Progress, model: &HfModel, opt: &AdamW, obj: &O, last_good| {
-        check_weights(opt, prog.step, last_good)?;
-        let st = checkpoint::TrainerState {
-            progress: prog.clone(),
-            threads,
-            seed: spec.seed,
-            total_steps: spec.total_steps,
-            data: obj.state(),
-        };
-        ckpts
-            .save(prog.step, spec.keep_checkpoints.max(1), |d| {
-                checkpoint::write(d, model, opt, &st)
-            })
-            .map_err(|e| {
-                StageError::Other(e.context(format!(
-                    "node {}: writing checkpoint at step {}",
-                    ctx.node, prog.step
-                )))
-            })
+    let saver = Saver {
+        ctx,
+        ckpts: &ckpts,
+        spec,
+        threads,
     };
-
     ctx.progress.set_length(spec.total_steps);
     ctx.progress.set_position(prog.step);
     let started = Instant::now();
@@ -206,179 +174,51 @@ pub fn train<O: Objective>(
     while prog.step < spec.total_steps {
         if ctx.cancel.is_cancelled() {
             if last_good != Some(prog.step) {
-                save(&prog, model, &opt, obj, last_good)?;
+                saver.save(&prog, model, &opt, obj, last_good)?;
             }
             return Err(StageError::Cancelled);
         }
-        let step = prog.step;
-        let shown = step + 1;
-        let Some(micro) = obj
-            .micro_batches(step)
-            .map_err(|e| StageError::Other(e.context(format!("step {shown}: reading data"))))?
+        let poisoned = Poisoned {
+            shown: prog.step + 1,
+            last_good,
+            dir: ckpts.dir(),
+        };
+        let Some(out) = step(
+            model,
+            &mut opt,
+            (&sched, spec.max_grad_norm),
+            obj,
+            prog.step,
+            &poisoned,
+        )?
         else {
             break;
         };
-        let n: usize = micro.iter().map(|b| obj.n_targets(b)).sum();
-        let tokens: u64 = micro.iter().map(|b| obj.n_tokens(b) as u64).sum();
-        let poisoned = |what: String| {
-            let kept = match last_good {
-                Some(s) => format!(
-                    "the last good checkpoint (step {s}) is kept in {}",
-                    ckpts.dir().display()
-                ),
-                None => "no checkpoint was written yet".into(),
-            };
-            StageError::user(
-                format!("{what} at step {shown}; {kept}"),
-                Some("lower `lr`, set `max-grad-norm`, or check the data".into()),
-            )
-        };
-        let mut loss_sum = 0.0;
-        let mut extra: Vec<(String, f64)> = Vec::new();
-        if n > 0 {
-            let scale = 1.0 / n as f64;
-            for b in &micro {
-                let out = obj
-                    .loss(model, b)
-                    .map_err(|e| StageError::Other(e.context(format!("step {shown}: forward"))))?;
-                let v = out.sum.double_value(&[]);
-                if !v.is_finite() {
-                    return Err(poisoned(format!("non-finite loss ({v})")));
-                }
-                loss_sum += v;
-                (out.sum * scale).f_backward().map_err(|e| {
-                    StageError::Other(anyhow::anyhow!("step {shown}: backward: {e}"))
-                })?;
-                for (k, x) in out.extra {
-                    match extra.iter_mut().find(|(name, _)| *name == k) {
-                        Some(slot) => slot.1 += x,
-                        None => extra.push((k, x)),
-                    }
-                }
-            }
-        }
-        let loss = if n > 0 { loss_sum / n as f64 } else { 0.0 };
-        let bad = opt.non_finite_grads().map_err(StageError::Other)?;
-        if !bad.is_empty() {
-            return Err(poisoned(format!(
-                "non-finite gradient in {}",
-                first_names(&bad)
-            )));
-        }
-        let grad_norm = match spec.max_grad_norm {
-            Some(m) if m > 0.0 => opt.clip_grad_norm(m),
-            _ => opt.grad_norm(),
-        }
-        .map_err(|e| poisoned(format!("{e}")))?;
-        let lr = sched.lr(step);
-        if n > 0 {
-            opt.step(lr).map_err(StageError::Other)?;
-        }
-        opt.zero_grad();
-
-        prog.step += 1;
-        prog.tokens_seen += tokens;
-        if n > 0 {
-            prog.first_loss.get_or_insert(loss);
-            prog.last_loss = Some(loss);
-            prog.loss_min = Some(prog.loss_min.map_or(loss, |m| m.min(loss)));
-            prog.loss_max = Some(prog.loss_max.map_or(loss, |m| m.max(loss)));
-            if grad_norm == 0.0 {
-                prog.zero_grad_steps += 1;
-                prog.zero_grad_tail += 1;
-            } else {
-                prog.zero_grad_tail = 0;
-            }
-        }
-        window.1 += tokens;
+        prog.record(&out);
+        window.1 += out.tokens;
         ctx.progress.set_position(prog.step);
-        ctx.progress.set_message(&format!("loss {loss:.4}"));
-        let log_every = spec.log_every.max(1);
-        if prog.step.is_multiple_of(log_every) || prog.step == spec.total_steps {
-            let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-            let mut rec = json!({
-                "step": prog.step,
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "targets": n,
-                "tokens_seen": prog.tokens_seen,
-                "epoch": obj.epoch(),
-                "tokens_per_s": window.1 as f64 / secs,
-            });
-            if let Some(o) = rec.as_object_mut() {
-                for (k, x) in &extra {
-                    o.insert(k.clone(), json!(if n > 0 { x / n as f64 } else { 0.0 }));
-                }
-                for (k, x) in obj.window_metrics() {
-                    o.insert(k, json!(x));
-                }
-            }
-            ctx.metrics
-                .log(&rec)
-                .map_err(|e| StageError::Other(anyhow::anyhow!("writing metrics: {e}")))?;
-            tracing::info!(
-                target: STEP_TARGET,
-                "step {}/{} loss {loss:.4} lr {lr:.3e} grad-norm {grad_norm:.3} {:.0} tok/s",
-                prog.step,
-                spec.total_steps,
-                window.1 as f64 / secs
-            );
+        ctx.progress.set_message(&format!("loss {:.4}", out.loss));
+        if prog.step.is_multiple_of(spec.log_every.max(1)) || prog.step == spec.total_steps {
+            log_metrics(ctx, spec, obj, &prog, &out, window)?;
             window = (Instant::now(), 0);
         }
         let every = spec.checkpoint_every;
         if every > 0 && prog.step.is_multiple_of(every) && prog.step < spec.total_steps {
-            save(&prog, model, &opt, obj, last_good)?;
+            saver.save(&prog, model, &opt, obj, last_good)?;
             last_good = Some(prog.step);
         }
     }
     if last_good != Some(prog.step) {
-        save(&prog, model, &opt, obj, last_good)?;
+        saver.save(&prog, model, &opt, obj, last_good)?;
     }
-    let warnings = warnings(&prog);
-    for w in &warnings {
-        tracing::warn!("{}: {w}", ctx.node);
-    }
-    Ok(TrainSummary {
-        steps: prog.step,
-        total_steps: spec.total_steps,
-        tokens_seen: prog.tokens_seen,
-        epoch: obj.epoch(),
-        first_loss: prog.first_loss,
-        final_loss: prog.last_loss,
+    Ok(summarise(
+        ctx,
+        spec,
+        obj,
+        &prog,
         resumed_from,
-        seconds: started.elapsed().as_secs_f64(),
+        started,
         threads,
-        warnings,
-    })
-}
-
-/// The first three of `names`, then `and N more`.
-fn first_names(names: &[String]) -> String {
-    let shown = names[..names.len().min(3)].join(", ");
-    match names.len() {
-        0..=3 => shown,
-        n => format!("{shown} and {} more", n - 3),
-    }
-}
-
-/// Fails with a user error naming the tensors when a trained weight is NaN or infinite after
-/// `step` steps (checked before anything is written from them).
-fn check_weights(opt: &AdamW, step: u64, last_good: Option<u64>) -> Result<(), StageError> {
-    let bad = opt.non_finite_params().map_err(StageError::Other)?;
-    if bad.is_empty() {
-        return Ok(());
-    }
-    let kept = match last_good {
-        Some(s) => format!("the last good checkpoint (step {s}) is kept"),
-        None => "no checkpoint was written".into(),
-    };
-    Err(StageError::user(
-        format!(
-            "non-finite weights in {} after step {step}; {kept}, nothing is published",
-            first_names(&bad)
-        ),
-        Some("lower `lr`, keep `adam-eps` well above 0, set `max-grad-norm`".into()),
     ))
 }
 

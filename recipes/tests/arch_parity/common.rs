@@ -37,6 +37,7 @@ pub fn config(model_type: &str, extra: J) -> J {
 /// A model of `cfg` with random weights (norms near 1, O(1) activations), seeded.
 pub fn random_model(cfg: J, seed: i64) -> HfModel {
     let m = HfModel::from_config(cfg, &LoadOptions::default()).expect("config is valid");
+    let _rng = crate::common::torch_rng();
     tch::manual_seed(seed);
     let _g = tch::no_grad_guard();
     let mut vars: Vec<_> = m.vs.variables().into_iter().collect();

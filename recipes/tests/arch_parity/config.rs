@@ -1,6 +1,6 @@
 //! config.json validation: what loads, and what fails naming the field and the value.
 
-use crate::common::config;
+use super::common::config;
 use recipes::arch::{ArchConfig, Family};
 use serde_json::{json, Value as J};
 

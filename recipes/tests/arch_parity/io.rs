@@ -1,7 +1,7 @@
 //! Loading and saving: sharding, stored dtypes, tied embeddings, and the errors for weights that
 //! do not match config.json.
 
-use crate::common::*;
+use super::common::*;
 use recipes::arch::{HfModel, LoadOptions, SaveOptions};
 use serde_json::json;
 use std::path::Path;

@@ -1,5 +1,4 @@
-//! Tests of `recipes::arch`, the Hugging Face decoder models on tch. One binary (linking
-//! libtorch is slow):
+//! Tests of `recipes::arch`, the Hugging Face decoder models on tch:
 //! - `parity`: logits against transformers on random tiny checkpoints it writes
 //!   (tests/python/make_tiny_hf.py, run with the project's .venv python), and checkpoints saved
 //!   by temper loaded back in transformers (tests/python/logits.py);

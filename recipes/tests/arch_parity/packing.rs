@@ -1,7 +1,7 @@
 //! Packed rows (block-diagonal causal attention, positions restarting per segment) equal the
 //! separate forwards of their sequences — what SFT packing relies on.
 
-use crate::common::*;
+use super::common::*;
 use recipes::arch::{positions_from_segments, AttnMask};
 use serde_json::json;
 use tch::Tensor;

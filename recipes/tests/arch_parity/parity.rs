@@ -1,6 +1,6 @@
 //! Logits parity with transformers (f32, CPU), both directions.
 
-use crate::common::*;
+use super::common::*;
 use recipes::arch::{AttnMask, HfModel, LoadOptions, SaveOptions};
 use std::path::PathBuf;
 use tch::Kind;

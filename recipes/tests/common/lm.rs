@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use super::{b, f, i, r};
+
 pub const SPECIALS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"];
 
 /// Arithmetic prompt/completion pairs `add A B =` → ` C`.
@@ -204,18 +206,6 @@ pub fn tiny_model(root: &Path) -> (PathBuf, PathBuf) {
     (out, tok)
 }
 
-pub fn f(v: f64) -> Value {
-    Value::Float(v)
-}
-pub fn i(v: i64) -> Value {
-    Value::Int(v)
-}
-pub fn b(v: bool) -> Value {
-    Value::Bool(v)
-}
-pub fn r(v: &str) -> Value {
-    Value::Ref(v.into())
-}
 pub fn sched(kind: &str, warmup: Option<f64>) -> Value {
     let mut m = BTreeMap::new();
     m.insert("kind".to_string(), Value::Str(kind.into()));

@@ -8,18 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-pub fn s(v: &str) -> Value {
-    Value::Str(v.into())
-}
-pub fn i(v: i64) -> Value {
-    Value::Int(v)
-}
-pub fn b(v: bool) -> Value {
-    Value::Bool(v)
-}
-pub fn r(v: &str) -> Value {
-    Value::Ref(v.into())
-}
+pub use crate::common::{b, i, r, s};
 
 /// A fresh directory that lives as long as the test process.
 pub fn tmp() -> PathBuf {

@@ -1,7 +1,7 @@
 //! Greedy decoding: stops at EOS, respects max-new-tokens and the position limit, batched =
 //! one by one; exact-match 1.0 for a model wired to always answer the reference.
 
-use crate::common::*;
+use super::common::*;
 use recipes::arch::{HfModel, LoadOptions, SaveOptions};
 use recipes::evaluate::{exact_match, greedy, Generation, GreedyOptions};
 use recipes::kinds::eval::Eval;

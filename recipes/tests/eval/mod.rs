@@ -1,6 +1,6 @@
 //! Tests of the `eval` kind and of `recipes::evaluate` (held-out loss, greedy decoding,
 //! exact-match) on tiny models the tests make: a random one from the `model` kind, and a
-//! hand-wired one whose greedy output is known in advance. One binary: linking libtorch is slow.
+//! hand-wired one whose greedy output is known in advance.
 
 mod common;
 mod decode;

@@ -3,8 +3,8 @@
 //! `1 − accuracy` and the negated margin; the metric is refused on non-preference data and the
 //! other metrics on preference data.
 
-use crate::common::*;
-use crate::scores::{data, encode, manual_sum};
+use super::common::*;
+use super::scores::{data, encode, manual_sum};
 use recipes::arch::{HfModel, LoadOptions};
 use recipes::kinds::eval::Eval;
 use recipes::StageError;

@@ -1,7 +1,7 @@
 //! Held-out loss against a manual computation, metric defaults, results.json and the summary,
 //! and bad input (exact-match on text, records over the model's limit).
 
-use crate::common::*;
+use super::common::*;
 use recipes::arch::{AttnMask, HfModel, LoadOptions};
 use recipes::kinds::eval::Eval;
 use recipes::StageError;

@@ -114,21 +114,8 @@ impl Env {
     }
 }
 
-pub fn s(v: &str) -> Value {
-    Value::Str(v.into())
-}
-pub fn p(v: &str) -> Value {
-    Value::Path(v.into())
-}
-pub fn r(v: &str) -> Value {
-    Value::Ref(v.into())
-}
-pub fn i(v: i64) -> Value {
-    Value::Int(v)
-}
-pub fn b(v: bool) -> Value {
-    Value::Bool(v)
-}
+pub use crate::common::{b, i, p, r, s};
+
 pub fn fields(pairs: &[(&str, &str)]) -> Value {
     Value::Record(pairs.iter().map(|(k, v)| (k.to_string(), s(v))).collect())
 }

@@ -1,8 +1,8 @@
 //! The `dataset` kind: every format from JSON lines and Parquet, field mapping, the error for
 //! each kind of bad record (file, line/row, field), skip-invalid counts, and the normalised copy.
 
-use crate::common::*;
-use crate::pq;
+use super::common::*;
+use super::pq;
 use recipes::data::{read_normalized, read_stats, Format, Message, Record, Role, Turns};
 use recipes::kinds::dataset::Dataset;
 
@@ -388,7 +388,7 @@ fn schema_is_accepted_by_the_dsl() {
 }
 
 /// Regenerates the Parquet files of the bad-input corpus (`tests/bad/data/`):
-/// `cargo test --release -p temper-recipes --test kinds -- --ignored regenerate`.
+/// `cargo test --release -p temper-recipes --test all -- --ignored regenerate`.
 #[test]
 #[ignore]
 fn regenerate_bad_parquet_fixtures() {

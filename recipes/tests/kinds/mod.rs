@@ -1,5 +1,5 @@
 //! Tests of the `dataset`, `tokenizer` and `model` kinds, run through the `Stage` interface
-//! with a `StageCtx` built as the runner builds it. One binary: linking libtorch is slow.
+//! with a `StageCtx` built as the runner builds it.
 
 mod common;
 mod corpus;

@@ -1,8 +1,8 @@
 //! The `model` kind: init shapes/names/dtype/config, determinism by seed, tied embeddings,
 //! GQA, qwen2 biases, and path-mode validation errors.
 
-use crate::common::*;
-use crate::tokenizer::{corpus, train};
+use super::common::*;
+use super::tokenizer::{corpus, train};
 use recipes::hf;
 use recipes::kinds::model::Model;
 use safetensors::SafeTensors;

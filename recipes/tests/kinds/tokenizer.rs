@@ -1,7 +1,7 @@
 //! The `tokenizer` kind: deterministic BPE training, round trips, HF files, path/from modes,
 //! broken files, and the one-mode check.
 
-use crate::common::*;
+use super::common::*;
 use recipes::kinds::dataset::Dataset;
 use recipes::kinds::tokenizer::Tokenizer;
 use recipes::tok::TokenizerDir;

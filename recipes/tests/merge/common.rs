@@ -126,12 +126,8 @@ pub fn raw(dir: &Path, name: &str) -> Vec<u8> {
     bytes[start + info.offsets.0 as usize..start + info.offsets.1 as usize].to_vec()
 }
 
-pub fn s(x: &str) -> Value {
-    Value::Str(x.into())
-}
-pub fn r(x: &str) -> Value {
-    Value::Ref(x.into())
-}
+pub use crate::common::{r, s};
+
 pub fn list(xs: &[f64]) -> Value {
     Value::List(xs.iter().map(|x| Value::Float(*x)).collect())
 }

@@ -18,7 +18,7 @@ fn every_method_matches_the_golden_values() {
     for c in cases {
         let name = c["name"].as_str().unwrap();
         let m = merge::method(c["method"].as_str().unwrap()).unwrap();
-        methods.insert(m.name);
+        methods.insert(m.decl.name);
         let p = &c["params"];
         let models: Vec<Vec<f64>> = c["models"].as_array().unwrap().iter().map(nums).collect();
         let n = models.len();
@@ -35,7 +35,7 @@ fn every_method_matches_the_golden_values() {
             },
             t: p["t"].as_f64().unwrap_or(0.5),
             lambda: p["lam"].as_f64().unwrap_or(1.0),
-            normalize: p["normalize"].as_bool().unwrap_or(m.normalize_default),
+            normalize: p["normalize"].as_bool().unwrap_or(m.decl.normalize_default),
             seed: p["seed"].as_u64().unwrap_or(0),
         };
         let base = if c["base"].is_null() {

@@ -203,8 +203,8 @@ fn every_method_is_the_identity_on_a_self_merge_through_the_driver() {
     let a = tiny_model(&d.path().join("a"), &Tiny::default());
     let want = read_all(&a);
     for m in recipes::merge::METHODS {
-        let mut params = vec![("method", s(m.name))];
-        let models = match m.base {
+        let mut params = vec![("method", s(m.decl.name))];
+        let models = match m.decl.base {
             recipes::merge::BaseUse::None => {
                 vec![model("a", Some(0.5), None), model("a", Some(0.5), None)]
             }
@@ -219,14 +219,14 @@ fn every_method_is_the_identity_on_a_self_merge_through_the_driver() {
         };
         params.push(("model", Value::List(models)));
         let (res, tmp) = run_merge(&params, &[("a", &a)]);
-        res.unwrap_or_else(|e| panic!("{}: {e:?}", m.name));
+        res.unwrap_or_else(|e| panic!("{}: {e:?}", m.decl.name));
         let got = read_all(&out(&tmp));
         for (k, (_, _, v)) in &want {
             for (x, y) in got[k].2.iter().zip(v) {
                 assert!(
                     (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
                     "{} {k}: {x} vs {y}",
-                    m.name
+                    m.decl.name
                 );
             }
         }

@@ -1,5 +1,5 @@
-//! Tests of model merging (`recipes::merge` and the `merge` kind). One binary: linking libtorch
-//! is slow. Golden values: `golden.json`, made by `gen_golden.py` (torch float64, the formulas of
+//! Tests of model merging (`recipes::merge` and the `merge` kind).
+//! Golden values: `golden.json`, made by `gen_golden.py` (torch float64, the formulas of
 //! shared/reference/merging.md).
 
 mod bench;

@@ -26,8 +26,8 @@ fn params(n: usize, seed: u64) -> TensorParams {
 fn merging_a_model_with_itself_is_the_identity_for_every_method() {
     let x = vals(7, 257);
     for m in merge::METHODS {
-        let n = m.min_models.max(2);
-        let (base, models) = match m.base {
+        let n = m.decl.min_models.max(2);
+        let (base, models) = match m.decl.base {
             merge::BaseUse::None => (None, vec![x.clone(); n]),
             merge::BaseUse::FirstOfTwo => (Some(x.clone()), vec![x.clone()]),
             merge::BaseUse::Required => (Some(x.clone()), vec![x.clone(); n]),
@@ -48,7 +48,7 @@ fn merging_a_model_with_itself_is_the_identity_for_every_method() {
                 assert!(
                     (a - b).abs() <= 1e-15 * (1.0 + b.abs()),
                     "{}: {a} vs {b}",
-                    m.name
+                    m.decl.name
                 );
             }
             let x32: Vec<f32> = x.iter().map(|v| *v as f32).collect();
@@ -64,7 +64,7 @@ fn merging_a_model_with_itself_is_the_identity_for_every_method() {
                 assert!(
                     (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
                     "{} f32: {a} vs {b}",
-                    m.name
+                    m.decl.name
                 );
             }
         }
@@ -78,7 +78,7 @@ fn linear_with_one_model_of_weight_one_is_bit_identical() {
         weight: vec![1.0],
         ..params(1, 0)
     };
-    let got = (merge::linear::DEF.merge_f32)(
+    let got = (merge::linear::METHOD.merge_f32)(
         Tensors {
             base: None,
             models: vec![x.clone()],
@@ -113,7 +113,7 @@ fn slerp_t0_returns_the_base_and_t1_the_other_bit_for_bit() {
 fn dare_is_deterministic_per_seed_and_differs_across_seeds() {
     let base = vals(1, 500);
     let ms = vec![vals(2, 500), vals(3, 500)];
-    for m in [&merge::dare_linear::DEF, &merge::dare_ties::DEF] {
+    for m in [&merge::dare_linear::METHOD, &merge::dare_ties::METHOD] {
         let run = |seed| {
             (m.merge_f64)(
                 Tensors {
@@ -129,9 +129,9 @@ fn dare_is_deterministic_per_seed_and_differs_across_seeds() {
             x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             "{}",
-            m.name
+            m.decl.name
         );
-        assert_ne!(x, z, "{}: seeds 5 and 6 gave the same result", m.name);
+        assert_ne!(x, z, "{}: seeds 5 and 6 gave the same result", m.decl.name);
     }
 }
 

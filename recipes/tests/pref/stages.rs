@@ -1,7 +1,7 @@
 //! The `ref-logps`, `dpo` and `npo` kinds end to end on a tiny Llama (hidden 32, 2 layers)
 //! built by the test, on the committed synthetic data of `examples/data/gen_prefs.py`.
 
-use crate::common::*;
+use super::common::*;
 use dsl::Value;
 use recipes::kinds::dpo::Dpo;
 use recipes::kinds::npo::Npo;

@@ -28,6 +28,7 @@ pub fn tiny(kind: Kind, seed: i64) -> HfModel {
         },
     )
     .unwrap();
+    let _rng = crate::common::torch_rng();
     tch::manual_seed(seed);
     let _g = tch::no_grad_guard();
     let mut vars: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();

@@ -1,7 +1,7 @@
 //! Test 1 of mixtures.md: `⟨h, g⟩ ≈ [L(θ) − L(θ − e·g)] / e` in f64, relative error < 1e-3;
 //! and the random projection keeps dot products close in expectation.
 
-use crate::common::*;
+use super::common::*;
 use recipes::influence::grads::{mean_loss, sample_grad, Selection};
 use recipes::influence::project::Projector;
 use tch::Kind;

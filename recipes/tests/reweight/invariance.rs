@@ -2,7 +2,7 @@
 //! weights; scaling all target weights changes nothing; identical domains abstain; the same
 //! seed gives the same output. Plus the bad inputs of the library API.
 
-use crate::common::*;
+use super::common::*;
 use recipes::influence::{estimate, DomainIn, TargetIn};
 use tch::Kind;
 

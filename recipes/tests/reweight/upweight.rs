@@ -3,7 +3,7 @@
 //! mixture lowers the target loss more than on the uniform one) and a harmful domain driven to
 //! its floor.
 
-use crate::common::*;
+use super::common::*;
 use recipes::influence::Bounds;
 use tch::Kind;
 

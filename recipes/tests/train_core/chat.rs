@@ -1,6 +1,6 @@
 //! Chat templates: renders against transformers' output, template loading forms, errors.
 
-use crate::util::{fixture, tokenizer};
+use super::util::{fixture, tokenizer};
 use recipes::data::{Message, Role};
 use recipes::train::chat::{py_float, strftime, ChatTemplate};
 use serde_json::{json, Value as J};

@@ -1,6 +1,6 @@
 //! Example tokenisation: which positions are trained (-100 elsewhere), EOS trained.
 
-use crate::util::{decode, fixture, id, tokenizer};
+use super::util::{decode, fixture, id, tokenizer};
 use recipes::data::{Message, Record, Role};
 use recipes::train::chat::ChatTemplate;
 use recipes::train::examples::{Encoded, Encoder, Example, LossOn, IGNORE};

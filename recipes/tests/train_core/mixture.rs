@@ -1,10 +1,11 @@
 //! The `mixture` kind: normalised weights, counts, a self-contained artifact, and a stream that
 //! the artifact reproduces.
 
-use crate::util::{ctx, tokenizer};
+use super::util::{ctx, tokenizer};
 use dsl::Value;
 use recipes::data::{Record, DATA_FILE, STATS_FILE};
-use recipes::kinds::mixture::{read_domains, read_mixture, temperature_weights, Mixture};
+use recipes::kinds::mixture::Mixture;
+use recipes::train::mixture::{read_domains, read_mixture, temperature_weights};
 use recipes::train::stream::Budget;
 use recipes::Stage;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! AdamW and gradient clipping against torch.optim.AdamW / clip_grad_norm_ (golden values from
 //! `fixtures/train/adamw.json`), state save/load, and schedules against transformers'.
 
-use crate::util::fixture;
+use super::util::fixture;
 use recipes::train::optim::{AdamW, AdamWConfig};
 use recipes::train::schedule::{Kind as SKind, Schedule, Warmup};
 use serde_json::Value as J;

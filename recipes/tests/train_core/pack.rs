@@ -125,6 +125,7 @@ fn padding_batch() {
 /// per-micro-batch means differs when micro-batches have different target counts.
 #[test]
 fn loss_normalisation_over_accumulated_micro_batches() {
+    let _rng = crate::common::torch_rng();
     tch::manual_seed(3);
     let vocab = 11;
     let m1 = pad_batch(&[ex(&[1, 2, 3, 4, 5], 1)], 0, None); // 4 targets

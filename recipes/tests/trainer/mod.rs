@@ -1,9 +1,7 @@
 //! Tests of the training loop (`recipes::trainer`) and the `cpt` / `sft` kinds on a tiny Llama
-//! built by the test. One binary: linking libtorch is slow.
+//! built by the test.
 
-mod common;
-
-use common::*;
+use crate::common::lm::*;
 use dsl::Value;
 use recipes::arch::{HfModel, LoadOptions};
 use recipes::kinds::cpt::Cpt;

@@ -16,6 +16,7 @@ pub mod status;
 pub mod unpin;
 pub mod verify;
 pub mod why;
+pub mod worker;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -136,6 +137,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// The node kinds with their parameters.
     Kinds(kinds::KindsArgs),
+    /// Run one job file against its store and publish it (what `temper run`'s workers do).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
 /// Runs the parsed command line.
@@ -156,6 +160,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Unpin(a) => unpin::run(&g, a),
         Command::Verify(a) => verify::run(&g, a),
         Command::Kinds(a) => kinds::run(&g, a),
+        Command::Worker(a) => worker::run(&g, a),
     }
 }
 

@@ -38,6 +38,8 @@ pub fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
                 "stopping after checkpoint (Ctrl-C again to abort)"
             );
         } else {
+            // The workers run in process groups of their own: end them, then the front.
+            c.kill_all();
             std::process::exit(130);
         }
     });

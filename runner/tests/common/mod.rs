@@ -190,9 +190,16 @@ impl Stage for Slow {
     }
 }
 
+/// Kinds from stage implementations, run on in-process workers (threads running the same
+/// worker loop as `temper-worker`).
+pub fn kinds_of(stages: Vec<Box<dyn Stage>>) -> Kinds {
+    let workers = recipes::worker::InProcess::new(stages);
+    Kinds::new(workers.registry(), std::sync::Arc::new(workers))
+}
+
 /// The test kinds.
 pub fn kinds() -> Kinds {
-    Kinds::new(vec![
+    kinds_of(vec![
         Box::new(Src),
         Box::new(Join),
         Box::new(Fail),

@@ -53,13 +53,16 @@ pub fn publish(store: &Store, key: &str, node: &str) -> store::Manifest {
     store.publish(key, &out, rec).expect("publish")
 }
 
-/// Re-runs this test binary's `child` test with `role` and extra environment.
-pub fn spawn_child(role: &str, dir: &Path, env: &[(&str, &str)]) -> Child {
+/// Re-runs this test binary's `child` test of `module` (the caller's `module_path!()`) with
+/// `role` and extra environment.
+pub fn spawn_child(module: &str, role: &str, dir: &Path, env: &[(&str, &str)]) -> Child {
     let exe = std::env::current_exe().expect("current exe");
+    // `all::publish` → the test `publish::child` (test names leave out the crate).
+    let module = module.split_once("::").map_or("", |(_, m)| m);
     let mut cmd = Command::new(exe);
     cmd.args([
         "--exact",
-        "child",
+        &format!("{module}::child"),
         "--ignored",
         "--nocapture",
         "--test-threads=1",

@@ -1,0 +1,77 @@
+//! The output of a training kind ([`write_output`]): the model in Hugging Face layout
+//! (config.json, safetensors, generation_config.json, tokenizer files, the chat template both in
+//! `chat_template.jinja` and in `tokenizer_config.json`), `metrics.jsonl` and
+//! `train_summary.json`.
+
+use super::TrainSummary;
+use crate::arch::{HfModel, SaveOptions};
+use crate::stage::{StageCtx, StageError};
+use anyhow::Context;
+use serde_json::Value as J;
+use std::fs;
+use std::path::Path;
+
+/// Writes the trained model, the metrics and the summary into `ctx.out_dir`.
+pub fn write_output(
+    ctx: &StageCtx,
+    model: &HfModel,
+    tok_dir: &Path,
+    summary: &TrainSummary,
+    extra: J,
+) -> Result<J, StageError> {
+    let out = &ctx.out_dir;
+    model
+        .save(
+            out,
+            &SaveOptions {
+                copy_from: Some(tok_dir.to_path_buf()),
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("node {}: saving the model", ctx.node))?;
+    sync_chat_template(out)
+        .with_context(|| format!("node {}: writing the chat template", ctx.node))?;
+    let m = ctx.metrics.path();
+    if m.is_file() {
+        fs::copy(m, out.join("metrics.jsonl")).context("copying metrics.jsonl")?;
+    }
+    let mut s = serde_json::to_value(summary).context("serialising the summary")?;
+    if let (Some(o), J::Object(e)) = (s.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    crate::tok::write_json(&out.join("train_summary.json"), &s)?;
+    Ok(s)
+}
+
+/// Makes the chat template present both as `chat_template.jinja` and as
+/// `tokenizer_config.json["chat_template"]` when either holds one (the file wins).
+pub fn sync_chat_template(dir: &Path) -> anyhow::Result<()> {
+    let jinja = dir.join("chat_template.jinja");
+    let cfg_path = dir.join("tokenizer_config.json");
+    let mut cfg: J = match fs::read_to_string(&cfg_path) {
+        Ok(t) => {
+            serde_json::from_str(&t).with_context(|| format!("parsing {}", cfg_path.display()))?
+        }
+        Err(_) => J::Object(Default::default()),
+    };
+    let template = match fs::read_to_string(&jinja) {
+        Ok(t) => Some(t),
+        Err(_) => cfg
+            .get("chat_template")
+            .and_then(|t| t.as_str())
+            .map(str::to_string),
+    };
+    let Some(t) = template else { return Ok(()) };
+    if !jinja.is_file() {
+        fs::write(&jinja, &t).with_context(|| format!("writing {}", jinja.display()))?;
+    }
+    if let Some(o) = cfg.as_object_mut() {
+        // A list of named templates (older transformers) is left as it is.
+        let named = o.get("chat_template").is_some_and(|v| v.is_array());
+        if !named && o.get("chat_template").and_then(|v| v.as_str()) != Some(t.as_str()) {
+            o.insert("chat_template".into(), J::String(t));
+            crate::tok::write_json(&cfg_path, &cfg)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The steps of [`super::train`]: resuming, one optimizer step (accumulation, the finiteness
+//! checks, clipping, AdamW), the progress counters, the metrics line, checkpoints and the
+//! summary. The loop itself and its invariants are documented in [`super`].
+
+use super::{checkpoint, warnings, Objective, Progress, TrainSpec, TrainSummary, STEP_TARGET};
+use crate::arch::HfModel;
+use crate::stage::{Checkpoints, StageCtx, StageError};
+use crate::train::optim::AdamW;
+use crate::train::schedule::Schedule;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Restores the latest complete checkpoint, if any, into `model`, `opt` and `obj`, truncates
+/// `metrics.jsonl` back to it and pins the intra-op thread count (the spec's, else the
+/// checkpoint's, else libtorch's): `(progress, threads, last good checkpoint step)`.
+pub(super) fn resume<O: Objective>(
+    ctx: &StageCtx,
+    ckpts: &Checkpoints,
+    spec: &TrainSpec,
+    model: &mut HfModel,
+    opt: &mut AdamW,
+    obj: &mut O,
+) -> Result<(Progress, usize, Option<u64>), StageError> {
+    let mut prog = Progress::default();
+    let mut threads = spec.threads;
+    let mut last_good = None;
+    if let Some((step, dir)) = ckpts.latest() {
+        let st = checkpoint::restore(&dir, model, opt, obj).map_err(|e| {
+            StageError::Other(e.context(format!(
+                "node {}: resuming from checkpoint {}",
+                ctx.node,
+                dir.display()
+            )))
+        })?;
+        if spec.threads == 0 {
+            threads = st.threads;
+        }
+        prog = st.progress;
+        prog.step = step;
+        last_good = Some(step);
+        tracing::info!(node = %ctx.node, step, "resuming from {}", dir.display());
+    }
+    checkpoint::truncate_metrics(ctx.metrics.path(), prog.step)
+        .map_err(|e| StageError::Other(e.context("truncating metrics.jsonl")))?;
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+    let threads = tch::get_num_threads().max(1) as usize;
+    Ok((prog, threads, last_good))
+}
+
+/// Writes checkpoints of a run (after checking the weights are finite).
+pub(super) struct Saver<'a> {
+    pub ctx: &'a StageCtx,
+    pub ckpts: &'a Checkpoints,
+    pub spec: &'a TrainSpec,
+    pub threads: usize,
+}
+
+impl Saver<'_> {
+    pub fn save<O: Objective>(
+        &self,
+        prog: &Progress,
+        model: &HfModel,
+        opt: &AdamW,
+        obj: &O,
+        last_good: Option<u64>,
+    ) -> Result<PathBuf, StageError> {
+        check_weights(opt, prog.step, last_good)?;
+        let st = checkpoint::TrainerState {
+            progress: prog.clone(),
+            threads: self.threads,
+            seed: self.spec.seed,
+            total_steps: self.spec.total_steps,
+            data: obj.state(),
+        };
+        self.ckpts
+            .save(prog.step, self.spec.keep_checkpoints.max(1), |d| {
+                checkpoint::write(d, model, opt, &st)
+            })
+            .map_err(|e| {
+                StageError::Other(e.context(format!(
+                    "node {}: writing checkpoint at step {}",
+                    self.ctx.node, prog.step
+                )))
+            })
+    }
+}
+
+/// The error of a step whose loss or gradient is not finite: it names the step (1-based) and
+/// the last good checkpoint.
+pub(super) struct Poisoned<'a> {
+    pub shown: u64,
+    pub last_good: Option<u64>,
+    pub dir: &'a Path,
+}
+
+impl Poisoned<'_> {
+    fn error(&self, what: String) -> StageError {
+        let kept = match self.last_good {
+            Some(s) => format!(
+                "the last good checkpoint (step {s}) is kept in {}",
+                self.dir.display()
+            ),
+            None => "no checkpoint was written yet".into(),
+        };
+        StageError::user(
+            format!("{what} at step {}; {kept}", self.shown),
+            Some("lower `lr`, set `max-grad-norm`, or check the data".into()),
+        )
+    }
+}
+
+/// One optimizer step, done.
+pub struct StepOut {
+    /// `Σ_m L_m / N` (0 when the step had no targets).
+    pub loss: f64,
+    pub lr: f64,
+    /// `‖∇‖₂` before clipping.
+    pub grad_norm: f64,
+    /// `N`, the normalisation units of the step.
+    pub n: usize,
+    pub tokens: u64,
+    /// Extra metrics summed over the micro-batches.
+    pub extra: Vec<(String, f64)>,
+}
+
+/// Optimizer step `step` (0-based; the module docs' steps 1–5): `None` when the data is
+/// exhausted.
+pub(super) fn step<O: Objective>(
+    model: &HfModel,
+    opt: &mut AdamW,
+    (sched, max_grad_norm): (&Schedule, Option<f64>),
+    obj: &mut O,
+    step: u64,
+    poisoned: &Poisoned,
+) -> Result<Option<StepOut>, StageError> {
+    let shown = step + 1;
+    let Some(micro) = obj
+        .micro_batches(step)
+        .map_err(|e| StageError::Other(e.context(format!("step {shown}: reading data"))))?
+    else {
+        return Ok(None);
+    };
+    let n: usize = micro.iter().map(|b| obj.n_targets(b)).sum();
+    let tokens: u64 = micro.iter().map(|b| obj.n_tokens(b) as u64).sum();
+    let (loss_sum, extra) = accumulate(model, obj, &micro, n, poisoned)?;
+    let loss = if n > 0 { loss_sum / n as f64 } else { 0.0 };
+    let bad = opt.non_finite_grads().map_err(StageError::Other)?;
+    if !bad.is_empty() {
+        return Err(poisoned.error(format!("non-finite gradient in {}", first_names(&bad))));
+    }
+    let grad_norm = match max_grad_norm {
+        Some(m) if m > 0.0 => opt.clip_grad_norm(m),
+        _ => opt.grad_norm(),
+    }
+    .map_err(|e| poisoned.error(format!("{e}")))?;
+    let lr = sched.lr(step);
+    if n > 0 {
+        opt.step(lr).map_err(StageError::Other)?;
+    }
+    opt.zero_grad();
+    Ok(Some(StepOut {
+        loss,
+        lr,
+        grad_norm,
+        n,
+        tokens,
+        extra,
+    }))
+}
+
+/// Forward and backward of each micro-batch: backpropagates `L_m / N`, so the accumulated
+/// gradient is that of `Σ_m L_m / N`; returns `(Σ_m L_m, extra metrics summed)`.
+fn accumulate<O: Objective>(
+    model: &HfModel,
+    obj: &mut O,
+    micro: &[O::Batch],
+    n: usize,
+    poisoned: &Poisoned,
+) -> Result<(f64, Vec<(String, f64)>), StageError> {
+    let shown = poisoned.shown;
+    let mut loss_sum = 0.0;
+    let mut extra: Vec<(String, f64)> = Vec::new();
+    if n == 0 {
+        return Ok((loss_sum, extra));
+    }
+    let scale = 1.0 / n as f64;
+    for b in micro {
+        let out = obj
+            .loss(model, b)
+            .map_err(|e| StageError::Other(e.context(format!("step {shown}: forward"))))?;
+        let v = out.sum.double_value(&[]);
+        if !v.is_finite() {
+            return Err(poisoned.error(format!("non-finite loss ({v})")));
+        }
+        loss_sum += v;
+        (out.sum * scale)
+            .f_backward()
+            .map_err(|e| StageError::Other(anyhow::anyhow!("step {shown}: backward: {e}")))?;
+        for (k, x) in out.extra {
+            match extra.iter_mut().find(|(name, _)| *name == k) {
+                Some(slot) => slot.1 += x,
+                None => extra.push((k, x)),
+            }
+        }
+    }
+    Ok((loss_sum, extra))
+}
+
+impl Progress {
+    /// Counts a finished step: tokens, and (when it had targets) the loss range and the
+    /// zero-gradient counters.
+    pub(super) fn record(&mut self, out: &StepOut) {
+        self.step += 1;
+        self.tokens_seen += out.tokens;
+        if out.n == 0 {
+            return;
+        }
+        let loss = out.loss;
+        self.first_loss.get_or_insert(loss);
+        self.last_loss = Some(loss);
+        self.loss_min = Some(self.loss_min.map_or(loss, |m| m.min(loss)));
+        self.loss_max = Some(self.loss_max.map_or(loss, |m| m.max(loss)));
+        if out.grad_norm == 0.0 {
+            self.zero_grad_steps += 1;
+            self.zero_grad_tail += 1;
+        } else {
+            self.zero_grad_tail = 0;
+        }
+    }
+}
+
+/// Writes the metrics line of the step just done (extra metrics divided by `N`, the
+/// objective's window metrics) and its progress line; `window` is (start, tokens) of the
+/// logging window.
+pub(super) fn log_metrics<O: Objective>(
+    ctx: &StageCtx,
+    spec: &TrainSpec,
+    obj: &mut O,
+    prog: &Progress,
+    out: &StepOut,
+    window: (Instant, u64),
+) -> Result<(), StageError> {
+    let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+    let n = out.n;
+    let mut rec = json!({
+        "step": prog.step,
+        "loss": out.loss,
+        "lr": out.lr,
+        "grad_norm": out.grad_norm,
+        "targets": n,
+        "tokens_seen": prog.tokens_seen,
+        "epoch": obj.epoch(),
+        "tokens_per_s": window.1 as f64 / secs,
+    });
+    if let Some(o) = rec.as_object_mut() {
+        for (k, x) in &out.extra {
+            o.insert(k.clone(), json!(if n > 0 { x / n as f64 } else { 0.0 }));
+        }
+        for (k, x) in obj.window_metrics() {
+            o.insert(k, json!(x));
+        }
+    }
+    ctx.metrics
+        .log(&rec)
+        .map_err(|e| StageError::Other(anyhow::anyhow!("writing metrics: {e}")))?;
+    tracing::info!(
+        target: STEP_TARGET,
+        "step {}/{} loss {:.4} lr {:.3e} grad-norm {:.3} {:.0} tok/s",
+        prog.step,
+        spec.total_steps,
+        out.loss,
+        out.lr,
+        out.grad_norm,
+        window.1 as f64 / secs
+    );
+    Ok(())
+}
+
+/// The summary of a finished run, its warnings logged.
+pub(super) fn summarise<O: Objective>(
+    ctx: &StageCtx,
+    spec: &TrainSpec,
+    obj: &O,
+    prog: &Progress,
+    resumed_from: u64,
+    started: Instant,
+    threads: usize,
+) -> TrainSummary {
+    let warnings = warnings(prog);
+    for w in &warnings {
+        tracing::warn!("{}: {w}", ctx.node);
+    }
+    TrainSummary {
+        steps: prog.step,
+        total_steps: spec.total_steps,
+        tokens_seen: prog.tokens_seen,
+        epoch: obj.epoch(),
+        first_loss: prog.first_loss,
+        final_loss: prog.last_loss,
+        resumed_from,
+        seconds: started.elapsed().as_secs_f64(),
+        threads,
+        warnings,
+    }
+}
+
+/// The first three of `names`, then `and N more`.
+fn first_names(names: &[String]) -> String {
+    let shown = names[..names.len().min(3)].join(", ");
+    match names.len() {
+        0..=3 => shown,
+        n => format!("{shown} and {} more", n - 3),
+    }
+}
+
+/// Fails with a user error naming the tensors when a trained weight is NaN or infinite after
+/// `step` steps (checked before anything is written from them).
+fn check_weights(opt: &AdamW, step: u64, last_good: Option<u64>) -> Result<(), StageError> {
+    let bad = opt.non_finite_params().map_err(StageError::Other)?;
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let kept = match last_good {
+        Some(s) => format!("the last good checkpoint (step {s}) is kept"),
+        None => "no checkpoint was written".into(),
+    };
+    Err(StageError::user(
+        format!(
+            "non-finite weights in {} after step {step}; {kept}, nothing is published",
+            first_names(&bad)
+        ),
+        Some("lower `lr`, keep `adam-eps` well above 0, set `max-grad-norm`".into()),
+    ))
+}

@@ -1,0 +1,452 @@
+//! The worker: runs node jobs ([`kinds::job::Job`]) one at a time and reports [`Event`]s, in
+//! its own process (`temper-worker`, [`main`]) or, for tests, on a thread ([`InProcess`]).
+//!
+//! Per job: set libtorch's CPU threads (`threads` > 0) and log the count; run the kind's stage
+//! with a [`StageCtx`] built from the job (panics become errors); on success publish into the
+//! store ([`store::Store::complete`]); then write exactly one [`End`]. The stage's tracing
+//! events, filtered by the job's directives, and its progress become `Log`/`Progress` events.
+//!
+//! A process worker:
+//! - dies with its front (Linux `PR_SET_PDEATHSIG`: a `kill -9` of `temper run` leaves no
+//!   orphan training into the same work dir);
+//! - answers SIGINT/SIGTERM by cancelling the running stage (it checkpoints and stops; the
+//!   worker then exits), and a second signal by exiting at once;
+//! - keeps stdout for events only: anything else writing to fd 1 (libtorch, a stray print)
+//!   goes to stderr.
+//!
+//! Test hooks: `TEMPER_PAUSE_AT=stage:<id>:<ms>` sleeps before that stage runs;
+//! `TEMPER_CRASH_AT=stage:<id>` aborts the worker after it ran (before publishing).
+
+use crate::stage::{CancelToken, MetricsSink, Progress, Stage, StageCtx, StageError};
+use kinds::job::{self, End, Event, Job, Launcher, WorkerConn, WorkerControl};
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+/// The event stream: one JSON line per event, written whole and flushed.
+#[derive(Clone)]
+pub struct Events(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Events {
+    pub fn new(w: Box<dyn Write + Send>) -> Self {
+        Events(Arc::new(Mutex::new(w)))
+    }
+    /// Writes one event; a closed stream (the front is gone) is ignored.
+    pub fn send(&self, e: &Event) {
+        let mut line = e.to_line();
+        line.push('\n');
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = w.write_all(line.as_bytes()).and_then(|_| w.flush());
+    }
+}
+
+/// A tracing layer that writes every event it sees as an [`Event::Log`].
+struct LogLayer(Events);
+
+/// `message k=v …`, like the node logs.
+struct MsgVisitor(String);
+impl Visit for MsgVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.insert_str(0, &format!("{value:?}"));
+        } else {
+            self.0 += &format!(" {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, value);
+        } else {
+            self.0 += &format!(" {}={value}", field.name());
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for LogLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut m = MsgVisitor(String::new());
+        event.record(&mut m);
+        let meta = event.metadata();
+        self.0.send(&Event::Log {
+            level: meta.level().as_str().to_string(),
+            target: meta.target().to_string(),
+            message: m.0,
+        });
+    }
+}
+
+/// The [`Progress`] a worker hands its stage: progress events.
+struct EventProgress(Events);
+impl Progress for EventProgress {
+    fn set_length(&self, total: u64) {
+        self.0
+            .send(&Event::Progress(job::Progress::SetLength(total)));
+    }
+    fn set_position(&self, pos: u64) {
+        self.0
+            .send(&Event::Progress(job::Progress::SetPosition(pos)));
+    }
+    fn inc(&self, delta: u64) {
+        self.0.send(&Event::Progress(job::Progress::Inc(delta)));
+    }
+    fn set_message(&self, msg: &str) {
+        self.0
+            .send(&Event::Progress(job::Progress::SetMessage(msg.to_string())));
+    }
+}
+
+/// How a worker's log events reach its event stream.
+enum Logging {
+    /// The process-wide subscriber; its filter is swapped for each job's.
+    Global(
+        tracing_subscriber::reload::Handle<
+            tracing_subscriber::EnvFilter,
+            tracing_subscriber::Registry,
+        >,
+    ),
+    /// A subscriber for this thread only, made per job (tests running workers on threads).
+    Thread,
+}
+
+fn env_filter(directives: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_new(directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+}
+
+/// The stages a worker can run, by kind name.
+pub type StageMap = HashMap<String, Arc<dyn Stage>>;
+
+/// Stages by kind name.
+pub fn stage_map(stages: Vec<Box<dyn Stage>>) -> StageMap {
+    stages
+        .into_iter()
+        .map(|s| (s.schema().name.to_string(), Arc::from(s)))
+        .collect()
+}
+
+/// One worker: its stages, its event stream and its cancel token (set by a signal or by the
+/// front; once set, the worker ends after reporting the running job).
+struct Worker {
+    stages: Arc<StageMap>,
+    events: Events,
+    cancel: CancelToken,
+    logging: Logging,
+    /// What to call this worker in its log (`worker pid 123`, `worker thread 2`).
+    name: String,
+}
+
+impl Worker {
+    /// Serves the jobs of `jobs` (one JSON line each) until it closes or a job is cancelled.
+    /// Returns the last job's end.
+    fn serve(&self, jobs: impl BufRead) -> Option<End> {
+        let mut last = None;
+        for line in jobs.lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let end = match serde_json::from_str::<Job>(&line) {
+                Ok(job) => self.run(&job),
+                Err(e) => End::Error {
+                    message: format!("the worker could not read its job: {e}"),
+                },
+            };
+            let stop = end == End::Cancelled;
+            self.events.send(&Event::End(end.clone()));
+            last = Some(end);
+            if stop {
+                break;
+            }
+        }
+        last
+    }
+
+    /// Runs one job under its log filter.
+    fn run(&self, job: &Job) -> End {
+        match &self.logging {
+            Logging::Global(handle) => {
+                let _ = handle.reload(env_filter(&job.log_filter));
+                self.run_logged(job)
+            }
+            Logging::Thread => {
+                let sub = tracing_subscriber::registry()
+                    .with(env_filter(&job.log_filter))
+                    .with(LogLayer(self.events.clone()));
+                tracing::subscriber::with_default(sub, || self.run_logged(job))
+            }
+        }
+    }
+
+    fn run_logged(&self, job: &Job) -> End {
+        if job.threads > 0 {
+            tch::set_num_threads(job.threads as i32);
+        }
+        tracing::info!(
+            target: job::NODE_LOG_TARGET,
+            "{}: {} CPU threads",
+            self.name,
+            tch::get_num_threads()
+        );
+        tracing::info!("running {}", job.node);
+        let Some(stage) = self.stages.get(&job.kind).cloned() else {
+            return End::Error {
+                message: format!("kind `{}` has no implementation in this worker", job.kind),
+            };
+        };
+        test_pause(&job.node);
+        let ctx = StageCtx {
+            node: job.node.clone(),
+            kind: job.kind.clone(),
+            key: job.key.clone(),
+            params: job.params.clone(),
+            root_dir: job.root_dir.clone(),
+            inputs: job.inputs.clone(),
+            out_dir: job.out_dir.clone(),
+            metrics: MetricsSink::new(job.work_dir.join("metrics.jsonl")),
+            work_dir: job.work_dir.clone(),
+            device: job.device.clone(),
+            progress: Arc::new(EventProgress(self.events.clone())),
+            cancel: self.cancel.clone(),
+        };
+        let result = if self.cancel.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)))
+                .unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(StageError::Other(anyhow::anyhow!(
+                        "the stage panicked: {msg}"
+                    )))
+                })
+        };
+        if std::env::var("TEMPER_CRASH_AT").is_ok_and(|v| v == format!("stage:{}", job.node)) {
+            std::process::abort();
+        }
+        match result {
+            Ok(summary) => match publish(job, summary.clone()) {
+                Ok(()) => End::Done { summary },
+                Err(e) => End::Error {
+                    message: format!("publishing failed: {e:#}"),
+                },
+            },
+            Err(StageError::Cancelled) => End::Cancelled,
+            Err(StageError::User { message, hint }) => End::UserError { message, hint },
+            Err(StageError::Other(e)) => End::Error {
+                message: format!("{e:#}"),
+            },
+        }
+    }
+}
+
+/// Publishes a finished job's staging dir into its store.
+fn publish(job: &Job, summary: serde_json::Value) -> anyhow::Result<()> {
+    let store = store::Store::open(&job.store)?;
+    store.complete(&job.key, &job.identity, &job.work_dir, summary)?;
+    Ok(())
+}
+
+/// Test hook: `TEMPER_PAUSE_AT=stage:<instance id>:<ms>` sleeps before that stage runs, so
+/// end-to-end tests can observe a run in progress (lock holder, read-only commands, kills).
+fn test_pause(id: &str) {
+    let Ok(v) = std::env::var("TEMPER_PAUSE_AT") else {
+        return;
+    };
+    if let Some((target, ms)) = v.rsplit_once(':') {
+        if target == format!("stage:{id}") {
+            if let Ok(ms) = ms.parse::<u64>() {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
+    }
+}
+
+/// The `temper-worker` process: `temper-worker` serves jobs from stdin; `temper-worker JOB`
+/// runs the job in file `JOB` (exit 0 done, 1 failed, 130 cancelled).
+pub fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    die_with_parent();
+    let events = Events::new(take_stdout());
+    let cancel = CancelToken::new();
+    let signals = AtomicUsize::new(0);
+    let token = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            token.cancel();
+        } else {
+            // SAFETY: `_exit` ends the process at once; nothing is left to run.
+            unsafe { libc::_exit(130) }
+        }
+    });
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(env_filter("warn"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(LogLayer(events.clone()))
+        .try_init();
+    let worker = Worker {
+        stages: Arc::new(stage_map(crate::stages())),
+        events,
+        cancel,
+        logging: Logging::Global(handle),
+        name: format!("worker pid {}", std::process::id()),
+    };
+    let code = match std::env::args_os().nth(1) {
+        None => {
+            worker.serve(std::io::stdin().lock());
+            0
+        }
+        Some(path) => {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t.replace('\n', " "),
+                Err(e) => {
+                    eprintln!("temper-worker: reading {}: {e}", path.to_string_lossy());
+                    return ExitCode::from(2);
+                }
+            };
+            match worker.serve(std::io::Cursor::new(text)) {
+                Some(End::Done { .. }) => 0,
+                Some(End::Cancelled) => 130,
+                _ => 1,
+            }
+        }
+    };
+    // Everything is written and flushed (events line by line, the store durably): skip
+    // libtorch's static destructors, which take ~0.2 s, so the front is not kept waiting.
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` ends the process; nothing of this process is left to run or to flush.
+    unsafe { libc::_exit(code) }
+}
+
+/// Linux: the kernel SIGKILLs this process when the thread that spawned it (the front's
+/// scheduler) ends, however it ends. `TEMPER_FRONT_PID` names the front: if it is already gone
+/// (it died between fork and here), exit now.
+fn die_with_parent() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain prctl/getppid calls without pointers.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(front) = std::env::var("TEMPER_FRONT_PID")
+                .ok()
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                if libc::getppid() != front {
+                    libc::_exit(1);
+                }
+            }
+        }
+    }
+}
+
+/// The process's stdout as the event stream, with fd 1 itself pointed at stderr so nothing
+/// else (libtorch, a stray print) can write into the protocol.
+fn take_stdout() -> Box<dyn Write + Send> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: dup/dup2 on the standard descriptors; the duplicate is owned by the File.
+    unsafe {
+        let fd = libc::dup(1);
+        if fd < 0 {
+            return Box::new(std::io::stdout());
+        }
+        libc::dup2(2, 1);
+        Box::new(std::fs::File::from_raw_fd(fd))
+    }
+}
+
+/// Runs workers on threads of this process, with the given stages: the same worker loop as
+/// `temper-worker`, for tests whose kinds are not the built-in ones. Cancelling sets the
+/// worker's token; a thread cannot be killed, so `kill` cancels too.
+pub struct InProcess {
+    stages: Arc<StageMap>,
+    started: AtomicUsize,
+}
+
+impl InProcess {
+    pub fn new(stages: Vec<Box<dyn Stage>>) -> InProcess {
+        InProcess {
+            stages: Arc::new(stage_map(stages)),
+            started: AtomicUsize::new(0),
+        }
+    }
+    /// The DSL registry of these stages.
+    pub fn registry(&self) -> dsl::Registry {
+        let mut r = dsl::Registry::new();
+        let mut names: Vec<&String> = self.stages.keys().collect();
+        names.sort();
+        for n in names {
+            r.register(self.stages[n].schema());
+        }
+        r
+    }
+}
+
+impl Launcher for InProcess {
+    fn start(&self) -> std::io::Result<WorkerConn> {
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let (jobs_r, jobs_w) = std::io::pipe()?;
+        let (events_r, events_w) = std::io::pipe()?;
+        let cancel = CancelToken::new();
+        let ended = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            stages: self.stages.clone(),
+            events: Events::new(Box::new(events_w)),
+            cancel: cancel.clone(),
+            logging: Logging::Thread,
+            name: format!("worker thread {n}"),
+        };
+        let flag = ended.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("worker {n}"))
+            .spawn(move || {
+                worker.serve(std::io::BufReader::new(jobs_r));
+                flag.store(true, Ordering::SeqCst);
+                // Dropping `worker` closes the event stream: the front sees EOF.
+            })?;
+        Ok(WorkerConn {
+            jobs: Box::new(jobs_w),
+            events: Box::new(std::io::BufReader::new(events_r)),
+            control: Arc::new(ThreadWorker {
+                n,
+                cancel,
+                ended,
+                handle: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+}
+
+struct ThreadWorker {
+    n: usize,
+    cancel: CancelToken,
+    ended: Arc<AtomicBool>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl WorkerControl for ThreadWorker {
+    fn name(&self) -> String {
+        format!("thread {}", self.n)
+    }
+    fn cancel(&self) {
+        self.cancel.cancel();
+    }
+    fn kill(&self) {
+        self.cancel.cancel();
+    }
+    fn wait(&self) -> String {
+        let h = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match h.map(|h| h.join()) {
+            Some(Err(_)) => "panicked".into(),
+            _ => "ended".into(),
+        }
+    }
+    fn exited(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
