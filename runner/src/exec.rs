@@ -16,7 +16,8 @@
 
 use crate::device::Devices;
 use crate::plan::{self, Entry, Loaded, Plan, State};
-pub use crate::report::{Control, Outcome, RunOptions, RunReport, UsageError};
+pub use crate::report::{Control, Outcome, RunOptions, RunReport};
+use crate::text::UsageError;
 use crate::Kinds;
 use crate::{nodelog, progress};
 use anyhow::{anyhow, Context, Result};

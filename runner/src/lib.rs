@@ -18,6 +18,7 @@ pub mod nodelog;
 pub mod plan;
 pub mod progress;
 pub mod report;
+pub mod text;
 
 use kinds::job::Launcher;
 use std::sync::Arc;

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
                 let _ = write!(std::io::stderr(), "{}{nl}", r.0);
                 return ExitCode::from(2);
             }
-            if let Some(u) = e.downcast_ref::<runner::exec::UsageError>() {
+            if let Some(u) = e.downcast_ref::<runner::text::UsageError>() {
                 let _ = writeln!(std::io::stderr(), "error: {u}");
                 return ExitCode::from(2);
             }

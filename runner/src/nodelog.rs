@@ -89,7 +89,7 @@ pub fn open(id: &str, path: &Path, run_id: u64) -> std::io::Result<()> {
     let now = store::now_secs();
     let mut head = format!(
         "{ATTEMPT_MARK} · run {run_id} · {} ====\n",
-        crate::cmd::human_time(now)
+        crate::text::human_time(now)
     );
     if fresh {
         head += &format!(
@@ -134,7 +134,7 @@ pub fn line(id: &str, level: &str, text: &str) {
     let ms = (now.fract() * 1000.0) as u32;
     let mut out = format!(
         "{}.{ms:03} {level:>5} {}\n",
-        crate::cmd::human_time(now),
+        crate::text::human_time(now),
         clip(text)
     );
     if log.written + out.len() as u64 > ATTEMPT_CAP {

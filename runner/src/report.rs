@@ -164,13 +164,3 @@ impl RunReport {
         s
     }
 }
-
-/// A usage mistake (`--only` naming no node): exit code 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for UsageError {}

@@ -226,7 +226,10 @@ fn only_runs_the_named_nodes_and_their_uncached_inputs() {
         &Control::new(),
     )
     .unwrap_err();
-    assert!(err.downcast_ref::<exec::UsageError>().is_some(), "{err:#}");
+    assert!(
+        err.downcast_ref::<runner::text::UsageError>().is_some(),
+        "{err:#}"
+    );
 }
 
 fn intervals(p: &Project) -> Vec<(f64, f64)> {
@@ -375,7 +378,10 @@ fn device_requests_are_checked() {
         .err()
         .expect("an unknown device is a recipe error")
         .to_string();
-    assert!(err.contains("unknown device `tpu`") && err.contains("r.kdl:1:"), "{err}");
+    assert!(
+        err.contains("unknown device `tpu`") && err.contains("r.kdl:1:"),
+        "{err}"
+    );
     // A device this machine lacks: a recipe error when the machine is known (check / plan /
     // run), and a failed node when a run gets it anyway.
     let r = p.write("r2.kdl", "src s text=\"y\" device=\"cuda:9\"\n");

@@ -75,7 +75,7 @@ fn confirm_delete_all(preview: &store::GcReport) -> Result<bool> {
         human_bytes(preview.freed_bytes)
     );
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
-        return Err(crate::exec::UsageError(format!(
+        return Err(crate::text::UsageError(format!(
             "`temper gc` with no recipe deletes every unpinned artifact ({what}); pass --yes to \
              confirm, name the recipes whose artifacts to keep, or see the list with --dry-run"
         ))

@@ -24,7 +24,7 @@ pub fn run(_g: &Global, a: KindsArgs) -> Result<ExitCode> {
     }
     if !any {
         return Err(
-            crate::exec::UsageError(format!("no kind `{}`", a.kind.unwrap_or_default())).into(),
+            crate::text::UsageError(format!("no kind `{}`", a.kind.unwrap_or_default())).into(),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -89,7 +89,9 @@ impl RecipeArgs {
     /// Loads the recipe; `device` values are checked against this machine's CUDA devices (or
     /// `--cuda-devices`), so a `cuda:9` typo is a located recipe error, not a failed run.
     pub fn load(&self, kinds: &crate::Kinds) -> Result<crate::plan::Loaded> {
-        let cuda = self.cuda_devices.unwrap_or_else(crate::device::cuda_devices);
+        let cuda = self
+            .cuda_devices
+            .unwrap_or_else(crate::device::cuda_devices);
         self.load_with(kinds, Some(cuda))
     }
     /// Loads the recipe to inspect what was built (`why`, `results`, `export`, `pin`): devices
@@ -164,26 +166,4 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-pub use store::human_bytes;
-
-/// `2026-11-28 21:14:03` (UTC) from Unix seconds.
-pub fn human_time(secs: f64) -> String {
-    let s = secs.max(0.0) as i64;
-    let (days, rem) = (s.div_euclid(86_400), s.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian, UTC.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::text::{human_bytes, human_time};

@@ -35,7 +35,7 @@ pub fn run(g: &Global, a: PinArgs) -> Result<ExitCode> {
             .iter()
             .any(|i| i.node == *n || i.id == *n)
         {
-            return Err(crate::exec::UsageError(format!(
+            return Err(crate::text::UsageError(format!(
                 "no node or instance `{n}` in the recipe"
             ))
             .into());

@@ -86,11 +86,11 @@ pub fn resolve_column(cols: &[String], name: &str) -> Result<String> {
         .collect();
     match hits.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => bail!(crate::exec::UsageError(format!(
+        [] => bail!(crate::text::UsageError(format!(
             "no column `{name}`; columns: {}",
             cols.join(", ")
         ))),
-        many => bail!(crate::exec::UsageError(format!(
+        many => bail!(crate::text::UsageError(format!(
             "`{name}` matches several columns: {}",
             many.iter()
                 .map(|s| s.as_str())

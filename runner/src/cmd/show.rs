@@ -66,12 +66,12 @@ pub fn pick_one<'p>(plan: &'p Plan, name: &str) -> Result<&'p Entry> {
     let hits: Vec<&Entry> = plan.entries.iter().filter(|e| e.node == name).collect();
     match hits.as_slice() {
         [one] => Ok(one),
-        [] => Err(crate::exec::UsageError(format!(
+        [] => Err(crate::text::UsageError(format!(
             "no node or instance `{name}` in {}",
             plan.loaded.path.display()
         ))
         .into()),
-        many => Err(crate::exec::UsageError(format!(
+        many => Err(crate::text::UsageError(format!(
             "node `{name}` has {} instances; name one of: {}",
             many.len(),
             many.iter()

@@ -25,7 +25,7 @@ pub fn run(g: &Global, a: WhyArgs) -> Result<ExitCode> {
         .map(|e| e.id.clone())
         .collect();
     if ids.is_empty() {
-        return Err(crate::exec::UsageError(format!(
+        return Err(crate::text::UsageError(format!(
             "no node or instance `{}` in {}",
             a.node,
             a.recipe.recipe.display()
