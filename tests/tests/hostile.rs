@@ -414,7 +414,11 @@ fn a_worker_that_aborts_fails_its_node_and_an_independent_node_beside_it_complet
         text(&out)
     );
     assert!(stdout.contains(" b done"), "{}", text(&out));
-    assert!(stdout.contains("1 done, 0 cached, 1 failed"), "{}", text(&out));
+    assert!(
+        stdout.contains("1 done, 0 cached, 1 failed"),
+        "{}",
+        text(&out)
+    );
     let shown = p.ok(&["show", "recipe.kdl", "a"]);
     assert!(shown.contains("status     failed"), "{shown}");
     // The death is in the node's log too, and a rerun builds `a` alone.

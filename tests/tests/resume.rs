@@ -103,7 +103,10 @@ fn children_of(pid: u32) -> Vec<u32> {
 /// Whether process `pid` exists and is not a zombie.
 fn alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start()).unwrap_or("");
+    let state = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.trim_start())
+        .unwrap_or("");
     !state.is_empty() && !state.starts_with('Z') && !state.starts_with('X')
 }
 
