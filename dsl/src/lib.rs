@@ -18,6 +18,7 @@ mod diag;
 mod expand;
 pub mod files;
 mod include;
+mod lexical;
 pub mod limits;
 mod overrides;
 mod parse;

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod launch;
 pub mod nodelog;
 pub mod plan;
+mod pool;
 pub mod progress;
 pub mod report;
 pub mod text;
