@@ -11,8 +11,8 @@
 
 use anyhow::{bail, Context, Result};
 use recipes::arch::{AttnMask, HfModel, LoadOptions};
-use recipes::train::loss::sum_ce;
-use recipes::train::optim::{AdamW, AdamWConfig};
+use recipes::batching::loss::sum_ce;
+use recipes::trainer::optim::{AdamW, AdamWConfig};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 

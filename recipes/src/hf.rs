@@ -179,7 +179,7 @@ pub fn read_config(dir: &Path, shown: &str) -> Result<HfConfig, StageError> {
                 format!(
                     "{file}:{}: field \"{name}\": expected {want}, found {}",
                     line_of(&text, name),
-                    crate::data::records::json_type(found)
+                    crate::data::validate::json_type(found)
                 ),
                 None,
             ));

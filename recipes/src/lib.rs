@@ -4,18 +4,20 @@
 //! (`kinds::job`); nothing else looks inside them.
 
 pub mod arch;
+pub mod batching;
 pub mod data;
 pub mod evaluate;
 pub mod hf;
 pub mod influence;
+pub mod json;
 pub mod kinds;
 pub mod llama_init;
 pub mod merge;
 pub mod pref;
 pub mod prologue;
+pub mod rng;
 pub mod stage;
 pub mod tok;
-pub mod train;
 pub mod trainer;
 pub mod worker;
 
@@ -53,9 +55,17 @@ mod tests {
     /// Every declared kind has an implementation, with the same schema, and nothing else.
     #[test]
     fn stages_implement_the_declared_kinds() {
-        let declared: Vec<(&str, u32)> = ::kinds::schemas().iter().map(|s| (s.name, s.version)).collect();
-        let implemented: Vec<(&str, u32)> =
-            super::stages().iter().map(|s| { let k = s.schema(); (k.name, k.version) }).collect();
+        let declared: Vec<(&str, u32)> = ::kinds::schemas()
+            .iter()
+            .map(|s| (s.name, s.version))
+            .collect();
+        let implemented: Vec<(&str, u32)> = super::stages()
+            .iter()
+            .map(|s| {
+                let k = s.schema();
+                (k.name, k.version)
+            })
+            .collect();
         assert_eq!(declared, implemented);
     }
 }

@@ -12,9 +12,9 @@
 //! - lengths: a length parameter may not exceed the model's `max_position_embeddings`.
 
 use crate::arch::{HfModel, LoadOptions};
+use crate::batching::chat::ChatTemplate;
 use crate::stage::{StageCtx, StageError};
 use crate::tok::TokenizerDir;
-use crate::train::chat::ChatTemplate;
 use dsl::device::Dtype;
 use kinds::{Input, ParamSet};
 use std::path::PathBuf;

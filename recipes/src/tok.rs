@@ -264,9 +264,3 @@ impl TokenizerDir {
         full_vocab_size(&self.tokenizer)
     }
 }
-
-/// Writes `value` as pretty JSON with a final newline.
-pub fn write_json(path: &Path, value: &J) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
-}

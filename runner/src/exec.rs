@@ -15,8 +15,8 @@
 //! Store bookkeeping of the front happens on the scheduling thread only.
 
 use crate::device::Devices;
-use crate::pool::{Assignment, Pool};
 use crate::plan::{self, Entry, Loaded, Plan, State};
+use crate::pool::{Assignment, Pool};
 pub use crate::report::{Control, Outcome, RunOptions, RunReport};
 use crate::text::UsageError;
 use crate::Kinds;

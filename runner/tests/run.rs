@@ -374,10 +374,10 @@ fn device_requests_are_checked() {
     let p = Project::new();
     // The syntax is checked when the recipe loads, with the location.
     let r = p.write("r.kdl", "src s text=\"x\" device=\"tpu\"\n");
-    let err = runner::plan::load(&r, &common::kinds().registry, &[])
-        .err()
-        .expect("an unknown device is a recipe error")
-        .to_string();
+    let Err(err) = runner::plan::load(&r, &common::kinds().registry, &[]) else {
+        panic!("an unknown device is a recipe error");
+    };
+    let err = err.to_string();
     assert!(
         err.contains("unknown device `tpu`") && err.contains("r.kdl:1:"),
         "{err}"
@@ -389,10 +389,10 @@ fn device_requests_are_checked() {
         cuda_devices: Some(2),
         ..Default::default()
     };
-    let err = runner::plan::load_with(&r, &common::kinds().registry, &[], &opts)
-        .err()
-        .expect("cuda:9 on a machine with 2 GPUs")
-        .to_string();
+    let Err(err) = runner::plan::load_with(&r, &common::kinds().registry, &[], &opts) else {
+        panic!("cuda:9 on a machine with 2 GPUs");
+    };
+    let err = err.to_string();
     assert!(err.contains("cuda:9") && err.contains("r2.kdl:1:"), "{err}");
     match run(&p, &r, &[]).outcome("s") {
         Some(Outcome::Failed(m)) => assert!(m.contains("cuda:9") && m.contains("CUDA"), "{m}"),

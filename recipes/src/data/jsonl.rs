@@ -1,8 +1,8 @@
 //! JSON-lines reading: one JSON object per line, blank lines ignored, locations `file:LINE`
 //! (1-based, counting blank lines, so they match an editor's line numbers).
 
-use super::records::Invalid;
 use super::sources::SourceFile;
+use super::validate::Invalid;
 use crate::stage::StageError;
 use anyhow::Context;
 use serde_json::Value as J;

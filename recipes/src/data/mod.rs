@@ -14,8 +14,8 @@
 
 pub mod jsonl;
 pub mod parquet;
-pub mod records;
 pub mod sources;
+pub mod validate;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};

@@ -8,8 +8,8 @@
 //! message lists a `list<struct<role: string, content: string>>` column or a string column
 //! holding the messages as JSON text.
 
-use super::records::{FieldMap, Invalid};
 use super::sources::SourceFile;
+use super::validate::{FieldMap, Invalid};
 use super::Format;
 use crate::stage::StageError;
 use arrow::array::{Array, AsArray};

@@ -2,7 +2,7 @@
 //! node kind ([`crate::kinds::eval`]) builds on them; both run under `no_grad`.
 //!
 //! - [`loss_sum`]: `Σ CE` over the target tokens of tokenised examples (labels as in
-//!   [`crate::train::examples`]: aligned with the inputs, −100 where not a target, shifted inside
+//!   [`crate::batching::examples`]: aligned with the inputs, −100 where not a target, shifted inside
 //!   the loss) and the number of target tokens, so that the *token-weighted* mean over a whole
 //!   data set is `loss = Σ CE / Σ targets` and `perplexity = exp(loss)`. Examples are batched
 //!   right-padded, grouped by length (the sum does not depend on the grouping beyond float
@@ -24,9 +24,9 @@ pub mod report;
 pub mod score;
 
 use crate::arch::{AttnMask, HfModel};
-use crate::train::examples::Example;
-use crate::train::loss::sum_ce;
-use crate::train::pack::pad_batch;
+use crate::batching::examples::Example;
+use crate::batching::loss::sum_ce;
+use crate::batching::pack::pad_batch;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};

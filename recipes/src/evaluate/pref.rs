@@ -12,11 +12,11 @@
 //!   completions (how likely the preferred answers stay, the quantity RPO protects).
 
 use crate::arch::HfModel;
+use crate::batching::examples::Example;
 use crate::data::Record;
 use crate::pref::encode::{PairEncoded, PairEncoder};
 use crate::pref::logps::seq_logps;
 use crate::stage::StageError;
-use crate::train::examples::Example;
 use anyhow::{Context, Result};
 use tch::Kind;
 

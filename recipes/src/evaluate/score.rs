@@ -1,7 +1,7 @@
 //! Scoring one model on one dataset: the result rows of the `eval` node kind.
 //!
 //! - **loss** = `Σ CE / Σ targets` over the target tokens, encoded exactly as SFT/CPT train
-//!   them ([`crate::train::examples`]); **perplexity** = `exp(loss)`. A text document longer
+//!   them ([`crate::batching::examples`]); **perplexity** = `exp(loss)`. A text document longer
 //!   than the model's `max_position_embeddings` is scored in consecutive windows of that length
 //!   (the first token of a window has no context and is not a target).
 //! - **exact-match** (prompt-completion; messages: the last assistant turn given the turns
@@ -19,13 +19,13 @@ use super::pref::{encode_pairs, preference_scores};
 use super::report::finite;
 use super::{exact_match, greedy, loss_sum, GreedyOptions, LossSum};
 use crate::arch::HfModel;
+use crate::batching::chat::ChatTemplate;
+use crate::batching::examples::{tokens_text, Encoded, Encoder, Example, LossOn};
 use crate::data::{Format, Message, Record, Role, Turns};
 use crate::pref::encode::PairEncoder;
 use crate::prologue;
 use crate::stage::{StageCtx, StageError};
 use crate::tok::TokenizerDir;
-use crate::train::chat::ChatTemplate;
-use crate::train::examples::{tokens_text, Encoded, Encoder, Example, LossOn};
 use anyhow::{anyhow, Context};
 use dsl::device::Dtype;
 use kinds::eval::Metric;

@@ -11,8 +11,8 @@
 //! over the selected tensors in name order (optionally projected, [`super::project`]).
 
 use crate::arch::HfModel;
-use crate::train::examples::IGNORE;
-use crate::train::pack::cpt_batch;
+use crate::batching::examples::IGNORE;
+use crate::batching::pack::cpt_batch;
 use crate::trainer::lm;
 use anyhow::{anyhow, Context};
 use tch::{Kind, Reduction, Tensor};

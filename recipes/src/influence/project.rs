@@ -6,7 +6,7 @@
 //! `SplitMix64::derived(seed, PROJECTION_STREAM, c)`, one sign per bit, so a projection is a
 //! pure function of `(seed, d)` and costs `O(P·d)` per vector.
 
-use crate::train::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use anyhow::anyhow;
 use tch::{Kind, Tensor};
 

@@ -7,7 +7,7 @@
 //! identical domains get identical samples. Half A is the first `⌈m/2⌉` sampled records,
 //! half B the rest.
 
-use crate::train::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// Stream of the domain samples.
 pub const DOMAIN_STREAM: u64 = 0x00D0;

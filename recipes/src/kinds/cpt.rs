@@ -6,7 +6,7 @@
 //!
 //! Data: a `dataset` of format `text`, or a `mixture` whose sources are text datasets. Every
 //! document is tokenised (with the tokenizer's own special tokens) and ends with EOS; the
-//! deterministic example stream ([`crate::train::stream`]) orders them; documents are
+//! deterministic example stream ([`crate::batching::stream`]) orders them; documents are
 //! concatenated and cut into blocks of `seq-len` tokens, the remainder carried into the next
 //! block ([`CptPacker`]), the last partial block right-padded. Attention crosses document
 //! boundaries inside a block (standard pre-training). Every real token after the first of a
@@ -18,13 +18,13 @@
 //! Batch: `batch-size` sequences per micro-batch, or `batch-tokens` (`⌊batch-tokens / seq-len⌋`
 //! sequences); `grad-accum` micro-batches per optimizer step.
 
+use crate::batching::examples::{Encoder, LossOn};
+use crate::batching::mixture::{read_domains, read_mixture, MIXTURE_FILE};
+use crate::batching::pack::{cpt_batch, Batch, CptPacker, PackerState};
+use crate::batching::stream::{Budget, MixtureStream, StreamSource, StreamState};
 use crate::data::{read_normalized, Format, Record};
 use crate::prologue::{self, Start};
 use crate::stage::{InputArtifact, Kind, StageCtx, StageError};
-use crate::train::examples::{Encoder, LossOn};
-use crate::train::mixture::{read_domains, read_mixture, MIXTURE_FILE};
-use crate::train::pack::{cpt_batch, Batch, CptPacker, PackerState};
-use crate::train::stream::{Budget, MixtureStream, StreamSource, StreamState};
 use crate::trainer::output::write_output;
 use crate::trainer::params::{self, DEFAULT_EPOCHS};
 use crate::trainer::{lm, train, LossOut, Objective};

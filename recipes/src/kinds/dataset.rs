@@ -12,8 +12,8 @@
 //! reported in the stats and logged as a warning; a dataset left with no record is an error.
 //! Later stages read the result with [`crate::data::read_normalized`].
 
-use crate::data::records::{self, FieldMap, Invalid};
 use crate::data::sources::{self, FileKind, SourceFile};
+use crate::data::validate::{self, FieldMap, Invalid};
 use crate::data::{jsonl, parquet, Format, DATA_FILE, STATS_FILE};
 use crate::stage::{Kind, StageCtx, StageError};
 use ::kinds::dataset::Params;
@@ -181,7 +181,7 @@ impl<'a> Collector<'a> {
 
     fn push(&mut self, loc: String, parsed: Result<J, Invalid>) -> Result<(), StageError> {
         self.seen += 1;
-        match parsed.and_then(|v| records::validate(self.format, &v, self.fields)) {
+        match parsed.and_then(|v| validate::validate(self.format, &v, self.fields)) {
             Ok(rec) => {
                 let mut line = rec.to_json_line();
                 line.push('\n');

@@ -1,17 +1,17 @@
 //! The `mixture` node kind (parameters, the weight and budget rules: `kinds::mixture`): reads
 //! each source dataset, counts its tokens when a tokenizer is given, turns the base weights
 //! `b_i` into sampling probabilities `p_i = b_i^(1/T) / Σ_j b_j^(1/T)`
-//! ([`temperature_weights`]) and writes the mixture artifact ([`crate::train::mixture`]:
+//! ([`temperature_weights`]) and writes the mixture artifact ([`crate::batching::mixture`]:
 //! `mixture.json` + each source's data), from which training stages draw a deterministic
-//! example stream ([`crate::train::stream::MixtureStream`]).
+//! example stream ([`crate::batching::stream::MixtureStream`]).
 
+use crate::batching::mixture::{
+    count_tokens, link_source, temperature_weights, Domain, MixtureSpec, MIXTURE_FILE, SOURCES_DIR,
+};
+use crate::batching::stream::Budget;
 use crate::data::read_normalized;
 use crate::stage::{Kind, StageCtx, StageError};
 use crate::tok::TokenizerDir;
-use crate::train::mixture::{
-    count_tokens, link_source, temperature_weights, Domain, MixtureSpec, MIXTURE_FILE, SOURCES_DIR,
-};
-use crate::train::stream::Budget;
 use ::kinds::mixture::{Params, Source, WeightBy};
 use anyhow::Context;
 use dsl::KindSchema;

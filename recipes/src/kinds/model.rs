@@ -114,8 +114,8 @@ fn init_mode(ctx: &StageCtx, p: &Params, tokenizer: &::kinds::Input) -> Result<J
     let tdir = TokenizerDir::load(&input.dir, &format!("tokenizer {}", input.node))?;
     let spec = init_spec(p, &tdir)?;
     let out = &ctx.out_dir;
-    tok::write_json(&out.join(hf::CONFIG_FILE), &spec.config_json())?;
-    tok::write_json(
+    crate::json::write_json(&out.join(hf::CONFIG_FILE), &spec.config_json())?;
+    crate::json::write_json(
         &out.join("generation_config.json"),
         &spec.generation_config_json(),
     )?;
@@ -173,7 +173,7 @@ fn copy_tokenizer(
             if let Some(o) = cfg.as_object_mut() {
                 o.insert("model_max_length".into(), J::from(max_len));
             }
-            tok::write_json(&dst.join(name), &cfg)?;
+            crate::json::write_json(&dst.join(name), &cfg)?;
         } else {
             fs::copy(&s, dst.join(name)).with_context(|| format!("copying {}", s.display()))?;
         }

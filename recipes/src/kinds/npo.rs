@@ -21,13 +21,13 @@
 //! logging window), plus the trainer's.
 
 use crate::arch::HfModel;
+use crate::batching::examples::Example;
 use crate::pref::logps::{seq_logps, SeqLogps};
 use crate::pref::npo::{npo, retain_kl, retain_nll};
 use crate::pref::pairs::{total, Order, Window};
 use crate::pref::stored::{self, Policy, StoredRec};
 use crate::prologue::{self, Start};
 use crate::stage::{Kind, StageCtx, StageError};
-use crate::train::examples::Example;
 use crate::trainer::output::write_output;
 use crate::trainer::params;
 use crate::trainer::{train, LossOut, Objective};

@@ -21,14 +21,14 @@
 //! and not checkpointed: a cancelled node starts over.
 
 use crate::arch::HfModel;
+use crate::batching::chat::ChatTemplate;
+use crate::batching::examples::{Encoded, Encoder, Example, LossOn};
 use crate::data::{read_normalized, Format, Record};
 use crate::pref::encode::{PairEncoded, PairEncoder};
 use crate::pref::logps::seq_logps;
 use crate::pref::stored::{self, Seq, StoredRec, StoredSummary};
 use crate::prologue::{self, Model, Tok};
 use crate::stage::{InputArtifact, Kind, StageCtx, StageError};
-use crate::train::chat::ChatTemplate;
-use crate::train::examples::{Encoded, Encoder, Example, LossOn};
 use anyhow::Context;
 use dsl::KindSchema;
 use kinds::ref_logps::Params;

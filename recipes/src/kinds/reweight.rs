@@ -21,16 +21,16 @@
 //! its tokens with (token counts disagree) or whose tokens exceed the model's vocabulary.
 //! A domain smaller than `samples` is measured on all its records, and the diagnostics say so.
 
+use crate::batching::examples::{Encoder, LossOn};
+use crate::batching::mixture::{
+    count_tokens, link_source, read_domains, read_mixture, MixtureSpec, MIXTURE_FILE, SOURCES_DIR,
+};
+use crate::batching::stream::Budget;
 use crate::data::{read_normalized, Format, Record};
 use crate::influence::{self, sample, Batching, Bounds, Config, DomainIn, Report, TargetIn};
 use crate::prologue::{self, Model, Tok};
 use crate::stage::{InputArtifact, Kind, StageCtx, StageError};
 use crate::tok::TokenizerDir;
-use crate::train::examples::{Encoder, LossOn};
-use crate::train::mixture::{
-    count_tokens, link_source, read_domains, read_mixture, MixtureSpec, MIXTURE_FILE, SOURCES_DIR,
-};
-use crate::train::stream::Budget;
 use anyhow::{anyhow, Context};
 use dsl::device::Dtype;
 use dsl::KindSchema;
@@ -340,9 +340,9 @@ fn write(
     }
     out_spec.weight_by = "influence".into();
     let mj = serde_json::to_value(&out_spec).context("serialising mixture.json")?;
-    crate::tok::write_json(&ctx.out_dir.join(MIXTURE_FILE), &mj)?;
+    crate::json::write_json(&ctx.out_dir.join(MIXTURE_FILE), &mj)?;
     let dj = serde_json::to_value(report).context("serialising diagnostics")?;
-    crate::tok::write_json(&ctx.out_dir.join(DIAGNOSTICS_FILE), &dj)?;
+    crate::json::write_json(&ctx.out_dir.join(DIAGNOSTICS_FILE), &dj)?;
     Ok(())
 }
 

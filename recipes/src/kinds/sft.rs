@@ -24,12 +24,12 @@
 //! Both give the same loss on the same examples. Columns that are padding in every row are
 //! trimmed (they carry no target and no attention).
 
+use crate::batching::examples::{tokens_text, Encoded, Encoder, Example, LossOn};
+use crate::batching::pack::{pack_rows, pad_batch, Batch};
 use crate::data::{read_normalized, Format, Record};
 use crate::prologue::{self, Start, Tok};
+use crate::rng::SplitMix64;
 use crate::stage::{InputArtifact, Kind, StageCtx, StageError};
-use crate::train::examples::{tokens_text, Encoded, Encoder, Example, LossOn};
-use crate::train::pack::{pack_rows, pad_batch, Batch};
-use crate::train::rng::SplitMix64;
 use crate::trainer::output::write_output;
 use crate::trainer::params;
 use crate::trainer::{lm, train, LossOut, Objective};

@@ -128,7 +128,7 @@ fn copy_mode(ctx: &StageCtx, p: &Params, src: &CopySource, mode: &str) -> Result
         }
     }
     if changed {
-        tok::write_json(&cpath, &config)?;
+        crate::json::write_json(&cpath, &config)?;
     }
     if let Some(t) = &template {
         fs::write(out.join(tok::TEMPLATE_FILE), t).context("writing chat_template.jinja")?;
@@ -305,11 +305,11 @@ fn write_trained(
         .to_string(true)
         .map_err(|e| anyhow::anyhow!("serialising tokenizer: {e}"))?;
     fs::write(out.join(tok::TOKENIZER_FILE), text + "\n").context("writing tokenizer.json")?;
-    tok::write_json(
+    crate::json::write_json(
         &out.join(tok::CONFIG_FILE),
         &tok::tokenizer_config(tokenizer, special, template, tok::DEFAULT_MAX_LENGTH),
     )?;
-    tok::write_json(
+    crate::json::write_json(
         &out.join(tok::SPECIAL_MAP_FILE),
         &tok::special_tokens_map(tokenizer, special),
     )?;

@@ -17,12 +17,12 @@
 //! appended tokens).
 
 use super::params::ParamValue;
-use super::st::{self, MappedFile, OutDtype, OutTensor, ShardWriter};
+use super::shards::{self, MappedFile, OutDtype, OutTensor, ShardWriter};
 use super::{BaseUse, Method, Real, TensorParams, Tensors};
 use crate::arch::io::{generation_config, GENERATION_CONFIG_FILE, TOKENIZER_FILES};
 use crate::hf::{self, TensorInfo};
+use crate::rng::SplitMix64;
 use crate::stage::StageError;
-use crate::train::rng::SplitMix64;
 use anyhow::Context;
 use serde_json::{json, Map, Value as J};
 use std::collections::{BTreeMap, HashMap};
@@ -150,7 +150,7 @@ pub fn run(
                 .and_then(|d| OutDtype::parse(&d))
         })
         .unwrap_or(OutDtype::F32);
-    let shards = st::plan_shards(plan.clone(), dtype, job.max_shard_bytes);
+    let shards = shards::plan_shards(plan.clone(), dtype, job.max_shard_bytes);
     let nshards = shards.len();
     let mut maps: HashMap<(PathBuf, String), MappedFile> = HashMap::new();
     for l in &all {
@@ -173,7 +173,7 @@ pub fn run(
     let (mut done, total, mut bytes, mut params) = (0usize, plan.len(), 0u64, 0usize);
     let mut files = Vec::new();
     for (si, shard) in shards.into_iter().enumerate() {
-        let file = st::shard_name(si, nshards);
+        let file = shards::shard_name(si, nshards);
         let mut w = ShardWriter::create(&out_dir.join(&file), shard.clone(), dtype)?;
         for t in &shard {
             tick(done, total)?;
@@ -201,7 +201,7 @@ pub fn run(
             "metadata": {"total_parameters": params, "total_size": bytes},
             "weight_map": weight_map,
         });
-        crate::tok::write_json(&out_dir.join(hf::INDEX_FILE), &index)?;
+        crate::json::write_json(&out_dir.join(hf::INDEX_FILE), &index)?;
     }
     write_companions(reference, &tok_src, out_dir, dtype, vocab)?;
     Ok(json!({
@@ -497,13 +497,13 @@ fn write_companions(
         }
         o.insert("vocab_size".into(), J::from(vocab));
     }
-    crate::tok::write_json(&out.join(hf::CONFIG_FILE), &cfg)?;
+    crate::json::write_json(&out.join(hf::CONFIG_FILE), &cfg)?;
     let gen = reference.input.dir.join(GENERATION_CONFIG_FILE);
     if gen.is_file() {
         fs::copy(&gen, out.join(GENERATION_CONFIG_FILE))
             .with_context(|| format!("copying {}", gen.display()))?;
     } else {
-        crate::tok::write_json(&out.join(GENERATION_CONFIG_FILE), &generation_config(&cfg))?;
+        crate::json::write_json(&out.join(GENERATION_CONFIG_FILE), &generation_config(&cfg))?;
     }
     for name in TOKENIZER_FILES {
         let from = tok_src.join(name);

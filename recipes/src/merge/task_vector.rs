@@ -8,7 +8,7 @@
 //! Result: `θbase + λ·mixed`. All per element.
 
 use super::{Real, TensorParams, Tensors};
-use crate::train::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// How each task vector is sparsified before mixing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,9 +20,9 @@
 //! 4. a pair whose chosen and rejected token sequences are identical after truncation is skipped
 //!    and counted (`identical_after_truncation`): it carries no preference.
 
+use crate::batching::chat::ChatTemplate;
+use crate::batching::examples::{lcp, Example, IGNORE};
 use crate::data::{Message, Role, Turns};
-use crate::train::chat::ChatTemplate;
-use crate::train::examples::{lcp, Example, IGNORE};
 use anyhow::{anyhow, Context};
 use tokenizers::Tokenizer;
 

@@ -7,7 +7,7 @@
 //! a preference pair's chosen and rejected sides (rows `i` and `B + i`) share one forward.
 
 use crate::arch::{AttnMask, HfModel};
-use crate::train::examples::{Example, IGNORE};
+use crate::batching::examples::{Example, IGNORE};
 use anyhow::Context;
 use tch::{Kind, Tensor};
 

@@ -10,9 +10,9 @@
 //! to the same id as the one the records were tokenised with (equal [`tokenizer_fingerprint`]),
 //! and every stored id must lie inside the policy's vocabulary.
 
+use crate::batching::examples::{Example, IGNORE};
 use crate::stage::{StageCtx, StageError};
 use crate::tok::TokenizerDir;
-use crate::train::examples::{Example, IGNORE};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -144,7 +144,7 @@ pub fn write(dir: &Path, recs: &[StoredRec], summary: &StoredSummary) -> anyhow:
         f.write_all(b"\n")?;
     }
     f.flush()?;
-    crate::tok::write_json(&dir.join("summary.json"), &serde_json::to_value(summary)?)
+    crate::json::write_json(&dir.join("summary.json"), &serde_json::to_value(summary)?)
 }
 
 /// Reads a `ref-logps` artifact; `shown` names it in errors.

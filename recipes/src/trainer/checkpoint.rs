@@ -15,7 +15,7 @@
 
 use super::{Objective, Progress};
 use crate::arch::HfModel;
-use crate::train::optim::AdamW;
+use crate::trainer::optim::AdamW;
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;

@@ -1,12 +1,12 @@
 //! The causal-LM loss of a packed or padded [`Batch`]: `Σ CE` over its target tokens (the value
-//! of [`crate::train::loss::sum_ce`], the LM head applied to target positions only), with the
+//! of [`crate::batching::loss::sum_ce`], the LM head applied to target positions only), with the
 //! attention the batch needs — block-diagonal causal ([`AttnMask::Segments`]) when a row holds
 //! several examples, causal plus a padding mask when some positions are padding, plain causal
 //! otherwise.
 
 use crate::arch::{AttnMask, HfModel};
-use crate::train::examples::IGNORE;
-use crate::train::pack::Batch;
+use crate::batching::examples::IGNORE;
+use crate::batching::pack::Batch;
 use anyhow::Context;
 use tch::{Kind, Reduction, Tensor};
 

@@ -28,14 +28,16 @@
 
 pub mod checkpoint;
 pub mod lm;
+pub mod optim;
 pub mod output;
 pub mod params;
+pub mod schedule;
 mod step;
 
 use crate::arch::HfModel;
 use crate::stage::{StageCtx, StageError};
-use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::schedule::{self, Schedule, Warmup};
+use crate::trainer::optim::{AdamW, AdamWConfig};
+use schedule::{Schedule, Warmup};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
 use std::time::Instant;

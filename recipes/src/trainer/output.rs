@@ -39,7 +39,7 @@ pub fn write_output(
     if let (Some(o), J::Object(e)) = (s.as_object_mut(), extra) {
         o.extend(e);
     }
-    crate::tok::write_json(&out.join("train_summary.json"), &s)?;
+    crate::json::write_json(&out.join("train_summary.json"), &s)?;
     Ok(s)
 }
 
@@ -70,7 +70,7 @@ pub fn sync_chat_template(dir: &Path) -> anyhow::Result<()> {
         let named = o.get("chat_template").is_some_and(|v| v.is_array());
         if !named && o.get("chat_template").and_then(|v| v.as_str()) != Some(t.as_str()) {
             o.insert("chat_template".into(), J::String(t));
-            crate::tok::write_json(&cfg_path, &cfg)?;
+            crate::json::write_json(&cfg_path, &cfg)?;
         }
     }
     Ok(())

@@ -10,8 +10,8 @@
 //! into the key.
 
 use super::TrainSpec;
-use crate::train::optim::AdamWConfig;
-use crate::train::schedule::{self, Warmup};
+use crate::trainer::optim::AdamWConfig;
+use crate::trainer::schedule::{self, Warmup};
 use dsl::device::Dtype;
 use kinds::train::{Optim, ScheduleKind};
 use kinds::Common;

@@ -5,8 +5,8 @@
 use super::{checkpoint, warnings, Objective, Progress, TrainSpec, TrainSummary, STEP_TARGET};
 use crate::arch::HfModel;
 use crate::stage::{Checkpoints, StageCtx, StageError};
-use crate::train::optim::AdamW;
-use crate::train::schedule::Schedule;
+use crate::trainer::optim::AdamW;
+use crate::trainer::schedule::Schedule;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -76,9 +76,9 @@ fn padding_matches_unpadded_rows() {
 /// 2 k/v heads, so the `enable_gqa` attention path is the one trained through).
 #[test]
 fn target_only_loss_equals_full_logits_loss() {
-    use recipes::train::examples::IGNORE;
-    use recipes::train::loss::sum_ce;
-    use recipes::train::pack::Batch;
+    use recipes::batching::examples::IGNORE;
+    use recipes::batching::loss::sum_ce;
+    use recipes::batching::pack::Batch;
     use recipes::trainer::lm;
     let m = random_model(config("llama", json!({"tie_word_embeddings": true})), 11);
     let (rows, cols) = (2usize, 6usize);

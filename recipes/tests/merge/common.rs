@@ -110,7 +110,7 @@ pub fn read_all(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<f64>)> 
     let w = recipes::hf::read_weights(dir, "out").unwrap();
     let mut out = BTreeMap::new();
     for (name, (file, info)) in &w.tensors {
-        let m = recipes::merge::st::MappedFile::open(&dir.join(file), file).unwrap();
+        let m = recipes::merge::shards::MappedFile::open(&dir.join(file), file).unwrap();
         let v: Vec<f64> = m.read(name, info).unwrap();
         out.insert(name.clone(), (info.dtype.clone(), info.shape.clone(), v));
     }

@@ -4,7 +4,7 @@
 use recipes::arch::{HfModel, LoadOptions};
 use recipes::influence::grads::{mean_loss, sample_grad, Batching, Selection};
 use recipes::influence::{estimate, Bounds, Config, DomainIn, Report, TargetIn};
-use recipes::train::rng::SplitMix64;
+use recipes::rng::SplitMix64;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 

@@ -1,8 +1,8 @@
 //! Chat templates: renders against transformers' output, template loading forms, errors.
 
 use super::util::{fixture, tokenizer};
+use recipes::batching::chat::{py_float, strftime, ChatTemplate};
 use recipes::data::{Message, Role};
-use recipes::train::chat::{py_float, strftime, ChatTemplate};
 use serde_json::{json, Value as J};
 
 fn messages(v: &J) -> Vec<Message> {

@@ -1,10 +1,10 @@
 //! Example tokenisation: which positions are trained (-100 elsewhere), EOS trained.
 
 use super::util::{decode, fixture, id, tokenizer};
+use recipes::batching::chat::ChatTemplate;
+use recipes::batching::examples::{Encoded, Encoder, Example, LossOn, IGNORE};
+use recipes::batching::pack::pad_batch;
 use recipes::data::{Message, Record, Role};
-use recipes::train::chat::ChatTemplate;
-use recipes::train::examples::{Encoded, Encoder, Example, LossOn, IGNORE};
-use recipes::train::pack::pad_batch;
 use tokenizers::Tokenizer;
 
 fn template(tok: &Tokenizer, name: &str) -> ChatTemplate {

@@ -3,10 +3,10 @@
 
 use super::util::{ctx, tokenizer};
 use dsl::Value;
+use recipes::batching::mixture::{read_domains, read_mixture, temperature_weights};
+use recipes::batching::stream::Budget;
 use recipes::data::{Record, DATA_FILE, STATS_FILE};
 use recipes::kinds::mixture::Mixture;
-use recipes::train::mixture::{read_domains, read_mixture, temperature_weights};
-use recipes::train::stream::Budget;
 use recipes::Stage;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,8 +2,8 @@
 //! `fixtures/train/adamw.json`), state save/load, and schedules against transformers'.
 
 use super::util::fixture;
-use recipes::train::optim::{AdamW, AdamWConfig};
-use recipes::train::schedule::{Kind as SKind, Schedule, Warmup};
+use recipes::trainer::optim::{AdamW, AdamWConfig};
+use recipes::trainer::schedule::{Kind as SKind, Schedule, Warmup};
 use serde_json::Value as J;
 use tch::{Kind, Tensor};
 

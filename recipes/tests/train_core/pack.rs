@@ -1,9 +1,9 @@
 //! Packing: CPT blocks with the remainder carried; SFT rows with restarting positions and
 //! block-diagonal segments; loss normalisation over the whole step.
 
-use recipes::train::examples::{Example, IGNORE};
-use recipes::train::loss::sum_ce;
-use recipes::train::pack::{cpt_batch, pack_rows, pad_batch, CptPacker, LossNorm};
+use recipes::batching::examples::{Example, IGNORE};
+use recipes::batching::loss::sum_ce;
+use recipes::batching::pack::{cpt_batch, pack_rows, pad_batch, CptPacker, LossNorm};
 use tch::{Kind, Tensor};
 
 fn ex(ids: &[i64], first_target: usize) -> Example {

@@ -1,7 +1,7 @@
 //! The mixture stream: deterministic, resumable, caps and budget honoured.
 
-use recipes::train::rng::SplitMix64;
-use recipes::train::stream::{Budget, Draw, MixtureStream, StreamSource, StreamState};
+use recipes::batching::stream::{Budget, Draw, MixtureStream, StreamSource, StreamState};
+use recipes::rng::SplitMix64;
 
 fn sources() -> Vec<StreamSource> {
     vec![

@@ -4,10 +4,10 @@
 use crate::common::lm::*;
 use dsl::Value;
 use recipes::arch::{HfModel, LoadOptions};
+use recipes::batching::examples::{Encoded, Encoder, LossOn, IGNORE};
 use recipes::kinds::cpt::Cpt;
 use recipes::kinds::sft::{Sft, SftData};
 use recipes::tok::TokenizerDir;
-use recipes::train::examples::{Encoded, Encoder, LossOn, IGNORE};
 use recipes::trainer::lm;
 use recipes::{Stage, StageError};
 use std::path::Path;

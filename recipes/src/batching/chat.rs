@@ -14,7 +14,7 @@
 //!   escapes `<`, `>`, `&`;
 //! - `{% generation %}` / `{% endgeneration %}` markers (transformers' assistant-mask extension)
 //!   are removed: temper finds assistant spans by rendering prefixes instead
-//!   (see [`crate::train::examples`]);
+//!   (see [`crate::batching::examples`]);
 //! - the context holds `messages`, `add_generation_prompt`, `tools`/`documents` (none) and every
 //!   special token of `tokenizer_config.json` (`bos_token`, `eos_token`, `pad_token`,
 //!   `unk_token`, other `*_token` strings, `additional_special_tokens`).

@@ -8,9 +8,9 @@
 //! Token counts ([`count_tokens`]): text records count their tokens + EOS, as CPT trains them;
 //! other formats the tokens of the record's texts + EOS (an estimate).
 
+use crate::batching::stream::{Budget, MixtureStream, StreamSource};
 use crate::data::{read_normalized, Format, Record, DATA_FILE, STATS_FILE};
 use crate::tok::TokenizerDir;
-use crate::train::stream::{Budget, MixtureStream, StreamSource};
 use anyhow::{anyhow, Context};
 use serde::{Deserialize, Serialize};
 use std::fs;

@@ -18,7 +18,7 @@
 //! cursor, draws and permutation seed) is all a resumed run needs: `resume(state)` then `next()`
 //! continues exactly where the saved stream stopped.
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
