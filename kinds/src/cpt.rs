@@ -23,7 +23,7 @@ crate::params! {
         batch_tokens: Option<usize> = ParamSpec::new("batch-tokens", int(1)).optional()
             .doc("tokens per micro-batch (instead of batch-size)"),
     }
-    groups { optim: crate::train::Optim }
+    groups { optim: crate::train::Optim, common: crate::Common }
 }
 
 /// The kind's declaration.

@@ -35,7 +35,7 @@ crate::params! {
             .doc("ρ from summed (default) or per-token mean log-probs, for sigmoid / robust / hinge"),
         batch_size: usize = ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("pairs per micro-batch"),
     }
-    groups { optim: crate::train::Optim }
+    groups { optim: crate::train::Optim, common: crate::Common }
 }
 
 /// The kind's declaration.

@@ -15,7 +15,6 @@
 //! `batch-size` is not semantic (it only changes float rounding). Models and datasets are
 //! each listed once.
 
-use crate::common::Common;
 use crate::params::{field, int, DecodeError, FromParam, Input, ParamSet};
 use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 use std::collections::BTreeSet;
@@ -86,7 +85,6 @@ crate::params! {
         batch_size: usize = ParamSpec::new("batch-size", int(1)).default(Value::Int(16)).non_semantic()
             .doc("records per forward pass"),
     }
-    groups { common: Common }
 }
 
 /// The `eval` kind's declaration (the common parameters come last, as the registry appends

@@ -32,7 +32,7 @@ crate::params! {
         retain_batch_size: Option<usize> = ParamSpec::new("retain-batch-size", int(1)).optional()
             .doc("retain sequences per micro-batch (default: batch-size)"),
     }
-    groups { optim: crate::train::Optim }
+    groups { optim: crate::train::Optim, common: crate::Common }
 }
 
 /// The kind's declaration.

@@ -37,7 +37,7 @@ crate::params! {
             .doc("render prompt-completion records with the chat template"),
         batch_size: usize = ParamSpec::new("batch-size", int(1)).default(Value::Int(8)).doc("examples per micro-batch"),
     }
-    groups { optim: crate::train::Optim }
+    groups { optim: crate::train::Optim, common: crate::Common }
 }
 
 /// The kind's declaration.

@@ -16,7 +16,7 @@ use crate::batching::chat::ChatTemplate;
 use crate::stage::{StageCtx, StageError};
 use crate::tok::TokenizerDir;
 use dsl::device::Dtype;
-use kinds::{Input, ParamSet};
+use kinds::Input;
 use std::path::PathBuf;
 use tch::Device;
 
@@ -44,16 +44,6 @@ pub fn device(ctx: &StageCtx) -> Result<Device, StageError> {
 }
 
 pub use crate::trainer::params::resolve_dtype;
-
-/// The parameters every kind accepts (`device`, `threads`, `log-every`), typed.
-pub fn common(ctx: &StageCtx) -> Result<kinds::Common, StageError> {
-    kinds::Common::decode(&ctx.params).map_err(|e| {
-        StageError::Other(anyhow::anyhow!(
-            "node {}: {e} (the common parameters were not filled in)",
-            ctx.node
-        ))
-    })
-}
 
 /// A loaded `model=` input.
 pub struct Model {

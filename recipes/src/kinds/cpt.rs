@@ -71,7 +71,7 @@ impl Kind for Cpt {
             max_len: None,
         };
         let docs = read_docs(ctx, &p, &enc)?;
-        let mut spec = params::train_spec(&p.optim, &prologue::common(ctx)?);
+        let mut spec = params::train_spec(&p.optim, &p.common);
         let mut obj = CptData::new(docs, &p, rows, pad)?;
         spec.total_steps = match p.optim.steps {
             Some(s) => s,

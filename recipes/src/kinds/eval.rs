@@ -44,9 +44,6 @@ impl Kind for Eval {
                 Some("e.g. `eval scores { model tuned; data heldout }`".into()),
             ));
         }
-        if p.common.threads > 0 {
-            tch::set_num_threads(p.common.threads as i32);
-        }
         let sets = datasets(ctx, &p)?;
         let opts = Opts {
             max_new: p.max_new_tokens,

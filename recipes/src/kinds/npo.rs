@@ -72,7 +72,7 @@ impl Kind for Npo {
         let rbatch = p.retain_batch_size.map_or(batch, |v| v.max(1));
         let accum = p.optim.grad_accum.max(1);
         let n = forget.len() as u64;
-        let mut spec = params::train_spec(&p.optim, &prologue::common(ctx)?);
+        let mut spec = params::train_spec(&p.optim, &p.common);
         let (total_steps, limit) = params::item_budget(&p.optim, n, (batch * accum) as u64);
         spec.total_steps = total_steps;
         let mut obj = NpoData {

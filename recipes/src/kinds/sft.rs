@@ -86,7 +86,7 @@ impl Kind for Sft {
         }
         let (batch, accum) = (p.batch_size.max(1), p.optim.grad_accum.max(1));
         let n = examples.len() as u64;
-        let mut spec = params::train_spec(&p.optim, &prologue::common(ctx)?);
+        let mut spec = params::train_spec(&p.optim, &p.common);
         let (total_steps, limit) = params::item_budget(&p.optim, n, (batch * accum) as u64);
         spec.total_steps = total_steps;
         let mut obj = SftData::new(
