@@ -129,6 +129,17 @@ pub struct ParamIssue {
     pub hint: Option<String>,
 }
 
+impl ParamIssue {
+    /// An issue with `param` (`None`: the node itself), with an optional hint.
+    pub fn new(param: Option<&str>, message: String, hint: Option<&str>) -> Self {
+        ParamIssue {
+            param: param.map(str::to_string),
+            message,
+            hint: hint.map(str::to_string),
+        }
+    }
+}
+
 impl KindSchema {
     pub fn new(name: &'static str, version: u32, produces: &'static str) -> Self {
         KindSchema {

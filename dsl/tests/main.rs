@@ -1,6 +1,6 @@
 //! The integration tests of `temper-dsl`, one binary: each former test file is a module.
 //! `Cargo.toml` sets `autotests = false`, so a new file under `tests/` is built only once it is
-//! declared here (`every_test_file_is_a_module` fails until then). The fuzzer alone:
+//! declared here (`every_test_file_is_a_module` in the end-to-end tests fails until then). The fuzzer alone:
 //! `TEMPER_FUZZ_SECS=600 cargo test --release -p temper-dsl --test all fuzz -- --nocapture`.
 
 mod common;
@@ -12,24 +12,3 @@ mod hostile;
 mod load;
 mod prop;
 mod repeat;
-
-/// `autotests = false`: cargo does not build a new `tests/*.rs` or `tests/*/mod.rs` on its own.
-#[test]
-fn every_test_file_is_a_module() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let main = include_str!("main.rs");
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let module = match name.strip_suffix(".rs") {
-            Some("main") => continue,
-            Some(stem) => stem.to_string(),
-            None if path.join("mod.rs").is_file() => name.clone(),
-            None => continue,
-        };
-        assert!(
-            main.contains(&format!("\nmod {module};")),
-            "tests/{name} is not declared in tests/main.rs (`mod {module};`)"
-        );
-    }
-}

@@ -36,7 +36,7 @@ pub const NODE_LOG_TARGET: &str = "recipes::worker::node_log";
 pub const JOB_FILE: &str = "job.json";
 
 /// One instance to run, with everything resolved by the front.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// The store's root directory.
     pub store: PathBuf,
@@ -171,6 +171,33 @@ pub trait WorkerControl: Send + Sync {
     fn wait(&self) -> String;
     /// Whether the worker has already ended (an idle worker that died is not reused).
     fn exited(&self) -> bool;
+}
+
+/// The text of a tracing event as node logs and worker events carry it: the message, then
+/// ` field=value` for each other field.
+pub fn log_message(event: &tracing::Event<'_>) -> String {
+    let mut m = MessageText(String::new());
+    event.record(&mut m);
+    m.0
+}
+
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.insert_str(0, &format!("{value:?}"));
+        } else {
+            self.0 += &format!(" {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, value);
+        } else {
+            self.0 += &format!(" {}={value}", field.name());
+        }
+    }
 }
 
 #[cfg(test)]

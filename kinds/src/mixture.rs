@@ -119,14 +119,6 @@ pub fn schema() -> KindSchema {
         .check(check)
 }
 
-fn issue(p: &str, m: String, h: Option<&str>) -> ParamIssue {
-    ParamIssue {
-        param: Some(p.to_string()),
-        message: m,
-        hint: h.map(str::to_string),
-    }
-}
-
 /// Cross-parameter rules: distinct source names, one budget, `weight` only with
 /// `weight-by given`, `weight-by tokens` with a tokenizer.
 pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
@@ -147,31 +139,31 @@ pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
         let Some(r) = s.as_record() else { continue };
         if let Some(name) = r.get("name").and_then(|v| v.as_str()) {
             if !seen.insert(name.to_string()) {
-                out.push(issue(
-                    "source",
+                out.push(ParamIssue::new(
+                    Some("source"),
                     format!("source `{name}` is listed twice"),
                     Some("list each dataset once and set its weight"),
                 ));
             }
         }
         if by != "given" && r.get("weight").is_some_and(|w| !matches!(w, Value::Null)) {
-            out.push(issue(
-                "source",
+            out.push(ParamIssue::new(
+                Some("source"),
                 format!("`weight` is ignored with `weight-by {by}`"),
                 Some("remove the weights, or use `weight-by given`"),
             ));
         }
     }
     if set("tokens") && set("examples") {
-        out.push(issue(
-            "examples",
+        out.push(ParamIssue::new(
+            Some("examples"),
             "`tokens` and `examples` are exclusive: a mixture has one budget".into(),
             None,
         ));
     }
     if by == "tokens" && !set("tokenizer") {
-        out.push(issue(
-            "weight-by",
+        out.push(ParamIssue::new(
+            Some("weight-by"),
             "`weight-by tokens` needs a tokenizer to count tokens".into(),
             Some("add `tokenizer=TOK`"),
         ));

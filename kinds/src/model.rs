@@ -80,21 +80,13 @@ pub fn schema() -> KindSchema {
         .check(check)
 }
 
-fn issue(p: &str, m: String, h: Option<&str>) -> ParamIssue {
-    ParamIssue {
-        param: Some(p.to_string()),
-        message: m,
-        hint: h.map(str::to_string),
-    }
-}
-
 /// Exactly one of `path`/`tokenizer`; init parameters only with `tokenizer`; head counts that
 /// divide (`heads | hidden-size` unless `head-dim` is set, `kv-heads | heads`).
 pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
     let set = |k: &str| !matches!(n.params.get(k), None | Some(Value::Null));
     let mut out = Vec::new();
     match (set("path"), set("tokenizer")) {
-        (true, true) => out.push(issue("tokenizer", "`path` and `tokenizer` are exclusive: load a model or initialise one".into(), Some("a model loaded from `path` brings its own tokenizer"))),
+        (true, true) => out.push(ParamIssue::new(Some("tokenizer"), "`path` and `tokenizer` are exclusive: load a model or initialise one".into(), Some("a model loaded from `path` brings its own tokenizer"))),
         (false, false) => out.push(ParamIssue {
             param: None,
             message: "a model needs `path` (a local Hugging Face directory) or `tokenizer` (to initialise a new one)".into(),
@@ -103,7 +95,7 @@ pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
         (true, false) => {
             for p in INIT_PARAMS {
                 if n.param_locs.contains_key(*p) {
-                    out.push(issue(p, format!("`{p}`: size parameters apply only when initialising"), Some("a model loaded from `path` is described by its config.json; remove the parameter")));
+                    out.push(ParamIssue::new(Some(p), format!("`{p}`: size parameters apply only when initialising"), Some("a model loaded from `path` is described by its config.json; remove the parameter")));
                 }
             }
         }
@@ -120,15 +112,15 @@ fn check_heads(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
         return;
     };
     if !set("head-dim") && heads > 0 && hidden % heads != 0 {
-        out.push(issue(
-            "heads",
+        out.push(ParamIssue::new(
+            Some("heads"),
             format!("hidden-size {hidden} is not divisible by heads {heads}"),
             Some("choose heads dividing hidden-size, or set head-dim"),
         ));
     }
     if let Some(kv) = int("kv-heads") {
         if kv > 0 && heads % kv != 0 {
-            out.push(issue("kv-heads", format!("heads {heads} is not divisible by kv-heads {kv}"), Some("grouped-query attention shares each key/value head among heads / kv-heads query heads")));
+            out.push(ParamIssue::new(Some("kv-heads"), format!("heads {heads} is not divisible by kv-heads {kv}"), Some("grouped-query attention shares each key/value head among heads / kv-heads query heads")));
         }
     }
 }

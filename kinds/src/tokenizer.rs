@@ -63,14 +63,6 @@ fn data_count(v: Option<&Value>) -> usize {
     }
 }
 
-fn issue(p: Option<&str>, m: String, h: Option<&str>) -> ParamIssue {
-    ParamIssue {
-        param: p.map(str::to_string),
-        message: m,
-        hint: h.map(str::to_string),
-    }
-}
-
 const HINT: &str =
     "use one of: `path=\"dir/or/tokenizer.json\"`, `from=MODEL`, or `vocab-size=N { data DATASET }`";
 
@@ -91,7 +83,7 @@ pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
     .map(|(k, _)| k)
     .collect();
     match modes.len() {
-        0 => issues.push(issue(
+        0 => issues.push(ParamIssue::new(
             None,
             "a tokenizer needs a source: `path`, `from`, or `vocab-size` with `data` to train one"
                 .into(),
@@ -104,7 +96,7 @@ pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
             } else {
                 modes[1]
             };
-            issues.push(issue(
+            issues.push(ParamIssue::new(
                 Some(p),
                 format!(
                     "`{}` and `{}` are exclusive: a tokenizer has one source",
@@ -120,7 +112,7 @@ pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
     if modes.len() == 1 && !train {
         for p in TRAIN_ONLY {
             if n.param_locs.contains_key(*p) {
-                issues.push(issue(
+                issues.push(ParamIssue::new(
                     Some(p),
                     format!("`{p}` applies only when training a tokenizer"),
                     Some("remove it, or train with `vocab-size` and `data`"),
@@ -135,13 +127,13 @@ pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
 fn check_training(n: &NodeDecl, ndata: usize, issues: &mut Vec<ParamIssue>) {
     let set = |k: &str| !matches!(n.params.get(k), None | Some(Value::Null));
     if !set("vocab-size") {
-        issues.push(issue(
+        issues.push(ParamIssue::new(
             Some("data"),
             "training a tokenizer needs `vocab-size`".into(),
             Some("e.g. `tokenizer tok vocab-size=8000 { data corpus }`"),
         ));
     } else if ndata == 0 {
-        issues.push(issue(
+        issues.push(ParamIssue::new(
             Some("vocab-size"),
             "training a tokenizer needs at least one `data` child".into(),
             Some("e.g. `tokenizer tok vocab-size=8000 { data corpus }`"),
@@ -158,7 +150,7 @@ fn check_training(n: &NodeDecl, ndata: usize, issues: &mut Vec<ParamIssue>) {
             .and_then(|v| v.as_i64())
             .unwrap_or(0);
         if v < 256 + nspecial as i64 {
-            issues.push(issue(
+            issues.push(ParamIssue::new(
                 Some("vocab-size"),
                 format!("vocab-size {v} is smaller than the 256 byte tokens plus {nspecial} special tokens"),
                 Some("a byte-level BPE starts from all 256 bytes; use a larger vocab-size"),

@@ -22,8 +22,8 @@ pub mod trainer;
 pub mod worker;
 
 pub use stage::{
-    CancelToken, Checkpoints, InputArtifact, MetricsSink, NoProgress, Progress, Stage, StageCtx,
-    StageError,
+    CancelToken, Checkpoints, InputArtifact, Job, MetricsSink, NoProgress, Progress, Stage,
+    StageCtx, StageError,
 };
 
 /// Every node kind temper knows, by name. Adding a kind: one file in `kinds/` plus a line here.

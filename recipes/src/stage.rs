@@ -9,7 +9,6 @@
 //!   returns [`StageError::Cancelled`].
 
 use dsl::{KindSchema, Value};
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,35 +78,37 @@ impl StageError {
 }
 
 /// An input artifact: the published output of a referenced node (part of the job contract).
-pub use kinds::job::InputArtifact;
+pub use kinds::job::{InputArtifact, Job};
 pub use store::Checkpoints;
 
-/// Everything a stage gets from the runner.
+/// Everything a stage gets: its [`Job`] (node, kind, key, params, root dir, inputs, out and work
+/// dirs, device — read through `Deref`, `ctx.node`) and the worker's handles.
 pub struct StageCtx {
-    /// Instance id (`aligned[beta=0.1]`).
-    pub node: String,
-    pub kind: String,
-    /// The node key (hex blake3).
-    pub key: String,
-    /// Parameters, defaults filled; `Value::Path`s relative to `root_dir`; `Value::Ref`s name
-    /// instance ids whose artifacts are in `inputs` under the same parameter path.
-    pub params: BTreeMap<String, Value>,
-    /// Directory of the root recipe file.
-    pub root_dir: PathBuf,
-    /// Inputs by parameter path (`model`, `data`, `sources[1].name`).
-    pub inputs: BTreeMap<String, InputArtifact>,
-    /// Empty directory where the artifact is written.
-    pub out_dir: PathBuf,
-    /// Persistent per-key directory for checkpoints and scratch; survives failed attempts.
-    pub work_dir: PathBuf,
-    /// Resolved device string: `cpu` or `cuda:N`.
-    pub device: String,
+    pub job: Job,
     pub progress: Arc<dyn Progress>,
+    /// `work_dir/metrics.jsonl`, copied into the artifact on publish.
     pub metrics: MetricsSink,
     pub cancel: CancelToken,
 }
 
+impl std::ops::Deref for StageCtx {
+    type Target = Job;
+    fn deref(&self) -> &Job {
+        &self.job
+    }
+}
+
 impl StageCtx {
+    /// The context of `job` with the worker's progress reporter and cancel token.
+    pub fn new(job: Job, progress: Arc<dyn Progress>, cancel: CancelToken) -> StageCtx {
+        StageCtx {
+            metrics: MetricsSink::new(job.work_dir.join("metrics.jsonl")),
+            job,
+            progress,
+            cancel,
+        }
+    }
+
     /// Resolves a path parameter against the recipe directory.
     pub fn resolve_path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);

@@ -17,13 +17,12 @@
 //! Test hooks: `TEMPER_PAUSE_AT=stage:<id>:<ms>` sleeps before that stage runs;
 //! `TEMPER_CRASH_AT=stage:<id>` aborts the worker after it ran (before publishing).
 
-use crate::stage::{CancelToken, MetricsSink, Progress, Stage, StageCtx, StageError};
+use crate::stage::{CancelToken, Progress, Stage, StageCtx, StageError};
 use kinds::job::{self, End, Event, Job, Launcher, WorkerConn, WorkerControl};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 
@@ -47,34 +46,13 @@ impl Events {
 /// A tracing layer that writes every event it sees as an [`Event::Log`].
 struct LogLayer(Events);
 
-/// `message k=v …`, like the node logs.
-struct MsgVisitor(String);
-impl Visit for MsgVisitor {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0.insert_str(0, &format!("{value:?}"));
-        } else {
-            self.0 += &format!(" {}={value:?}", field.name());
-        }
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.insert_str(0, value);
-        } else {
-            self.0 += &format!(" {}={value}", field.name());
-        }
-    }
-}
-
 impl<S: tracing::Subscriber> Layer<S> for LogLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        let mut m = MsgVisitor(String::new());
-        event.record(&mut m);
         let meta = event.metadata();
         self.0.send(&Event::Log {
             level: meta.level().as_str().to_string(),
             target: meta.target().to_string(),
-            message: m.0,
+            message: job::log_message(event),
         });
     }
 }
@@ -198,20 +176,11 @@ impl Worker {
             };
         };
         test_pause(&job.node);
-        let ctx = StageCtx {
-            node: job.node.clone(),
-            kind: job.kind.clone(),
-            key: job.key.clone(),
-            params: job.params.clone(),
-            root_dir: job.root_dir.clone(),
-            inputs: job.inputs.clone(),
-            out_dir: job.out_dir.clone(),
-            metrics: MetricsSink::new(job.work_dir.join("metrics.jsonl")),
-            work_dir: job.work_dir.clone(),
-            device: job.device.clone(),
-            progress: Arc::new(EventProgress(self.events.clone())),
-            cancel: self.cancel.clone(),
-        };
+        let ctx = StageCtx::new(
+            job.clone(),
+            Arc::new(EventProgress(self.events.clone())),
+            self.cancel.clone(),
+        );
         let result = if self.cancel.is_cancelled() {
             Err(StageError::Cancelled)
         } else {

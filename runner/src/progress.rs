@@ -44,24 +44,6 @@ impl Visit for IdVisitor {
     }
 }
 
-struct MsgVisitor(String);
-impl Visit for MsgVisitor {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0.insert_str(0, &format!("{value:?}"));
-        } else {
-            self.0 += &format!(" {}={value:?}", field.name());
-        }
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.insert_str(0, value);
-        } else {
-            self.0 += &format!(" {}={value}", field.name());
-        }
-    }
-}
-
 /// Writes events inside a `node` span to that node's log file.
 pub struct NodeLogLayer;
 
@@ -88,9 +70,11 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for NodeLogLayer {
         };
         for span in scope {
             if let Some(NodeId(node)) = span.extensions().get::<NodeId>() {
-                let mut m = MsgVisitor(String::new());
-                event.record(&mut m);
-                nodelog::line(node, event.metadata().level().as_str(), &m.0);
+                nodelog::line(
+                    node,
+                    event.metadata().level().as_str(),
+                    &job::log_message(event),
+                );
                 return;
             }
         }

@@ -73,7 +73,7 @@ fn disk_full_message(
     needed: Option<u64>,
     available: Option<u64>,
 ) -> String {
-    let human = crate::space::human_bytes;
+    let human = crate::human::human_bytes;
     let head = match (needed, available) {
         (Some(n), Some(a)) => format!(
             "{what}: not enough free space on the store's filesystem ({}): needs {} ({n} \

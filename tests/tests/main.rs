@@ -12,23 +12,26 @@ mod preference;
 mod resume;
 mod reweight;
 
-/// `autotests = false`: cargo does not build a new `tests/*.rs` or `tests/*/mod.rs` on its own.
+/// `autotests = false` in every crate: cargo does not build a new `tests/*.rs` or
+/// `tests/*/mod.rs` on its own, so each must be declared in its crate's `tests/main.rs`.
 #[test]
 fn every_test_file_is_a_module() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let main = include_str!("main.rs");
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let module = match name.strip_suffix(".rs") {
-            Some("main") => continue,
-            Some(stem) => stem.to_string(),
-            None if path.join("mod.rs").is_file() => name.clone(),
-            None => continue,
-        };
-        assert!(
-            main.contains(&format!("\nmod {module};")),
-            "tests/{name} is not declared in tests/main.rs (`mod {module};`)"
-        );
+    for krate in ["dsl", "store", "recipes", "runner", "tests"] {
+        let dir = temper_e2e::repo_root().join(krate).join("tests");
+        let main = std::fs::read_to_string(dir.join("main.rs")).unwrap();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let module = match name.strip_suffix(".rs") {
+                Some("main") => continue,
+                Some(stem) => stem.to_string(),
+                None if path.join("mod.rs").is_file() => name.clone(),
+                None => continue,
+            };
+            assert!(
+                main.contains(&format!("\nmod {module};")),
+                "{krate}/tests/{name} is not declared in {krate}/tests/main.rs (`mod {module};`)"
+            );
+        }
     }
 }

@@ -24,7 +24,7 @@
 //! must exist in the tokenizer's vocabulary, else the template would silently be tokenised into
 //! pieces. That is an error naming the token.
 
-use crate::data::{Message, Role};
+use crate::data::Message;
 use anyhow::{anyhow, bail, Context};
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
@@ -127,7 +127,7 @@ impl ChatTemplate {
     ) -> anyhow::Result<String> {
         let msgs: Vec<J> = messages
             .iter()
-            .map(|m| json!({"role": role_name(m.role), "content": m.content}))
+            .map(|m| json!({"role": m.role.name(), "content": m.content}))
             .collect();
         let mut ctx = self.specials.clone();
         ctx.insert("messages".into(), J::Array(msgs));
@@ -178,15 +178,6 @@ pub fn template_source(dir: &Path, config: &J) -> anyhow::Result<Option<String>>
             "{}: `chat_template` must be a string or a list of {{name, template}}",
             dir.join("tokenizer_config.json").display()
         ),
-    }
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
     }
 }
 
@@ -507,9 +498,9 @@ pub fn strftime(fmt: &str, unix: i64) -> Result<String, Error> {
     ];
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = store::human::civil_from_days(days);
     let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-    let yday = days - days_from_civil(y, 1, 1) + 1;
+    let yday = days - store::human::days_from_civil(y, 1, 1) + 1;
     let mut out = String::new();
     let mut it = fmt.chars();
     while let Some(c) = it.next() {
@@ -544,29 +535,4 @@ pub fn strftime(fmt: &str, unix: i64) -> Result<String, Error> {
         }
     }
     Ok(out)
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Days since 1970-01-01 of a civil date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }

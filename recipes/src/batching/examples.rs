@@ -106,7 +106,20 @@ pub struct Encoder<'a> {
     pub max_len: Option<usize>,
 }
 
-impl Encoder<'_> {
+impl<'a> Encoder<'a> {
+    /// An encoder of plain documents (CPT, influence measurements): no template, loss on every
+    /// token, EOS appended, no length limit.
+    pub fn plain(tokenizer: &'a Tokenizer, eos_id: u32) -> Self {
+        Encoder {
+            tokenizer,
+            template: None,
+            eos_id,
+            loss_on: LossOn::All,
+            use_chat_template: false,
+            max_len: None,
+        }
+    }
+
     fn encode(&self, text: &str, add_special: bool) -> anyhow::Result<Vec<i64>> {
         let enc = self
             .tokenizer

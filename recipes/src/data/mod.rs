@@ -102,6 +102,15 @@ impl Role {
             _ => return None,
         })
     }
+    /// The role's name in records and chat templates.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
 }
 
 /// One chat turn.

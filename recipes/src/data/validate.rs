@@ -292,7 +292,7 @@ pub fn messages(name: &str, v: &J, need_assistant: bool) -> Result<Vec<Message>,
         if content.trim().is_empty() && matches!(role, Role::User | Role::Assistant) {
             return Err(Invalid::new(
                 "empty-content",
-                format!("field \"{at}.content\": empty {} turn", role_name(role)),
+                format!("field \"{at}.content\": empty {} turn", role.name()),
             ));
         }
         out.push(Message { role, content });
@@ -305,13 +305,4 @@ pub fn messages(name: &str, v: &J, need_assistant: bool) -> Result<Vec<Message>,
         .hint("a chat record needs at least one {\"role\": \"assistant\"} message to train on"));
     }
     Ok(out)
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    }
 }

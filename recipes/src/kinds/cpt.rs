@@ -18,7 +18,7 @@
 //! Batch: `batch-size` sequences per micro-batch, or `batch-tokens` (`⌊batch-tokens / seq-len⌋`
 //! sequences); `grad-accum` micro-batches per optimizer step.
 
-use crate::batching::examples::{Encoder, LossOn};
+use crate::batching::examples::Encoder;
 use crate::batching::mixture::{read_domains, read_mixture, MIXTURE_FILE};
 use crate::batching::pack::{cpt_batch, Batch, CptPacker, PackerState};
 use crate::batching::stream::{Budget, MixtureStream, StreamSource, StreamState};
@@ -62,14 +62,7 @@ impl Kind for Cpt {
             Some(t) => (t / p.seq_len).max(1),
             None => p.batch_size.max(1),
         };
-        let enc = Encoder {
-            tokenizer: &tok.dir.tokenizer,
-            template: None,
-            eos_id: eos,
-            loss_on: LossOn::All,
-            use_chat_template: false,
-            max_len: None,
-        };
+        let enc = Encoder::plain(&tok.dir.tokenizer, eos);
         let docs = read_docs(ctx, &p, &enc)?;
         let mut spec = params::train_spec(&p.optim, &p.common);
         let mut obj = CptData::new(docs, &p, rows, pad)?;

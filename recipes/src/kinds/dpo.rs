@@ -57,11 +57,7 @@ impl Kind for Dpo {
             pad,
             ..
         } = prologue::start(ctx, &p.model, p.optim.dtype, None, None)?;
-        let policy = Policy {
-            node: &model.node,
-            tok: &tok.dir,
-            vocab: model.hf.config.vocab_size,
-        };
+        let policy = Policy::of(&model, &tok);
         let (recs, summary) = stored::read_for_policy(ctx, &p.reference, &policy)?;
         check_ref(ctx, &p, &cfg, &summary)?;
         let pairs = Pair::from_stored(recs);

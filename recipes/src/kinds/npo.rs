@@ -58,11 +58,7 @@ impl Kind for Npo {
             pad,
             ..
         } = prologue::start(ctx, &p.model, p.optim.dtype, None, None)?;
-        let policy = Policy {
-            node: &model.node,
-            tok: &tok.dir,
-            vocab: model.hf.config.vocab_size,
-        };
+        let policy = Policy::of(&model, &tok);
         let forget = seqs(ctx, &p.forget, &policy)?;
         let retain = match &p.retain {
             None => Vec::new(),

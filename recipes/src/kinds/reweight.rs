@@ -21,7 +21,7 @@
 //! its tokens with (token counts disagree) or whose tokens exceed the model's vocabulary.
 //! A domain smaller than `samples` is measured on all its records, and the diagnostics say so.
 
-use crate::batching::examples::{Encoder, LossOn};
+use crate::batching::examples::Encoder;
 use crate::batching::mixture::{
     count_tokens, link_source, read_domains, read_mixture, MixtureSpec, MIXTURE_FILE, SOURCES_DIR,
 };
@@ -55,14 +55,7 @@ impl Kind for Reweight {
         let eos = tok.eos("documents are measured as CPT trains them, ending with EOS")?;
         let m = Measure {
             ctx,
-            enc: Encoder {
-                tokenizer: &tok.dir.tokenizer,
-                template: None,
-                eos_id: eos,
-                loss_on: LossOn::All,
-                use_chat_template: false,
-                max_len: None,
-            },
+            enc: Encoder::plain(&tok.dir.tokenizer, eos),
             vocab: model.hf.config.vocab_size as i64,
             shown: model.shown(),
         };

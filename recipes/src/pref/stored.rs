@@ -175,6 +175,17 @@ pub struct Policy<'a> {
     pub vocab: usize,
 }
 
+impl<'a> Policy<'a> {
+    /// The policy a training kind's prologue loaded.
+    pub fn of(model: &'a crate::prologue::Model, tok: &'a crate::prologue::Tok) -> Self {
+        Policy {
+            node: &model.node,
+            tok: &tok.dir,
+            vocab: model.hf.config.vocab_size,
+        }
+    }
+}
+
 /// Reads the `ref-logps` artifact of input `input` for `policy`, checking the tokenizer
 /// fingerprints agree and every token id is inside the policy's vocabulary.
 pub fn read_for_policy(

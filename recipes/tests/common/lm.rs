@@ -4,7 +4,7 @@
 
 use dsl::{Default as D, Value};
 use recipes::kinds::model::Model;
-use recipes::{CancelToken, InputArtifact, MetricsSink, Progress, Stage, StageCtx, StageError};
+use recipes::{CancelToken, InputArtifact, Progress, Stage, StageCtx, StageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,32 +146,34 @@ pub fn ctx(
         Some(h) => (h.clone(), h.cancel.clone()),
         None => (Arc::new(recipes::NoProgress), CancelToken::new()),
     };
-    StageCtx {
-        node: "t".into(),
-        kind: schema.name.into(),
-        key: "0".repeat(64),
-        params: full,
-        root_dir: base.to_path_buf(),
-        inputs: inputs
-            .iter()
-            .map(|(k, d)| {
-                let a = InputArtifact {
-                    node: k.to_string(),
-                    kind: "?".into(),
-                    produces: "?".into(),
-                    key: "1".repeat(64),
-                    dir: d.to_path_buf(),
-                };
-                (k.to_string(), a)
-            })
-            .collect(),
-        out_dir: out,
-        metrics: MetricsSink::new(work.join("metrics.jsonl")),
-        work_dir: work,
-        device: "cpu".into(),
+    StageCtx::new(
+        recipes::Job {
+            node: "t".into(),
+            kind: schema.name.into(),
+            key: "0".repeat(64),
+            params: full,
+            root_dir: base.to_path_buf(),
+            inputs: inputs
+                .iter()
+                .map(|(k, d)| {
+                    let a = InputArtifact {
+                        node: k.to_string(),
+                        kind: "?".into(),
+                        produces: "?".into(),
+                        key: "1".repeat(64),
+                        dir: d.to_path_buf(),
+                    };
+                    (k.to_string(), a)
+                })
+                .collect(),
+            out_dir: out,
+            work_dir: work,
+            device: "cpu".into(),
+            ..Default::default()
+        },
         progress,
         cancel,
-    }
+    )
 }
 
 pub fn run(

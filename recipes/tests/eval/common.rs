@@ -3,7 +3,7 @@
 
 use dsl::Value;
 use recipes::kinds::{dataset::Dataset, model::Model, tokenizer::Tokenizer};
-use recipes::{CancelToken, InputArtifact, MetricsSink, NoProgress, Stage, StageCtx};
+use recipes::{CancelToken, InputArtifact, NoProgress, Stage, StageCtx};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -39,32 +39,34 @@ pub fn run(
     }
     let dir = tmp();
     std::fs::create_dir_all(dir.join("out")).unwrap();
-    let ctx = StageCtx {
-        node: "test".into(),
-        kind: schema.name.into(),
-        key: "0".repeat(64),
-        params: full,
-        root_dir: root.to_path_buf(),
-        inputs: inputs
-            .iter()
-            .map(|(k, node, d)| {
-                let a = InputArtifact {
-                    node: node.to_string(),
-                    kind: "?".into(),
-                    produces: "?".into(),
-                    key: "1".repeat(64),
-                    dir: d.to_path_buf(),
-                };
-                (k.to_string(), a)
-            })
-            .collect(),
-        out_dir: dir.join("out"),
-        metrics: MetricsSink::new(dir.join("work/metrics.jsonl")),
-        work_dir: dir.join("work"),
-        device: "cpu".into(),
-        progress: Arc::new(NoProgress),
-        cancel: CancelToken::new(),
-    };
+    let ctx = StageCtx::new(
+        recipes::Job {
+            node: "test".into(),
+            kind: schema.name.into(),
+            key: "0".repeat(64),
+            params: full,
+            root_dir: root.to_path_buf(),
+            inputs: inputs
+                .iter()
+                .map(|(k, node, d)| {
+                    let a = InputArtifact {
+                        node: node.to_string(),
+                        kind: "?".into(),
+                        produces: "?".into(),
+                        key: "1".repeat(64),
+                        dir: d.to_path_buf(),
+                    };
+                    (k.to_string(), a)
+                })
+                .collect(),
+            out_dir: dir.join("out"),
+            work_dir: dir.join("work"),
+            device: "cpu".into(),
+            ..Default::default()
+        },
+        Arc::new(NoProgress),
+        CancelToken::new(),
+    );
     stage.run(&ctx).map(|s| (s, ctx.out_dir.clone()))
 }
 

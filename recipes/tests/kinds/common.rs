@@ -2,7 +2,7 @@
 //! kind's schema), temporary directories, and data-file writers.
 
 use dsl::{Default as D, Value};
-use recipes::{CancelToken, InputArtifact, MetricsSink, NoProgress, Stage, StageCtx, StageError};
+use recipes::{CancelToken, InputArtifact, NoProgress, Stage, StageCtx, StageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,34 +56,36 @@ impl Env {
         let work = out.path().join("work");
         let out_dir = out.path().join("out");
         std::fs::create_dir_all(&out_dir).unwrap();
-        let ctx = StageCtx {
-            node: "test".into(),
-            kind: schema.name.into(),
-            key: "0".repeat(64),
-            params: full,
-            root_dir: self.root().to_path_buf(),
-            inputs: inputs
-                .iter()
-                .map(|(k, d)| {
-                    (
-                        k.to_string(),
-                        InputArtifact {
-                            node: k.to_string(),
-                            kind: "?".into(),
-                            produces: "?".into(),
-                            key: "1".repeat(64),
-                            dir: d.to_path_buf(),
-                        },
-                    )
-                })
-                .collect(),
-            out_dir,
-            metrics: MetricsSink::new(work.join("metrics.jsonl")),
-            work_dir: work,
-            device: "cpu".into(),
-            progress: Arc::new(NoProgress),
-            cancel: CancelToken::new(),
-        };
+        let ctx = StageCtx::new(
+            recipes::Job {
+                node: "test".into(),
+                kind: schema.name.into(),
+                key: "0".repeat(64),
+                params: full,
+                root_dir: self.root().to_path_buf(),
+                inputs: inputs
+                    .iter()
+                    .map(|(k, d)| {
+                        (
+                            k.to_string(),
+                            InputArtifact {
+                                node: k.to_string(),
+                                kind: "?".into(),
+                                produces: "?".into(),
+                                key: "1".repeat(64),
+                                dir: d.to_path_buf(),
+                            },
+                        )
+                    })
+                    .collect(),
+                out_dir,
+                work_dir: work,
+                device: "cpu".into(),
+                ..Default::default()
+            },
+            Arc::new(NoProgress),
+            CancelToken::new(),
+        );
         self.outs.borrow_mut().push(out);
         ctx
     }

@@ -2,7 +2,7 @@
 //! node fails with a user error (message naming the file), never a panic or an internal error.
 //! The end-to-end harness snapshots the same cases through the binary.
 
-use recipes::{CancelToken, MetricsSink, NoProgress, StageCtx, StageError};
+use recipes::{CancelToken, NoProgress, StageCtx, StageError};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -28,20 +28,22 @@ fn every_bad_data_recipe_fails_with_a_user_error() {
         let tmp = tempfile::tempdir().unwrap();
         let out_dir = tmp.path().join("out");
         std::fs::create_dir_all(&out_dir).unwrap();
-        let ctx = StageCtx {
-            node: node.name.clone(),
-            kind: node.kind.clone(),
-            key: String::new(),
-            params: node.params.clone(),
-            root_dir: recipe.root_dir.clone(),
-            inputs: Default::default(),
-            out_dir,
-            work_dir: tmp.path().join("work"),
-            device: "cpu".into(),
-            progress: Arc::new(NoProgress),
-            metrics: MetricsSink::new(tmp.path().join("m.jsonl")),
-            cancel: CancelToken::new(),
-        };
+        let ctx = StageCtx::new(
+            recipes::Job {
+                node: node.name.clone(),
+                kind: node.kind.clone(),
+                key: String::new(),
+                params: node.params.clone(),
+                root_dir: recipe.root_dir.clone(),
+                inputs: Default::default(),
+                out_dir,
+                work_dir: tmp.path().join("work"),
+                device: "cpu".into(),
+                ..Default::default()
+            },
+            Arc::new(NoProgress),
+            CancelToken::new(),
+        );
         match stage.run(&ctx) {
             Err(StageError::User { message, hint }) => {
                 assert!(

@@ -1,7 +1,7 @@
 //! Helpers: tiny Llama-family HF directories written by hand, and running the `merge` kind.
 
 use dsl::Value;
-use recipes::{CancelToken, InputArtifact, MetricsSink, NoProgress, Stage, StageCtx, StageError};
+use recipes::{CancelToken, InputArtifact, NoProgress, Stage, StageCtx, StageError};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -192,20 +192,22 @@ pub fn run_merge(
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let ctx = StageCtx {
-        node: "m".into(),
-        kind: "merge".into(),
-        key: "0".repeat(64),
-        params: full,
-        root_dir: tmp.path().to_path_buf(),
-        inputs,
-        out_dir,
-        metrics: MetricsSink::new(tmp.path().join("work/metrics.jsonl")),
-        work_dir: tmp.path().join("work"),
-        device: "cpu".into(),
-        progress: Arc::new(NoProgress),
-        cancel: CancelToken::new(),
-    };
+    let ctx = StageCtx::new(
+        recipes::Job {
+            node: "m".into(),
+            kind: "merge".into(),
+            key: "0".repeat(64),
+            params: full,
+            root_dir: tmp.path().to_path_buf(),
+            inputs,
+            out_dir,
+            work_dir: tmp.path().join("work"),
+            device: "cpu".into(),
+            ..Default::default()
+        },
+        Arc::new(NoProgress),
+        CancelToken::new(),
+    );
     (stage.run(&ctx), tmp)
 }
 

@@ -56,7 +56,7 @@ pub fn ctx(
     inputs: &[(&str, &str, &std::path::Path)],
     out: &std::path::Path,
 ) -> recipes::StageCtx {
-    use recipes::{CancelToken, InputArtifact, MetricsSink, NoProgress, StageCtx};
+    use recipes::{CancelToken, InputArtifact, NoProgress, StageCtx};
     let schema = stage.schema();
     let mut full = std::collections::BTreeMap::new();
     for p in &schema.params {
@@ -70,32 +70,34 @@ pub fn ctx(
         full.insert(k.to_string(), v.clone());
     }
     std::fs::create_dir_all(out.join("out")).unwrap();
-    StageCtx {
-        node: "mix".into(),
-        kind: schema.name.into(),
-        key: "0".repeat(64),
-        params: full,
-        root_dir: out.to_path_buf(),
-        inputs: inputs
-            .iter()
-            .map(|(k, node, d)| {
-                (
-                    k.to_string(),
-                    InputArtifact {
-                        node: node.to_string(),
-                        kind: "?".into(),
-                        produces: "?".into(),
-                        key: "1".repeat(64),
-                        dir: d.to_path_buf(),
-                    },
-                )
-            })
-            .collect(),
-        out_dir: out.join("out"),
-        metrics: MetricsSink::new(out.join("work/metrics.jsonl")),
-        work_dir: out.join("work"),
-        device: "cpu".into(),
-        progress: std::sync::Arc::new(NoProgress),
-        cancel: CancelToken::new(),
-    }
+    StageCtx::new(
+        recipes::Job {
+            node: "mix".into(),
+            kind: schema.name.into(),
+            key: "0".repeat(64),
+            params: full,
+            root_dir: out.to_path_buf(),
+            inputs: inputs
+                .iter()
+                .map(|(k, node, d)| {
+                    (
+                        k.to_string(),
+                        InputArtifact {
+                            node: node.to_string(),
+                            kind: "?".into(),
+                            produces: "?".into(),
+                            key: "1".repeat(64),
+                            dir: d.to_path_buf(),
+                        },
+                    )
+                })
+                .collect(),
+            out_dir: out.join("out"),
+            work_dir: out.join("work"),
+            device: "cpu".into(),
+            ..Default::default()
+        },
+        std::sync::Arc::new(NoProgress),
+        CancelToken::new(),
+    )
 }
