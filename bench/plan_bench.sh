@@ -9,8 +9,8 @@
 # Env: ROUNDS (default 5). Run it with nothing else busy.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-TEMPER="${1:-$ROOT/target/release/temper}"
-BASE="${2:-}"
+TEMPER="$(realpath "${1:-$ROOT/target/release/temper}")"
+BASE="${2:+$(realpath "$2")}"
 ROUNDS="${ROUNDS:-5}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

@@ -160,8 +160,17 @@ impl Worker {
     }
 
     fn run_logged(&self, job: &Job) -> End {
-        if job.threads > 0 {
-            tch::set_num_threads(job.threads as i32);
+        // libtorch's own default, read before any job changed it: `threads 0` on a reused
+        // worker means that default again, not the previous job's count.
+        static DEFAULT_THREADS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+        let default = *DEFAULT_THREADS.get_or_init(tch::get_num_threads);
+        let want = if job.threads > 0 {
+            job.threads as i32
+        } else {
+            default
+        };
+        if tch::get_num_threads() != want {
+            tch::set_num_threads(want);
         }
         tracing::info!(
             target: job::NODE_LOG_TARGET,
