@@ -22,19 +22,14 @@ use tch::Device;
 
 /// `cpu` | `cuda` | `cuda:N` → a tch device.
 pub fn parse_device(s: &str) -> Result<Device, StageError> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| {
-                StageError::user(
-                    format!("unknown device `{s}`"),
-                    Some("use cpu, cuda or cuda:N".into()),
-                )
-            }),
+    use dsl::device::Device as Wanted;
+    match Wanted::parse(s) {
+        Some(Wanted::Cpu) => Ok(Device::Cpu),
+        Some(Wanted::Cuda(n)) => Ok(Device::Cuda(n.unwrap_or(0))),
+        Some(Wanted::Auto) | None => Err(StageError::user(
+            format!("device `{s}` is not a resolved device"),
+            Some("the runner hands stages `cpu` or `cuda:N`".into()),
+        )),
     }
 }
 
