@@ -224,6 +224,13 @@ impl Worker {
     }
 }
 
+/// Empties the staging dir of the job in `text` (a job file run without a front).
+fn prepare_alone(text: &str) -> anyhow::Result<()> {
+    let job: Job = serde_json::from_str(text.trim())?;
+    store::Store::open(&job.store)?.prepare_staging(&job.key)?;
+    Ok(())
+}
+
 /// Publishes a finished job's staging dir into its store.
 fn publish(job: &Job, summary: serde_json::Value) -> anyhow::Result<()> {
     let store = store::Store::open(&job.store)?;
@@ -288,6 +295,12 @@ pub fn main() -> std::process::ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Alone (no front prepared this attempt): start from an empty staging dir, as the
+            // front does, so nothing an interrupted attempt left there is published.
+            if let Err(e) = prepare_alone(&text) {
+                eprintln!("temper-worker: {}: {e:#}", path.to_string_lossy());
+                return ExitCode::from(2);
+            }
             match worker.serve(std::io::Cursor::new(text)) {
                 Some(End::Done { .. }) => 0,
                 Some(End::Cancelled) => 130,

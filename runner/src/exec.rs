@@ -391,7 +391,10 @@ impl Executor<'_> {
             identity: e.identity.clone(),
             run_id: self.run_id,
             params: inst.params.clone(),
-            root_dir: self.plan.loaded.recipe.root_dir.clone(),
+            // Absolute, so a job file run from elsewhere (`temper worker JOB`) finds the
+            // recipe's relative paths.
+            root_dir: std::path::absolute(&self.plan.loaded.recipe.root_dir)
+                .unwrap_or_else(|_| self.plan.loaded.recipe.root_dir.clone()),
             inputs,
             out_dir,
             work_dir: work_dir.clone(),
@@ -413,7 +416,7 @@ impl Executor<'_> {
         match pool.run(&job, assignment, self.control) {
             Ok(()) => Ok(Start::Started),
             Err(err) => {
-                let msg = format!("node {}: starting a worker: {err:#}", e.id);
+                let msg = format!("node {}: {err:#}", e.id);
                 nodelog::line(&e.id, "ERROR", &msg);
                 nodelog::close(&e.id);
                 self.fail_to_start(i, msg, pooled)

@@ -11,6 +11,7 @@ mod merge;
 mod preference;
 mod resume;
 mod reweight;
+mod workers;
 
 /// `autotests = false` in every crate: cargo does not build a new `tests/*.rs` or
 /// `tests/*/mod.rs` on its own, so each must be declared in its crate's `tests/main.rs`.
