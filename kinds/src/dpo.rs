@@ -10,7 +10,7 @@
 
 use crate::losses::{LogpNorm, LossDecl, LOSS_NAMES};
 use crate::params::{float, int, is_set, Input};
-use crate::train::{check_optim, check_steps_or_epochs};
+use crate::train::check_training;
 use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 
 crate::params! {
@@ -48,9 +48,7 @@ pub fn schema() -> KindSchema {
 
 /// The optimiser checks, one run length, and `logp-norm` only where the loss leaves it open.
 pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let mut out = Vec::new();
-    check_optim(n, &mut out);
-    check_steps_or_epochs(n, &mut out);
+    let mut out = check_training(n);
     let loss = n
         .params
         .get("loss")

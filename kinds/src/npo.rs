@@ -7,7 +7,7 @@
 //! `retain-batch-size` retain sequences per micro-batch (default: `batch-size`).
 
 use crate::params::{float, int, Input};
-use crate::train::{check_optim, check_steps_or_epochs};
+use crate::train::check_training;
 use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 
 crate::enum_param! {
@@ -45,8 +45,5 @@ pub fn schema() -> KindSchema {
 
 /// The optimiser checks and one run length.
 pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let mut out = Vec::new();
-    check_optim(n, &mut out);
-    check_steps_or_epochs(n, &mut out);
-    out
+    check_training(n)
 }

@@ -9,7 +9,7 @@
 //! examples per micro-batch (8).
 
 use crate::params::{int, Input};
-use crate::train::{check_optim, check_steps_or_epochs};
+use crate::train::check_training;
 use dsl::{KindSchema, NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 
 crate::enum_param! {
@@ -51,9 +51,7 @@ pub fn schema() -> KindSchema {
 /// The optimiser checks, one run length, and `seq-len ≥ max-len` (the longest example fits a
 /// row).
 pub fn check(n: &NodeDecl) -> Vec<ParamIssue> {
-    let mut out = Vec::new();
-    check_optim(n, &mut out);
-    check_steps_or_epochs(n, &mut out);
+    let mut out = check_training(n);
     let get = |k: &str| n.params.get(k).and_then(|v| v.as_i64());
     if let (Some(s), Some(m)) = (get("seq-len"), get("max-len")) {
         if s < m {

@@ -81,6 +81,15 @@ crate::params! {
     }
 }
 
+/// The checks every kind that trains for `steps` or `epochs` starts from: [`check_optim`] and
+/// [`check_steps_or_epochs`].
+pub fn check_training(n: &NodeDecl) -> Vec<ParamIssue> {
+    let mut out = Vec::new();
+    check_optim(n, &mut out);
+    check_steps_or_epochs(n, &mut out);
+    out
+}
+
 /// `steps` and `epochs` both fix the run's length: setting both is a recipe error.
 pub fn check_steps_or_epochs(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     if is_set(n, "steps") && is_set(n, "epochs") {
