@@ -2,9 +2,9 @@
 //! whose work directory can be reused across runs (resume) and whose progress reporter can
 //! inject a cancel or a crash at a given step.
 
-use dsl::{Default as D, Value};
+use dsl::Value;
 use recipes::kinds::model::Model;
-use recipes::{CancelToken, InputArtifact, Progress, Stage, StageCtx, StageError};
+use recipes::{CancelToken, Progress, Stage, StageCtx, StageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -121,59 +121,18 @@ pub fn ctx(
     base: &Path,
     hook: Option<Arc<Hook>>,
 ) -> StageCtx {
-    let schema = stage.schema();
-    let mut full = BTreeMap::new();
-    for p in schema
-        .params
-        .iter()
-        .chain(dsl::schema::common_params().iter())
-    {
-        let v = match &p.default {
-            D::Value(v) => v.clone(),
-            _ => Value::Null,
-        };
-        full.entry(p.name.to_string()).or_insert(v);
-    }
-    for (k, v) in params {
-        assert!(full.contains_key(*k), "unknown parameter {k}");
-        full.insert(k.to_string(), v.clone());
-    }
-    let work = base.join("work");
+    let inputs: Vec<(&str, &str, &Path)> = inputs.iter().map(|(k, d)| (*k, *k, *d)).collect();
+    let mut ctx = super::stage_ctx(stage, "t", params, &inputs, base, base);
+    // Per process: the kill tests run a child process on the same base directory.
     let out = base.join(format!("out-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
-    let (progress, cancel): (Arc<dyn Progress>, CancelToken) = match hook {
-        Some(h) => (h.clone(), h.cancel.clone()),
-        None => (Arc::new(recipes::NoProgress), CancelToken::new()),
-    };
-    StageCtx::new(
-        recipes::Job {
-            node: "t".into(),
-            kind: schema.name.into(),
-            key: "0".repeat(64),
-            params: full,
-            root_dir: base.to_path_buf(),
-            inputs: inputs
-                .iter()
-                .map(|(k, d)| {
-                    let a = InputArtifact {
-                        node: k.to_string(),
-                        kind: "?".into(),
-                        produces: "?".into(),
-                        key: "1".repeat(64),
-                        dir: d.to_path_buf(),
-                    };
-                    (k.to_string(), a)
-                })
-                .collect(),
-            out_dir: out,
-            work_dir: work,
-            device: "cpu".into(),
-            ..Default::default()
-        },
-        progress,
-        cancel,
-    )
+    ctx.job.out_dir = out;
+    if let Some(h) = hook {
+        ctx.cancel = h.cancel.clone();
+        ctx.progress = h;
+    }
+    ctx
 }
 
 pub fn run(

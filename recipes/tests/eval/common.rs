@@ -3,10 +3,9 @@
 
 use dsl::Value;
 use recipes::kinds::{dataset::Dataset, model::Model, tokenizer::Tokenizer};
-use recipes::{CancelToken, InputArtifact, NoProgress, Stage, StageCtx};
-use std::collections::BTreeMap;
+use recipes::Stage;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 pub use crate::common::{b, i, r, s};
 
@@ -23,50 +22,7 @@ pub fn run(
     params: &[(&str, Value)],
     inputs: &[(&str, &str, &Path)],
 ) -> Result<(serde_json::Value, PathBuf), recipes::StageError> {
-    let schema = stage.schema();
-    let mut full = BTreeMap::new();
-    for p in &schema.params {
-        let v = match &p.default {
-            dsl::Default::Value(v) => v.clone(),
-            dsl::Default::Optional if p.repeated => Value::List(vec![]),
-            _ => Value::Null,
-        };
-        full.insert(p.name.to_string(), v);
-    }
-    for (k, v) in params {
-        assert!(schema.find_param(k).is_some(), "unknown parameter {k}");
-        full.insert(k.to_string(), v.clone());
-    }
-    let dir = tmp();
-    std::fs::create_dir_all(dir.join("out")).unwrap();
-    let ctx = StageCtx::new(
-        recipes::Job {
-            node: "test".into(),
-            kind: schema.name.into(),
-            key: "0".repeat(64),
-            params: full,
-            root_dir: root.to_path_buf(),
-            inputs: inputs
-                .iter()
-                .map(|(k, node, d)| {
-                    let a = InputArtifact {
-                        node: node.to_string(),
-                        kind: "?".into(),
-                        produces: "?".into(),
-                        key: "1".repeat(64),
-                        dir: d.to_path_buf(),
-                    };
-                    (k.to_string(), a)
-                })
-                .collect(),
-            out_dir: dir.join("out"),
-            work_dir: dir.join("work"),
-            device: "cpu".into(),
-            ..Default::default()
-        },
-        Arc::new(NoProgress),
-        CancelToken::new(),
-    );
+    let ctx = crate::common::stage_ctx(stage, "test", params, inputs, root, &tmp());
     stage.run(&ctx).map(|s| (s, ctx.out_dir.clone()))
 }
 

@@ -1,11 +1,9 @@
 //! Test helpers: a `StageCtx` built the way the runner builds one (defaults filled from the
 //! kind's schema), temporary directories, and data-file writers.
 
-use dsl::{Default as D, Value};
-use recipes::{CancelToken, InputArtifact, NoProgress, Stage, StageCtx, StageError};
-use std::collections::BTreeMap;
+use dsl::Value;
+use recipes::{Stage, StageCtx, StageError};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// A project directory plus output directories for the stages run in it.
 pub struct Env {
@@ -39,53 +37,9 @@ impl Env {
         params: &[(&str, Value)],
         inputs: &[(&str, &Path)],
     ) -> StageCtx {
-        let schema = stage.schema();
-        let mut full = BTreeMap::new();
-        for p in &schema.params {
-            let v = match &p.default {
-                D::Value(v) => v.clone(),
-                _ => Value::Null,
-            };
-            full.insert(p.name.to_string(), v);
-        }
-        for (k, v) in params {
-            assert!(schema.find_param(k).is_some(), "unknown parameter {k}");
-            full.insert(k.to_string(), v.clone());
-        }
         let out = tempfile::tempdir().unwrap();
-        let work = out.path().join("work");
-        let out_dir = out.path().join("out");
-        std::fs::create_dir_all(&out_dir).unwrap();
-        let ctx = StageCtx::new(
-            recipes::Job {
-                node: "test".into(),
-                kind: schema.name.into(),
-                key: "0".repeat(64),
-                params: full,
-                root_dir: self.root().to_path_buf(),
-                inputs: inputs
-                    .iter()
-                    .map(|(k, d)| {
-                        (
-                            k.to_string(),
-                            InputArtifact {
-                                node: k.to_string(),
-                                kind: "?".into(),
-                                produces: "?".into(),
-                                key: "1".repeat(64),
-                                dir: d.to_path_buf(),
-                            },
-                        )
-                    })
-                    .collect(),
-                out_dir,
-                work_dir: work,
-                device: "cpu".into(),
-                ..Default::default()
-            },
-            Arc::new(NoProgress),
-            CancelToken::new(),
-        );
+        let inputs: Vec<(&str, &str, &Path)> = inputs.iter().map(|(k, d)| (*k, *k, *d)).collect();
+        let ctx = crate::common::stage_ctx(stage, "test", params, &inputs, self.root(), out.path());
         self.outs.borrow_mut().push(out);
         ctx
     }

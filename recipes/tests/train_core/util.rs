@@ -56,48 +56,5 @@ pub fn ctx(
     inputs: &[(&str, &str, &std::path::Path)],
     out: &std::path::Path,
 ) -> recipes::StageCtx {
-    use recipes::{CancelToken, InputArtifact, NoProgress, StageCtx};
-    let schema = stage.schema();
-    let mut full = std::collections::BTreeMap::new();
-    for p in &schema.params {
-        let v = match &p.default {
-            dsl::Default::Value(v) => v.clone(),
-            _ => dsl::Value::Null,
-        };
-        full.insert(p.name.to_string(), v);
-    }
-    for (k, v) in params {
-        full.insert(k.to_string(), v.clone());
-    }
-    std::fs::create_dir_all(out.join("out")).unwrap();
-    StageCtx::new(
-        recipes::Job {
-            node: "mix".into(),
-            kind: schema.name.into(),
-            key: "0".repeat(64),
-            params: full,
-            root_dir: out.to_path_buf(),
-            inputs: inputs
-                .iter()
-                .map(|(k, node, d)| {
-                    (
-                        k.to_string(),
-                        InputArtifact {
-                            node: node.to_string(),
-                            kind: "?".into(),
-                            produces: "?".into(),
-                            key: "1".repeat(64),
-                            dir: d.to_path_buf(),
-                        },
-                    )
-                })
-                .collect(),
-            out_dir: out.join("out"),
-            work_dir: out.join("work"),
-            device: "cpu".into(),
-            ..Default::default()
-        },
-        std::sync::Arc::new(NoProgress),
-        CancelToken::new(),
-    )
+    crate::common::stage_ctx(stage, "mix", params, inputs, out, out)
 }
