@@ -44,12 +44,6 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
     ]
 }
 
-/// The DSL registry of the built-in kinds ([`kinds::registry`]: the declarations the front
-/// validates against; [`stages`] implements each of them, as a unit test checks).
-pub fn registry() -> dsl::Registry {
-    ::kinds::registry()
-}
-
 #[cfg(test)]
 mod tests {
     /// Every declared kind has an implementation, with the same schema, and nothing else.

@@ -246,11 +246,11 @@ tokenizer tok vocab-size=300 { data d; }
 model m tokenizer=tok
 eval e { model m; model m; data d; }
 "#;
-    let Err(err) = dsl::load_str("r.kdl", text, &root, &recipes::registry(), &[]) else {
+    let Err(err) = dsl::load_str("r.kdl", text, &root, &kinds::registry(), &[]) else {
         panic!("a model listed twice must be an error");
     };
     let msgs = err.messages().join("\n");
     assert!(msgs.contains("model `m` is listed twice"), "{msgs}");
     let ok = text.replace("model m; model m;", "model m;");
-    assert!(dsl::load_str("r.kdl", &ok, &root, &recipes::registry(), &[]).is_ok());
+    assert!(dsl::load_str("r.kdl", &ok, &root, &kinds::registry(), &[]).is_ok());
 }

@@ -78,7 +78,7 @@ pub fn fields(pairs: &[(&str, &str)]) -> Value {
 
 /// Loads `text` as a recipe with temper's registry; returns the diagnostics' messages (empty when valid).
 pub fn check_messages(root: &Path, text: &str) -> Vec<String> {
-    match dsl::load_str("recipe.kdl", text, root, &recipes::registry(), &[]) {
+    match dsl::load_str("recipe.kdl", text, root, &kinds::registry(), &[]) {
         Ok(_) => Vec::new(),
         Err(d) => d.messages(),
     }

@@ -15,7 +15,7 @@ fn every_bad_data_recipe_fails_with_a_user_error() {
         .collect();
     files.sort();
     assert!(files.len() >= 12);
-    let registry = recipes::registry();
+    let registry = kinds::registry();
     let stages = recipes::stages();
     for f in files {
         let recipe = dsl::load(&f, &registry, &[])

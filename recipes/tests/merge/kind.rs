@@ -13,7 +13,7 @@ fn check_errors(body: &str) -> Vec<String> {
         tiny_model(&dir.path().join(n), &Tiny::default());
     }
     let text = format!("model a path=\"a\"\nmodel b path=\"b\"\nmodel c path=\"c\"\n{body}\n");
-    match dsl::load_str("r.kdl", &text, dir.path(), &recipes::registry(), &[]) {
+    match dsl::load_str("r.kdl", &text, dir.path(), &kinds::registry(), &[]) {
         Ok(_) => vec![],
         Err(d) => d
             .errors()

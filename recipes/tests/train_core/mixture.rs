@@ -167,7 +167,7 @@ fn mixture_node_writes_weights_counts_and_sources() {
 
 #[test]
 fn mixture_recipes_are_validated() {
-    let reg = recipes::registry();
+    let reg = kinds::registry();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("a.jsonl"), "{\"text\": \"x\"}\n").unwrap();
     let check = |text: &str| match dsl::load_str("recipe.kdl", text, tmp.path(), &reg, &[]) {
