@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# A single-node Slurm cluster on this machine, for the Slurm executor (issue 11; not used by
-# `make test` yet) and for trying Slurm by hand: Debian's slurmctld + slurmd + slurm-client + munge, installed when
+# A single-node Slurm cluster on this machine, for the Slurm executor (`make test` starts it) and for trying Slurm by hand: Debian's slurmctld + slurmd + slurm-client + munge, installed when
 # missing (needs root and Debian's package registry), one node on 127.0.0.1 with this machine's
 # CPUs and memory, one partition `debug`. No accounting daemon. State, logs and the config live in
 # $TEMPER_SLURM_DIR (default /tmp/temper-slurm); nothing under /etc is changed but munge's key,
@@ -62,7 +61,11 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# A node that never comes up, so that partition \`wide\` spans two hosts: temper refuses to
+# submit there with a store on this host's local disk (the check of a store every node sees).
+NodeName=temper-ghost NodeAddr=127.0.0.2 CPUs=1 RealMemory=100 State=FUTURE
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=wide Nodes=$host,temper-ghost MaxTime=INFINITE State=UP
 CONF
 
 # munge: the key comes with the package; run the daemon if it is not answering.

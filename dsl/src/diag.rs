@@ -265,6 +265,20 @@ impl Diagnostics {
     }
 }
 
+impl From<Diag> for Diagnostics {
+    /// One error (e.g. from [`crate::Recipe::diag_at`]), to render with [`Diagnostics::render`].
+    fn from(d: Diag) -> Self {
+        Diagnostics { errors: vec![d] }
+    }
+}
+
+impl From<Vec<Diag>> for Diagnostics {
+    /// Several errors, kept in the given order.
+    fn from(errors: Vec<Diag>) -> Self {
+        Diagnostics { errors }
+    }
+}
+
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.errors.as_slice() {

@@ -3,6 +3,10 @@
 //! expands sweep axes into shared instances. Reports all errors of a file at once, as miette
 //! diagnostics with file:line:col. Knows nothing of torch or storage.
 //!
+//! Cluster settings (`executor` blocks, a node's `resources`) are read into
+//! [`Recipe::executors`] and [`NodeDecl::resources`], never into parameters, so never into keys
+//! (module `executor`).
+//!
 //! Entry points: [`load`] / [`load_str`] (text → validated [`Recipe`]), [`load_with`] (the same
 //! with [`LoadOptions`]: resource limits and untrusted mode) and [`expand`] (recipe →
 //! [`Expanded`] instances and variants).
@@ -15,6 +19,7 @@
 mod defaults;
 pub mod device;
 mod diag;
+mod executor;
 mod expand;
 pub mod files;
 mod include;
@@ -40,7 +45,8 @@ pub use diag::{Diag, Diagnostics};
 pub use expand::expand;
 pub use limits::LoadOptions;
 pub use recipe::{
-    Axis, AxisMember, Expanded, Instance, Loc, NodeDecl, Recipe, SourceFile, Variant,
+    Axis, AxisMember, ExecutorBlock, Expanded, Instance, KindRule, Loc, NodeDecl, Recipe, Setting,
+    SourceFile, Variant,
 };
 pub use schema::{Default, KindSchema, ParamIssue, ParamSpec, ParamType, Registry};
 pub use value::Value;
@@ -198,6 +204,7 @@ fn load_inner(
         }
     }
     v.unknown_override_nodes();
+    v.check_rule_kinds();
     let axes = v.sweeps();
     let edges = v.resolve_refs();
     v.cycles(&edges);
@@ -228,6 +235,7 @@ fn load_inner(
         sources: v.s.files,
         nodes: v.decls,
         axes,
+        executors: v.s.executors,
     };
     if let Err(d) = expand::check_size(&recipe, opts, &v.s.srcs) {
         return Err(Diagnostics::new(vec![d]));

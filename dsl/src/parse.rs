@@ -1,11 +1,12 @@
 //! Reading recipe files: KDL 2.0 parsing (on a stack sized for the text, see `scan`),
 //! `include` resolution (`include.rs`) and collection of the top-level items (node declarations
 //! and `sweep` blocks; `repeat` blocks are expanded into node declarations by
-//! [`crate::repeat`]) with the file they came from. Counts the nodes against the limit.
+//! [`crate::repeat`]; `executor` blocks are read by [`crate::executor`]) with the file they
+//! came from. Counts the nodes against the limit.
 
 use crate::diag::{Diag, Src};
 use crate::limits::{self, LoadOptions};
-use crate::recipe::SourceFile;
+use crate::recipe::{ExecutorBlock, SourceFile};
 use crate::scan::{self, Parsed};
 use crate::untrusted::Repo;
 use kdl::{KdlEntry, KdlNode};
@@ -28,6 +29,8 @@ pub(crate) struct Sources {
     pub sweeps: Vec<(usize, KdlNode)>,
     /// Recipe-wide defaults from `defaults` blocks, as properties to add (see `defaults.rs`).
     pub recipe_defaults: Vec<(String, KdlEntry)>,
+    /// `executor` blocks, in declaration order (see `executor.rs`).
+    pub executors: Vec<ExecutorBlock>,
     pub diags: Vec<Diag>,
     /// A file failed to parse or a limit was hit: later stages would only report cascades
     /// (or spend what the limit protects), so they are skipped.
@@ -126,6 +129,7 @@ impl Sources {
             nodes: Vec::new(),
             sweeps: Vec::new(),
             recipe_defaults: Vec::new(),
+            executors: Vec::new(),
             diags: Vec::new(),
             syntax_failed: false,
         }
@@ -219,6 +223,7 @@ impl Sources {
                 "sweep" => self.sweeps.push((file, node.clone())),
                 "repeat" => self.repeat(file, node),
                 "defaults" => self.defaults(file, node),
+                "executor" => self.executor(file, node),
                 _ => self.nodes.push((file, node.clone())),
             }
         }

@@ -1,9 +1,11 @@
 //! The validated recipe and its sweep expansion (types shared with the runner).
 
+use crate::diag::Diag;
 use crate::value::Value;
-use miette::SourceSpan;
+use miette::{NamedSource, SourceSpan};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A place in a recipe source: which file (index into `Recipe::sources`) and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,51 @@ pub struct NodeDecl {
     pub params: BTreeMap<String, Value>,
     /// Where each parameter that the recipe set explicitly was written.
     pub param_locs: BTreeMap<String, Loc>,
+    pub loc: Loc,
+    /// The node's `resources { … }` settings for a cluster executor, in source order (empty
+    /// when absent). Not parameters: they never enter `params`, so never a key.
+    pub resources: Vec<Setting>,
+}
+
+/// One `name value…` line of an `executor` block, a `kind` rule or a node's `resources`.
+/// The DSL checks only the form (one or more string, integer, float or boolean values; no
+/// properties, no block; each name once per block): names and values are the executor's to
+/// check, reporting at `loc` / `value_loc` with [`Recipe::diag_at`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setting {
+    /// The setting's name as written (`gpus-per-node`).
+    pub name: String,
+    /// Its values, in order (at least one). Strings stay `Value::Str`.
+    pub values: Vec<Value>,
+    /// The whole line: from the name to the end of the last value.
+    pub loc: Loc,
+    /// The first value.
+    pub value_loc: Loc,
+}
+
+/// A `kind NAME { … }` rule inside an executor block: settings that override the block's for
+/// every node of kind `kind`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KindRule {
+    /// The kind name (a registered kind).
+    pub kind: String,
+    /// The rule's settings, in source order.
+    pub settings: Vec<Setting>,
+    /// The kind name argument.
+    pub loc: Loc,
+}
+
+/// A top-level `executor NAME { … }` block: settings for one executor (e.g. `slurm`). Not
+/// parameters: no executor setting enters a key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutorBlock {
+    /// The executor name (`slurm`); unique within a recipe and its includes.
+    pub name: String,
+    /// The block's settings (those that are not `kind` rules), in source order.
+    pub settings: Vec<Setting>,
+    /// The `kind` rules, in source order (one per kind).
+    pub rules: Vec<KindRule>,
+    /// The executor name argument.
     pub loc: Loc,
 }
 
@@ -58,11 +105,38 @@ pub struct Recipe {
     /// Nodes in declaration order.
     pub nodes: Vec<NodeDecl>,
     pub axes: Vec<Axis>,
+    /// `executor` blocks of the root file and its includes, in declaration order (names unique).
+    pub executors: Vec<ExecutorBlock>,
 }
 
 impl Recipe {
+    /// The declared node called `name`.
     pub fn node(&self, name: &str) -> Option<&NodeDecl> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The `executor NAME { … }` block for executor `name`, if the recipe has one.
+    pub fn executor(&self, name: &str) -> Option<&ExecutorBlock> {
+        self.executors.iter().find(|e| e.name == name)
+    }
+
+    /// An error at `loc` in the style of the loader's: `file:line:col`, the source line with
+    /// `label` under the span, and `help` when given. For problems found after loading (e.g.
+    /// an executor rejecting a [`Setting`]); a `loc` whose file is not one of
+    /// [`Recipe::sources`] gives an unlocated error. Wrap it with `Diagnostics::from(…)` to
+    /// render it.
+    pub fn diag_at(
+        &self,
+        loc: Loc,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: Option<String>,
+    ) -> Diag {
+        let Some(f) = self.sources.get(loc.file) else {
+            return Diag::bare(message).help_opt(help);
+        };
+        let src = Arc::new(NamedSource::new(f.name.clone(), f.text.clone()));
+        Diag::at(&src, loc.span, message, label).help_opt(help)
     }
 }
 

@@ -15,7 +15,7 @@
 //! as a whole equals an alias (a property of `repeat`, e.g. `phase-0=base`) is replaced by the
 //! alias' value — how the first iteration refers to nodes outside the chain. Copies keep the
 //! spans of the block, so diagnostics point at the template. A block may not hold `include`,
-//! `sweep` or another `repeat`; any other `{word}` placeholder is an error.
+//! `sweep`, `executor` or another `repeat`; any other `{word}` placeholder is an error.
 
 use crate::diag::Diag;
 use crate::parse::{value_span, Sources};
@@ -149,7 +149,7 @@ impl Sources {
         }
         for b in body {
             let k = b.name().value();
-            if matches!(k, "include" | "sweep" | "repeat") {
+            if matches!(k, "include" | "sweep" | "repeat" | "executor") {
                 ok = false;
                 self.diags.push(
                     Diag::at(

@@ -214,7 +214,16 @@ impl Registry {
         Self::default()
     }
     /// Registers a kind; the common parameters are appended unless the kind declares them.
+    ///
+    /// # Panics
+    /// When the kind declares a parameter `resources`: that name is a node's cluster settings
+    /// block, never a parameter.
     pub fn register(&mut self, mut schema: KindSchema) {
+        assert!(
+            schema.find_param(crate::executor::RESOURCES).is_none(),
+            "kind `{}` declares a parameter `resources`, a name reserved for a node's cluster settings",
+            schema.name
+        );
         for p in common_params() {
             if schema.find_param(p.name).is_none() {
                 schema.params.push(p);

@@ -7,8 +7,11 @@
 //! items in source order; when absent it is its declared default, or the empty list when the
 //! default is `Optional` (a `Required` repeated parameter needs at least one item). Any other
 //! parameter set twice is an error. `--set` overrides replace whatever the files wrote.
+//! A `resources { … }` child is not a parameter: it goes to `NodeDecl::resources`
+//! (`executor.rs`).
 
 use crate::diag::{Diag, Src};
+use crate::executor::RESOURCES;
 use crate::limits;
 use crate::parse::{entry_span, value_span, Sources};
 use crate::recipe::{Loc, NodeDecl};
@@ -253,8 +256,10 @@ impl<'a> Validator<'a> {
         let text = src.inner().as_str();
         let nloc = self.names[name].loc;
         let mut occs: Vec<Occ> = Vec::new();
+        let resources = self.resources(file, node, name);
         for e in node.entries().iter().skip(1) {
             match e.name() {
+                Some(k) if k.value() == RESOURCES => {}
                 Some(k) => occs.push(Occ {
                     param: k.value().to_string(),
                     file,
@@ -274,7 +279,10 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        for c in node.iter_children() {
+        for c in node
+            .iter_children()
+            .filter(|c| c.name().value() != RESOURCES)
+        {
             occs.push(Occ {
                 param: c.name().value().to_string(),
                 file,
@@ -368,6 +376,7 @@ impl<'a> Validator<'a> {
             params,
             param_locs: locs,
             loc: nloc,
+            resources,
         });
     }
 

@@ -6,6 +6,7 @@
 mod common;
 
 mod bad_corpus;
+mod executor;
 mod expand;
 mod fuzz;
 mod hostile;

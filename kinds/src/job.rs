@@ -32,6 +32,10 @@ pub const WORKER_TARGET: &str = "recipes::worker";
 /// process ran the node, with how many threads: useful afterwards, noise while it runs).
 pub const NODE_LOG_TARGET: &str = "recipes::worker::node_log";
 
+/// Set (to anything) in a worker's environment: a repeated SIGTERM/SIGINT does not end the
+/// worker at once, it only asks again for a checkpoint and stop (under a cluster scheduler).
+pub const SIGNALS_ONCE_ENV: &str = "TEMPER_WORKER_SIGNALS_ONCE";
+
 /// File name of the job in a node's work dir.
 pub const JOB_FILE: &str = "job.json";
 

@@ -262,8 +262,12 @@ pub fn main() -> std::process::ExitCode {
     let cancel = CancelToken::new();
     let signals = AtomicUsize::new(0);
     let token = cancel.clone();
+    // Under a cluster scheduler the same stop request can arrive twice (the scheduler signals
+    // every process of the job, and the job's wrapper forwards it): there, every signal only
+    // asks for a checkpoint and stop; the scheduler kills what does not stop.
+    let once = std::env::var_os(job::SIGNALS_ONCE_ENV).is_some();
     let _ = ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 || once {
             token.cancel();
         } else {
             // SAFETY: `_exit` ends the process at once; nothing is left to run.

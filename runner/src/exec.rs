@@ -188,6 +188,10 @@ impl Executor<'_> {
             }
             if e.state == State::Cached {
                 self.outcomes[i] = Some(Outcome::Cached);
+            } else if let State::OnSlurm { what, .. } = &e.state {
+                self.outcomes[i] = Some(Outcome::Skipped(format!(
+                    "{what}: wait for it (`temper status`) or stop it (`temper cancel`)"
+                )));
             } else {
                 pending.push(i);
             }
@@ -360,52 +364,7 @@ impl Executor<'_> {
                 e.id, e.kind, e.key, self.run_id
             ),
         );
-        let mut inputs = BTreeMap::new();
-        for (param, input) in &inst.inputs {
-            let ie = self
-                .plan
-                .entry(input)
-                .ok_or_else(|| anyhow!("internal: input {input} of {} not planned", e.id))?;
-            let produces = self
-                .kinds
-                .registry
-                .get(&ie.kind)
-                .map(|s| s.produces.to_string())
-                .unwrap_or_default();
-            inputs.insert(
-                param.clone(),
-                InputArtifact {
-                    node: ie.id.clone(),
-                    kind: ie.kind.clone(),
-                    produces,
-                    key: ie.key.clone(),
-                    dir: store.artifact_dir(&ie.key),
-                },
-            );
-        }
-        let job = Job {
-            store: store.root().to_path_buf(),
-            node: e.id.clone(),
-            kind: e.kind.clone(),
-            key: e.key.clone(),
-            identity: e.identity.clone(),
-            run_id: self.run_id,
-            params: inst.params.clone(),
-            // Absolute, so a job file run from elsewhere (`temper worker JOB`) finds the
-            // recipe's relative paths.
-            root_dir: std::path::absolute(&self.plan.loaded.recipe.root_dir)
-                .unwrap_or_else(|_| self.plan.loaded.recipe.root_dir.clone()),
-            inputs,
-            out_dir,
-            work_dir: work_dir.clone(),
-            device: device.clone(),
-            threads: inst
-                .params
-                .get("threads")
-                .and_then(|v| v.as_i64())
-                .unwrap_or(0),
-            log_filter: progress::worker_log_filter(),
-        };
+        let job = job_for(store, self.kinds, self.plan, i, &device, self.run_id, out_dir)?;
         // The job beside its checkpoints: `temper worker <work dir>/job.json` reruns it by hand.
         let _ = std::fs::write(work_dir.join(kinds::job::JOB_FILE), job.to_line() + "\n");
         let assignment = Assignment {
@@ -540,9 +499,71 @@ impl Executor<'_> {
     }
 }
 
+/// The [`Job`] of plan entry `i` on `device`, for run `run_id`, writing into `out_dir`.
+pub(crate) fn job_for(
+    store: &store::Store,
+    kinds: &Kinds,
+    plan: &Plan,
+    i: usize,
+    device: &str,
+    run_id: u64,
+    out_dir: std::path::PathBuf,
+) -> Result<Job> {
+    let e = &plan.entries[i];
+    let inst = plan
+        .loaded
+        .expanded
+        .instance(&e.id)
+        .ok_or_else(|| anyhow!("internal: instance {} vanished from the plan", e.id))?;
+    let mut inputs = BTreeMap::new();
+    for (param, input) in &inst.inputs {
+        let ie = plan
+            .entry(input)
+            .ok_or_else(|| anyhow!("internal: input {input} of {} not planned", e.id))?;
+        let produces = kinds
+            .registry
+            .get(&ie.kind)
+            .map(|s| s.produces.to_string())
+            .unwrap_or_default();
+        inputs.insert(
+            param.clone(),
+            InputArtifact {
+                node: ie.id.clone(),
+                kind: ie.kind.clone(),
+                produces,
+                key: ie.key.clone(),
+                dir: store.artifact_dir(&ie.key),
+            },
+        );
+    }
+    Ok(Job {
+        store: store.root().to_path_buf(),
+        node: e.id.clone(),
+        kind: e.kind.clone(),
+        key: e.key.clone(),
+        identity: e.identity.clone(),
+        run_id,
+        params: inst.params.clone(),
+        // Absolute, so a job file run from elsewhere (`temper worker JOB`) finds the
+        // recipe's relative paths.
+        root_dir: std::path::absolute(&plan.loaded.recipe.root_dir)
+            .unwrap_or_else(|_| plan.loaded.recipe.root_dir.clone()),
+        inputs,
+        out_dir,
+        work_dir: store.work_dir(&e.key),
+        device: device.to_string(),
+        threads: inst
+            .params
+            .get("threads")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0),
+        log_filter: progress::worker_log_filter(),
+    })
+}
+
 /// `node ID: message`, without doubling the prefix when a stage already wrote it (a stage's
 /// error context often names its node).
-fn node_prefixed(id: &str, message: &str) -> String {
+pub(crate) fn node_prefixed(id: &str, message: &str) -> String {
     let prefix = format!("node {id}: ");
     if message.starts_with(&prefix) {
         message.to_string()

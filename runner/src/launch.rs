@@ -30,9 +30,11 @@ pub fn worker_exe() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Spawns `temper-worker` processes.
+/// Spawns `temper-worker` processes, with `env` added to their environment.
 #[derive(Default)]
-pub struct Processes;
+pub struct Processes {
+    pub env: Vec<(String, String)>,
+}
 
 impl Launcher for Processes {
     fn start(&self) -> std::io::Result<WorkerConn> {
@@ -42,6 +44,7 @@ impl Launcher for Processes {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .env("TEMPER_FRONT_PID", std::process::id().to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             .spawn()
             .map_err(|e| {

@@ -19,6 +19,7 @@ pub mod plan;
 mod pool;
 pub mod progress;
 pub mod report;
+pub mod slurm;
 pub mod text;
 
 use kinds::job::Launcher;
@@ -38,6 +39,6 @@ impl Kinds {
     }
     /// Every kind temper ships, run in `temper-worker` processes.
     pub fn builtin() -> Kinds {
-        Kinds::new(kinds::registry(), Arc::new(launch::Processes))
+        Kinds::new(kinds::registry(), Arc::new(launch::Processes::default()))
     }
 }

@@ -77,6 +77,8 @@ pub enum State {
     Cached,
     ToRun,
     RunningElsewhere { pid: u32 },
+    /// A live Slurm job builds it; `what` is its phase (`queued (slurm job 12)`).
+    OnSlurm { job: String, what: String },
     FailedBefore { error: String },
     Incomplete { why: String },
 }
@@ -87,13 +89,17 @@ impl State {
             State::Cached => "cached",
             State::ToRun => "to run",
             State::RunningElsewhere { .. } => "running elsewhere",
+            State::OnSlurm { .. } => "on slurm",
             State::FailedBefore { .. } => "failed before",
             State::Incomplete { .. } => "incomplete",
         }
     }
     /// Whether a run would execute it (everything but cached and running elsewhere).
     pub fn needs_run(&self) -> bool {
-        !matches!(self, State::Cached | State::RunningElsewhere { .. })
+        !matches!(
+            self,
+            State::Cached | State::RunningElsewhere { .. } | State::OnSlurm { .. }
+        )
     }
 }
 
@@ -201,10 +207,14 @@ impl Plan {
             |f: &dyn Fn(&State) -> bool| self.entries.iter().filter(|e| f(&e.state)).count();
         let cached = count(&|s| *s == State::Cached);
         let elsewhere = count(&|s| matches!(s, State::RunningElsewhere { .. }));
+        let slurm = count(&|s| matches!(s, State::OnSlurm { .. }));
         let run = count(&|s| s.needs_run());
         let mut s = format!("{cached} cached, {run} to run");
         if elsewhere > 0 {
             s += &format!(", {elsewhere} running elsewhere");
+        }
+        if slurm > 0 {
+            s += &format!(", {slurm} on Slurm");
         }
         s += &format!(
             "; {} instances shared by {} variant{}",
@@ -219,12 +229,16 @@ impl Plan {
         let w = self.entries.iter().map(|e| e.id.len()).max().unwrap_or(0);
         let mut out = String::new();
         for e in &self.entries {
+            let why = match &e.state {
+                State::OnSlurm { what, .. } => what.clone(),
+                _ => e.reason_text(),
+            };
             let line = format!(
                 "{:<17} {:<w$} {} {}",
                 e.state.word(),
                 e.id,
                 e.short_key(),
-                e.reason_text()
+                why
             );
             out += line.trim_end();
             out.push('\n');
@@ -429,6 +443,13 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
         };
         let state = match rec.map(|r| (r.status, r)) {
             Some((store::Status::Done, _)) => State::Cached,
+            // A cluster job's pid means nothing here; a live job is marked below (`annotate`).
+            Some((store::Status::Running, r)) if r.scheduler_job.is_some() => State::Incomplete {
+                why: format!(
+                    "{} ended while running it",
+                    r.scheduler_job.as_deref().unwrap_or("its job")
+                ),
+            },
             Some((store::Status::Running, r))
                 if r.pid.is_some_and(|p| p != me && store::pid_alive(p)) =>
             {
@@ -502,6 +523,7 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
     }
     let graph = g.map(|_, &i| pos_of[i], |_, _| ());
     let variants = loaded.expanded.variants.len().max(1);
+    crate::slurm::observe::annotate(store, &mut entries).context("asking Slurm about its jobs")?;
     Ok(Plan {
         loaded,
         entries,

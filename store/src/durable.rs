@@ -55,7 +55,7 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Replaces `path` with `bytes` atomically and durably (tmp file, fsync, rename, fsync dir).
 /// On failure the tmp file is removed and `path` is unchanged.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(StoreError::io("creating directory", dir))?;
     let name = path

@@ -49,6 +49,7 @@ mod runlock;
 mod space;
 
 pub use checkpoints::Checkpoints;
+pub use durable::write_atomic;
 pub use error::{Result, StoreError, DISK_FULL_HINT};
 pub use filehash::FileHashEntry;
 pub use gc::GcReport;

@@ -352,5 +352,7 @@ pub(crate) fn record_from_manifest(m: &Manifest, prev: Option<&NodeRecord>) -> N
         error: None,
         summary: m.summary.clone(),
         pid: prev.and_then(|p| p.pid),
+        host: prev.and_then(|p| p.host.clone()),
+        scheduler_job: prev.and_then(|p| p.scheduler_job.clone()),
     }
 }

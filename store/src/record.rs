@@ -59,6 +59,13 @@ pub struct NodeRecord {
     /// The process that made this attempt (checked for `Running` records).
     #[serde(default)]
     pub pid: Option<u32>,
+    /// The host of that process, when it ran under a cluster scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The cluster job that made this attempt (`slurm 1234`); `None` for a local run. Its
+    /// `pid` means nothing on other hosts: whether it still runs is the scheduler's to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_job: Option<String>,
 }
 
 impl NodeRecord {
@@ -85,6 +92,8 @@ impl NodeRecord {
             error: None,
             summary: serde_json::Value::Null,
             pid: Some(std::process::id()),
+            host: None,
+            scheduler_job: None,
         }
     }
 
@@ -121,6 +130,9 @@ pub enum EffectiveStatus {
     Cancelled,
     /// `Running` was recorded by a process that is no longer alive.
     Incomplete,
+    /// `Running` was recorded by a cluster job (`NodeRecord::scheduler_job`): only the
+    /// scheduler can say whether it still runs.
+    Scheduled,
 }
 
 impl std::fmt::Display for EffectiveStatus {
@@ -131,6 +143,7 @@ impl std::fmt::Display for EffectiveStatus {
             EffectiveStatus::Failed => f.write_str("failed"),
             EffectiveStatus::Cancelled => f.write_str("cancelled"),
             EffectiveStatus::Incomplete => f.write_str("incomplete (previous attempt died)"),
+            EffectiveStatus::Scheduled => f.write_str("running (cluster job)"),
         }
     }
 }
@@ -176,6 +189,7 @@ impl Store {
     /// run lock — so a recycled pid does not keep a dead attempt "running".
     pub fn effective_status(&self, record: &NodeRecord) -> EffectiveStatus {
         match record.status {
+            Status::Running if record.scheduler_job.is_some() => EffectiveStatus::Scheduled,
             Status::Running => match record.pid {
                 Some(pid)
                     if pid_alive(pid)

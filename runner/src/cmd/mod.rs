@@ -2,6 +2,7 @@
 //! clap arguments and a `run` that calls into the library and returns the exit code
 //! (0 success, 1 failure, 2 recipe or usage error).
 
+pub mod cancel;
 pub mod check;
 pub mod export;
 pub mod gc;
@@ -119,8 +120,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// What changed for a node since it was last built.
     Why(why::WhyArgs),
-    /// The current or last run.
+    /// The current or last run (and the last Slurm submission, job by job).
     Status(status::StatusArgs),
+    /// Stop the Slurm jobs a recipe submitted (all, or some nodes and their dependents).
+    Cancel(cancel::CancelArgs),
     /// One row per sweep variant: swept values and final metrics.
     Results(results::ResultsArgs),
     /// A node's record, artifact, summary and log.
@@ -153,6 +156,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run::run(&g, a),
         Command::Why(a) => why::run(&g, a),
         Command::Status(a) => status::run(&g, a),
+        Command::Cancel(a) => cancel::run(&g, a),
         Command::Results(a) => results::run(&g, a),
         Command::Show(a) => show::run(&g, a),
         Command::Ls(a) => ls::run(&g, a),

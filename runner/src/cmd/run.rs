@@ -1,4 +1,5 @@
-//! `temper run recipe.kdl [--only NODE…] [--keep-going] [--jobs N] [--no-wait]`.
+//! `temper run recipe.kdl [--only NODE…] [--keep-going] [--jobs N] [--no-wait]
+//! [--executor local|slurm [--wait] [--hold]]`.
 use super::{Global, RecipeArgs};
 use crate::exec::{Control, Outcome, RunOptions};
 use anyhow::Result;
@@ -22,10 +23,35 @@ pub struct RunArgs {
     /// Fail at once if another run holds the store instead of waiting.
     #[arg(long)]
     pub no_wait: bool,
+    /// Where nodes run: here (`local`), or as Slurm jobs (`slurm`: submits and returns).
+    #[arg(long, value_enum, default_value_t = Executor::Local)]
+    pub executor: Executor,
+    /// With `--executor slurm`: follow the jobs until the DAG ends (exit 0 when all are done).
+    #[arg(long)]
+    pub wait: bool,
+    /// With `--executor slurm`: submit the jobs held (`scontrol release ID` starts one).
+    #[arg(long)]
+    pub hold: bool,
+}
+
+/// Where `temper run` runs nodes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Executor {
+    Local,
+    Slurm,
 }
 
 pub fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     let kinds = crate::Kinds::builtin();
+    if a.executor == Executor::Slurm {
+        return run_slurm(g, a, &kinds);
+    }
+    if a.wait || a.hold {
+        return Err(crate::text::UsageError(
+            "--wait and --hold go with --executor slurm (a local run always waits)".into(),
+        )
+        .into());
+    }
     let loaded = a.recipe.load(&kinds)?;
     let store = g.open_store()?;
     let control = Control::new();
@@ -71,4 +97,54 @@ pub fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `--executor slurm`: submit, print what was sent, and with `--wait` follow the jobs.
+fn run_slurm(g: &Global, a: RunArgs, kinds: &crate::Kinds) -> Result<ExitCode> {
+    // GPUs are on the compute nodes, not here: `device "cuda:N"` is checked for syntax only.
+    let loaded = a.recipe.load_to_inspect(kinds)?;
+    let store = g.open_store()?;
+    let opts = crate::slurm::SubmitOptions {
+        only: a.only,
+        lock_wait: !a.no_wait,
+        hold: a.hold,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let sent = crate::slurm::submit(&store, kinds, loaded, &opts)?;
+    let submitted = sent
+        .nodes
+        .iter()
+        .filter(|(_, _, s)| matches!(s, crate::slurm::Sent::Submitted(_)))
+        .count();
+    let queued = sent
+        .nodes
+        .iter()
+        .filter(|(_, _, s)| matches!(s, crate::slurm::Sent::Queued(_)))
+        .count();
+    let cached = sent.nodes.len() - submitted - queued;
+    println!(
+        "run {}: {submitted} submitted, {queued} already queued, {cached} cached",
+        sent.run.run_id
+    );
+    if !a.wait {
+        if submitted + queued > 0 {
+            println!("follow with `temper status` (or rerun with --wait); stop with `temper cancel`");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let _ = ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst));
+    let done = crate::slurm::observe::follow(&store, &sent.run, &|| {
+        stop.load(std::sync::atomic::Ordering::SeqCst)
+    })?;
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::from(130));
+    }
+    println!(
+        "run {}: {}",
+        sent.run.run_id,
+        if done { "all done" } else { "not all done (`temper status` says which)" }
+    );
+    Ok(if done { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -113,8 +113,12 @@ pub fn show_key(
     log_lines: usize,
 ) -> Result<String> {
     let mut s = format!("key        {key}\n");
+    let submission = crate::slurm::Ledger::new(store).get(key)?;
     let Some(r) = store.record(key)? else {
-        s += "no record\n";
+        match &submission {
+            Some(sub) => s += &slurm_lines(store, sub, log_lines)?,
+            None => s += "no record\n",
+        }
         return Ok(s);
     };
     let node = match as_id {
@@ -151,6 +155,15 @@ pub fn show_key(
     if let Some(run) = r.run_id {
         s += &format!("run        {run}\n");
     }
+    if let Some(job) = &r.scheduler_job {
+        let on = r.host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default();
+        s += &format!("job        {job}{on}\n");
+    }
+    if let Some(sub) = &submission {
+        if r.status != store::Status::Done {
+            s += &slurm_lines(store, sub, log_lines)?;
+        }
+    }
     if let Some(m) = store.read_manifest(key)? {
         s += &format!(
             "artifact   {} ({})\n",
@@ -180,6 +193,33 @@ pub fn show_key(
         );
         for l in &lines[lines.len().saturating_sub(log_lines)..] {
             s += &format!("  {l}\n");
+        }
+    }
+    Ok(s)
+}
+
+/// A submitted node's Slurm side: its job, phase and (when it did not end well) its job log.
+fn slurm_lines(
+    store: &store::Store,
+    sub: &crate::slurm::Submission,
+    log_lines: usize,
+) -> Result<String> {
+    let views = crate::slurm::observe::views(store, &[(sub.node.clone(), sub.key.clone())])
+        .unwrap_or_default();
+    let mut s = String::new();
+    if let Some(v) = views.first() {
+        s += &format!("slurm      {}\n", v.phase.describe(v.job()));
+    }
+    if let Some(log) = &sub.log {
+        s += &format!("slurm log  {}\n", log.display());
+        let bad = views
+            .first()
+            .is_some_and(|v| !matches!(v.phase, crate::slurm::Phase::Done));
+        if let (true, Ok(text)) = (bad, std::fs::read_to_string(log)) {
+            let lines: Vec<&str> = text.lines().collect();
+            for l in &lines[lines.len().saturating_sub(log_lines)..] {
+                s += &format!("  {l}\n");
+            }
         }
     }
     Ok(s)

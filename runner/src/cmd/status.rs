@@ -1,4 +1,6 @@
-//! `temper status`: the run holding the store (if any) and the last run, node by node.
+//! `temper status`: the run holding the store (if any) and the last run, node by node; and the
+//! last Slurm submission, node by node with its job (one `squeue`), with the log tail of
+//! every node that failed.
 use super::{human_time, Global};
 use anyhow::Result;
 use clap::Args;
@@ -19,7 +21,25 @@ pub fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
             .run_lock_holder()
             .map(|h| serde_json::json!({ "pid": h.pid, "command": h.command, "since": h.since }));
         let runs = store.runs(usize::MAX)?;
-        let out = serde_json::json!({ "running": holder, "runs": runs });
+        let slurm = match crate::slurm::Ledger::new(&store).last_run()? {
+            Some(run) => {
+                let views = crate::slurm::observe::views(&store, &run.nodes)?;
+                let nodes: Vec<serde_json::Value> = views
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "node": v.node, "key": v.key, "job": v.job(),
+                            "phase": v.phase.describe(v.job()),
+                            "finished": v.phase.finished(),
+                            "log": v.sub.as_ref().and_then(|s| s.log.clone()),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "run": run.run_id, "recipe": run.recipe, "nodes": nodes })
+            }
+            None => serde_json::Value::Null,
+        };
+        let out = serde_json::json!({ "running": holder, "runs": runs, "slurm": slurm });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -41,10 +61,15 @@ pub fn status_text(store: &store::Store) -> Result<String> {
         }
         None => out += "no run in progress\n",
     }
+    let slurm_run = crate::slurm::Ledger::new(store).last_run()?;
     let Some(run) = store.last_run()? else {
         out += "no runs yet\n";
         return Ok(out);
     };
+    if slurm_run.as_ref().is_some_and(|s| s.run_id == run.id) {
+        out += &slurm_text(store, slurm_run.as_ref().expect("checked"))?;
+        return Ok(out);
+    }
     let state = match run.ok {
         Some(true) => "succeeded".to_string(),
         Some(false) => "failed".to_string(),
@@ -85,6 +110,60 @@ pub fn status_text(store: &store::Store) -> Result<String> {
         );
         if let Some(e) = &r.error {
             out += &format!("      {}\n", e.lines().next().unwrap_or(""));
+        }
+    }
+    if let Some(s) = &slurm_run {
+        out += &slurm_text(store, s)?;
+    }
+    Ok(out)
+}
+
+/// Lines of log shown under a failed Slurm node.
+const TAIL: usize = 8;
+
+/// The last Slurm submission, node by node.
+fn slurm_text(store: &store::Store, run: &crate::slurm::RunFile) -> Result<String> {
+    use crate::slurm::Phase;
+    let views = crate::slurm::observe::views(store, &run.nodes)?;
+    let done = views.iter().filter(|v| v.phase == Phase::Done).count();
+    let mut out = format!(
+        "slurm run {} (recipe {}), submitted {}: {done}/{} done\n",
+        run.run_id,
+        run.recipe,
+        human_time(run.submitted_at),
+        views.len()
+    );
+    for v in &views {
+        out += &format!(
+            "  {:<12} {} {}\n",
+            &v.key[..12.min(v.key.len())],
+            v.node,
+            v.phase.describe(v.job())
+        );
+        if let Phase::Failed { message } = &v.phase {
+            for l in message.lines() {
+                out += &format!("      {l}\n");
+            }
+            let log = store.log_path(&v.key);
+            let node_log = std::fs::read_to_string(&log).unwrap_or_default();
+            let mut tail: Vec<String> = crate::nodelog::last_attempt(&node_log)
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let mut from = log.clone();
+            if tail.is_empty() {
+                // It failed before temper's own log began (a node that cannot see the store,
+                // a missing executable): Slurm's log of the job says why.
+                if let Some(l) = v.sub.as_ref().and_then(|s| s.log.clone()) {
+                    let text = std::fs::read_to_string(&l).unwrap_or_default();
+                    tail = text.lines().map(String::from).collect();
+                    from = l;
+                }
+            }
+            out += &format!("      log {} (last lines):\n", from.display());
+            for l in &tail[tail.len().saturating_sub(TAIL)..] {
+                out += &format!("        {l}\n");
+            }
         }
     }
     Ok(out)

@@ -1,0 +1,346 @@
+//! Where submitted nodes stand, from one `squeue` call plus the store: what `temper status`
+//! and `plan` show, and what `temper run --executor slurm --wait` follows.
+//!
+//! The store has the last word on success (a node is done when its artifact is published,
+//! whatever Slurm says); Slurm on everything in flight. A job Slurm no longer lists (purged
+//! after `MinJobAge`) is read from its record alone. A job that completed without a published
+//! artifact is re-checked for a while before it is called lost: on a shared file system an
+//! output can appear on this host some time after its job ended.
+
+use super::cli::{self, QueueState};
+use super::ledger::{Ledger, RunFile, Submission};
+use crate::plan::{Entry, State};
+use anyhow::Result;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A submitted node's phase.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Phase {
+    /// Waiting in the queue (Slurm's reason: `Dependency`, `Resources`, `Priority`, …).
+    Queued { reason: String },
+    /// Requeued after a checkpoint, waiting to restart.
+    Requeued,
+    Running { nodes: String },
+    /// Waiting on a dependency that failed: it can never start.
+    NeverRuns,
+    Done,
+    Failed { message: String },
+    Cancelled { why: String },
+    /// Slurm has nothing more to say and the store has no result.
+    Lost { why: String },
+}
+
+impl Phase {
+    pub fn finished(&self) -> bool {
+        matches!(
+            self,
+            Phase::Done | Phase::Failed { .. } | Phase::Cancelled { .. } | Phase::Lost { .. }
+        )
+    }
+    /// One line: `queued (slurm job 12: Dependency)`, `running on node07 (slurm job 12)`.
+    pub fn describe(&self, job: Option<&str>) -> String {
+        let job = job.unwrap_or("?");
+        match self {
+            Phase::Queued { reason } if reason.is_empty() || reason == "None" => {
+                format!("queued (slurm job {job})")
+            }
+            Phase::Queued { reason } => format!("queued (slurm job {job}: {reason})"),
+            Phase::Requeued => format!("requeued after a checkpoint (slurm job {job})"),
+            Phase::Running { nodes } => format!("running on {nodes} (slurm job {job})"),
+            Phase::NeverRuns => format!("never runs: an input failed (slurm job {job})"),
+            Phase::Done => format!("done (slurm job {job})"),
+            Phase::Failed { .. } => format!("failed (slurm job {job})"),
+            Phase::Cancelled { why } => format!("cancelled (slurm job {job}): {why}"),
+            Phase::Lost { why } => format!("lost (slurm job {job}): {why}"),
+        }
+    }
+}
+
+/// One node of a submission and its phase.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub node: String,
+    pub key: String,
+    pub sub: Option<Submission>,
+    pub phase: Phase,
+}
+
+impl View {
+    pub fn job(&self) -> Option<&str> {
+        self.sub.as_ref().and_then(|s| s.job_id.as_deref())
+    }
+}
+
+fn phase_of(
+    sub: &Submission,
+    q: Option<&QueueState>,
+    rec: Option<&store::NodeRecord>,
+    done: bool,
+) -> Phase {
+    if done {
+        return Phase::Done;
+    }
+    let from_record = |fallback: String| match rec.map(|r| (r.status, r)) {
+        Some((store::Status::Failed, r)) => Phase::Failed {
+            message: r.error.clone().unwrap_or_else(|| "failed".into()),
+        },
+        Some((store::Status::Cancelled, r)) => Phase::Cancelled {
+            why: r.error.clone().unwrap_or_else(|| "cancelled".into()),
+        },
+        _ => match &sub.ended {
+            Some(why) => Phase::Cancelled { why: why.clone() },
+            None => Phase::Lost { why: fallback },
+        },
+    };
+    let Some(q) = q else {
+        return from_record(
+            "Slurm no longer lists the job and it left no result; see its log".into(),
+        );
+    };
+    if q.never_runs() {
+        return Phase::NeverRuns;
+    }
+    match q.state.as_str() {
+        "PENDING" if q.reason.starts_with("BeginTime") && sub.requeues > 0 => Phase::Requeued,
+        "PENDING" => Phase::Queued {
+            reason: q.reason.clone(),
+        },
+        "RUNNING" | "COMPLETING" | "CONFIGURING" | "SIGNALING" | "STAGE_OUT" => Phase::Running {
+            nodes: q.nodes.clone(),
+        },
+        "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "PREEMPTED" => Phase::Requeued,
+        _ if q.active() => Phase::Queued {
+            reason: q.state.to_lowercase(),
+        },
+        "COMPLETED" => match rec.map(|r| r.status) {
+            Some(store::Status::Failed) | Some(store::Status::Cancelled) => {
+                from_record(String::new())
+            }
+            _ => Phase::Lost {
+                why: "the job completed but its artifact is not in the store".into(),
+            },
+        },
+        "CANCELLED" => match rec.map(|r| r.status) {
+            Some(store::Status::Failed) => from_record(String::new()),
+            _ => Phase::Cancelled {
+                why: sub
+                    .ended
+                    .clone()
+                    .or_else(|| {
+                        rec.filter(|r| r.status == store::Status::Cancelled)
+                            .and_then(|r| r.error.clone())
+                    })
+                    .unwrap_or_else(|| match q.reason.as_str() {
+                        "" | "None" => "scancel".into(),
+                        r => r.to_string(),
+                    }),
+            },
+        },
+        other => match rec.map(|r| r.status) {
+            Some(store::Status::Failed) => from_record(String::new()),
+            _ => Phase::Failed {
+                message: format!(
+                    "slurm job {} ended {other} ({}) before temper recorded a result",
+                    sub.job_id.as_deref().unwrap_or("?"),
+                    q.reason
+                ),
+            },
+        },
+    }
+}
+
+/// The phases of `nodes` ((instance id, key)): one `squeue`, one index open.
+pub fn views(store: &store::Store, nodes: &[(String, String)]) -> Result<Vec<View>> {
+    let ledger = Ledger::new(store);
+    let subs: Vec<Option<Submission>> = nodes
+        .iter()
+        .map(|(_, k)| ledger.get(k))
+        .collect::<Result<_>>()?;
+    let ids: Vec<String> = subs
+        .iter()
+        .flatten()
+        .filter_map(|s| s.job_id.clone())
+        .collect();
+    let queue = cli::squeue(&ids)?;
+    let keys: Vec<String> = nodes.iter().map(|(_, k)| k.clone()).collect();
+    let (records, done) = store.with_index(|ix| {
+        let mut recs = HashMap::new();
+        let mut done = HashMap::new();
+        for k in &keys {
+            if let Some(r) = ix.record(k)? {
+                recs.insert(k.clone(), r);
+            }
+            done.insert(k.clone(), store.lookup_done_in(ix, k)?.is_some());
+        }
+        Ok((recs, done))
+    })?;
+    Ok(nodes
+        .iter()
+        .zip(subs)
+        .map(|((node, key), sub)| {
+            let phase = match &sub {
+                Some(s) => phase_of(
+                    s,
+                    s.job_id.as_ref().and_then(|j| queue.get(j)),
+                    records.get(key),
+                    done[key],
+                ),
+                None if done[key] => Phase::Done,
+                None => Phase::Lost {
+                    why: "never submitted".into(),
+                },
+            };
+            View {
+                node: node.clone(),
+                key: key.clone(),
+                sub,
+                phase,
+            }
+        })
+        .collect())
+}
+
+/// Marks the plan entries whose key a live Slurm job is building (queued or running):
+/// `plan` shows them so, and a local run leaves them alone. One `squeue`, only when the
+/// ledger has any of the plan's keys; without Slurm on this machine nothing is marked.
+pub fn annotate(store: &store::Store, entries: &mut [Entry]) -> Result<()> {
+    let ledger = Ledger::new(store);
+    let keys = ledger.keys()?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut subs: Vec<(usize, Submission)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if e.state != State::Cached && keys.contains(&e.key) {
+            if let Some(s) = ledger.get(&e.key)?.filter(|s| s.job_id.is_some()) {
+                subs.push((i, s));
+            }
+        }
+    }
+    if subs.is_empty() || cli::which("squeue").is_none() {
+        return Ok(());
+    }
+    let ids: Vec<String> = subs.iter().filter_map(|(_, s)| s.job_id.clone()).collect();
+    let queue = match cli::squeue(&ids) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::debug!("squeue: {e:#}");
+            return Ok(());
+        }
+    };
+    for (i, s) in subs {
+        let job = s.job_id.clone().unwrap_or_default();
+        if let Some(q) = queue.get(&job).filter(|q| q.active() && !q.never_runs()) {
+            let phase = phase_of(&s, Some(q), None, false);
+            entries[i].state = State::OnSlurm {
+                job: job.clone(),
+                what: phase.describe(Some(&job)),
+            };
+            entries[i].reasons.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Follows the nodes of `run` until every one has finished: prints each change of phase,
+/// cancels jobs that can never start, lets requeued ones restart at once. Returns whether all
+/// are done. Stops early (jobs keep running) when `stop` says so.
+pub fn follow(store: &store::Store, run: &RunFile, stop: &dyn Fn() -> bool) -> Result<bool> {
+    let ledger = Ledger::new(store);
+    let mut last: HashMap<String, Phase> = HashMap::new();
+    let mut released: HashMap<String, u32> = HashMap::new();
+    let mut lost_since: HashMap<String, Instant> = HashMap::new();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let views = views(store, &run.nodes)?;
+        let mut changed = false;
+        let mut never: Vec<&View> = Vec::new();
+        let mut all_done = true;
+        let mut all_finished = true;
+        for v in &views {
+            let mut phase = v.phase.clone();
+            // A completed job whose artifact is not here yet: wait for the file system.
+            if let Phase::Lost { .. } = phase {
+                let t = *lost_since.entry(v.key.clone()).or_insert_with(Instant::now);
+                if t.elapsed() < Duration::from_secs(30) {
+                    phase = Phase::Queued {
+                        reason: "finishing".into(),
+                    };
+                }
+            }
+            if phase == Phase::NeverRuns {
+                never.push(v);
+            }
+            if let (Phase::Requeued, Some(job)) = (&phase, v.job()) {
+                let n = v.sub.as_ref().map(|s| s.requeues).unwrap_or(0);
+                if released.get(job) != Some(&n) && cli::start_now(job).is_ok() {
+                    released.insert(job.to_string(), n);
+                }
+            }
+            all_done &= phase == Phase::Done;
+            all_finished &= phase.finished();
+            if last.get(&v.node) != Some(&phase) {
+                changed = true;
+                eprintln!("{}: {}", v.node, phase.describe(v.job()));
+                if let Phase::Failed { message } = &phase {
+                    for l in message.lines() {
+                        eprintln!("    {l}");
+                    }
+                }
+                last.insert(v.node.clone(), phase);
+            }
+        }
+        if !never.is_empty() {
+            cancel_never(&ledger, &views, &never)?;
+            changed = true;
+        }
+        if all_finished {
+            return Ok(all_done);
+        }
+        if stop() {
+            eprintln!(
+                "stopped following; the jobs go on: `temper status` shows them, `temper cancel \
+                 RECIPE` stops them"
+            );
+            return Ok(false);
+        }
+        pause = if changed {
+            Duration::from_millis(250)
+        } else {
+            (pause * 3 / 2).min(Duration::from_secs(5))
+        };
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !stop() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Cancels jobs pending on a failed dependency and says why in the ledger.
+fn cancel_never(ledger: &Ledger, views: &[View], never: &[&View]) -> Result<()> {
+    let ids: Vec<String> = never.iter().filter_map(|v| v.job().map(String::from)).collect();
+    cli::scancel(&ids, &[])?;
+    for v in never {
+        let failed: Vec<&str> = v
+            .sub
+            .as_ref()
+            .map(|s| s.after.clone())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| {
+                views
+                    .iter()
+                    .find(|w| w.job() == Some(a.as_str()) && !matches!(w.phase, Phase::Done))
+                    .map(|w| w.node.as_str())
+            })
+            .collect();
+        let why = if failed.is_empty() {
+            "cancelled: an input failed".to_string()
+        } else {
+            format!("cancelled: its input {} failed", failed.join(", "))
+        };
+        ledger.update(&v.key, |s| s.ended = Some(why))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! `temper run --executor slurm`: every uncached instance becomes one `sbatch` job running
+//! `temper worker --slurm <work dir>/job.json` against the shared store, in plan order, each
+//! with `--dependency=afterok:` on the jobs of its inputs that are still to be built.
+//!
+//! Before anything is submitted: Slurm's commands, each partition and the shared store are
+//! checked (`preflight`). Under the run lock, the plan is made again; a node a live job already
+//! builds (queued or running, found through the ledger and one `squeue`) is not submitted twice
+//! and its dependents wait on that job; a finished input is read from the store, so no job
+//! ever depends on one Slurm may have purged. Jobs that could never start (an input failed)
+//! are cancelled by `--kill-on-invalid-dep=yes`, by the failed job itself and by the follower.
+
+use super::cli;
+use super::ledger::{Ledger, RunFile, Submission};
+use super::preflight;
+use super::script::batch_script;
+use super::settings::{Settings, Sources};
+use crate::exec::{job_for, select};
+use crate::plan::{self, Loaded, State};
+use crate::Kinds;
+use anyhow::{anyhow, Context, Result};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of a Slurm submission.
+#[derive(Clone, Debug, Default)]
+pub struct SubmitOptions {
+    pub only: Vec<String>,
+    /// Wait for another run's lock instead of failing.
+    pub lock_wait: bool,
+    /// Submit the jobs held (`sbatch --hold`; `scontrol release` starts them).
+    pub hold: bool,
+    pub command: String,
+}
+
+/// What became of one selected instance.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sent {
+    Cached,
+    /// Submitted now as this job.
+    Submitted(String),
+    /// A live job already builds it.
+    Queued(String),
+    /// Not submitted (an input could not be).
+    Skipped(String),
+}
+
+/// The result of a submission.
+pub struct Submitted {
+    pub run: RunFile,
+    /// (instance id, key, what became of it), in plan order.
+    pub nodes: Vec<(String, String, Sent)>,
+}
+
+/// The absolute path of the running `temper` (what the jobs run).
+fn temper_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the temper executable")?;
+    Ok(exe.canonicalize().unwrap_or(exe))
+}
+
+/// A job name Slurm shows: `temper:<recipe>:<instance id>`, without characters that trip
+/// Slurm's output formats.
+fn job_name(stem: &str, id: &str) -> String {
+    format!("temper:{stem}:{id}")
+        .chars()
+        .map(|c| if c.is_whitespace() || c == '|' || c == '%' { '_' } else { c })
+        .collect()
+}
+
+/// A file-name-safe form of an instance id (for the job's log).
+fn file_safe(id: &str) -> String {
+    let s: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.=,".contains(c) { c } else { '_' })
+        .collect();
+    s.chars().take(120).collect()
+}
+
+/// Submits the uncached instances of `loaded` (see the module docs).
+pub fn submit(
+    store: &store::Store,
+    kinds: &Kinds,
+    loaded: Loaded,
+    opts: &SubmitOptions,
+) -> Result<Submitted> {
+    cli::require_tools()?;
+    let sources = Sources::read(&loaded.recipe)?;
+    let lock = store
+        .lock_run(opts.lock_wait, &opts.command)
+        .context("taking the store's run lock")?;
+    let plan = plan::plan(store, &kinds.registry, loaded)?;
+    let selected = select(&plan, &opts.only)?;
+    let entries = &plan.entries;
+    // Settings per instance to submit, and the checks of every partition they use.
+    let mut settings: HashMap<usize, Settings> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if selected[i] && e.state.needs_run() {
+            settings.insert(i, sources.for_node(&e.node, &e.kind)?);
+        }
+    }
+    let temper = temper_exe()?;
+    let mut checked: Vec<Option<String>> = Vec::new();
+    for s in settings.values() {
+        if checked.contains(&s.partition) {
+            continue;
+        }
+        checked.push(s.partition.clone());
+        let p = preflight::partition(s.partition.as_deref())?;
+        preflight::shared(store.root(), "the store", &p, s.shared_store)?;
+        preflight::shared(&temper, "the temper executable", &p, s.shared_store)?;
+    }
+    let ledger = Ledger::new(store);
+    let run = store
+        .begin_run(&opts.command, &plan.loaded.stem)
+        .context("recording the run")?;
+    let pos: HashMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id.as_str(), i))
+        .collect();
+    let mut sent: Vec<Option<Sent>> = vec![None; entries.len()];
+    let mut by_key: HashMap<&str, String> = HashMap::new();
+    let mut failure: Option<anyhow::Error> = None;
+    let mut out = std::io::stdout();
+    for i in 0..entries.len() {
+        if !selected[i] {
+            continue;
+        }
+        let e = &entries[i];
+        let outcome = match &e.state {
+            State::Cached => Sent::Cached,
+            State::OnSlurm { job, .. } => Sent::Queued(job.clone()),
+            _ if failure.is_some() => Sent::Skipped("an earlier submission failed".into()),
+            _ => {
+                if let Some(job) = by_key.get(e.key.as_str()) {
+                    Sent::Queued(job.clone())
+                } else {
+                    let mut after = Vec::new();
+                    let mut after_nodes = Vec::new();
+                    let mut bad = None;
+                    for (_, input) in &e.inputs {
+                        let j = pos[input.as_str()];
+                        match &sent[j] {
+                            Some(Sent::Submitted(id)) | Some(Sent::Queued(id)) => {
+                                if !after.contains(id) {
+                                    after.push(id.clone());
+                                    after_nodes.push(input.clone());
+                                }
+                            }
+                            Some(Sent::Skipped(_)) => {
+                                bad = Some(format!("input {input} was not submitted"))
+                            }
+                            Some(Sent::Cached) => {}
+                            None if entries[j].state == State::Cached => {}
+                            None => bad = Some(format!("input {input} is not part of this run")),
+                        }
+                    }
+                    match bad {
+                        Some(why) => Sent::Skipped(why),
+                        None => match submit_one(
+                            store,
+                            kinds,
+                            &plan,
+                            i,
+                            &ledger,
+                            &settings[&i],
+                            &temper,
+                            run.id,
+                            (after, after_nodes),
+                            opts.hold,
+                        ) {
+                            Ok(id) => Sent::Submitted(id),
+                            Err(err) => {
+                                let msg = format!("node {}: submitting it failed: {err:#}", e.id);
+                                failure = Some(anyhow!("{msg}"));
+                                Sent::Skipped(msg)
+                            }
+                        },
+                    }
+                }
+            }
+        };
+        if let Sent::Submitted(id) | Sent::Queued(id) = &outcome {
+            by_key.entry(e.key.as_str()).or_insert_with(|| id.clone());
+        }
+        let line = match &outcome {
+            Sent::Cached => format!("{:<12} {} cached", e.short_key(), e.id),
+            Sent::Submitted(id) => {
+                let deps = ledger
+                    .get(&e.key)?
+                    .map(|s| s.after)
+                    .unwrap_or_default();
+                format!(
+                    "{:<12} {} submitted: slurm job {id}{}",
+                    e.short_key(),
+                    e.id,
+                    if deps.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (after {})", deps.join(", "))
+                    }
+                )
+            }
+            Sent::Queued(id) => format!(
+                "{:<12} {} already queued: slurm job {id}",
+                e.short_key(),
+                e.id
+            ),
+            Sent::Skipped(why) => format!("{:<12} {} not submitted: {why}", e.short_key(), e.id),
+        };
+        let _ = writeln!(out, "{line}");
+        sent[i] = Some(outcome);
+    }
+    let nodes: Vec<(String, String, Sent)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            sent[i]
+                .clone()
+                .map(|s| (e.id.clone(), e.key.clone(), s))
+        })
+        .collect();
+    let run_file = RunFile {
+        run_id: run.id,
+        recipe: plan.loaded.stem.clone(),
+        submitted_at: store::now_secs(),
+        nodes: nodes
+            .iter()
+            .filter(|(_, _, s)| matches!(s, Sent::Submitted(_) | Sent::Queued(_)))
+            .map(|(id, key, _)| (id.clone(), key.clone()))
+            .collect(),
+    };
+    ledger.put_run(&run_file)?;
+    store
+        .finish_run(run.id, Vec::new(), failure.is_none())
+        .context("recording the end of the run")?;
+    drop(lock);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(Submitted {
+        run: run_file,
+        nodes,
+    })
+}
+
+/// Writes the job file, the ledger entry and the script of entry `i`, and submits it.
+#[allow(clippy::too_many_arguments)]
+fn submit_one(
+    store: &store::Store,
+    kinds: &Kinds,
+    plan: &plan::Plan,
+    i: usize,
+    ledger: &Ledger,
+    settings: &Settings,
+    temper: &std::path::Path,
+    run_id: u64,
+    (after, after_nodes): (Vec<String>, Vec<String>),
+    hold: bool,
+) -> Result<String> {
+    let e = &plan.entries[i];
+    let inst = plan
+        .loaded
+        .expanded
+        .instance(&e.id)
+        .ok_or_else(|| anyhow!("internal: instance {} vanished", e.id))?;
+    // The device is chosen in the allocation, from what Slurm gives the job.
+    let device = inst
+        .params
+        .get("device")
+        .and_then(|v| v.as_str())
+        .unwrap_or("auto")
+        .to_string();
+    let job = job_for(store, kinds, plan, i, &device, run_id, store.staging_dir(&e.key))?;
+    let work = store.work_dir(&e.key);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let job_path = work.join(kinds::job::JOB_FILE);
+    store::write_atomic(&job_path, (job.to_line() + "\n").as_bytes())?;
+    std::fs::create_dir_all(ledger.logs_dir())?;
+    let log_pattern = ledger
+        .logs_dir()
+        .join(format!("{}-%j.out", file_safe(&e.id)));
+    let mut sub = Submission {
+        key: e.key.clone(),
+        node: e.id.clone(),
+        kind: e.kind.clone(),
+        recipe: plan.loaded.stem.clone(),
+        identity: e.identity.clone(),
+        key_tree: e.tree.clone(),
+        run_id,
+        job_id: None,
+        after: after.clone(),
+        after_nodes,
+        log: None,
+        submitted_at: store::now_secs(),
+        signal: settings.signal.clone(),
+        signal_lead: settings.signal_lead,
+        max_timeouts: settings.max_timeouts,
+        timeouts: 0,
+        requeues: 0,
+        ended: None,
+    };
+    ledger.put(&sub)?;
+    let script = batch_script(
+        &e.id,
+        &e.key,
+        &job_path,
+        temper,
+        store.root(),
+        &settings.signal,
+    );
+    let script_path = ledger.script_path(&e.key);
+    store::write_atomic(&script_path, script.as_bytes())?;
+    let mut args = vec![
+        format!("--job-name={}", job_name(&plan.loaded.stem, &e.id)),
+        format!("--output={}", log_pattern.display()),
+        "--open-mode=append".into(),
+        format!("--chdir={}", store.root().display()),
+        // The job gets this shell's environment minus its Slurm variables (cli::command).
+        "--export=ALL".into(),
+        "--kill-on-invalid-dep=yes".into(),
+    ];
+    if !after.is_empty() {
+        args.push(format!("--dependency=afterok:{}", after.join(":")));
+    }
+    if hold {
+        args.push("--hold".into());
+    }
+    args.extend(settings.sbatch_args());
+    let id = match cli::sbatch(&args, &script, Duration::from_secs(600)) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = std::fs::remove_file(ledger.jobs_dir().join(format!("{}.json", sub.key)));
+            return Err(e);
+        }
+    };
+    sub.job_id = Some(id.clone());
+    sub.log = Some(PathBuf::from(
+        log_pattern.to_string_lossy().replace("%j", &id),
+    ));
+    ledger.put(&sub)?;
+    Ok(id)
+}
