@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A single-node Slurm cluster on this machine, for the Slurm executor (`make test` starts it) and for trying Slurm by hand: Debian's slurmctld + slurmd + slurm-client + munge, installed when
-# missing (needs root and Debian's package registry), one node on 127.0.0.1 with this machine's
-# CPUs and memory, one partition `debug`. No accounting daemon. State, logs and the config live in
+# A single-node Slurm cluster on this machine, for the Slurm executor's tests (`make test`
+# starts it) and for trying Slurm by hand: Debian's slurmctld + slurmd + slurm-client + munge,
+# installed when missing (needs root and Debian's package registry), one node on 127.0.0.1 with
+# this machine's CPUs and memory, partition `debug` (the default) and partition `wide`, which also
+# names a node that never comes up. No accounting daemon. State, logs and the config live in
 # $TEMPER_SLURM_DIR (default /tmp/temper-slurm); nothing under /etc is changed but munge's key,
 # which the munge package creates.
 #
@@ -55,6 +57,8 @@ SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
+# Without it a job takes the node's whole memory and jobs run one at a time.
+DefMemPerCPU=1024
 # Finished jobs stay visible to squeue/scontrol for an hour (no accounting daemon).
 MinJobAge=3600
 JobAcctGatherType=jobacct_gather/none

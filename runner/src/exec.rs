@@ -364,7 +364,15 @@ impl Executor<'_> {
                 e.id, e.kind, e.key, self.run_id
             ),
         );
-        let job = job_for(store, self.kinds, self.plan, i, &device, self.run_id, out_dir)?;
+        let job = job_for(
+            store,
+            self.kinds,
+            self.plan,
+            i,
+            &device,
+            self.run_id,
+            out_dir,
+        )?;
         // The job beside its checkpoints: `temper worker <work dir>/job.json` reruns it by hand.
         let _ = std::fs::write(work_dir.join(kinds::job::JOB_FILE), job.to_line() + "\n");
         let assignment = Assignment {

@@ -76,11 +76,20 @@ pub fn load_with(
 pub enum State {
     Cached,
     ToRun,
-    RunningElsewhere { pid: u32 },
+    RunningElsewhere {
+        pid: u32,
+    },
     /// A live Slurm job builds it; `what` is its phase (`queued (slurm job 12)`).
-    OnSlurm { job: String, what: String },
-    FailedBefore { error: String },
-    Incomplete { why: String },
+    OnSlurm {
+        job: String,
+        what: String,
+    },
+    FailedBefore {
+        error: String,
+    },
+    Incomplete {
+        why: String,
+    },
 }
 
 impl State {

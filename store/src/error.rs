@@ -48,6 +48,17 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The store's file system refused a lock (`ENOLCK`): an NFS mount without working file
+    /// locking. Every store lock is a `flock`, which Linux maps to POSIX byte-range locks on
+    /// NFS, served by the server's lock manager (`lockd`/`statd` for NFSv3, built in for v4).
+    #[error(
+        "{op} {}: the file system does not support locking (ENOLCK)\n  hint: the store needs \
+         working file locks: on NFS, mount with locking (NFSv4, or NFSv3 with lockd/statd \
+         running; not `nolock`); `local_lock=all` is not enough when several hosts share the \
+         store",
+        path.display()
+    )]
+    NoLocks { op: &'static str, path: PathBuf },
     /// Publishing an artifact failed for a reason other than I/O.
     #[error("publishing node {key}: {message}")]
     Publish { key: String, message: String },
@@ -109,6 +120,8 @@ impl StoreError {
                     needed: None,
                     available: None,
                 }
+            } else if source.raw_os_error() == Some(libc::ENOLCK) {
+                StoreError::NoLocks { op, path }
             } else {
                 StoreError::Io { op, path, source }
             }

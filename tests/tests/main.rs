@@ -11,6 +11,7 @@ mod merge;
 mod preference;
 mod resume;
 mod reweight;
+mod slurm;
 mod workers;
 
 /// `autotests = false` in every crate: cargo does not build a new `tests/*.rs` or

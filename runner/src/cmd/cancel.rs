@@ -33,18 +33,23 @@ pub fn run(g: &Global, a: CancelArgs) -> Result<ExitCode> {
     let mut chosen: HashSet<usize> = HashSet::new();
     for (pos, &i) in keyed.order.iter().enumerate() {
         let inst = &loaded.expanded.instances[i];
-        let named = a.nodes.is_empty()
-            || a.nodes.iter().any(|n| *n == inst.node || *n == inst.id);
-        let below = inst
-            .inputs
-            .iter()
-            .any(|(_, input)| ids.iter().position(|x| x == input).is_some_and(|p| chosen.contains(&p)));
+        let named = a.nodes.is_empty() || a.nodes.iter().any(|n| *n == inst.node || *n == inst.id);
+        let below = inst.inputs.iter().any(|(_, input)| {
+            ids.iter()
+                .position(|x| x == input)
+                .is_some_and(|p| chosen.contains(&p))
+        });
         if named || below {
             chosen.insert(pos);
         }
     }
     for n in &a.nodes {
-        if !loaded.expanded.instances.iter().any(|i| i.node == *n || i.id == *n) {
+        if !loaded
+            .expanded
+            .instances
+            .iter()
+            .any(|i| i.node == *n || i.id == *n)
+        {
             return Err(crate::text::UsageError(format!(
                 "no node or instance `{n}` in {}",
                 loaded.path.display()
@@ -63,34 +68,39 @@ pub fn run(g: &Global, a: CancelArgs) -> Result<ExitCode> {
     }
     let job_ids: Vec<String> = subs.iter().filter_map(|s| s.job_id.clone()).collect();
     if job_ids.is_empty() {
-        println!("nothing to cancel: no Slurm job of {}", loaded.path.display());
+        println!(
+            "nothing to cancel: no Slurm job of {}",
+            loaded.path.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     cli::require_tools()?;
     let queue = cli::squeue(&job_ids)?;
     let live: Vec<&crate::slurm::Submission> = subs
         .iter()
-        .filter(|s| {
-            s.job_id
-                .as_ref()
-                .and_then(|j| queue.get(j))
-                .is_some_and(|q| q.active())
-        })
+        .filter(|s| s.in_queue(&queue).is_some_and(|q| q.active()))
         .collect();
     if live.is_empty() {
-        println!("nothing to cancel: every job of {} has ended", loaded.path.display());
+        println!(
+            "nothing to cancel: every job of {} has ended",
+            loaded.path.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let live_ids: Vec<String> = live.iter().filter_map(|s| s.job_id.clone()).collect();
     cli::scancel(&live_ids, &[])?;
     for s in &live {
-        ledger.update(&s.key, |s| s.ended = Some("cancelled by `temper cancel`".into()))?;
+        ledger.update(&s.key, |s| s.ended = Some("by `temper cancel`".into()))?;
     }
     // Wait (up to KillWait and a margin) for running jobs to checkpoint and stop.
     let kill_wait = cli::config_value("KillWait")
         .ok()
         .flatten()
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .and_then(|v| {
+            v.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        })
         .unwrap_or(30);
     let deadline = Instant::now() + Duration::from_secs(kill_wait + 30);
     let mut pending = live_ids.clone();

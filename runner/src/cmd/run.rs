@@ -128,7 +128,9 @@ fn run_slurm(g: &Global, a: RunArgs, kinds: &crate::Kinds) -> Result<ExitCode> {
     );
     if !a.wait {
         if submitted + queued > 0 {
-            println!("follow with `temper status` (or rerun with --wait); stop with `temper cancel`");
+            println!(
+                "follow with `temper status` (or rerun with --wait); stop with `temper cancel`"
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -144,7 +146,15 @@ fn run_slurm(g: &Global, a: RunArgs, kinds: &crate::Kinds) -> Result<ExitCode> {
     println!(
         "run {}: {}",
         sent.run.run_id,
-        if done { "all done" } else { "not all done (`temper status` says which)" }
+        if done {
+            "all done"
+        } else {
+            "not all done (`temper status` says which)"
+        }
     );
-    Ok(if done { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -156,7 +156,11 @@ pub fn show_key(
         s += &format!("run        {run}\n");
     }
     if let Some(job) = &r.scheduler_job {
-        let on = r.host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default();
+        let on = r
+            .host
+            .as_ref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
         s += &format!("job        {job}{on}\n");
     }
     if let Some(sub) = &submission {

@@ -124,7 +124,17 @@ const TAIL: usize = 8;
 /// The last Slurm submission, node by node.
 fn slurm_text(store: &store::Store, run: &crate::slurm::RunFile) -> Result<String> {
     use crate::slurm::Phase;
-    let views = crate::slurm::observe::views(store, &run.nodes)?;
+    let views = match crate::slurm::observe::views(store, &run.nodes) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok(format!(
+                "slurm run {} (recipe {}): {} nodes; Slurm cannot be asked here: {e:#}\n",
+                run.run_id,
+                run.recipe,
+                run.nodes.len()
+            ))
+        }
+    };
     let done = views.iter().filter(|v| v.phase == Phase::Done).count();
     let mut out = format!(
         "slurm run {} (recipe {}), submitted {}: {done}/{} done\n",

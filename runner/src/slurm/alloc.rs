@@ -103,7 +103,15 @@ pub fn run(path: &Path) -> Result<ExitCode> {
                 job.node,
                 crate::device::cuda_devices()
             );
-            return finish(&store, &ledger, &job, sub.as_ref(), &slurm_id, Err(msg), false);
+            return finish(
+                &store,
+                &ledger,
+                &job,
+                sub.as_ref(),
+                &slurm_id,
+                Err(msg),
+                false,
+            );
         }
     };
     job.out_dir = store.prepare_staging(&job.key)?;
@@ -162,7 +170,15 @@ pub fn run(path: &Path) -> Result<ExitCode> {
     };
     if let Err(e) = pool.run(&job, assignment, &control) {
         let msg = format!("node {}: {e:#}", job.node);
-        return finish(&store, &ledger, &job, sub.as_ref(), &slurm_id, Err(msg), false);
+        return finish(
+            &store,
+            &ledger,
+            &job,
+            sub.as_ref(),
+            &slurm_id,
+            Err(msg),
+            false,
+        );
     }
     let finished = loop {
         if SIGNAL.load(Ordering::SeqCst) != 0 && !control.interrupted() {
@@ -182,7 +198,10 @@ pub fn run(path: &Path) -> Result<ExitCode> {
     control.unregister(&job.node);
     let end = match finished.map(|f| f.end) {
         Some(Ok(end)) => Ok(end),
-        Some(Err(how)) => Err(format!("node {}: the worker process died ({how})", job.node)),
+        Some(Err(how)) => Err(format!(
+            "node {}: the worker process died ({how})",
+            job.node
+        )),
         None => Err(format!("node {}: the worker vanished", job.node)),
     };
     drop(pool);
@@ -233,7 +252,9 @@ fn finish(
             Ok(ExitCode::SUCCESS)
         }
         Ok(End::Cancelled) if warned && !slurm_id.is_empty() => {
-            let (lead, max) = sub.map(|s| (s.signal_lead, s.max_timeouts)).unwrap_or((300, 3));
+            let (lead, max) = sub
+                .map(|s| (s.signal_lead, s.max_timeouts))
+                .unwrap_or((300, 3));
             let timeout = cli::time_left(slurm_id).is_some_and(|left| left <= lead + 60);
             let after = sub.map(|s| s.timeouts).unwrap_or(0) + u32::from(timeout);
             if timeout && after > max {
@@ -248,7 +269,11 @@ fn finish(
                 s.timeouts = after;
                 s.requeues += 1;
             })?;
-            let why = if timeout { "the time limit is near" } else { "preemption or a request" };
+            let why = if timeout {
+                "the time limit is near"
+            } else {
+                "preemption or a request"
+            };
             let msg = format!(
                 "checkpointed on the warning signal ({why}); requeued as slurm job {slurm_id}"
             );
@@ -325,9 +350,10 @@ fn cancel_dependents(ledger: &Ledger, id: &str, node: &str) {
     // Only jobs still waiting: a job of an earlier submission that merely shares an old id
     // must not be touched.
     let live = cli::squeue(&ids).unwrap_or_default();
-    let pending: Vec<String> = ids
-        .into_iter()
-        .filter(|i| live.get(i).is_some_and(|q| q.state == "PENDING"))
+    let pending: Vec<String> = doomed
+        .iter()
+        .filter(|s| s.in_queue(&live).is_some_and(|q| q.state == "PENDING"))
+        .filter_map(|s| s.job_id.clone())
         .collect();
     if pending.is_empty() {
         return;
@@ -337,7 +363,7 @@ fn cancel_dependents(ledger: &Ledger, id: &str, node: &str) {
             for s in doomed {
                 if s.job_id.as_ref().is_some_and(|j| pending.contains(j)) {
                     let _ = ledger.update(&s.key, |s| {
-                        s.ended = Some(format!("cancelled: its input {node} failed"))
+                        s.ended = Some(format!("its input {node} failed"))
                     });
                 }
             }

@@ -4,7 +4,7 @@
 //! started inside an allocation must not hand that allocation's settings to its jobs), except
 //! `SLURM_CONF`, which names the cluster.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -124,7 +124,13 @@ pub fn sbatch(args: &[String], script: &str, patience: Duration) -> Result<Strin
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
             // `--parsable` prints `id` or `id;cluster`.
-            let id = text.trim().split(';').next().unwrap_or("").trim().to_string();
+            let id = text
+                .trim()
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
                 bail!("sbatch printed no job id: {:?}", text.trim());
             }
@@ -134,7 +140,11 @@ pub fn sbatch(args: &[String], script: &str, patience: Duration) -> Result<Strin
         if !transient(&err) || start.elapsed() + pause > patience {
             bail!("{}", failure("sbatch", &args, &out));
         }
-        tracing::warn!("sbatch: {} (retrying in {:.1} s)", err.trim(), pause.as_secs_f64());
+        tracing::warn!(
+            "sbatch: {} (retrying in {:.1} s)",
+            err.trim(),
+            pause.as_secs_f64()
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(30));
     }
@@ -149,6 +159,8 @@ pub struct QueueState {
     pub reason: String,
     /// The node list (empty while pending).
     pub nodes: String,
+    /// The job's name (temper checks it, so a job id Slurm reused is not taken for its job).
+    pub name: String,
 }
 
 impl QueueState {
@@ -191,7 +203,7 @@ pub fn squeue(ids: &[String]) -> Result<HashMap<String, QueueState>> {
         "--array",
         "--user",
         &user,
-        "--format=%i|%T|%N|%r",
+        "--format=%i|%T|%N|%j|%r",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -204,14 +216,16 @@ pub fn squeue(ids: &[String]) -> Result<HashMap<String, QueueState>> {
         .collect())
 }
 
-/// Parses `%i|%T|%N|%r` lines (the reason last: it is free text).
+/// Parses `%i|%T|%N|%j|%r` lines (the reason last: it is free text; temper's job names hold
+/// no `|`).
 pub fn parse_squeue(text: &str) -> Vec<(String, QueueState)> {
     text.lines()
         .filter_map(|l| {
-            let mut f = l.trim().splitn(4, '|');
+            let mut f = l.trim().splitn(5, '|');
             let id = f.next()?.trim().to_string();
             let state = f.next()?.trim().to_string();
             let nodes = f.next()?.trim().to_string();
+            let name = f.next().unwrap_or("").trim().to_string();
             let reason = f.next().unwrap_or("").trim().to_string();
             if id.is_empty() || state.is_empty() {
                 return None;
@@ -224,6 +238,7 @@ pub fn parse_squeue(text: &str) -> Vec<(String, QueueState)> {
                     state,
                     reason: clean(reason),
                     nodes: clean(nodes),
+                    name,
                 },
             ))
         })
@@ -267,7 +282,9 @@ pub fn partition(name: &str) -> Result<Option<HashMap<String, String>>> {
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() || text.trim().is_empty() {
-        if err.to_ascii_lowercase().contains("not found") || text.trim().is_empty() {
+        // `Partition NAME not found` (on stdout or stderr, by version).
+        let said = format!("{text} {err}").to_ascii_lowercase();
+        if said.contains("not found") || said.contains("invalid partition") {
             return Ok(None);
         }
         bail!("{}", failure("scontrol", &args, &out));
@@ -316,7 +333,10 @@ pub fn hostnames(list: &str) -> Result<Vec<String>> {
     if list.is_empty() || list == "(null)" {
         return Ok(Vec::new());
     }
-    let text = run("scontrol", &["show".into(), "hostnames".into(), list.into()])?;
+    let text = run(
+        "scontrol",
+        &["show".into(), "hostnames".into(), list.into()],
+    )?;
     Ok(text.split_whitespace().map(String::from).collect())
 }
 
@@ -329,7 +349,11 @@ pub fn requeue(id: &str) -> Result<()> {
 pub fn start_now(id: &str) -> Result<()> {
     run(
         "scontrol",
-        &["update".into(), format!("JobId={id}"), "StartTime=now".into()],
+        &[
+            "update".into(),
+            format!("JobId={id}"),
+            "StartTime=now".into(),
+        ],
     )
     .map(|_| ())
 }
@@ -399,7 +423,7 @@ pub fn require_tools() -> Result<()> {
         .filter(|t| which(t).is_none())
         .collect();
     if !missing.is_empty() {
-        return Err(anyhow!(
+        return Err(crate::text::UsageError(format!(
             "--executor slurm: {} not found on PATH\n  hint: run temper on a Slurm login node, \
              or add Slurm's bin directory to PATH (a one-machine test cluster: \
              scripts/slurm-up.sh)",
@@ -408,7 +432,8 @@ pub fn require_tools() -> Result<()> {
                 .map(|t| format!("`{t}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        ))
+        .into());
     }
     Ok(())
 }
@@ -419,11 +444,12 @@ mod tests {
 
     #[test]
     fn squeue_lines_parse_with_free_text_reasons() {
-        let text = "12|PENDING|(null)|Dependency\n13|RUNNING|node07|None\n\
-                    14|PENDING||DependencyNeverSatisfied\n15|FAILED|n[1-2]|NonZeroExitCode|x\n";
+        let text = "12|PENDING|(null)|temper:r:a|Dependency\n13|RUNNING|node07|b|None\n\
+                    14|PENDING||c|DependencyNeverSatisfied\n15|FAILED|n[1-2]|d|NonZeroExitCode|x\n";
         let v = parse_squeue(text);
         assert_eq!(v.len(), 4);
         assert_eq!(v[0].1.nodes, "");
+        assert_eq!(v[0].1.name, "temper:r:a");
         assert_eq!(v[1].1.nodes, "node07");
         assert!(v[1].1.active() && !v[3].1.active());
         assert!(v[2].1.never_runs());
@@ -447,6 +473,8 @@ mod tests {
         assert!(!inherited_slurm_var("SLURM_CONF"));
         assert!(!inherited_slurm_var("PATH"));
         assert!(transient("sbatch: error: QOSMaxSubmitJobPerUserLimit"));
-        assert!(!transient("sbatch: error: invalid partition specified: nope"));
+        assert!(!transient(
+            "sbatch: error: invalid partition specified: nope"
+        ));
     }
 }

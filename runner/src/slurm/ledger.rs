@@ -33,6 +33,10 @@ pub struct Submission {
     pub run_id: u64,
     /// `None` between writing this file and `sbatch` answering.
     pub job_id: Option<String>,
+    /// The job's name (`temper:<recipe>:<instance id>`): a job Slurm lists under this id but
+    /// another name is not this one (ids are reused after a controller reset).
+    #[serde(default)]
+    pub job_name: String,
     /// Job ids it waits for (`afterok`).
     #[serde(default)]
     pub after: Vec<String>,
@@ -58,6 +62,23 @@ pub struct Submission {
     /// (`cancelled: input X failed`, `cancelled by temper cancel`).
     #[serde(default)]
     pub ended: Option<String>,
+}
+
+impl Submission {
+    /// Whether the `squeue` line `q` is this submission's job.
+    pub fn is_job(&self, q: &super::cli::QueueState) -> bool {
+        self.job_name.is_empty() || q.name.is_empty() || q.name == self.job_name
+    }
+    /// This submission's job in the `squeue` answer `queue`.
+    pub fn in_queue<'q>(
+        &self,
+        queue: &'q std::collections::HashMap<String, super::cli::QueueState>,
+    ) -> Option<&'q super::cli::QueueState> {
+        self.job_id
+            .as_ref()
+            .and_then(|j| queue.get(j))
+            .filter(|q| self.is_job(q))
+    }
 }
 
 /// The nodes one submitting run sent (or found already queued), in plan order.

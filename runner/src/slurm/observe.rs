@@ -18,17 +18,27 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Phase {
     /// Waiting in the queue (Slurm's reason: `Dependency`, `Resources`, `Priority`, …).
-    Queued { reason: String },
+    Queued {
+        reason: String,
+    },
     /// Requeued after a checkpoint, waiting to restart.
     Requeued,
-    Running { nodes: String },
+    Running {
+        nodes: String,
+    },
     /// Waiting on a dependency that failed: it can never start.
     NeverRuns,
     Done,
-    Failed { message: String },
-    Cancelled { why: String },
+    Failed {
+        message: String,
+    },
+    Cancelled {
+        why: String,
+    },
     /// Slurm has nothing more to say and the store has no result.
-    Lost { why: String },
+    Lost {
+        why: String,
+    },
 }
 
 impl Phase {
@@ -180,12 +190,7 @@ pub fn views(store: &store::Store, nodes: &[(String, String)]) -> Result<Vec<Vie
         .zip(subs)
         .map(|((node, key), sub)| {
             let phase = match &sub {
-                Some(s) => phase_of(
-                    s,
-                    s.job_id.as_ref().and_then(|j| queue.get(j)),
-                    records.get(key),
-                    done[key],
-                ),
+                Some(s) => phase_of(s, s.in_queue(&queue), records.get(key), done[key]),
                 None if done[key] => Phase::Done,
                 None => Phase::Lost {
                     why: "never submitted".into(),
@@ -231,7 +236,7 @@ pub fn annotate(store: &store::Store, entries: &mut [Entry]) -> Result<()> {
     };
     for (i, s) in subs {
         let job = s.job_id.clone().unwrap_or_default();
-        if let Some(q) = queue.get(&job).filter(|q| q.active() && !q.never_runs()) {
+        if let Some(q) = s.in_queue(&queue).filter(|q| q.active() && !q.never_runs()) {
             let phase = phase_of(&s, Some(q), None, false);
             entries[i].state = State::OnSlurm {
                 job: job.clone(),
@@ -319,7 +324,10 @@ pub fn follow(store: &store::Store, run: &RunFile, stop: &dyn Fn() -> bool) -> R
 
 /// Cancels jobs pending on a failed dependency and says why in the ledger.
 fn cancel_never(ledger: &Ledger, views: &[View], never: &[&View]) -> Result<()> {
-    let ids: Vec<String> = never.iter().filter_map(|v| v.job().map(String::from)).collect();
+    let ids: Vec<String> = never
+        .iter()
+        .filter_map(|v| v.job().map(String::from))
+        .collect();
     cli::scancel(&ids, &[])?;
     for v in never {
         let failed: Vec<&str> = v
@@ -336,9 +344,9 @@ fn cancel_never(ledger: &Ledger, views: &[View], never: &[&View]) -> Result<()> 
             })
             .collect();
         let why = if failed.is_empty() {
-            "cancelled: an input failed".to_string()
+            "an input failed".to_string()
         } else {
-            format!("cancelled: its input {} failed", failed.join(", "))
+            format!("its input {} failed", failed.join(", "))
         };
         ledger.update(&v.key, |s| s.ended = Some(why))?;
     }

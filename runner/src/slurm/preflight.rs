@@ -10,7 +10,7 @@
 //! its node, before it starts, that it can read its job file in the store.
 
 use super::cli;
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -78,11 +78,11 @@ pub fn partition(name: Option<&str>) -> Result<Partition> {
     let name = match name {
         Some(n) => n.to_string(),
         None => cli::default_partition()?.ok_or_else(|| {
-            anyhow!(
+            crate::text::UsageError(format!(
                 "--executor slurm: the cluster has no default partition\n  hint: set one: \
                  `executor slurm {{ partition \"NAME\" }}` (partitions: {})",
                 cli::partitions().unwrap_or_default().join(", ")
-            )
+            ))
         })?,
     };
     match cli::partition(&name)? {
@@ -95,10 +95,11 @@ pub fn partition(name: Option<&str>) -> Result<Partition> {
             let hint = dsl::suggest::did_you_mean(&name, known.iter().map(String::as_str))
                 .map(|c| format!("did you mean `{c}`? "))
                 .unwrap_or_default();
-            Err(anyhow!(
+            Err(crate::text::UsageError(format!(
                 "--executor slurm: Slurm has no partition `{name}`\n  hint: {hint}partitions: {}",
                 known.join(", ")
             ))
+            .into())
         }
     }
 }
@@ -119,7 +120,7 @@ pub fn shared(path: &Path, what: &str, p: &Partition, asserted: bool) -> Result<
         return Ok(()); // this host is the partition's only node
     }
     let shown: Vec<&str> = others.iter().take(5).map(|s| s.as_str()).collect();
-    Err(anyhow!(
+    Err(crate::text::UsageError(format!(
         "--executor slurm: {what} {} is on a file system of this host only (statfs type \
          {magic:#x}), but partition `{}` runs jobs on {}{}\n  hint: put it on a shared file \
          system (NFS, Lustre, GPFS, …) every node mounts (`--store /shared/…`), or, if this \
@@ -134,4 +135,5 @@ pub fn shared(path: &Path, what: &str, p: &Partition, asserted: bool) -> Result<
             String::new()
         }
     ))
+    .into())
 }

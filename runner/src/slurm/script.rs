@@ -16,7 +16,14 @@ pub fn quote(s: &str) -> String {
 }
 
 /// The script of a node (`node`, key `key`) whose job file is `job`, run by `temper`.
-pub fn batch_script(node: &str, key: &str, job: &Path, temper: &Path, store: &Path, signal: &str) -> String {
+pub fn batch_script(
+    node: &str,
+    key: &str,
+    job: &Path,
+    temper: &Path,
+    store: &Path,
+    signal: &str,
+) -> String {
     let job = quote(&job.to_string_lossy());
     let temper_q = quote(&temper.to_string_lossy());
     let store = store.to_string_lossy();

@@ -120,13 +120,19 @@ fn apply(s: &mut Settings, name: &str, values: &[Raw]) -> std::result::Result<()
     let int = |min: i64| -> std::result::Result<i64, String> {
         match one()? {
             Raw::Int(i) if *i >= min => Ok(*i),
-            v => Err(format!("`{name}` takes an integer ≥ {min}, got {}", v.describe())),
+            v => Err(format!(
+                "`{name}` takes an integer ≥ {min}, got {}",
+                v.describe()
+            )),
         }
     };
     let boolean = || -> std::result::Result<bool, String> {
         match one()? {
             Raw::Bool(b) => Ok(*b),
-            v => Err(format!("`{name}` takes #true or #false, got {}", v.describe())),
+            v => Err(format!(
+                "`{name}` takes #true or #false, got {}",
+                v.describe()
+            )),
         }
     };
     match name {
@@ -248,7 +254,10 @@ fn read_file(path: &Path) -> Result<Option<FileLayer>> {
     for (k, v) in table {
         if k == "kind" {
             let kinds = v.as_table().ok_or_else(|| {
-                anyhow!("{}: `slurm.kind` must hold tables ([slurm.kind.sft])", path.display())
+                anyhow!(
+                    "{}: `slurm.kind` must hold tables ([slurm.kind.sft])",
+                    path.display()
+                )
             })?;
             for (kind, t) in kinds {
                 let t = t.as_table().ok_or_else(|| {
@@ -367,11 +376,15 @@ impl Sources {
         })
     }
 
-    fn located(&self, loc: Loc, msg: impl Into<String>, label: &str, help: Option<String>) -> anyhow::Error {
+    fn located(
+        &self,
+        loc: Loc,
+        msg: impl Into<String>,
+        label: &str,
+        help: Option<String>,
+    ) -> anyhow::Error {
         let d = self.recipe.diag_at(loc, msg, label, help);
-        anyhow::Error::new(crate::plan::RecipeError(
-            dsl::Diagnostics::from(d).render(),
-        ))
+        anyhow::Error::new(crate::plan::RecipeError(dsl::Diagnostics::from(d).render()))
     }
 
     /// The settings of declared node `node` of kind `kind`.
@@ -442,7 +455,14 @@ impl Settings {
         }
         // `B:` sends the warning to the batch shell only; the script forwards it.
         a.push(format!("--signal=B:{}@{}", self.signal, self.signal_lead));
-        a.push(if self.requeue { "--requeue" } else { "--no-requeue" }.into());
+        a.push(
+            if self.requeue {
+                "--requeue"
+            } else {
+                "--no-requeue"
+            }
+            .into(),
+        );
         a.extend(self.extra.iter().cloned());
         a
     }

@@ -64,7 +64,13 @@ fn temper_exe() -> Result<PathBuf> {
 fn job_name(stem: &str, id: &str) -> String {
     format!("temper:{stem}:{id}")
         .chars()
-        .map(|c| if c.is_whitespace() || c == '|' || c == '%' { '_' } else { c })
+        .map(|c| {
+            if c.is_whitespace() || c == '|' || c == '%' {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -72,7 +78,13 @@ fn job_name(stem: &str, id: &str) -> String {
 fn file_safe(id: &str) -> String {
     let s: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.=,".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.=,".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     s.chars().take(120).collect()
 }
@@ -187,10 +199,7 @@ pub fn submit(
         let line = match &outcome {
             Sent::Cached => format!("{:<12} {} cached", e.short_key(), e.id),
             Sent::Submitted(id) => {
-                let deps = ledger
-                    .get(&e.key)?
-                    .map(|s| s.after)
-                    .unwrap_or_default();
+                let deps = ledger.get(&e.key)?.map(|s| s.after).unwrap_or_default();
                 format!(
                     "{:<12} {} submitted: slurm job {id}{}",
                     e.short_key(),
@@ -215,11 +224,7 @@ pub fn submit(
     let nodes: Vec<(String, String, Sent)> = entries
         .iter()
         .enumerate()
-        .filter_map(|(i, e)| {
-            sent[i]
-                .clone()
-                .map(|s| (e.id.clone(), e.key.clone(), s))
-        })
+        .filter_map(|(i, e)| sent[i].clone().map(|s| (e.id.clone(), e.key.clone(), s)))
         .collect();
     let run_file = RunFile {
         run_id: run.id,
@@ -231,7 +236,10 @@ pub fn submit(
             .map(|(id, key, _)| (id.clone(), key.clone()))
             .collect(),
     };
-    ledger.put_run(&run_file)?;
+    // A run that sent nothing is not "the last submission" `status` shows.
+    if !run_file.nodes.is_empty() {
+        ledger.put_run(&run_file)?;
+    }
     store
         .finish_run(run.id, Vec::new(), failure.is_none())
         .context("recording the end of the run")?;
@@ -272,7 +280,15 @@ fn submit_one(
         .and_then(|v| v.as_str())
         .unwrap_or("auto")
         .to_string();
-    let job = job_for(store, kinds, plan, i, &device, run_id, store.staging_dir(&e.key))?;
+    let job = job_for(
+        store,
+        kinds,
+        plan,
+        i,
+        &device,
+        run_id,
+        store.staging_dir(&e.key),
+    )?;
     let work = store.work_dir(&e.key);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let job_path = work.join(kinds::job::JOB_FILE);
@@ -290,6 +306,7 @@ fn submit_one(
         key_tree: e.tree.clone(),
         run_id,
         job_id: None,
+        job_name: job_name(&plan.loaded.stem, &e.id),
         after: after.clone(),
         after_nodes,
         log: None,
@@ -313,7 +330,7 @@ fn submit_one(
     let script_path = ledger.script_path(&e.key);
     store::write_atomic(&script_path, script.as_bytes())?;
     let mut args = vec![
-        format!("--job-name={}", job_name(&plan.loaded.stem, &e.id)),
+        format!("--job-name={}", sub.job_name),
         format!("--output={}", log_pattern.display()),
         "--open-mode=append".into(),
         format!("--chdir={}", store.root().display()),
