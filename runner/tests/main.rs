@@ -7,3 +7,4 @@ mod common;
 
 mod keys;
 mod run;
+mod slurm;

@@ -225,12 +225,15 @@ fn raw_of_toml(v: &toml::Value) -> Vec<Raw> {
     }
 }
 
+/// Settings as a file gives them: (name, values).
+type FileSettings = Vec<(String, Vec<Raw>)>;
+
 /// A `[slurm]` table of one file, with its `kind` sub-tables.
 #[derive(Clone, Debug, Default)]
 struct FileLayer {
     path: PathBuf,
-    settings: Vec<(String, Vec<Raw>)>,
-    kinds: Vec<(String, Vec<(String, Vec<Raw>)>)>,
+    settings: FileSettings,
+    kinds: Vec<(String, FileSettings)>,
 }
 
 fn read_file(path: &Path) -> Result<Option<FileLayer>> {
@@ -309,8 +312,12 @@ impl Sources {
     /// Reads the user and project files of `recipe` and checks every layer (unknown names,
     /// wrong values: errors naming the file or pointing into the recipe).
     pub fn read(recipe: &Recipe) -> Result<Sources> {
+        Self::with_user_file(recipe, user_file())
+    }
+
+    /// [`Sources::read`] with `user` as the user's file (`None`: no user file).
+    pub fn with_user_file(recipe: &Recipe, user: Option<PathBuf>) -> Result<Sources> {
         let mut files = Vec::new();
-        let user = user_file();
         if let Some(p) = &user {
             files.extend(read_file(p)?);
         }
