@@ -107,10 +107,7 @@ fn running_for(since: f64) -> f64 {
 
 impl StoreError {
     /// An I/O error of `op` on `path`; `ENOSPC`/`EDQUOT` become [`StoreError::DiskFull`].
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Self {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| {
             if crate::space::is_out_of_space(&source) {

@@ -98,3 +98,16 @@ fn lock_is_exclusive_within_one_process_too() {
     drop(first);
     store.lock_run(false, "three").unwrap();
 }
+
+/// NFS without working locks answers `flock` with ENOLCK: a clear error saying what to mount,
+/// not a bare OS error.
+#[test]
+fn a_file_system_without_locks_is_a_clear_error() {
+    let e = store::StoreError::io("locking", "/nfs/store/index.lock")(
+        std::io::Error::from_raw_os_error(libc::ENOLCK),
+    );
+    assert!(matches!(e, store::StoreError::NoLocks { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("/nfs/store/index.lock"), "{msg}");
+    assert!(msg.contains("ENOLCK") && msg.contains("lockd"), "{msg}");
+}

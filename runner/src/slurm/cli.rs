@@ -345,7 +345,10 @@ pub fn requeue(id: &str) -> Result<()> {
     run("scontrol", &["requeue".into(), id.into()]).map(|_| ())
 }
 
-/// Lets a requeued job start now instead of after Slurm's requeue delay (about two minutes).
+/// Lets a requeued job start now instead of after Slurm's requeue delay (about two minutes);
+/// the update also wakes the scheduler. Call it a few seconds after the requeue, not at once:
+/// slurmd refuses to launch a job whose new credential was made in the same second as the old
+/// one was revoked ("Job credential revoked"), and the job fails.
 pub fn start_now(id: &str) -> Result<()> {
     run(
         "scontrol",

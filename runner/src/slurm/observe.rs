@@ -21,8 +21,11 @@ pub enum Phase {
     Queued {
         reason: String,
     },
-    /// Requeued after a checkpoint, waiting to restart.
-    Requeued,
+    /// Stopped after a checkpoint and requeued, waiting to restart; `delayed` while Slurm holds
+    /// it back (`BeginTime`: about two minutes after a requeue).
+    Requeued {
+        delayed: bool,
+    },
     Running {
         nodes: String,
     },
@@ -56,7 +59,7 @@ impl Phase {
                 format!("queued (slurm job {job})")
             }
             Phase::Queued { reason } => format!("queued (slurm job {job}: {reason})"),
-            Phase::Requeued => format!("requeued after a checkpoint (slurm job {job})"),
+            Phase::Requeued { .. } => format!("requeued after a checkpoint (slurm job {job})"),
             Phase::Running { nodes } => format!("running on {nodes} (slurm job {job})"),
             Phase::NeverRuns => format!("never runs: an input failed (slurm job {job})"),
             Phase::Done => format!("done (slurm job {job})"),
@@ -112,14 +115,26 @@ fn phase_of(
         return Phase::NeverRuns;
     }
     match q.state.as_str() {
-        "PENDING" if q.reason.starts_with("BeginTime") && sub.requeues > 0 => Phase::Requeued,
+        // Stopped after a checkpoint (its record says so) and requeued: by the job itself after
+        // the warning signal, or by Slurm (preemption, `scontrol requeue`).
+        "PENDING"
+            if rec.is_some_and(|r| {
+                r.status == store::Status::Cancelled && r.scheduler_job.is_some()
+            }) =>
+        {
+            Phase::Requeued {
+                delayed: q.reason.starts_with("BeginTime"),
+            }
+        }
         "PENDING" => Phase::Queued {
             reason: q.reason.clone(),
         },
         "RUNNING" | "COMPLETING" | "CONFIGURING" | "SIGNALING" | "STAGE_OUT" => Phase::Running {
             nodes: q.nodes.clone(),
         },
-        "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "PREEMPTED" => Phase::Requeued,
+        "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "PREEMPTED" => {
+            Phase::Requeued { delayed: false }
+        }
         _ if q.active() => Phase::Queued {
             reason: q.state.to_lowercase(),
         },
@@ -253,8 +268,9 @@ pub fn annotate(store: &store::Store, entries: &mut [Entry]) -> Result<()> {
 /// are done. Stops early (jobs keep running) when `stop` says so.
 pub fn follow(store: &store::Store, run: &RunFile, stop: &dyn Fn() -> bool) -> Result<bool> {
     let ledger = Ledger::new(store);
-    let mut last: HashMap<String, Phase> = HashMap::new();
-    let mut released: HashMap<String, u32> = HashMap::new();
+    let mut last: HashMap<String, String> = HashMap::new();
+    let mut released: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut delayed_since: HashMap<String, Instant> = HashMap::new();
     let mut lost_since: HashMap<String, Instant> = HashMap::new();
     let mut pause = Duration::from_millis(250);
     loop {
@@ -277,23 +293,41 @@ pub fn follow(store: &store::Store, run: &RunFile, stop: &dyn Fn() -> bool) -> R
             if phase == Phase::NeverRuns {
                 never.push(v);
             }
-            if let (Phase::Requeued, Some(job)) = (&phase, v.job()) {
-                let n = v.sub.as_ref().map(|s| s.requeues).unwrap_or(0);
-                if released.get(job) != Some(&n) && cli::start_now(job).is_ok() {
-                    released.insert(job.to_string(), n);
+            // Once per requeue, let the job start in seconds rather than after Slurm's requeue
+            // delay (its checkpoint is safe, and `max-timeouts` bounds the loops), but not in
+            // the second it was stopped in (see `cli::start_now`).
+            if let Some(job) = v.job() {
+                match &phase {
+                    Phase::Requeued { delayed: true } if !released.contains(job) => {
+                        let since = *delayed_since
+                            .entry(job.to_string())
+                            .or_insert_with(Instant::now);
+                        if since.elapsed() >= Duration::from_secs(2) {
+                            if let Err(e) = cli::start_now(job) {
+                                tracing::debug!("releasing requeued job {job}: {e:#}");
+                            }
+                            released.insert(job.to_string());
+                        }
+                    }
+                    Phase::Running { .. } => {
+                        released.remove(job);
+                        delayed_since.remove(job);
+                    }
+                    _ => {}
                 }
             }
             all_done &= phase == Phase::Done;
             all_finished &= phase.finished();
-            if last.get(&v.node) != Some(&phase) {
+            let line = phase.describe(v.job());
+            if last.get(&v.node) != Some(&line) {
                 changed = true;
-                eprintln!("{}: {}", v.node, phase.describe(v.job()));
+                eprintln!("{}: {line}", v.node);
                 if let Phase::Failed { message } = &phase {
                     for l in message.lines() {
                         eprintln!("    {l}");
                     }
                 }
-                last.insert(v.node.clone(), phase);
+                last.insert(v.node.clone(), line);
             }
         }
         if !never.is_empty() {
@@ -310,8 +344,11 @@ pub fn follow(store: &store::Store, run: &RunFile, stop: &dyn Fn() -> bool) -> R
             );
             return Ok(false);
         }
+        let waiting = delayed_since.keys().any(|j| !released.contains(j));
         pause = if changed {
             Duration::from_millis(250)
+        } else if waiting {
+            Duration::from_millis(500)
         } else {
             (pause * 3 / 2).min(Duration::from_secs(5))
         };
