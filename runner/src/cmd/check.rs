@@ -1,4 +1,6 @@
-//! `temper check recipe.kdl`: parse, validate and expand; print a one-line summary.
+//! `temper check recipe.kdl`: parse, validate and expand; check the cluster settings (recipe
+//! `executor` blocks, nodes' `resources`, `temper.toml`), without asking any cluster; print a
+//! one-line summary.
 use super::{Global, RecipeArgs};
 use anyhow::Result;
 use clap::Args;
@@ -13,6 +15,7 @@ pub struct CheckArgs {
 pub fn run(_g: &Global, a: CheckArgs) -> Result<ExitCode> {
     let kinds = crate::Kinds::builtin();
     let loaded = a.recipe.load(&kinds)?;
+    crate::slurm::settings::Sources::read(&loaded.recipe)?;
     println!("{}", summary(&loaded));
     Ok(ExitCode::SUCCESS)
 }

@@ -372,6 +372,17 @@ impl Sources {
     }
 
     fn apply_located(&self, s: &mut Settings, set: &dsl::Setting) -> Result<()> {
+        if !NAMES.contains(&set.name.as_str()) {
+            let guess = dsl::suggest::did_you_mean(&set.name, NAMES.iter().copied())
+                .map(|c| format!("did you mean `{c}`? "))
+                .unwrap_or_default();
+            return Err(self.located(
+                set.loc,
+                format!("unknown Slurm setting `{}`", set.name),
+                "not a setting",
+                Some(format!("{guess}settings: {}", NAMES.join(", "))),
+            ));
+        }
         let values: Vec<Raw> = set.values.iter().map(raw_of).collect();
         apply(s, &set.name, &values).map_err(|m| {
             let at = if NAMES.contains(&set.name.as_str()) {
