@@ -319,18 +319,7 @@ impl Executor<'_> {
     /// Prepares instance `i` and hands it to a worker.
     fn start(&mut self, i: usize, pool: &mut Pool) -> Result<Start> {
         let e: &Entry = &self.plan.entries[i];
-        let inst = self
-            .plan
-            .loaded
-            .expanded
-            .instance(&e.id)
-            .ok_or_else(|| anyhow!("internal: instance {} vanished from the plan", e.id))?;
-        let want = inst
-            .params
-            .get("device")
-            .and_then(|v| v.as_str())
-            .unwrap_or("auto")
-            .to_string();
+        let want = wanted_device(self.plan, i)?;
         let (device, pooled) = match self.devices.take(&want) {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(Start::Wait),
@@ -505,6 +494,22 @@ impl Executor<'_> {
         self.outcomes[i] = Some(outcome);
         failed
     }
+}
+
+/// The device plan entry `i` asks for (`auto`, `cpu`, `cuda:N`; `auto` when unset).
+pub(crate) fn wanted_device(plan: &Plan, i: usize) -> Result<String> {
+    let id = &plan.entries[i].id;
+    let inst = plan
+        .loaded
+        .expanded
+        .instance(id)
+        .ok_or_else(|| anyhow!("internal: instance {id} vanished from the plan"))?;
+    Ok(inst
+        .params
+        .get("device")
+        .and_then(|v| v.as_str())
+        .unwrap_or("auto")
+        .to_string())
 }
 
 /// The [`Job`] of plan entry `i` on `device`, for run `run_id`, writing into `out_dir`.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use temper_e2e::{text, Project};
 
-const RECIPE: &str = r#"
+pub(crate) const RECIPE: &str = r#"
 dataset corpus path="data/corpus.jsonl" format=text
 tokenizer tok vocab-size=320 { data corpus; }
 model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
@@ -27,7 +27,7 @@ fn project() -> Project {
 }
 
 /// The artifact directory of the `cpt` node (the one with a `train_summary.json`).
-fn cpt_artifact(store: &Path) -> Option<PathBuf> {
+pub(crate) fn cpt_artifact(store: &Path) -> Option<PathBuf> {
     std::fs::read_dir(store.join("artifacts"))
         .ok()?
         .flatten()
@@ -36,7 +36,7 @@ fn cpt_artifact(store: &Path) -> Option<PathBuf> {
 }
 
 /// Complete checkpoints of any node of the store.
-fn checkpoints(store: &Path) -> Vec<PathBuf> {
+pub(crate) fn checkpoints(store: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(store.join("work")) else {
         return Vec::new();
     };

@@ -4,7 +4,7 @@
 
 use serde_json::Value as J;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use temper_e2e::{copy_all, repo_root, text, Project};
@@ -303,30 +303,11 @@ fn a_failed_job_cancels_its_dependents_and_a_fixed_rerun_submits_only_what_is_ne
     assert!(out.contains("all done"), "{out}");
 }
 
-const LONG: &str = r#"
-dataset corpus path="data/corpus.jsonl" format=text
-tokenizer tok vocab-size=320 { data corpus; }
-model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
-cpt domain model=tiny data=corpus {
-    seq-len 32; batch-size 4; steps 400; lr 2e-3; weight-decay 0.1
-    schedule cosine warmup=0.1
-    checkpoint-every 10; log-every 5; device cpu; threads 1
-}
-"#;
-
-fn cpt_dir(store: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(store.join("artifacts"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("train_summary.json").is_file() && p.join("MANIFEST.json").is_file())
-}
-
-fn has_checkpoint(store: &Path) -> bool {
-    walkdir::WalkDir::new(store.join("work"))
-        .into_iter()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+/// The resume tests' recipe, with a cpt node long enough to be signalled mid-training.
+fn long_recipe() -> String {
+    let r = super::resume::RECIPE.replace("steps 120", "steps 400");
+    assert!(r.contains("steps 400") && r.contains("checkpoint-every 10"));
+    r
 }
 
 #[test]
@@ -336,10 +317,10 @@ fn the_warning_signal_checkpoints_requeues_and_resumes_bit_identical() {
     }
     let reference = Project::new();
     reference.copy_from_repo("examples/data/corpus.jsonl", "data/corpus.jsonl");
-    reference.write("r.kdl", LONG);
+    reference.write("r.kdl", &long_recipe());
     reference.ok(&["run", "r.kdl"]);
     let want = std::fs::read(
-        cpt_dir(&reference.store())
+        super::resume::cpt_artifact(&reference.store())
             .unwrap()
             .join("model.safetensors"),
     )
@@ -347,7 +328,7 @@ fn the_warning_signal_checkpoints_requeues_and_resumes_bit_identical() {
 
     let p = Project::new();
     p.copy_from_repo("examples/data/corpus.jsonl", "data/corpus.jsonl");
-    p.write("r.kdl", LONG);
+    p.write("r.kdl", &long_recipe());
     let child = p
         .cmd(&["run", "r.kdl", "--executor", "slurm", "--wait"])
         .stdout(std::process::Stdio::piped())
@@ -355,7 +336,7 @@ fn the_warning_signal_checkpoints_requeues_and_resumes_bit_identical() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while !has_checkpoint(&p.store()) {
+    while super::resume::checkpoints(&p.store()).is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
             "no checkpoint appeared"
@@ -373,7 +354,7 @@ fn the_warning_signal_checkpoints_requeues_and_resumes_bit_identical() {
         "{}",
         text(&all)
     );
-    let dir = cpt_dir(&p.store()).expect("published after the requeue");
+    let dir = super::resume::cpt_artifact(&p.store()).expect("published after the requeue");
     let s: J =
         serde_json::from_slice(&std::fs::read(dir.join("train_summary.json")).unwrap()).unwrap();
     assert!(

@@ -103,36 +103,12 @@ pub fn run(path: &Path) -> Result<ExitCode> {
                 job.node,
                 crate::device::cuda_devices()
             );
-            return finish(
-                &store,
-                &ledger,
-                &job,
-                sub.as_ref(),
-                &slurm_id,
-                Err(msg),
-                false,
-            );
+            return Ending::new(&store, &ledger, &job, sub.as_ref(), &slurm_id)
+                .finish(Err(msg), false);
         }
     };
     job.out_dir = store.prepare_staging(&job.key)?;
-    let mut rec = match &sub {
-        Some(s) => store::NodeRecord::running(
-            &job.key,
-            &job.kind,
-            &job.node,
-            &s.recipe,
-            s.key_tree.clone(),
-            Some(job.run_id),
-        ),
-        None => store::NodeRecord::running(
-            &job.key,
-            &job.kind,
-            &job.node,
-            job.identity.split('/').next().unwrap_or(""),
-            serde_json::Value::Null,
-            Some(job.run_id),
-        ),
-    };
+    let mut rec = Ending::new(&store, &ledger, &job, sub.as_ref(), &slurm_id).fresh_record();
     rec.host = Some(host.clone());
     if !slurm_id.is_empty() {
         rec.scheduler_job = Some(format!("slurm {slurm_id}"));
@@ -170,15 +146,7 @@ pub fn run(path: &Path) -> Result<ExitCode> {
     };
     if let Err(e) = pool.run(&job, assignment, &control) {
         let msg = format!("node {}: {e:#}", job.node);
-        return finish(
-            &store,
-            &ledger,
-            &job,
-            sub.as_ref(),
-            &slurm_id,
-            Err(msg),
-            false,
-        );
+        return Ending::new(&store, &ledger, &job, sub.as_ref(), &slurm_id).finish(Err(msg), false);
     }
     let finished = loop {
         if SIGNAL.load(Ordering::SeqCst) != 0 && !control.interrupted() {
@@ -206,114 +174,146 @@ pub fn run(path: &Path) -> Result<ExitCode> {
     };
     drop(pool);
     let warned = WARNED.load(Ordering::SeqCst) != 0;
-    finish(&store, &ledger, &job, sub.as_ref(), &slurm_id, end, warned)
+    Ending::new(&store, &ledger, &job, sub.as_ref(), &slurm_id).finish(end, warned)
 }
 
-/// Records how the node ended, requeues or cancels dependents, and picks the exit code.
-fn finish(
-    store: &store::Store,
-    ledger: &Ledger,
-    job: &Job,
-    sub: Option<&Submission>,
-    slurm_id: &str,
-    end: std::result::Result<End, String>,
-    warned: bool,
-) -> Result<ExitCode> {
-    let log_hint = sub
-        .and_then(|s| s.log.as_ref())
-        .map(|l| format!("\n  slurm log: {}", l.display()))
-        .unwrap_or_default();
-    let base = || -> Result<store::NodeRecord> {
-        Ok(store.record(&job.key)?.unwrap_or_else(|| {
-            store::NodeRecord::running(
-                &job.key,
-                &job.kind,
-                &job.node,
-                sub.map(|s| s.recipe.as_str()).unwrap_or(""),
-                sub.map(|s| s.key_tree.clone()).unwrap_or_default(),
-                Some(job.run_id),
-            )
-        }))
-    };
-    let fail = |msg: String| -> Result<ExitCode> {
-        let msg = msg + &log_hint;
-        nodelog::line(&job.node, "ERROR", &msg);
-        nodelog::close(&job.node);
-        tracing::error!("{msg}");
-        store.put_record(&base()?.finished(store::Status::Failed, Some(msg)))?;
-        cancel_dependents(ledger, slurm_id, &job.node);
-        Ok(ExitCode::from(1))
-    };
-    match end {
-        Ok(End::Done { .. }) => {
-            nodelog::line(&job.node, "INFO", "done");
-            nodelog::close(&job.node);
-            tracing::info!("{}: done ({})", job.node, &job.key[..12.min(job.key.len())]);
-            Ok(ExitCode::SUCCESS)
+/// What recording a job's end needs.
+struct Ending<'a> {
+    store: &'a store::Store,
+    ledger: &'a Ledger,
+    job: &'a Job,
+    sub: Option<&'a Submission>,
+    slurm_id: &'a str,
+}
+
+impl<'a> Ending<'a> {
+    fn new(
+        store: &'a store::Store,
+        ledger: &'a Ledger,
+        job: &'a Job,
+        sub: Option<&'a Submission>,
+        slurm_id: &'a str,
+    ) -> Self {
+        Ending {
+            store,
+            ledger,
+            job,
+            sub,
+            slurm_id,
         }
-        Ok(End::Cancelled) if warned && !slurm_id.is_empty() => {
-            let (lead, max) = sub
-                .map(|s| (s.signal_lead, s.max_timeouts))
-                .unwrap_or((300, 3));
-            let timeout = cli::time_left(slurm_id).is_some_and(|left| left <= lead + 60);
-            let after = sub.map(|s| s.timeouts).unwrap_or(0) + u32::from(timeout);
-            if timeout && after > max {
-                return fail(format!(
-                    "node {}: reached its time limit {after} times (checkpointed each time); \
+    }
+
+    /// A `Running` record of this attempt (recipe and key tree from the submission, when
+    /// there is one: `temper worker --slurm` can also run a job file by hand).
+    fn fresh_record(&self) -> store::NodeRecord {
+        let job = self.job;
+        let recipe = match self.sub {
+            Some(s) => s.recipe.clone(),
+            None => job.identity.split('/').next().unwrap_or("").to_string(),
+        };
+        store::NodeRecord::running(
+            &job.key,
+            &job.kind,
+            &job.node,
+            &recipe,
+            self.sub.map(|s| s.key_tree.clone()).unwrap_or_default(),
+            Some(job.run_id),
+        )
+    }
+
+    /// Records how the node ended, requeues or cancels dependents, and picks the exit code.
+    fn finish(&self, end: std::result::Result<End, String>, warned: bool) -> Result<ExitCode> {
+        let (store, ledger, job, sub, slurm_id) =
+            (self.store, self.ledger, self.job, self.sub, self.slurm_id);
+        let log_hint = sub
+            .and_then(|s| s.log.as_ref())
+            .map(|l| format!("\n  slurm log: {}", l.display()))
+            .unwrap_or_default();
+        let base = || -> Result<store::NodeRecord> {
+            Ok(store
+                .record(&job.key)?
+                .unwrap_or_else(|| self.fresh_record()))
+        };
+        let fail = |msg: String| -> Result<ExitCode> {
+            let msg = msg + &log_hint;
+            nodelog::line(&job.node, "ERROR", &msg);
+            nodelog::close(&job.node);
+            tracing::error!("{msg}");
+            store.put_record(&base()?.finished(store::Status::Failed, Some(msg)))?;
+            cancel_dependents(ledger, slurm_id, &job.node);
+            Ok(ExitCode::from(1))
+        };
+        match end {
+            Ok(End::Done { .. }) => {
+                nodelog::line(&job.node, "INFO", "done");
+                nodelog::close(&job.node);
+                tracing::info!("{}: done ({})", job.node, &job.key[..12.min(job.key.len())]);
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(End::Cancelled) if warned && !slurm_id.is_empty() => {
+                let (lead, max) = sub
+                    .map(|s| (s.signal_lead, s.max_timeouts))
+                    .unwrap_or((300, 3));
+                let timeout = cli::time_left(slurm_id).is_some_and(|left| left <= lead + 60);
+                let after = sub.map(|s| s.timeouts).unwrap_or(0) + u32::from(timeout);
+                if timeout && after > max {
+                    return fail(format!(
+                        "node {}: reached its time limit {after} times (checkpointed each time); \
                      raise `time` in `executor slurm` or the node's `resources`, or \
                      `max-timeouts`",
-                    job.node
-                ));
-            }
-            ledger.update(&job.key, |s| {
-                s.timeouts = after;
-                s.requeues += 1;
-            })?;
-            let why = if timeout {
-                "the time limit is near"
-            } else {
-                "preemption or a request"
-            };
-            let msg = format!(
-                "checkpointed on the warning signal ({why}); requeued as slurm job {slurm_id}"
-            );
-            nodelog::line(&job.node, "WARN", &msg);
-            nodelog::close(&job.node);
-            tracing::warn!("{}: {msg}", job.node);
-            store.put_record(&base()?.finished(store::Status::Cancelled, Some(msg)))?;
-            if let Err(e) = cli::requeue(slurm_id) {
-                return fail(format!(
-                    "node {}: checkpointed, but the job could not requeue itself: {e:#}; \
-                     `temper run --executor slurm` resubmits it and it resumes",
-                    job.node
-                ));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(End::Cancelled) => {
-            let msg = "stopped by Slurm (SIGTERM: scancel, preemption or the time limit); its \
-                       checkpoint is kept"
-                .to_string();
-            nodelog::line(&job.node, "WARN", &msg);
-            nodelog::close(&job.node);
-            tracing::warn!("{}: {msg}", job.node);
-            store.put_record(&base()?.finished(store::Status::Cancelled, Some(msg)))?;
-            Ok(ExitCode::from(143))
-        }
-        Ok(End::UserError { message, hint }) => {
-            let mut msg = crate::exec::node_prefixed(&job.node, &message);
-            if let Some(h) = hint {
-                msg += &format!("\n  hint: {h}");
-            }
-            fail(msg)
-        }
-        Ok(End::Error { message }) => fail(crate::exec::node_prefixed(&job.node, &message)),
-        Err(message) => {
-            if store.lookup_done(&job.key)?.is_some() {
+                        job.node
+                    ));
+                }
+                ledger.update(&job.key, |s| {
+                    s.timeouts = after;
+                    s.requeues += 1;
+                })?;
+                let why = if timeout {
+                    "the time limit is near"
+                } else {
+                    "preemption or a request"
+                };
+                let msg = format!(
+                    "checkpointed on the warning signal ({why}); requeued as slurm job {slurm_id}"
+                );
+                nodelog::line(&job.node, "WARN", &msg);
                 nodelog::close(&job.node);
-                return Ok(ExitCode::SUCCESS); // it published before it died
+                tracing::warn!("{}: {msg}", job.node);
+                store.put_record(&base()?.finished(store::Status::Cancelled, Some(msg)))?;
+                if let Err(e) = cli::requeue(slurm_id) {
+                    return fail(format!(
+                        "node {}: checkpointed, but the job could not requeue itself: {e:#}; \
+                     `temper run --executor slurm` resubmits it and it resumes",
+                        job.node
+                    ));
+                }
+                Ok(ExitCode::SUCCESS)
             }
-            fail(message)
+            Ok(End::Cancelled) => {
+                let msg = "stopped by Slurm (SIGTERM: scancel, preemption or the time limit); its \
+                       checkpoint is kept"
+                    .to_string();
+                nodelog::line(&job.node, "WARN", &msg);
+                nodelog::close(&job.node);
+                tracing::warn!("{}: {msg}", job.node);
+                store.put_record(&base()?.finished(store::Status::Cancelled, Some(msg)))?;
+                Ok(ExitCode::from(143))
+            }
+            Ok(End::UserError { message, hint }) => {
+                let mut msg = crate::exec::node_prefixed(&job.node, &message);
+                if let Some(h) = hint {
+                    msg += &format!("\n  hint: {h}");
+                }
+                fail(msg)
+            }
+            Ok(End::Error { message }) => fail(crate::exec::node_prefixed(&job.node, &message)),
+            Err(message) => {
+                if store.lookup_done(&job.key)?.is_some() {
+                    nodelog::close(&job.node);
+                    return Ok(ExitCode::SUCCESS); // it published before it died
+                }
+                fail(message)
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use super::ledger::{Ledger, RunFile, Submission};
 use super::preflight;
 use super::script::batch_script;
 use super::settings::{Settings, Sources};
-use crate::exec::{job_for, select};
+use crate::exec::{job_for, select, wanted_device};
 use crate::plan::{self, Loaded, State};
 use crate::Kinds;
 use anyhow::{anyhow, Context, Result};
@@ -268,18 +268,8 @@ fn submit_one(
     hold: bool,
 ) -> Result<String> {
     let e = &plan.entries[i];
-    let inst = plan
-        .loaded
-        .expanded
-        .instance(&e.id)
-        .ok_or_else(|| anyhow!("internal: instance {} vanished", e.id))?;
     // The device is chosen in the allocation, from what Slurm gives the job.
-    let device = inst
-        .params
-        .get("device")
-        .and_then(|v| v.as_str())
-        .unwrap_or("auto")
-        .to_string();
+    let device = wanted_device(plan, i)?;
     let job = job_for(
         store,
         kinds,
