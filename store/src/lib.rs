@@ -58,7 +58,7 @@ pub use index::Index;
 pub use maint::{VerifyIssue, VerifyReport};
 pub use publish::{Manifest, ManifestFile, MANIFEST_FILE};
 pub use record::{identity, EffectiveStatus, NodeRecord, RunInfo, Status};
-pub use runlock::{LockHolder, RunLock};
+pub use runlock::{hostname, LockHolder, RunLock};
 pub use space::{free_space_at, is_out_of_space, SPACE_MARGIN};
 
 use std::path::{Path, PathBuf};

@@ -23,6 +23,37 @@ pub struct LockHolder {
     pub command: String,
     /// Unix seconds when the lock was taken.
     pub since: f64,
+    /// The holder's host: on a store shared by several machines its pid means nothing elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The Slurm job the holder runs in (`SLURM_JOB_ID`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+impl LockHolder {
+    /// `pid 12 on node07 (slurm job 345)`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("pid {}", self.pid);
+        if let Some(h) = &self.host {
+            s += &format!(" on {h}");
+        }
+        if let Some(j) = &self.job {
+            s += &format!(" (slurm job {j})");
+        }
+        s
+    }
+}
+
+/// This machine's host name.
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// A held run lock; released when dropped (or when the process dies).
@@ -77,6 +108,8 @@ impl Store {
             pid: 0,
             command: "unknown".into(),
             since: now_secs(),
+            host: None,
+            job: None,
         }
     }
 
@@ -121,6 +154,8 @@ impl Store {
             pid: std::process::id(),
             command: command.to_string(),
             since: now_secs(),
+            host: hostname(),
+            job: std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty()),
         };
         let text = serde_json::to_string(&holder).map_err(StoreError::json("encoding run lock"))?;
         let mut f = &file;

@@ -19,7 +19,7 @@ pub fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
     if a.json {
         let holder = store
             .run_lock_holder()
-            .map(|h| serde_json::json!({ "pid": h.pid, "command": h.command, "since": h.since }));
+            .map(|h| serde_json::json!({ "pid": h.pid, "host": h.host, "job": h.job, "command": h.command, "since": h.since }));
         let runs = store.runs(usize::MAX)?;
         let slurm = match crate::slurm::Ledger::new(&store).last_run()? {
             Some(run) => {
@@ -53,8 +53,8 @@ pub fn status_text(store: &store::Store) -> Result<String> {
     match store.run_lock_holder() {
         Some(h) => {
             out += &format!(
-                "running: pid {} `{}` since {}\n",
-                h.pid,
+                "running: {} `{}` since {}\n",
+                h.describe(),
                 h.command,
                 human_time(h.since)
             )

@@ -61,13 +61,7 @@ fn install(warning: libc::c_int) {
 }
 
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return "unknown host".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    store::hostname().unwrap_or_else(|| "unknown host".into())
 }
 
 /// Runs the job in `path` in this allocation (see the module docs).

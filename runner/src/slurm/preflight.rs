@@ -53,11 +53,7 @@ fn fs_of(path: &Path) -> Option<(i64, Option<&'static str>)> {
 /// This host's names (short and full).
 fn this_host() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        let full = String::from_utf8_lossy(&buf[..end]).to_string();
+    if let Some(full) = store::hostname() {
         if let Some((short, _)) = full.split_once('.') {
             names.insert(short.to_string());
         }
