@@ -78,6 +78,8 @@ crate::params! {
             .doc("checkpoint every N steps (0 = only at the end and on Ctrl-C)"),
         keep_checkpoints: usize = ParamSpec::new("keep-checkpoints", int(1)).default(Value::Int(1)).non_semantic()
             .doc("complete checkpoints kept in the work directory"),
+        ranks: usize = ParamSpec::new("ranks", int(1)).default(Value::Int(1)).non_semantic()
+            .doc("data-parallel ranks (MPI processes); each takes grad-accum / ranks micro-batches of every step"),
     }
 }
 
@@ -101,9 +103,33 @@ pub fn check_steps_or_epochs(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     }
 }
 
+/// `ranks R` splits the `grad-accum` micro-batches of each step among R ranks, so the global
+/// batch (`batch-size × grad-accum`) does not depend on R: `grad-accum` must be a multiple of R.
+pub fn check_ranks(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
+    let get = |k: &str| n.params.get(k).and_then(|v| v.as_i64());
+    let (Some(ranks), Some(accum)) = (get("ranks"), get("grad-accum")) else {
+        return;
+    };
+    if ranks > 1 && accum % ranks != 0 {
+        let bigger = (accum.max(1) + ranks - 1) / ranks * ranks;
+        out.push(ParamIssue {
+            param: Some("ranks".into()),
+            message: format!(
+                "ranks={ranks} with grad-accum={accum}: each step's {accum} micro-batch(es) cannot \
+                 be split evenly among {ranks} ranks"
+            ),
+            hint: Some(format!(
+                "make grad-accum a multiple of ranks (e.g. grad-accum {bigger}); the global batch \
+                 is batch-size × grad-accum whatever ranks is"
+            )),
+        });
+    }
+}
+
 /// Checks shared by the training kinds: a valid warmup, and `adam-eps` > 0 (AdamW divides by
 /// `√v̂ + eps`; with eps = 0 a parameter whose gradient was always zero gets 0/0 = NaN).
 pub fn check_optim(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
+    check_ranks(n, out);
     if let Some(eps) = n.params.get("adam-eps").and_then(|v| v.as_f64()) {
         if eps <= 0.0 {
             out.push(ParamIssue {

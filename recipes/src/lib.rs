@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod batching;
 pub mod data;
+pub mod dist;
 pub mod evaluate;
 pub mod hf;
 pub mod influence;

@@ -89,6 +89,9 @@ pub struct StageCtx {
     /// `work_dir/metrics.jsonl`, copied into the artifact on publish.
     pub metrics: MetricsSink,
     pub cancel: CancelToken,
+    /// The ranks of a data-parallel node (`ranks R`); [`crate::dist::Solo`] otherwise. Rank 0
+    /// alone writes checkpoints, metrics and the artifact.
+    pub collective: Arc<dyn crate::dist::Collective>,
 }
 
 impl std::ops::Deref for StageCtx {
@@ -106,7 +109,13 @@ impl StageCtx {
             job,
             progress,
             cancel,
+            collective: Arc::new(crate::dist::Solo),
         }
+    }
+
+    /// Whether this process writes the node's outputs (rank 0, or the only rank).
+    pub fn lead(&self) -> bool {
+        self.collective.rank() == 0
     }
 
     /// Resolves a path parameter against the recipe directory.

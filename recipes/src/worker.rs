@@ -44,7 +44,7 @@ impl Events {
 }
 
 /// A tracing layer that writes every event it sees as an [`Event::Log`].
-struct LogLayer(Events);
+pub(crate) struct LogLayer(pub(crate) Events);
 
 impl<S: tracing::Subscriber> Layer<S> for LogLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
@@ -78,7 +78,7 @@ impl Progress for EventProgress {
 }
 
 /// How a worker's log events reach its event stream.
-enum Logging {
+pub(crate) enum Logging {
     /// The process-wide subscriber; its filter is swapped for each job's.
     Global(
         tracing_subscriber::reload::Handle<
@@ -90,7 +90,7 @@ enum Logging {
     Thread,
 }
 
-fn env_filter(directives: &str) -> tracing_subscriber::EnvFilter {
+pub(crate) fn env_filter(directives: &str) -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::try_new(directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
 }
@@ -108,19 +108,22 @@ pub fn stage_map(stages: Vec<Box<dyn Stage>>) -> StageMap {
 
 /// One worker: its stages, its event stream and its cancel token (set by a signal or by the
 /// front; once set, the worker ends after reporting the running job).
-struct Worker {
-    stages: Arc<StageMap>,
-    events: Events,
-    cancel: CancelToken,
-    logging: Logging,
+pub(crate) struct Worker {
+    pub(crate) stages: Arc<StageMap>,
+    pub(crate) events: Events,
+    pub(crate) cancel: CancelToken,
+    pub(crate) logging: Logging,
     /// What to call this worker in its log (`worker pid 123`, `worker thread 2`).
-    name: String,
+    pub(crate) name: String,
+    /// The ranks of a data-parallel node this process is one of ([`crate::dist::Solo`] for a
+    /// plain worker).
+    pub(crate) collective: Arc<dyn crate::dist::Collective>,
 }
 
 impl Worker {
     /// Serves the jobs of `jobs` (one JSON line each) until it closes or a job is cancelled.
     /// Returns the last job's end.
-    fn serve(&self, jobs: impl BufRead) -> Option<End> {
+    pub(crate) fn serve(&self, jobs: impl BufRead) -> Option<End> {
         let mut last = None;
         for line in jobs.lines() {
             let Ok(line) = line else { break };
@@ -185,11 +188,25 @@ impl Worker {
             };
         };
         test_pause(&job.node);
-        let ctx = StageCtx::new(
+        let mut job = job.clone();
+        let lead = self.collective.rank() == 0;
+        if !lead {
+            // Ranks other than 0 write their copy of the output where nothing reads it.
+            match scratch_out(&job, self.collective.rank()) {
+                Ok(dir) => job.out_dir = dir,
+                Err(e) => {
+                    return End::Error {
+                        message: format!("rank {}: {e:#}", self.collective.rank()),
+                    }
+                }
+            }
+        }
+        let mut ctx = StageCtx::new(
             job.clone(),
             Arc::new(EventProgress(self.events.clone())),
             self.cancel.clone(),
         );
+        ctx.collective = self.collective.clone();
         let result = if self.cancel.is_cancelled() {
             Err(StageError::Cancelled)
         } else {
@@ -209,7 +226,11 @@ impl Worker {
             std::process::abort();
         }
         match result {
-            Ok(summary) => match publish(job, summary.clone()) {
+            Ok(summary) if !lead => {
+                let _ = std::fs::remove_dir_all(job.out_dir.parent().unwrap_or(&job.out_dir));
+                End::Done { summary }
+            }
+            Ok(summary) => match publish(&job, summary.clone()) {
                 Ok(()) => End::Done { summary },
                 Err(e) => End::Error {
                     message: format!("publishing failed: {e:#}"),
@@ -224,8 +245,19 @@ impl Worker {
     }
 }
 
+/// `work_dir/rank-R/out`, empty: where rank R > 0 of a data-parallel node writes the output
+/// rank 0 publishes.
+fn scratch_out(job: &Job, rank: usize) -> anyhow::Result<std::path::PathBuf> {
+    let dir = job.work_dir.join(format!("rank-{rank}")).join("out");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// Empties the staging dir of the job in `text` (a job file run without a front).
-fn prepare_alone(text: &str) -> anyhow::Result<()> {
+pub(crate) fn prepare_alone(text: &str) -> anyhow::Result<()> {
     let job: Job = serde_json::from_str(text.trim())?;
     store::Store::open(&job.store)?.prepare_staging(&job.key)?;
     Ok(())
@@ -285,6 +317,7 @@ pub fn main() -> std::process::ExitCode {
         cancel,
         logging: Logging::Global(handle),
         name: format!("worker pid {}", std::process::id()),
+        collective: Arc::new(crate::dist::Solo),
     };
     let code = match std::env::args_os().nth(1) {
         None => {
@@ -322,7 +355,7 @@ pub fn main() -> std::process::ExitCode {
 /// Linux: the kernel SIGKILLs this process when the thread that spawned it (the front's
 /// scheduler) ends, however it ends. `TEMPER_FRONT_PID` names the front: if it is already gone
 /// (it died between fork and here), exit now.
-fn die_with_parent() {
+pub(crate) fn die_with_parent() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: plain prctl/getppid calls without pointers.
@@ -342,7 +375,7 @@ fn die_with_parent() {
 
 /// The process's stdout as the event stream, with fd 1 itself pointed at stderr so nothing
 /// else (libtorch, a stray print) can write into the protocol.
-fn take_stdout() -> Box<dyn Write + Send> {
+pub(crate) fn take_stdout() -> Box<dyn Write + Send> {
     use std::os::fd::FromRawFd;
     // SAFETY: dup/dup2 on the standard descriptors; the duplicate is owned by the File.
     unsafe {
@@ -395,6 +428,7 @@ impl Launcher for InProcess {
             cancel: cancel.clone(),
             logging: Logging::Thread,
             name: format!("worker thread {n}"),
+            collective: Arc::new(crate::dist::Solo),
         };
         let flag = ended.clone();
         let handle = std::thread::Builder::new()

@@ -14,6 +14,7 @@
 //! running workers, which checkpoint and stop; recorded `Cancelled`, never `Done`).
 //! Store bookkeeping of the front happens on the scheduling thread only.
 
+use crate::assemble::{self, job_for, wanted_device};
 use crate::device::Devices;
 use crate::plan::{self, Entry, Loaded, Plan, State};
 use crate::pool::{Assignment, Pool};
@@ -21,9 +22,9 @@ pub use crate::report::{Control, Outcome, RunOptions, RunReport};
 use crate::text::UsageError;
 use crate::Kinds;
 use crate::{nodelog, progress};
-use anyhow::{anyhow, Context, Result};
-use kinds::job::{End, InputArtifact, Job};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use anyhow::{Context, Result};
+use kinds::job::End;
+use std::collections::{HashMap, HashSet};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -363,13 +364,19 @@ impl Executor<'_> {
             out_dir,
         )?;
         // The job beside its checkpoints: `temper worker <work dir>/job.json` reruns it by hand.
-        let _ = std::fs::write(work_dir.join(kinds::job::JOB_FILE), job.to_line() + "\n");
+        let job_file = work_dir.join(kinds::job::JOB_FILE);
+        let _ = std::fs::write(&job_file, job.to_line() + "\n");
         let assignment = Assignment {
             pos: i,
             node: e.id.clone(),
             span: progress::node_span(&e.id),
         };
-        match pool.run(&job, assignment, self.control) {
+        let started = match assemble::ranks_of(self.plan, i) {
+            1 => pool.run(&job, assignment, self.control),
+            ranks => assemble::ranks_launcher(ranks, &device, job_file)
+                .and_then(|l| pool.run_once(&l, &job, assignment, self.control)),
+        };
+        match started {
             Ok(()) => Ok(Start::Started),
             Err(err) => {
                 let msg = format!("node {}: {err:#}", e.id);
@@ -494,84 +501,6 @@ impl Executor<'_> {
         self.outcomes[i] = Some(outcome);
         failed
     }
-}
-
-/// The device plan entry `i` asks for (`auto`, `cpu`, `cuda:N`; `auto` when unset).
-pub(crate) fn wanted_device(plan: &Plan, i: usize) -> Result<String> {
-    let id = &plan.entries[i].id;
-    let inst = plan
-        .loaded
-        .expanded
-        .instance(id)
-        .ok_or_else(|| anyhow!("internal: instance {id} vanished from the plan"))?;
-    Ok(inst
-        .params
-        .get("device")
-        .and_then(|v| v.as_str())
-        .unwrap_or("auto")
-        .to_string())
-}
-
-/// The [`Job`] of plan entry `i` on `device`, for run `run_id`, writing into `out_dir`.
-pub(crate) fn job_for(
-    store: &store::Store,
-    kinds: &Kinds,
-    plan: &Plan,
-    i: usize,
-    device: &str,
-    run_id: u64,
-    out_dir: std::path::PathBuf,
-) -> Result<Job> {
-    let e = &plan.entries[i];
-    let inst = plan
-        .loaded
-        .expanded
-        .instance(&e.id)
-        .ok_or_else(|| anyhow!("internal: instance {} vanished from the plan", e.id))?;
-    let mut inputs = BTreeMap::new();
-    for (param, input) in &inst.inputs {
-        let ie = plan
-            .entry(input)
-            .ok_or_else(|| anyhow!("internal: input {input} of {} not planned", e.id))?;
-        let produces = kinds
-            .registry
-            .get(&ie.kind)
-            .map(|s| s.produces.to_string())
-            .unwrap_or_default();
-        inputs.insert(
-            param.clone(),
-            InputArtifact {
-                node: ie.id.clone(),
-                kind: ie.kind.clone(),
-                produces,
-                key: ie.key.clone(),
-                dir: store.artifact_dir(&ie.key),
-            },
-        );
-    }
-    Ok(Job {
-        store: store.root().to_path_buf(),
-        node: e.id.clone(),
-        kind: e.kind.clone(),
-        key: e.key.clone(),
-        identity: e.identity.clone(),
-        run_id,
-        params: inst.params.clone(),
-        // Absolute, so a job file run from elsewhere (`temper worker JOB`) finds the
-        // recipe's relative paths.
-        root_dir: std::path::absolute(&plan.loaded.recipe.root_dir)
-            .unwrap_or_else(|_| plan.loaded.recipe.root_dir.clone()),
-        inputs,
-        out_dir,
-        work_dir: store.work_dir(&e.key),
-        device: device.to_string(),
-        threads: inst
-            .params
-            .get("threads")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0),
-        log_filter: progress::worker_log_filter(),
-    })
 }
 
 /// `node ID: message`, without doubling the prefix when a stage already wrote it (a stage's

@@ -60,6 +60,101 @@ impl Launcher for Processes {
                 pid,
                 child: Mutex::new(child),
                 status: Mutex::new(None),
+                cancel_signal: libc::SIGTERM,
+            }),
+        })
+    }
+}
+
+/// File name of the binary of a data-parallel rank.
+pub const RANK_BIN: &str = "temper-rank";
+
+/// The rank executable: `$TEMPER_RANK`, or `temper-rank` beside this executable.
+pub fn rank_exe() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TEMPER_RANK") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name(RANK_BIN);
+    if !p.is_file() {
+        bail!(
+            "{RANK_BIN} not found beside {}: data-parallel nodes (`ranks` > 1) need temper built \
+             with MPI (install Open MPI: `apt install openmpi-bin libopenmpi-dev libclang-dev`, \
+             then `make build`)",
+            exe.display()
+        );
+    }
+    Ok(p)
+}
+
+/// `mpirun`: `$TEMPER_MPIRUN`, or the first on `PATH`.
+pub fn mpirun() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TEMPER_MPIRUN") {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("mpirun"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "`mpirun` not found on PATH: data-parallel nodes (`ranks` > 1) run their ranks \
+                 with MPI (install Open MPI: `apt install openmpi-bin`)"
+            )
+        })
+}
+
+/// Starts the R ranks of one data-parallel job: `mpirun -n R temper-rank JOB_FILE`, whose
+/// stdout carries rank 0's events. One job per launch (the job is in the file, not on stdin).
+/// Cancelling sends SIGUSR2, which `mpirun` forwards to every rank.
+pub struct Ranks {
+    pub ranks: usize,
+    pub job_file: PathBuf,
+}
+
+impl Launcher for Ranks {
+    fn start(&self) -> std::io::Result<WorkerConn> {
+        let io = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
+        let mpirun = mpirun().map_err(io)?;
+        let rank = rank_exe().map_err(io)?;
+        let mut cmd = Command::new(&mpirun);
+        cmd.arg("-n")
+            .arg(self.ranks.to_string())
+            // Each rank sets its own libtorch threads; no pinning to one core.
+            .args(["--bind-to", "none"])
+            .arg(&rank)
+            .arg(&self.job_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } == 0 {
+            // Open MPI refuses root unless told (CI and containers run as root).
+            cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        }
+        // SAFETY: prctl in the forked child before exec: mpirun (and so its ranks) ends when
+        // the thread that started it does.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            std::io::Error::new(e.kind(), format!("starting {}: {e}", mpirun.display()))
+        })?;
+        let events = child.stdout.take().expect("piped stdout");
+        let pid = child.id();
+        Ok(WorkerConn {
+            jobs: Box::new(std::io::sink()),
+            events: Box::new(std::io::BufReader::new(events)),
+            control: Arc::new(Process {
+                pid,
+                child: Mutex::new(child),
+                status: Mutex::new(None),
+                cancel_signal: libc::SIGUSR2,
             }),
         })
     }
@@ -69,6 +164,8 @@ struct Process {
     pid: u32,
     child: Mutex<Child>,
     status: Mutex<Option<String>>,
+    /// What asks it to checkpoint and stop.
+    cancel_signal: i32,
 }
 
 impl Process {
@@ -106,7 +203,7 @@ impl WorkerControl for Process {
         format!("pid {}", self.pid)
     }
     fn cancel(&self) {
-        self.signal(libc::SIGTERM);
+        self.signal(self.cancel_signal);
     }
     fn kill(&self) {
         self.signal(libc::SIGKILL);

@@ -8,6 +8,7 @@
 //! Everything takes a [`Kinds`] (registry + how to launch workers) so tests can run kinds of
 //! their own on in-process workers (`recipes::worker::InProcess`).
 
+pub mod assemble;
 pub mod cmd;
 mod device;
 pub mod diff;

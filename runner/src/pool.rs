@@ -28,6 +28,8 @@ struct Slot {
     busy: bool,
     /// The device of its last job (a worker keeps a CUDA context and cached memory there).
     last_device: Option<String>,
+    /// Started for one job only (the ranks of a data-parallel node): retired when it ends.
+    once: bool,
 }
 
 /// The workers of a run: an idle one takes the next job (one whose last job ran on the same
@@ -90,6 +92,24 @@ impl Pool {
         Err(anyhow!("the worker process died before it took the job"))
     }
 
+    /// Runs `job` on workers of its own from `launcher` (`mpirun` and the ranks of a
+    /// data-parallel node, which read the job from its file), retired when the job ends.
+    pub(crate) fn run_once(
+        &mut self,
+        launcher: &dyn Launcher,
+        job: &Job,
+        a: Assignment,
+        control: &Control,
+    ) -> Result<()> {
+        let k = self.spawn_from(launcher)?;
+        let slot = &mut self.slots[k];
+        control.register(&job.node, slot.control.clone());
+        slot.busy = true;
+        slot.once = true;
+        let _ = slot.assign.send(a);
+        Ok(())
+    }
+
     /// An idle live worker for `device`: same device first, then one that only used the CPU.
     fn pick(&mut self, device: &str) -> Option<usize> {
         let dead: Vec<usize> = (0..self.slots.len())
@@ -98,7 +118,7 @@ impl Pool {
         for k in dead.into_iter().rev() {
             self.retire(k);
         }
-        let idle = |k: &usize| !self.slots[*k].busy;
+        let idle = |k: &usize| !self.slots[*k].busy && !self.slots[*k].once;
         let same = (0..self.slots.len())
             .filter(idle)
             .find(|&k| self.slots[k].last_device.as_deref() == Some(device));
@@ -111,7 +131,13 @@ impl Pool {
 
     /// Starts a worker and its reader thread; returns its slot.
     fn spawn(&mut self) -> Result<usize> {
-        let conn = self.launcher.start().context("starting a worker")?;
+        let launcher = self.launcher.clone();
+        self.spawn_from(&*launcher)
+    }
+
+    /// Starts a worker of `launcher` and its reader thread; returns its slot.
+    fn spawn_from(&mut self, launcher: &dyn Launcher) -> Result<usize> {
+        let conn = launcher.start().context("starting a worker")?;
         self.next += 1;
         let id = self.next;
         let (assign, assigned) = mpsc::channel::<Assignment>();
@@ -129,6 +155,7 @@ impl Pool {
             control: conn.control,
             busy: false,
             last_device: None,
+            once: false,
         });
         Ok(self.slots.len() - 1)
     }
@@ -141,7 +168,7 @@ impl Pool {
     pub(crate) fn done(&mut self, id: usize, cancelled: bool) {
         if let Some(k) = self.position(id) {
             self.slots[k].busy = false;
-            if cancelled {
+            if cancelled || self.slots[k].once {
                 self.retire(k);
             }
         }

@@ -173,8 +173,15 @@ pub fn train<O: Objective>(
     ctx.progress.set_position(prog.step);
     let started = Instant::now();
     let mut window = (Instant::now(), 0u64);
+    let c = &*ctx.collective;
     while prog.step < spec.total_steps {
-        if ctx.cancel.is_cancelled() {
+        // Every rank stops at the same step boundary (one flag all-reduced per step).
+        let stop = if c.world() > 1 {
+            crate::dist::any(c, ctx.cancel.is_cancelled()).map_err(StageError::Other)?
+        } else {
+            ctx.cancel.is_cancelled()
+        };
+        if stop {
             if last_good != Some(prog.step) {
                 saver.save(&prog, model, &opt, obj, last_good)?;
             }
@@ -192,6 +199,7 @@ pub fn train<O: Objective>(
             obj,
             prog.step,
             &poisoned,
+            c,
         )?
         else {
             break;

@@ -104,6 +104,14 @@ impl AdamW {
         AdamW::new(vars, cfg)
     }
 
+    /// The trained tensors (whose gradients a data-parallel step sums over the ranks).
+    pub fn tensors(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.tensor.shallow_clone())
+            .collect()
+    }
+
     /// The largest per-parameter step.
     pub fn step_count(&self) -> u64 {
         self.params.iter().map(|p| p.step).max().unwrap_or(0)

@@ -4,6 +4,7 @@
 
 use super::{checkpoint, warnings, Objective, Progress, TrainSpec, TrainSummary, STEP_TARGET};
 use crate::arch::HfModel;
+use crate::dist::Collective;
 use crate::stage::{Checkpoints, StageCtx, StageError};
 use crate::trainer::optim::AdamW;
 use crate::trainer::schedule::Schedule;
@@ -41,8 +42,10 @@ pub(super) fn resume<O: Objective>(
         last_good = Some(step);
         tracing::info!(node = %ctx.node, step, "resuming from {}", dir.display());
     }
-    checkpoint::truncate_metrics(ctx.metrics.path(), prog.step)
-        .map_err(|e| StageError::Other(e.context("truncating metrics.jsonl")))?;
+    if ctx.lead() {
+        checkpoint::truncate_metrics(ctx.metrics.path(), prog.step)
+            .map_err(|e| StageError::Other(e.context("truncating metrics.jsonl")))?;
+    }
     if threads > 0 {
         tch::set_num_threads(threads as i32);
     }
@@ -68,6 +71,10 @@ impl Saver<'_> {
         last_good: Option<u64>,
     ) -> Result<PathBuf, StageError> {
         check_weights(opt, prog.step, last_good)?;
+        if !self.ctx.lead() {
+            // Rank 0 writes the checkpoint every rank resumes from.
+            return Ok(self.ckpts.dir().to_path_buf());
+        }
         let st = checkpoint::TrainerState {
             progress: prog.clone(),
             threads: self.threads,
@@ -135,6 +142,7 @@ pub(super) fn step<O: Objective>(
     obj: &mut O,
     step: u64,
     poisoned: &Poisoned,
+    c: &dyn Collective,
 ) -> Result<Option<StepOut>, StageError> {
     let shown = step + 1;
     let Some(micro) = obj
@@ -145,7 +153,20 @@ pub(super) fn step<O: Objective>(
     };
     let n: usize = micro.iter().map(|b| obj.n_targets(b)).sum();
     let tokens: u64 = micro.iter().map(|b| obj.n_tokens(b) as u64).sum();
-    let (loss_sum, extra) = accumulate(model, obj, &micro, n, poisoned)?;
+    // Data parallel: this rank's share of the step's micro-batches, then the sums over ranks.
+    let (rank, world) = (c.rank(), c.world());
+    let mine: Vec<&O::Batch> = micro
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % world == rank)
+        .map(|(_, b)| b)
+        .collect();
+    let local = accumulate(model, obj, &mine, n, poisoned);
+    let (loss_sum, extra) = if world > 1 {
+        reduce_step(c, opt, local, shown)?
+    } else {
+        local?
+    };
     let loss = if n > 0 { loss_sum / n as f64 } else { 0.0 };
     let bad = opt.non_finite_grads().map_err(StageError::Other)?;
     if !bad.is_empty() {
@@ -176,7 +197,7 @@ pub(super) fn step<O: Objective>(
 fn accumulate<O: Objective>(
     model: &HfModel,
     obj: &mut O,
-    micro: &[O::Batch],
+    micro: &[&O::Batch],
     n: usize,
     poisoned: &Poisoned,
 ) -> Result<(f64, Vec<(String, f64)>), StageError> {
@@ -207,6 +228,37 @@ fn accumulate<O: Objective>(
         }
     }
     Ok((loss_sum, extra))
+}
+
+/// The all-reduces of a data-parallel step, after each rank's [`accumulate`]: whether any rank
+/// failed (then every rank fails, none waits for the others), the loss and extra metrics summed,
+/// and the gradients summed (bucketed, [`crate::dist::all_reduce_grads`]).
+fn reduce_step(
+    c: &dyn Collective,
+    opt: &AdamW,
+    local: Result<(f64, Vec<(String, f64)>), StageError>,
+    shown: u64,
+) -> Result<(f64, Vec<(String, f64)>), StageError> {
+    let comm = |e: anyhow::Error| StageError::Other(e.context(format!("step {shown}: all-reduce")));
+    if crate::dist::any(c, local.is_err()).map_err(comm)? {
+        return Err(local.err().unwrap_or_else(|| {
+            StageError::Other(anyhow::anyhow!(
+                "step {shown}: another rank failed (its error is on the node's stderr)"
+            ))
+        }));
+    }
+    let (loss_sum, extra) = local?;
+    let mut v: Vec<f64> = std::iter::once(loss_sum)
+        .chain(extra.iter().map(|(_, x)| *x))
+        .collect();
+    c.all_reduce_f64(&mut v).map_err(comm)?;
+    crate::dist::all_reduce_grads(c, &opt.tensors()).map_err(comm)?;
+    let extra = extra
+        .into_iter()
+        .zip(&v[1..])
+        .map(|((k, _), x)| (k, *x))
+        .collect();
+    Ok((v[0], extra))
 }
 
 impl Progress {
@@ -263,9 +315,11 @@ pub(super) fn log_metrics<O: Objective>(
             o.insert(k, json!(x));
         }
     }
-    ctx.metrics
-        .log(&rec)
-        .map_err(|e| StageError::Other(anyhow::anyhow!("writing metrics: {e}")))?;
+    if ctx.lead() {
+        ctx.metrics
+            .log(&rec)
+            .map_err(|e| StageError::Other(anyhow::anyhow!("writing metrics: {e}")))?;
+    }
     tracing::info!(
         target: STEP_TARGET,
         "step {}/{} loss {:.4} lr {:.3e} grad-norm {:.3} {:.0} tok/s",

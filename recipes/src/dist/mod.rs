@@ -1,0 +1,120 @@
+//! Data parallelism: the collective operations the trainer needs, behind [`Collective`].
+//!
+//! A node with `ranks R > 1` runs as R processes (`temper-rank`, started by `mpirun`; module
+//! `mpi`, feature `mpi`). Every rank reads the same data stream and builds the same
+//! micro-batches; rank r forwards and backwards micro-batches r, r + R, r + 2R, … of each step;
+//! the gradients are summed across ranks ([`all_reduce_grads`], in buckets) with the loss, the
+//! extra metrics and the step's error and stop flags ([`Collective::all_reduce_f64`]), so every
+//! rank takes the same optimizer step. Rank 0 alone writes checkpoints, metrics, progress and
+//! the artifact; every rank resumes from rank 0's checkpoint.
+//!
+//! The result equals a one-rank run with the same `batch-size` and `grad-accum` up to the order
+//! of floating-point sums (with two ranks the sums are the same additions: bit-identical on CPU).
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+pub mod rank;
+
+use anyhow::{Context, Result};
+use tch::{Kind, Tensor};
+
+/// Sums across the ranks of a data-parallel node.
+pub trait Collective: Send + Sync {
+    /// This process's rank, from 0.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn world(&self) -> usize;
+    /// Element-wise sum over the ranks, in place (every rank gets the sum).
+    fn all_reduce_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// Element-wise sum over the ranks, in place.
+    fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()>;
+}
+
+/// One rank: every operation is the identity.
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_reduce_f32(&self, _: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_f64(&self, _: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Floats per all-reduce call (32 MiB of f32): gradients are reduced in buckets of about this
+/// size, not one call per tensor.
+pub const BUCKET: usize = 8 << 20;
+
+/// Sums the gradients of `params` over the ranks, in buckets of about [`BUCKET`] floats (each
+/// gradient copied to host f32, reduced, copied back in its own dtype and device). Parameters
+/// without a gradient are skipped, on every rank alike (the same model and micro-batch shapes
+/// give the same set).
+pub fn all_reduce_grads(c: &dyn Collective, params: &[Tensor]) -> Result<()> {
+    if c.world() == 1 {
+        return Ok(());
+    }
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|p| p.grad())
+        .filter(|g| g.defined())
+        .collect();
+    let mut start = 0;
+    while start < grads.len() {
+        let mut end = start;
+        let mut len = 0usize;
+        while end < grads.len() && (len == 0 || len + grads[end].numel() <= BUCKET) {
+            len += grads[end].numel();
+            end += 1;
+        }
+        reduce_bucket(c, &grads[start..end], len)?;
+        start = end;
+    }
+    Ok(())
+}
+
+fn reduce_bucket(c: &dyn Collective, grads: &[Tensor], len: usize) -> Result<()> {
+    let flat = Tensor::f_cat(
+        &grads
+            .iter()
+            .map(|g| {
+                g.f_to_kind(Kind::Float)?
+                    .f_to_device(tch::Device::Cpu)?
+                    .f_reshape([-1])
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?,
+        0,
+    )?;
+    let mut buf = vec![0f32; len];
+    flat.f_copy_data(&mut buf, len)
+        .context("reading gradients")?;
+    c.all_reduce_f32(&mut buf)
+        .context("all-reducing gradients")?;
+    let summed = Tensor::from_slice(&buf);
+    let mut at = 0i64;
+    for g in grads {
+        let n = g.numel() as i64;
+        let part = summed
+            .f_narrow(0, at, n)?
+            .f_reshape(g.size())?
+            .f_to_kind(g.kind())?
+            .f_to_device(g.device())?;
+        let mut g = g.shallow_clone();
+        tch::no_grad(|| g.f_copy_(&part))?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// A flag every rank agrees on: whether any rank raised it.
+pub fn any(c: &dyn Collective, mine: bool) -> Result<bool> {
+    let mut v = [if mine { 1.0 } else { 0.0 }];
+    c.all_reduce_f64(&mut v)?;
+    Ok(v[0] > 0.0)
+}

@@ -1,0 +1,139 @@
+//! The process of one rank of a data-parallel node (`temper-rank JOB`, started R times by
+//! `mpirun`): the worker loop on one job file, with the ranks' [`Collective`].
+//!
+//! Rank 0 speaks the worker protocol on stdout (the front reads it through `mpirun`, which
+//! forwards rank 0's output) and publishes; the other ranks print their warnings and errors on
+//! stderr as `rank R: …`. Cancelling: `mpirun` forwards SIGUSR2 (and SIGUSR1) to every rank,
+//! which is what the front sends it; SIGTERM and SIGINT work too. Every rank checkpoints nothing
+//! itself and stops at the same step boundary (see [`crate::trainer`]). Each rank dies with its
+//! parent (`PR_SET_PDEATHSIG`), so no rank outlives `mpirun`.
+
+use super::Collective;
+use crate::stage::CancelToken;
+use crate::worker::{self, Events, LogLayer, Logging, Worker};
+use kinds::job::{End, Event};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tracing_subscriber::prelude::*;
+
+/// The event stream of a rank other than 0: warnings and errors as `rank R: …` on stderr.
+struct RankStderr {
+    rank: usize,
+    line: Vec<u8>,
+}
+
+impl Write for RankStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        while let Some(i) = self.line.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.line.drain(..=i).collect();
+            let text = match Event::parse(&String::from_utf8_lossy(&line)) {
+                Some(Event::Log { level, message, .. }) if level == "WARN" || level == "ERROR" => {
+                    Some(format!("{level} {message}"))
+                }
+                Some(Event::End(End::Error { message })) => Some(format!("ERROR {message}")),
+                Some(Event::End(End::UserError { message, .. })) => {
+                    Some(format!("ERROR {message}"))
+                }
+                _ => None,
+            };
+            if let Some(t) = text {
+                let _ = writeln!(std::io::stderr(), "rank {}: {t}", self.rank);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// SIGUSR2 and SIGUSR1 (what `mpirun` forwards) cancel the job: blocked in every thread and
+/// waited for by one.
+fn cancel_on_user_signals(token: CancelToken) {
+    // SAFETY: sigset manipulation and pthread_sigmask on this thread, before other threads
+    // exist (they inherit the mask); sigwait in the dedicated thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut sig: libc::c_int = 0;
+                if libc::sigwait(&set, &mut sig) == 0 {
+                    token.cancel();
+                }
+            });
+    }
+}
+
+/// `temper-rank JOB`: runs the job file `JOB` as rank `collective.rank()` of
+/// `collective.world()`. Exit 0 done, 1 failed, 130 cancelled, 2 bad use.
+pub fn main(collective: Arc<dyn Collective>) -> ExitCode {
+    worker::die_with_parent();
+    let rank = collective.rank();
+    let cancel = CancelToken::new();
+    cancel_on_user_signals(cancel.clone());
+    let token = cancel.clone();
+    let _ = ctrlc::set_handler(move || token.cancel());
+    let events = if rank == 0 {
+        Events::new(worker::take_stdout())
+    } else {
+        Events::new(Box::new(RankStderr {
+            rank,
+            line: Vec::new(),
+        }))
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(worker::env_filter("warn"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(LogLayer(events.clone()))
+        .try_init();
+    let Some(path) = std::env::args_os().nth(1) else {
+        eprintln!("usage: mpirun -n R temper-rank JOB");
+        return ExitCode::from(2);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t.replace('\n', " "),
+        Err(e) => {
+            eprintln!(
+                "temper-rank {rank}: reading {}: {e}",
+                path.to_string_lossy()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if rank == 0 {
+        if let Err(e) = worker::prepare_alone(&text) {
+            eprintln!("temper-rank: {}: {e:#}", path.to_string_lossy());
+            return ExitCode::from(2);
+        }
+    }
+    let w = Worker {
+        stages: Arc::new(worker::stage_map(crate::stages())),
+        events,
+        cancel,
+        logging: Logging::Global(handle),
+        name: format!(
+            "rank {rank}/{} pid {}",
+            collective.world(),
+            std::process::id()
+        ),
+        collective: collective.clone(),
+    };
+    let code = match w.serve(std::io::Cursor::new(text)) {
+        Some(End::Done { .. }) => 0,
+        Some(End::Cancelled) => 130,
+        _ => 1,
+    };
+    // MPI_Finalize runs when the last handle on the collective goes.
+    drop(w);
+    drop(collective);
+    let _ = std::io::stderr().flush();
+    // SAFETY: everything is written and MPI is finalised; skip libtorch's static destructors.
+    unsafe { libc::_exit(code) }
+}
