@@ -72,7 +72,14 @@ pub const RANK_BIN: &str = "temper-rank";
 /// The rank executable: `$TEMPER_RANK`, or `temper-rank` beside this executable.
 pub fn rank_exe() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TEMPER_RANK") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!(
+                "TEMPER_RANK={} is not a file (the rank binary, `{RANK_BIN}`)",
+                p.display()
+            );
+        }
+        return Ok(p);
     }
     let exe = std::env::current_exe()?;
     let p = exe.with_file_name(RANK_BIN);
@@ -90,7 +97,14 @@ pub fn rank_exe() -> Result<PathBuf> {
 /// `mpirun`: `$TEMPER_MPIRUN`, or the first on `PATH`.
 pub fn mpirun() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TEMPER_MPIRUN") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!(
+                "TEMPER_MPIRUN={} is not a file (Open MPI's `mpirun`)",
+                p.display()
+            );
+        }
+        return Ok(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

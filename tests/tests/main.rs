@@ -9,6 +9,7 @@ mod foundation;
 mod hostile;
 mod merge;
 mod preference;
+mod ranks;
 mod resume;
 mod reweight;
 mod slurm;

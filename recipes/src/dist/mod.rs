@@ -16,7 +16,22 @@ pub mod mpi;
 pub mod rank;
 
 use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Kind, Tensor};
+
+/// Nanoseconds this process spent in the all-reduces of training steps (reported as
+/// `allreduce_seconds` in a data-parallel run's summary).
+static ALLREDUCE_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Adds `d` to the time spent all-reducing.
+pub fn count_allreduce(d: std::time::Duration) {
+    ALLREDUCE_NANOS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// Seconds spent all-reducing so far in this process.
+pub fn allreduce_seconds() -> f64 {
+    ALLREDUCE_NANOS.load(Ordering::Relaxed) as f64 * 1e-9
+}
 
 /// Sums across the ranks of a data-parallel node.
 pub trait Collective: Send + Sync {

@@ -123,9 +123,19 @@ pub struct TrainSummary {
     /// Wall-clock seconds of the steps run in this attempt.
     pub seconds: f64,
     pub threads: usize,
+    /// Data-parallel ranks (1: none).
+    #[serde(default = "one")]
+    pub ranks: usize,
+    /// Seconds this attempt spent in the ranks' all-reduces (rank 0's; 0 with one rank).
+    #[serde(default)]
+    pub allreduce_seconds: f64,
     /// Signs that the run did not train (zero gradients, a loss that never moved).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Counters carried across checkpoints.

@@ -240,6 +240,7 @@ fn reduce_step(
     shown: u64,
 ) -> Result<(f64, Vec<(String, f64)>), StageError> {
     let comm = |e: anyhow::Error| StageError::Other(e.context(format!("step {shown}: all-reduce")));
+    let t0 = std::time::Instant::now();
     if crate::dist::any(c, local.is_err()).map_err(comm)? {
         return Err(local.err().unwrap_or_else(|| {
             StageError::Other(anyhow::anyhow!(
@@ -253,6 +254,7 @@ fn reduce_step(
         .collect();
     c.all_reduce_f64(&mut v).map_err(comm)?;
     crate::dist::all_reduce_grads(c, &opt.tensors()).map_err(comm)?;
+    crate::dist::count_allreduce(t0.elapsed());
     let extra = extra
         .into_iter()
         .zip(&v[1..])
@@ -357,6 +359,8 @@ pub(super) fn summarise<O: Objective>(
         resumed_from,
         seconds: started.elapsed().as_secs_f64(),
         threads,
+        ranks: ctx.collective.world(),
+        allreduce_seconds: crate::dist::allreduce_seconds(),
         warnings,
     }
 }

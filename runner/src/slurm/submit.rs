@@ -335,6 +335,11 @@ fn submit_one(
     if hold {
         args.push("--hold".into());
     }
+    // A data-parallel node: one job of R tasks; `mpirun` in the job starts the ranks on them.
+    let ranks = crate::assemble::ranks_of(plan, i);
+    if ranks > 1 {
+        args.push(format!("--ntasks={ranks}"));
+    }
     args.extend(settings.sbatch_args());
     let id = match cli::sbatch(&args, &script, Duration::from_secs(600)) {
         Ok(id) => id,
