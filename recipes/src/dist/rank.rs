@@ -107,6 +107,18 @@ pub fn main(collective: Arc<dyn Collective>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // One GPU per rank: the rank's local index among the ranks of its host.
+    let text = match serde_json::from_str::<kinds::job::Job>(text.trim()) {
+        Ok(mut job) if job.device.starts_with("cuda") => {
+            let local = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(rank);
+            job.device = format!("cuda:{local}");
+            job.to_line()
+        }
+        _ => text,
+    };
     if rank == 0 {
         if let Err(e) = worker::prepare_alone(&text) {
             eprintln!("temper-rank: {}: {e:#}", path.to_string_lossy());
