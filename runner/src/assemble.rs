@@ -22,14 +22,24 @@ pub(crate) fn ranks_of(plan: &Plan, i: usize) -> usize {
 
 /// The launcher of the `ranks` ranks of a data-parallel job on `device` (`cpu`, `cuda:N`, or
 /// `auto`/`cuda` in a Slurm allocation): an error, before anything starts, when MPI or
-/// `temper-rank` is missing or there are fewer CPU cores or CUDA devices than ranks.
+/// `temper-rank` is missing or there are fewer CPU cores or CUDA devices than ranks. `srun`:
+/// the ranks are a step of the Slurm job this runs in (its tasks, maybe on several nodes, which
+/// Slurm checked at submission).
 pub(crate) fn ranks_launcher(
     ranks: usize,
     device: &str,
     job_file: PathBuf,
+    srun: bool,
 ) -> Result<launch::Ranks> {
-    launch::mpirun()?;
     launch::rank_exe()?;
+    if srun {
+        return Ok(launch::Ranks {
+            ranks,
+            job_file,
+            srun,
+        });
+    }
+    launch::mpirun()?;
     if device.starts_with("cuda") {
         let n = crate::device::cuda_devices();
         if ranks > n {
@@ -47,7 +57,11 @@ pub(crate) fn ranks_launcher(
             );
         }
     }
-    Ok(launch::Ranks { ranks, job_file })
+    Ok(launch::Ranks {
+        ranks,
+        job_file,
+        srun,
+    })
 }
 
 /// The device plan entry `i` asks for (`auto`, `cpu`, `cuda:N`; `auto` when unset).

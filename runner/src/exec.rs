@@ -373,7 +373,7 @@ impl Executor<'_> {
         };
         let started = match assemble::ranks_of(self.plan, i) {
             1 => pool.run(&job, assignment, self.control),
-            ranks => assemble::ranks_launcher(ranks, &device, job_file)
+            ranks => assemble::ranks_launcher(ranks, &device, job_file, false)
                 .and_then(|l| pool.run_once(&l, &job, assignment, self.control)),
         };
         match started {

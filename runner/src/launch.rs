@@ -118,25 +118,37 @@ pub fn mpirun() -> Result<PathBuf> {
         })
 }
 
-/// Starts the R ranks of one data-parallel job: `mpirun -n R temper-rank JOB_FILE`, whose
-/// stdout carries rank 0's events. One job per launch (the job is in the file, not on stdin).
-/// Cancelling sends SIGUSR2, which `mpirun` forwards to every rank.
+/// Starts the R ranks of one data-parallel job, whose stdout carries rank 0's events: locally
+/// `mpirun -n R temper-rank JOB_FILE`; inside a Slurm allocation (`srun: true`) a job step
+/// `srun --mpi=pmix --ntasks=R temper-rank JOB_FILE` on the job's tasks, with the rendezvous
+/// from Slurm's PMIx. One job per launch (the job is in the file, not on stdin). Cancelling sends
+/// SIGUSR2, which `mpirun` and `srun` forward to every rank.
 pub struct Ranks {
     pub ranks: usize,
     pub job_file: PathBuf,
+    pub srun: bool,
 }
 
 impl Launcher for Ranks {
     fn start(&self) -> std::io::Result<WorkerConn> {
         let io = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
-        let mpirun = mpirun().map_err(io)?;
         let rank = rank_exe().map_err(io)?;
-        let mut cmd = Command::new(&mpirun);
-        cmd.arg("-n")
-            .arg(self.ranks.to_string())
-            // Each rank sets its own libtorch threads; no pinning to one core.
-            .args(["--bind-to", "none"])
-            .arg(&rank)
+        let (launcher, mut cmd) = if self.srun {
+            let mut c = Command::new("srun");
+            c.arg("--mpi=pmix")
+                .arg(format!("--ntasks={}", self.ranks))
+                .arg("--kill-on-bad-exit=1");
+            (PathBuf::from("srun"), c)
+        } else {
+            let mpirun = mpirun().map_err(io)?;
+            let mut c = Command::new(&mpirun);
+            c.arg("-n")
+                .arg(self.ranks.to_string())
+                // Each rank sets its own libtorch threads; no pinning to one core.
+                .args(["--bind-to", "none"]);
+            (mpirun, c)
+        };
+        cmd.arg(&rank)
             .arg(&self.job_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -157,7 +169,7 @@ impl Launcher for Ranks {
             });
         }
         let mut child = cmd.spawn().map_err(|e| {
-            std::io::Error::new(e.kind(), format!("starting {}: {e}", mpirun.display()))
+            std::io::Error::new(e.kind(), format!("starting {}: {e}", launcher.display()))
         })?;
         let events = child.stdout.take().expect("piped stdout");
         let pid = child.id();

@@ -257,6 +257,17 @@ fn two_ranks_in_one_slurm_job_match_the_local_launcher() {
     )
     .into_owned();
     assert!(show.contains("NumTasks=2"), "{show}");
+    // The ranks were a step of that job (`srun --mpi=pmix`), not processes of their own.
+    let log = std::fs::read_to_string(
+        p.store()
+            .join("logs")
+            .join(format!("{}.log", b.file_name().unwrap().to_string_lossy())),
+    )
+    .unwrap();
+    assert!(
+        log.contains("rank 0/2 pid") && log.contains(&format!("slurm step {id}.")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -131,9 +131,16 @@ pub fn main(collective: Arc<dyn Collective>) -> ExitCode {
         cancel,
         logging: Logging::Global(handle),
         name: format!(
-            "rank {rank}/{} pid {}",
+            "rank {rank}/{} pid {}{}",
             collective.world(),
-            std::process::id()
+            std::process::id(),
+            match (
+                std::env::var("SLURM_JOB_ID"),
+                std::env::var("SLURM_STEP_ID")
+            ) {
+                (Ok(j), Ok(s)) => format!(", slurm step {j}.{s}"),
+                _ => String::new(),
+            }
         ),
         collective: collective.clone(),
     };

@@ -138,8 +138,8 @@ pub fn run(path: &Path) -> Result<ExitCode> {
         node: job.node.clone(),
         span: progress::node_span(&job.node),
     };
-    // A data-parallel node: its ranks on the job's tasks, through `mpirun` (which takes the
-    // allocation from Slurm), reading the job file with the device this allocation resolved.
+    // A data-parallel node: its ranks are a step on the job's tasks (`srun --mpi=pmix`), reading
+    // the job file with the device this allocation resolved.
     let ranks = job
         .params
         .get("ranks")
@@ -150,7 +150,7 @@ pub fn run(path: &Path) -> Result<ExitCode> {
         let file = job.work_dir.join(kinds::job::JOB_FILE);
         store::write_atomic(&file, (job.to_line() + "\n").as_bytes())
             .map_err(anyhow::Error::from)
-            .and_then(|_| crate::assemble::ranks_launcher(ranks, &job.device, file))
+            .and_then(|_| crate::assemble::ranks_launcher(ranks, &job.device, file, true))
             .and_then(|l| pool.run_once(&l, &job, assignment, &control))
     } else {
         pool.run(&job, assignment, &control)
