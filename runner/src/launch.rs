@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Result};
 use kinds::job::{Launcher, WorkerConn, WorkerControl};
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -51,18 +52,24 @@ impl Launcher for Processes {
                 std::io::Error::new(e.kind(), format!("starting {}: {e}", exe.display()))
             })?;
         let jobs = child.stdin.take().expect("piped stdin");
-        let events = child.stdout.take().expect("piped stdout");
-        let pid = child.id();
-        Ok(WorkerConn {
-            jobs: Box::new(jobs),
-            events: Box::new(std::io::BufReader::new(events)),
-            control: Arc::new(Process {
-                pid,
-                child: Mutex::new(child),
-                status: Mutex::new(None),
-                cancel_signal: libc::SIGTERM,
-            }),
-        })
+        Ok(connect(child, Box::new(jobs), libc::SIGTERM))
+    }
+}
+
+/// The front's end of a spawned worker process: `jobs` written to it, events from its stdout,
+/// `cancel_signal` to ask it to checkpoint and stop.
+fn connect(mut child: Child, jobs: Box<dyn Write + Send>, cancel_signal: i32) -> WorkerConn {
+    let events = child.stdout.take().expect("piped stdout");
+    let pid = child.id();
+    WorkerConn {
+        jobs,
+        events: Box::new(std::io::BufReader::new(events)),
+        control: Arc::new(Process {
+            pid,
+            child: Mutex::new(child),
+            status: Mutex::new(None),
+            cancel_signal,
+        }),
     }
 }
 
@@ -168,21 +175,10 @@ impl Launcher for Ranks {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             std::io::Error::new(e.kind(), format!("starting {}: {e}", launcher.display()))
         })?;
-        let events = child.stdout.take().expect("piped stdout");
-        let pid = child.id();
-        Ok(WorkerConn {
-            jobs: Box::new(std::io::sink()),
-            events: Box::new(std::io::BufReader::new(events)),
-            control: Arc::new(Process {
-                pid,
-                child: Mutex::new(child),
-                status: Mutex::new(None),
-                cancel_signal: libc::SIGUSR2,
-            }),
-        })
+        Ok(connect(child, Box::new(std::io::sink()), libc::SIGUSR2))
     }
 }
 

@@ -72,6 +72,12 @@ pub const BUCKET: usize = 8 << 20;
 /// without a gradient are skipped, on every rank alike (the same model and micro-batch shapes
 /// give the same set).
 pub fn all_reduce_grads(c: &dyn Collective, params: &[Tensor]) -> Result<()> {
+    all_reduce_grads_in(c, params, BUCKET)
+}
+
+/// [`all_reduce_grads`] with buckets of about `bucket` floats (a gradient bigger than a bucket
+/// goes alone).
+pub fn all_reduce_grads_in(c: &dyn Collective, params: &[Tensor], bucket: usize) -> Result<()> {
     if c.world() == 1 {
         return Ok(());
     }
@@ -84,7 +90,7 @@ pub fn all_reduce_grads(c: &dyn Collective, params: &[Tensor]) -> Result<()> {
     while start < grads.len() {
         let mut end = start;
         let mut len = 0usize;
-        while end < grads.len() && (len == 0 || len + grads[end].numel() <= BUCKET) {
+        while end < grads.len() && (len == 0 || len + grads[end].numel() <= bucket) {
             len += grads[end].numel();
             end += 1;
         }

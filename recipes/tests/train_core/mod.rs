@@ -4,6 +4,7 @@
 mod util;
 
 mod chat;
+mod dist;
 mod examples;
 mod mixture;
 mod optim;
