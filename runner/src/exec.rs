@@ -434,10 +434,18 @@ impl Executor<'_> {
             }
             Err(how) => {
                 pool.died(f.worker);
-                let mut message = format!(
-                    "the worker process died ({how}); see its log {}",
-                    self.store.log_path(&e.key).display()
-                );
+                let log = self.store.log_path(&e.key);
+                let mut message = match assemble::ranks_of(self.plan, i) {
+                    1 => format!(
+                        "the worker process died ({how}); see its log {}",
+                        log.display()
+                    ),
+                    r => format!(
+                        "a rank of its {r} ended without reporting and MPI stopped the others \
+                         (mpirun: {how}); see its log {} and the ranks' stderr above",
+                        log.display()
+                    ),
+                };
                 if self.store.lookup_done(&e.key)?.is_some() {
                     // After publishing: the artifact is complete and recorded (a rerun uses
                     // it); the run still fails, and the record stays `Done`.
