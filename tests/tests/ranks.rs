@@ -37,6 +37,16 @@ sft tuned model=tiny data=train {
 }
 "#;
 
+const CPT: &str = r#"
+dataset corpus path="data/corpus.jsonl" format=text
+tokenizer tok vocab-size=320 { data corpus; }
+model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
+cpt domain model=tiny data=corpus {
+    seq-len 32; batch-size 2; grad-accum 2; steps 10; lr 2e-3; log-every 1; device cpu; threads 1
+    ranks RANKS
+}
+"#;
+
 const DPO: &str = r#"
 dataset prefs path="data/prefs.jsonl" format=preference
 tokenizer tok vocab-size=300 { data prefs; }
@@ -87,11 +97,11 @@ fn weights(dir: &Path) -> Vec<u8> {
 }
 
 #[test]
-fn two_ranks_match_one_rank_and_each_other_for_sft_and_dpo() {
+fn two_ranks_match_one_rank_and_each_other_for_sft_dpo_and_cpt() {
     if !mpi() {
         return;
     }
-    for (what, recipe) in [("sft", SFT), ("dpo", DPO)] {
+    for (what, recipe) in [("sft", SFT), ("dpo", DPO), ("cpt", CPT)] {
         let one = project(recipe, 1);
         one.ok(&["run", "r.kdl"]);
         let two = project(recipe, 2);
