@@ -3,10 +3,10 @@
 //!
 //! Rank 0 speaks the worker protocol on stdout (the front reads it through `mpirun`, which
 //! forwards rank 0's output) and publishes; the other ranks print their warnings and errors on
-//! stderr as `rank R: …`. Cancelling: `mpirun` forwards SIGUSR2 (and SIGUSR1) to every rank,
-//! which is what the front sends it; SIGTERM and SIGINT work too. Every rank checkpoints nothing
-//! itself and stops at the same step boundary (see [`crate::trainer`]). Each rank dies with its
-//! parent (`PR_SET_PDEATHSIG`), so no rank outlives `mpirun`.
+//! stderr as `rank R: …`. Cancelling: `mpirun` (or `srun`) forwards SIGUSR2 (and SIGUSR1) to
+//! every rank, which is what the front sends it; SIGTERM and SIGINT work too. Every rank stops at
+//! the same step boundary and only rank 0 writes the checkpoint (see [`crate::trainer`]). Each
+//! rank dies with its parent (`PR_SET_PDEATHSIG`), so no rank outlives its launcher.
 
 use super::Collective;
 use crate::stage::CancelToken;
