@@ -2,22 +2,51 @@
 //! it asks for, and for a data-parallel node (`ranks R`) the launcher of its ranks, checked
 //! before any rank starts.
 
+use crate::exec::Control;
 use crate::plan::Plan;
+use crate::pool::{Assignment, Pool};
 use crate::{launch, progress, Kinds};
 use anyhow::{anyhow, bail, Result};
 use kinds::job::{InputArtifact, Job};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// The `ranks` of plan entry `i` (1 for a kind without it).
+/// The `ranks` a node's parameters ask for (1 for a kind without it).
+pub(crate) fn ranks_in(params: &BTreeMap<String, dsl::Value>) -> usize {
+    params
+        .get("ranks")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(1)
+        .max(1) as usize
+}
+
+/// The `ranks` of plan entry `i`.
 pub(crate) fn ranks_of(plan: &Plan, i: usize) -> usize {
     plan.loaded
         .expanded
         .instance(&plan.entries[i].id)
-        .and_then(|inst| inst.params.get("ranks"))
-        .and_then(|v| v.as_i64())
-        .unwrap_or(1)
-        .max(1) as usize
+        .map_or(1, |inst| ranks_in(&inst.params))
+}
+
+/// Hands `job` to `pool`: to a worker, or for a data-parallel node to its ranks (`srun`: a step
+/// of the Slurm job this runs in), which read it from `job_file` (written here).
+pub(crate) fn hand_over(
+    pool: &mut Pool,
+    job: &Job,
+    job_file: PathBuf,
+    a: Assignment,
+    control: &Control,
+    srun: bool,
+) -> Result<()> {
+    let written = store::write_atomic(&job_file, (job.to_line() + "\n").as_bytes());
+    match ranks_in(&job.params) {
+        1 => pool.run(job, a, control),
+        ranks => {
+            written?;
+            let l = ranks_launcher(ranks, &job.device, job_file, srun)?;
+            pool.run_once(&l, job, a, control)
+        }
+    }
 }
 
 /// The launcher of the `ranks` ranks of a data-parallel job on `device` (`cpu`, `cuda:N`, or

@@ -363,20 +363,14 @@ impl Executor<'_> {
             self.run_id,
             out_dir,
         )?;
-        // The job beside its checkpoints: `temper worker <work dir>/job.json` reruns it by hand.
-        let job_file = work_dir.join(kinds::job::JOB_FILE);
-        let _ = std::fs::write(&job_file, job.to_line() + "\n");
         let assignment = Assignment {
             pos: i,
             node: e.id.clone(),
             span: progress::node_span(&e.id),
         };
-        let started = match assemble::ranks_of(self.plan, i) {
-            1 => pool.run(&job, assignment, self.control),
-            ranks => assemble::ranks_launcher(ranks, &device, job_file, false)
-                .and_then(|l| pool.run_once(&l, &job, assignment, self.control)),
-        };
-        match started {
+        // The job beside its checkpoints: `temper worker <work dir>/job.json` reruns it by hand.
+        let job_file = work_dir.join(kinds::job::JOB_FILE);
+        match assemble::hand_over(pool, &job, job_file, assignment, self.control, false) {
             Ok(()) => Ok(Start::Started),
             Err(err) => {
                 let msg = format!("node {}: {err:#}", e.id);

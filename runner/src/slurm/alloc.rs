@@ -138,23 +138,11 @@ pub fn run(path: &Path) -> Result<ExitCode> {
         node: job.node.clone(),
         span: progress::node_span(&job.node),
     };
-    // A data-parallel node: its ranks are a step on the job's tasks (`srun --mpi=pmix`), reading
-    // the job file with the device this allocation resolved.
-    let ranks = job
-        .params
-        .get("ranks")
-        .and_then(|v| v.as_i64())
-        .unwrap_or(1)
-        .max(1) as usize;
-    let started = if ranks > 1 {
-        let file = job.work_dir.join(kinds::job::JOB_FILE);
-        store::write_atomic(&file, (job.to_line() + "\n").as_bytes())
-            .map_err(anyhow::Error::from)
-            .and_then(|_| crate::assemble::ranks_launcher(ranks, &job.device, file, true))
-            .and_then(|l| pool.run_once(&l, &job, assignment, &control))
-    } else {
-        pool.run(&job, assignment, &control)
-    };
+    // A data-parallel node's ranks are a step on the job's tasks (`srun --mpi=pmix`); they read
+    // this allocation's copy of the job (its device resolved here), not `job.json`, which a
+    // requeued job resolves again wherever it lands.
+    let file = job.work_dir.join("allocation-job.json");
+    let started = crate::assemble::hand_over(&mut pool, &job, file, assignment, &control, true);
     if let Err(e) = started {
         let msg = format!("node {}: {e:#}", job.node);
         return Ending::new(&store, &ledger, &job, sub.as_ref(), &slurm_id).finish(Err(msg), false);

@@ -134,6 +134,8 @@ pub fn submit(
         .collect();
     let mut sent: Vec<Option<Sent>> = vec![None; entries.len()];
     let mut by_key: HashMap<&str, String> = HashMap::new();
+    // The jobs each submitted instance waits on (for the line printed about it).
+    let mut deps: HashMap<usize, Vec<String>> = HashMap::new();
     let mut failure: Option<anyhow::Error> = None;
     let mut out = std::io::stdout();
     for i in 0..entries.len() {
@@ -169,6 +171,7 @@ pub fn submit(
                             None => bad = Some(format!("input {input} is not part of this run")),
                         }
                     }
+                    deps.insert(i, after.clone());
                     match bad {
                         Some(why) => Sent::Skipped(why),
                         None => match submit_one(
@@ -200,7 +203,7 @@ pub fn submit(
         let line = match &outcome {
             Sent::Cached => format!("{:<12} {} cached", e.short_key(), e.id),
             Sent::Submitted(id) => {
-                let deps = ledger.get(&e.key)?.map(|s| s.after).unwrap_or_default();
+                let deps = deps.remove(&i).unwrap_or_default();
                 format!(
                     "{:<12} {} submitted: slurm job {id}{}",
                     e.short_key(),
