@@ -12,6 +12,7 @@ pub mod cpt;
 pub mod dataset;
 pub mod dpo;
 pub mod eval;
+pub mod lora;
 pub mod losses;
 pub mod merge;
 pub mod mixture;

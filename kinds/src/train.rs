@@ -80,6 +80,7 @@ crate::params! {
             .doc("complete checkpoints kept in the work directory"),
         ranks: usize = ParamSpec::new("ranks", int(1)).default(Value::Int(1)).non_semantic()
             .doc("data-parallel ranks (MPI processes); each takes grad-accum / ranks micro-batches of every step"),
+        lora: Option<crate::lora::Lora> = crate::lora::spec(),
     }
 }
 
@@ -130,6 +131,7 @@ pub fn check_ranks(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
 /// `√v̂ + eps`; with eps = 0 a parameter whose gradient was always zero gets 0/0 = NaN).
 pub fn check_optim(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     check_ranks(n, out);
+    crate::lora::check(n, out);
     if let Some(eps) = n.params.get("adam-eps").and_then(|v| v.as_f64()) {
         if eps <= 0.0 {
             out.push(ParamIssue {

@@ -13,6 +13,7 @@ pub mod influence;
 pub mod json;
 pub mod kinds;
 pub mod llama_init;
+pub mod lora;
 pub mod merge;
 pub mod pref;
 pub mod prologue;

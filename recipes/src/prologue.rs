@@ -47,6 +47,8 @@ pub struct Model {
     pub node: String,
     /// Its artifact directory.
     pub dir: PathBuf,
+    /// What an adapter trained on it sits on (see [`crate::lora::Lineage`]).
+    pub lineage: crate::lora::Lineage,
 }
 
 impl Model {
@@ -63,7 +65,8 @@ impl Model {
     }
 }
 
-/// Loads `input` on `device` in `kind`.
+/// Loads `input` on `device` in `kind`: a full model, or an adapter node's base with the
+/// adapter (and any below it) folded in ([`crate::lora::load_model_dir`]).
 pub fn load_model(
     ctx: &StageCtx,
     input: &Input,
@@ -71,9 +74,10 @@ pub fn load_model(
     kind: tch::Kind,
 ) -> Result<Model, StageError> {
     let a = ctx.input(&input.param)?;
-    let hf = HfModel::load(
+    let (hf, lineage) = crate::lora::load_model_dir(
         &a.dir,
-        &format!("model {}", a.node),
+        &a.node,
+        &a.key,
         &LoadOptions {
             device,
             dtype: Some(kind),
@@ -83,6 +87,7 @@ pub fn load_model(
         hf,
         node: a.node.clone(),
         dir: a.dir.clone(),
+        lineage,
     })
 }
 

@@ -68,6 +68,12 @@ pub enum StageError {
     Other(#[from] anyhow::Error),
 }
 
+impl From<tch::TchError> for StageError {
+    fn from(e: tch::TchError) -> Self {
+        StageError::Other(e.into())
+    }
+}
+
 impl StageError {
     pub fn user(message: impl Into<String>, hint: impl Into<Option<String>>) -> Self {
         StageError::User {

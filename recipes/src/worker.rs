@@ -289,6 +289,10 @@ fn test_pause(id: &str) {
 /// runs the job in file `JOB` (exit 0 done, 1 failed, 130 cancelled).
 pub fn main() -> std::process::ExitCode {
     use std::process::ExitCode;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == FOLD_ARG) {
+        return fold_main(&args[2..]);
+    }
     die_with_parent();
     let events = Events::new(take_stdout());
     let cancel = CancelToken::new();
@@ -350,6 +354,35 @@ pub fn main() -> std::process::ExitCode {
     let _ = std::io::stderr().flush();
     // SAFETY: `_exit` ends the process; nothing of this process is left to run or to flush.
     unsafe { libc::_exit(code) }
+}
+
+/// `temper-worker --fold ADAPTER_DIR NODE KEY OUT`: writes adapter artifact `ADAPTER_DIR`
+/// folded into its base as a full model in `OUT` (`temper export --merged`).
+pub const FOLD_ARG: &str = "--fold";
+
+fn fold_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    let [dir, node, key, out] = args else {
+        eprintln!("usage: temper-worker {FOLD_ARG} ADAPTER_DIR NODE KEY OUT");
+        return std::process::ExitCode::from(2);
+    };
+    let (node, key) = (node.to_string_lossy(), key.to_string_lossy());
+    match crate::lora::load::fold_to_dir(dir.as_ref(), &node, &key, out.as_ref()) {
+        Ok(l) => {
+            println!("{}", serde_json::json!({"base": l.base, "stack": l.stack}));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(StageError::User { message, hint }) => {
+            eprintln!("error: {message}");
+            if let Some(h) = hint {
+                eprintln!("hint: {h}");
+            }
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
 
 /// Linux: the kernel SIGKILLs this process when the thread that spawned it (the front's

@@ -100,6 +100,8 @@ pub struct HfModel {
     pub raw_config: J,
     /// The directory loaded from, if any.
     pub source: Option<PathBuf>,
+    /// The LoRA adapter being trained on this (then frozen) model, if any.
+    pub adapter: Option<crate::lora::Adapter>,
 }
 
 fn safetensors_kind(dtype: &str) -> Option<Kind> {
@@ -112,7 +114,7 @@ fn safetensors_kind(dtype: &str) -> Option<Kind> {
     })
 }
 
-fn dtype_names(kind: Kind) -> Option<(Dtype, &'static str)> {
+pub(crate) fn dtype_names(kind: Kind) -> Option<(Dtype, &'static str)> {
     Some(match kind {
         Kind::Float => (Dtype::F32, "float32"),
         Kind::BFloat16 => (Dtype::BF16, "bfloat16"),
@@ -147,6 +149,7 @@ impl HfModel {
             config,
             raw_config,
             source: None,
+            adapter: None,
         })
     }
 
@@ -251,6 +254,15 @@ impl HfModel {
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// The variables training updates, by name: the adapter's when one is attached
+    /// ([`crate::lora::attach`]), else every variable of the model.
+    pub fn trained_vars(&self) -> Vec<(String, Tensor)> {
+        match &self.adapter {
+            Some(a) => a.vs.variables().into_iter().collect(),
+            None => self.vs.variables().into_iter().collect(),
+        }
     }
 
     /// Number of parameters (tied weights counted once).

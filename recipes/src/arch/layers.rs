@@ -22,11 +22,13 @@ use super::mask::Prepared;
 use tch::nn::{Init, Path};
 use tch::{Kind, TchError, Tensor};
 
-/// `y = x Wᵀ + b`, weight `[out, in]` as in checkpoints.
+/// `y = x Wᵀ + b`, weight `[out, in]` as in checkpoints; with a LoRA adapter attached,
+/// `y = x Wᵀ + b + s · B(A(dropout(x)))` ([`crate::lora::LoraLayer`]).
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<crate::lora::LoraLayer>,
 }
 
 impl Linear {
@@ -37,10 +39,18 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight,
+            bias,
+            lora: None,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_linear(&self.weight, self.bias.as_ref())
+        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        match &self.lora {
+            Some(l) => y.f_add(&l.delta(x)?),
+            None => Ok(y),
+        }
     }
 }
 

@@ -79,7 +79,7 @@ impl Kind for Cpt {
             "dtype": params::dtype_name(model.hf.kind()),
             "stream_position": obj.stream.position(),
         });
-        write_output(ctx, &model.hf, &tok.path, &summary, extra)
+        write_output(ctx, &model, &tok.path, &summary, extra)
     }
 }
 

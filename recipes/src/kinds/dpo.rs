@@ -91,7 +91,7 @@ impl Kind for Dpo {
             "grad_accum": accum,
             "dtype": params::dtype_name(model.hf.kind()),
         });
-        write_output(ctx, &model.hf, &model.dir, &train_summary, extra)
+        write_output(ctx, &model, &model.dir, &train_summary, extra)
     }
 }
 

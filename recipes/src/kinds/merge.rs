@@ -39,13 +39,74 @@ impl Kind for Merge {
     }
 }
 
-/// A referenced model as a merge [`Input`].
-fn input_at(ctx: &StageCtx, r: &Ref) -> Result<Input, StageError> {
+/// A referenced model as a merge [`Input`]. An adapter node is folded into its base first
+/// ([`crate::lora::load::fold_to_dir`], into `work_dir/folded/N`), and its lineage noted in
+/// `bases` (so that adapters of different bases are refused, [`check_bases`]).
+fn input_at(ctx: &StageCtx, r: &Ref, bases: &mut Bases) -> Result<Input, StageError> {
     let a = ctx.input(&r.param)?;
+    if !crate::lora::is_adapter_dir(&a.dir) {
+        bases.push((a.node.clone(), None));
+        return Ok(Input {
+            name: a.node.clone(),
+            dir: a.dir.clone(),
+        });
+    }
+    let out = ctx.work_dir.join("folded").join(&a.key);
+    if out.exists() {
+        std::fs::remove_dir_all(&out)
+            .map_err(|e| anyhow::anyhow!("removing {}: {e}", out.display()))?;
+    }
+    let lineage = crate::lora::load::fold_to_dir(&a.dir, &a.node, &a.key, &out)?;
+    tracing::info!(node = %ctx.node, "folded adapter {} into its base {}", a.node, lineage.base.node);
+    bases.push((a.node.clone(), Some(lineage.base)));
     Ok(Input {
         name: a.node.clone(),
-        dir: a.dir.clone(),
+        dir: out,
     })
+}
+
+/// Each merged input with the base model it adapts (`None`: a full model).
+type Bases = Vec<(String, Option<crate::lora::NodeRef>)>;
+
+/// Adapters are differences from their base: merging adapters trained on different bases (or
+/// against a `base=` they were not trained on) would mix unrelated changes, so it is refused.
+fn check_bases(bases: &Bases, base_param: Option<&str>) -> Result<(), StageError> {
+    let adapters: Vec<(&String, &crate::lora::NodeRef)> = bases
+        .iter()
+        .filter_map(|(n, b)| b.as_ref().map(|b| (n, b)))
+        .collect();
+    let Some((first, b0)) = adapters.first() else {
+        return Ok(());
+    };
+    for (n, b) in &adapters[1..] {
+        if b.key != b0.key {
+            return Err(StageError::user(
+                format!(
+                    "adapters of different bases: {first} adapts {} and {n} adapts {}",
+                    b0.node, b.node
+                ),
+                Some(
+                    "merge adapters trained on the same base model, or merge full models \
+                     (a training node without `lora`)"
+                        .into(),
+                ),
+            ));
+        }
+    }
+    if let Some(base) = base_param {
+        let full = bases.iter().find(|(n, b)| n == base && b.is_none());
+        if full.is_some() && base != b0.node {
+            return Err(StageError::user(
+                format!(
+                    "base={base}, but adapter {first} was trained on {}: its changes are \
+                     relative to another model",
+                    b0.node
+                ),
+                Some(format!("use base={} (the adapters' base)", b0.node)),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the driver's job from the node's parameters and inputs.
@@ -56,7 +117,9 @@ fn job(ctx: &StageCtx, p: &Params) -> Result<Job, StageError> {
             p.method.name
         )
     })?;
-    let (base, models) = inputs(ctx, p, method)?;
+    let mut bases = Bases::new();
+    let (base, models) = inputs(ctx, p, method, &mut bases)?;
+    check_bases(&bases, p.base.as_ref().map(|b| b.node.as_str()))?;
     let params = param_set(p, &models);
     Ok(Job {
         method,
@@ -69,7 +132,7 @@ fn job(ctx: &StageCtx, p: &Params) -> Result<Job, StageError> {
         tokenizer_from: p
             .tokenizer_from
             .as_ref()
-            .map(|t| input_at(ctx, t))
+            .map(|t| input_at(ctx, t, &mut Bases::new()))
             .transpose()?,
         missing_from_base: p.missing_from_base,
         max_shard_bytes: p.shard_size,
@@ -87,12 +150,17 @@ fn inputs<'p>(
     ctx: &StageCtx,
     p: &'p Params,
     method: &Method,
+    bases: &mut Bases,
 ) -> Result<(Option<Input>, Models<'p>), StageError> {
     let mut models = Vec::with_capacity(p.model.len());
     for r in &p.model {
-        models.push((input_at(ctx, &r.model)?, r));
+        models.push((input_at(ctx, &r.model, bases)?, r));
     }
-    let mut base = p.base.as_ref().map(|b| input_at(ctx, b)).transpose()?;
+    let mut base = p
+        .base
+        .as_ref()
+        .map(|b| input_at(ctx, b, bases))
+        .transpose()?;
     if method.decl.base == BaseUse::FirstOfTwo {
         if let Some(b) = &base {
             models.retain(|(m, _)| m.name != b.name);

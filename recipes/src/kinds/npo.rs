@@ -100,7 +100,7 @@ impl Kind for Npo {
             "grad_accum": accum,
             "dtype": params::dtype_name(model.hf.kind()),
         });
-        write_output(ctx, &model.hf, &model.dir, &summary, extra)
+        write_output(ctx, &model, &model.dir, &summary, extra)
     }
 }
 

@@ -109,7 +109,7 @@ impl Kind for Sft {
             "grad_accum": accum,
             "dtype": params::dtype_name(model.hf.kind()),
         });
-        write_output(ctx, &model.hf, &tok.path, &summary, extra)
+        write_output(ctx, &model, &tok.path, &summary, extra)
     }
 }
 

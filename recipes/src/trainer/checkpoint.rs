@@ -2,7 +2,9 @@
 //!
 //! A checkpoint directory `step-NNNNNNNNN` (written atomically by
 //! [`crate::stage::Checkpoints::save`]) contains:
-//! - `model.safetensors`: every variable of the model by checkpoint name, in its dtype;
+//! - `model.safetensors`: every trained variable by checkpoint name, in its dtype (the whole
+//!   model, or only the LoRA adapter when one is trained: the frozen base is reloaded from its
+//!   artifact);
 //! - `optimizer.safetensors` + `optimizer.json`: AdamW moments and per-parameter steps;
 //! - `trainer.json` ([`TrainerState`]): step, tokens seen, first/last loss, the intra-op thread
 //!   count, seed, total steps and the objective's data position (stream / packer / sampler
@@ -40,7 +42,7 @@ pub struct TrainerState {
 
 /// Writes a checkpoint into `dir` (a fresh temporary directory).
 pub fn write(dir: &Path, model: &HfModel, opt: &AdamW, st: &TrainerState) -> anyhow::Result<()> {
-    let vars: BTreeMap<String, Tensor> = model.vs.variables().into_iter().collect();
+    let vars: BTreeMap<String, Tensor> = model.trained_vars().into_iter().collect();
     let cpu: Vec<(String, Tensor)> = vars
         .into_iter()
         .map(|(k, t)| (k, t.detach().to_device(tch::Device::Cpu)))
@@ -69,7 +71,7 @@ pub fn restore<O: Objective>(
         .with_context(|| format!("reading {}", p.display()))?
         .into_iter()
         .collect();
-    let vars = model.vs.variables();
+    let vars: BTreeMap<String, Tensor> = model.trained_vars().into_iter().collect();
     if saved.len() != vars.len() {
         bail!(
             "{}: {} tensors, the model has {}",

@@ -70,6 +70,8 @@ pub struct TrainSpec {
     pub log_every: u64,
     /// Intra-op CPU threads (0 = libtorch's default; a resumed run reuses the checkpoint's).
     pub threads: usize,
+    /// Train a LoRA adapter on the frozen model instead of its weights ([`crate::lora`]).
+    pub lora: Option<kinds::lora::Lora>,
 }
 
 /// The loss of one micro-batch.
@@ -169,7 +171,10 @@ pub fn train<O: Objective>(
     obj: &mut O,
 ) -> Result<TrainSummary, StageError> {
     let ckpts = ctx.checkpoints();
-    let mut opt = AdamW::from_var_store(&model.vs, spec.adamw);
+    if let (Some(lora), None) = (&spec.lora, &model.adapter) {
+        crate::lora::attach(model, lora, spec.seed, &format!("node {}", ctx.node))?;
+    }
+    let mut opt = AdamW::new(model.trained_vars(), spec.adamw);
     let sched = Schedule::new(spec.schedule, spec.lr, spec.warmup, spec.total_steps);
     let (mut prog, threads, mut last_good) = resume(ctx, &ckpts, spec, model, &mut opt, obj)?;
     let resumed_from = prog.step;
@@ -184,6 +189,8 @@ pub fn train<O: Objective>(
     let started = Instant::now();
     let mut window = (Instant::now(), 0u64);
     let c = &*ctx.collective;
+    crate::lora::attach::set_training(model, true);
+    let _eval_after = EvalAfter(model);
     while prog.step < spec.total_steps {
         // Every rank stops at the same step boundary (one flag all-reduced per step).
         let stop = if c.world() > 1 {
@@ -205,7 +212,7 @@ pub fn train<O: Objective>(
         let Some(out) = step(
             model,
             &mut opt,
-            (&sched, spec.max_grad_norm),
+            (&sched, spec.max_grad_norm, spec.seed),
             obj,
             prog.step,
             &poisoned,
@@ -240,6 +247,16 @@ pub fn train<O: Objective>(
         started,
         threads,
     ))
+}
+
+/// Puts a model's adapter back in evaluation mode (no dropout) when training ends, however it
+/// ends.
+struct EvalAfter<'a>(&'a HfModel);
+
+impl Drop for EvalAfter<'_> {
+    fn drop(&mut self) {
+        crate::lora::attach::set_training(self.0, false);
+    }
 }
 
 /// Warnings for a run that finished without training: the gradient was exactly zero over the

@@ -1,34 +1,49 @@
 //! The output of a training kind ([`write_output`]): the model in Hugging Face layout
 //! (config.json, safetensors, generation_config.json, tokenizer files, the chat template both in
 //! `chat_template.jinja` and in `tokenizer_config.json`), `metrics.jsonl` and
-//! `train_summary.json`.
+//! `train_summary.json`. A LoRA run writes the adapter in PEFT's layout instead of the weights
+//! ([`crate::lora::peft`]), with the same tokenizer files, metrics and summary: the base model
+//! stays where it is in the store.
 
 use super::TrainSummary;
-use crate::arch::{HfModel, SaveOptions};
+use crate::arch::io::{GENERATION_CONFIG_FILE, TOKENIZER_FILES};
+use crate::arch::SaveOptions;
+use crate::prologue::Model;
 use crate::stage::{StageCtx, StageError};
 use anyhow::Context;
 use serde_json::Value as J;
 use std::fs;
 use std::path::Path;
 
-/// Writes the trained model, the metrics and the summary into `ctx.out_dir`.
+/// Writes the trained model (or adapter), the metrics and the summary into `ctx.out_dir`.
 pub fn write_output(
     ctx: &StageCtx,
-    model: &HfModel,
+    trained: &Model,
     tok_dir: &Path,
     summary: &TrainSummary,
     extra: J,
 ) -> Result<J, StageError> {
     let out = &ctx.out_dir;
-    model
-        .save(
-            out,
-            &SaveOptions {
-                copy_from: Some(tok_dir.to_path_buf()),
-                ..Default::default()
-            },
-        )
-        .with_context(|| format!("node {}: saving the model", ctx.node))?;
+    let model = &trained.hf;
+    match &model.adapter {
+        Some(a) => {
+            let base = crate::lora::load::base_dir(&trained.dir, &trained.lineage);
+            crate::lora::peft::write(out, a, &trained.lineage, &base)
+                .and_then(|_| copy_tokenizer_files(tok_dir, out))
+                .with_context(|| format!("node {}: saving the adapter", ctx.node))?;
+        }
+        None => {
+            model
+                .save(
+                    out,
+                    &SaveOptions {
+                        copy_from: Some(tok_dir.to_path_buf()),
+                        ..Default::default()
+                    },
+                )
+                .with_context(|| format!("node {}: saving the model", ctx.node))?;
+        }
+    }
     sync_chat_template(out)
         .with_context(|| format!("node {}: writing the chat template", ctx.node))?;
     let m = ctx.metrics.path();
@@ -71,6 +86,17 @@ pub fn sync_chat_template(dir: &Path) -> anyhow::Result<()> {
         if !named && o.get("chat_template").and_then(|v| v.as_str()) != Some(t.as_str()) {
             o.insert("chat_template".into(), J::String(t));
             crate::json::write_json(&cfg_path, &cfg)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the tokenizer files and `generation_config.json` of `from` (when there) into `to`.
+fn copy_tokenizer_files(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for name in TOKENIZER_FILES.iter().chain([&GENERATION_CONFIG_FILE]) {
+        let src = from.join(name);
+        if src.is_file() && from != to {
+            fs::copy(&src, to.join(name)).with_context(|| format!("copying {}", src.display()))?;
         }
     }
     Ok(())

@@ -51,6 +51,7 @@ pub fn train_spec(o: &Optim, c: &Common) -> TrainSpec {
         keep_checkpoints: o.keep_checkpoints.max(1),
         log_every: c.log_every.max(1),
         threads: c.threads,
+        lora: o.lora.clone(),
     }
 }
 

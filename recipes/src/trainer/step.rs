@@ -138,7 +138,7 @@ pub struct StepOut {
 pub(super) fn step<O: Objective>(
     model: &HfModel,
     opt: &mut AdamW,
-    (sched, max_grad_norm): (&Schedule, Option<f64>),
+    (sched, max_grad_norm, seed): (&Schedule, Option<f64>, u64),
     obj: &mut O,
     step: u64,
     poisoned: &Poisoned,
@@ -155,13 +155,12 @@ pub(super) fn step<O: Objective>(
     let tokens: u64 = micro.iter().map(|b| obj.n_tokens(b) as u64).sum();
     // Data parallel: this rank's share of the step's micro-batches, then the sums over ranks.
     let (rank, world) = (c.rank(), c.world());
-    let mine: Vec<&O::Batch> = micro
+    let mine: Vec<(usize, &O::Batch)> = micro
         .iter()
         .enumerate()
         .filter(|(i, _)| i % world == rank)
-        .map(|(_, b)| b)
         .collect();
-    let local = accumulate(model, obj, &mine, n, poisoned);
+    let local = accumulate(model, obj, &mine, n, poisoned, (seed, step));
     let (loss_sum, extra) = if world > 1 {
         reduce_step(c, opt, local, shown)?
     } else {
@@ -193,14 +192,18 @@ pub(super) fn step<O: Objective>(
 }
 
 /// Forward and backward of each micro-batch: backpropagates `L_m / N`, so the accumulated
-/// gradient is that of `Σ_m L_m / N`; returns `(Σ_m L_m, extra metrics summed)`.
+/// gradient is that of `Σ_m L_m / N`; returns `(Σ_m L_m, extra metrics summed)`. With a LoRA
+/// adapter whose dropout is on, torch's generator is seeded before micro-batch `i` of the step
+/// from `(seed, step, i)` ([`crate::lora::dropout_seed`]).
 fn accumulate<O: Objective>(
     model: &HfModel,
     obj: &mut O,
-    micro: &[&O::Batch],
+    micro: &[(usize, &O::Batch)],
     n: usize,
     poisoned: &Poisoned,
+    (seed, step): (u64, u64),
 ) -> Result<(f64, Vec<(String, f64)>), StageError> {
+    let dropout = model.adapter.as_ref().is_some_and(|a| a.spec.dropout > 0.0);
     let shown = poisoned.shown;
     let mut loss_sum = 0.0;
     let mut extra: Vec<(String, f64)> = Vec::new();
@@ -208,7 +211,10 @@ fn accumulate<O: Objective>(
         return Ok((loss_sum, extra));
     }
     let scale = 1.0 / n as f64;
-    for b in micro {
+    for (i, b) in micro {
+        if dropout {
+            tch::manual_seed(crate::lora::dropout_seed(seed, step, *i));
+        }
         let out = obj
             .loss(model, b)
             .map_err(|e| StageError::Other(e.context(format!("step {shown}: forward"))))?;

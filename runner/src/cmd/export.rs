@@ -1,4 +1,9 @@
-//! `temper export recipe.kdl NODE DIR`: copy a node's artifact out of the store.
+//! `temper export recipe.kdl NODE DIR [--merged]`: copy a node's artifact out of the store.
+//!
+//! An adapter node (LoRA) exports as it is stored: a PEFT adapter directory
+//! (`adapter_config.json`, `adapter_model.safetensors`) with the tokenizer files. `--merged`
+//! writes instead a full Hugging Face model: the base with the adapter (and any below it) folded
+//! in, computed by `temper-worker --fold` (this binary does not link libtorch).
 use super::{Global, RecipeArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -13,7 +18,13 @@ pub struct ExportArgs {
     pub node: String,
     /// Destination directory (created; must be empty if it exists).
     pub dir: PathBuf,
+    /// For an adapter node: write a full model with the adapter folded into its base.
+    #[arg(long)]
+    pub merged: bool,
 }
+
+/// The file that marks an adapter artifact (PEFT's).
+const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
     let kinds = crate::Kinds::builtin();
@@ -28,14 +39,54 @@ pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
             e.state.word()
         );
     }
+    let adapter = store.artifact_dir(&e.key).join(ADAPTER_CONFIG).is_file();
+    if a.merged && adapter {
+        check_empty(&a.dir)?;
+        fold(&store.artifact_dir(&e.key), &e.id, &e.key, &a.dir)?;
+        let n = walkdir::WalkDir::new(&a.dir)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .count();
+        println!(
+            "exported {} merged into its base ({n} files) to {}",
+            e.id,
+            a.dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.merged {
+        eprintln!(
+            "note: {} is a full model, not an adapter: exporting it as it is",
+            e.id
+        );
+    }
     let n = export(&store, &e.key, &a.dir)?;
-    println!("exported {} ({} files) to {}", e.id, n, a.dir.display());
+    let what = if adapter { "adapter " } else { "" };
+    println!("exported {what}{} ({} files) to {}", e.id, n, a.dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Copies artifact `key` (without its manifest) into `dir`; returns the number of files.
-pub fn export(store: &store::Store, key: &str, dir: &Path) -> Result<usize> {
-    let src = store.artifact_dir(key);
+/// Runs `temper-worker --fold` to write adapter artifact `src` folded into its base in `dir`.
+fn fold(src: &Path, node: &str, key: &str, dir: &Path) -> Result<()> {
+    let exe = crate::launch::worker_exe()?;
+    let out = std::process::Command::new(&exe)
+        .arg("--fold")
+        .arg(src)
+        .arg(node)
+        .arg(key)
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !out.success() {
+        bail!("folding adapter {node} into its base failed (see above)");
+    }
+    Ok(())
+}
+
+fn check_empty(dir: &Path) -> Result<()> {
     if dir.exists()
         && std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
@@ -44,6 +95,13 @@ pub fn export(store: &store::Store, key: &str, dir: &Path) -> Result<usize> {
     {
         bail!("{} exists and is not empty", dir.display());
     }
+    Ok(())
+}
+
+/// Copies artifact `key` (without its manifest) into `dir`; returns the number of files.
+pub fn export(store: &store::Store, key: &str, dir: &Path) -> Result<usize> {
+    let src = store.artifact_dir(key);
+    check_empty(dir)?;
     let mut n = 0;
     for entry in walkdir::WalkDir::new(&src).sort_by_file_name() {
         let entry = entry.with_context(|| format!("listing {}", src.display()))?;
