@@ -199,12 +199,22 @@ impl Validator<'_> {
                 return bad(
                     self,
                     entry_span(text, e),
-                    format!("field `{fname}` of `{pname}` takes no property `{}`", k.value()),
+                    format!(
+                        "field `{fname}` of `{pname}` takes no property `{}`",
+                        k.value()
+                    ),
                     "unexpected property",
                 );
             }
             let path = format!("{pname}.{fname}");
-            match self.scalar(owner, &path, e.value(), &fspec.ty, file, value_span(text, e)) {
+            match self.scalar(
+                owner,
+                &path,
+                e.value(),
+                &fspec.ty,
+                file,
+                value_span(text, e),
+            ) {
                 Some(v) => vals.push(v),
                 None => return false,
             }
@@ -213,7 +223,10 @@ impl Validator<'_> {
             return bad(
                 self,
                 span,
-                format!("field `{fname}` of `{pname}` takes one value, found {}", vals.len()),
+                format!(
+                    "field `{fname}` of `{pname}` takes one value, found {}",
+                    vals.len()
+                ),
                 "here",
             );
         }

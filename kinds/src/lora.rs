@@ -124,11 +124,7 @@ pub fn target_problem(target: &str) -> Option<(String, String)> {
     if LINEAR_MODULES.contains(&last) {
         return None;
     }
-    let all: Vec<&str> = LINEAR_MODULES
-        .iter()
-        .copied()
-        .chain([ALL_LINEAR])
-        .collect();
+    let all: Vec<&str> = LINEAR_MODULES.iter().copied().chain([ALL_LINEAR]).collect();
     if matches!(last, "lm_head" | "embed_tokens") {
         return Some((
             format!(

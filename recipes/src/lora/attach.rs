@@ -114,12 +114,7 @@ fn init_a(seed: u64, module: &str, r: i64, inp: i64) -> Tensor {
 
 /// Attaches a fresh adapter per `spec` to `model` (named `shown` in errors) and freezes the
 /// base. `seed` keys `A`'s initial values.
-pub fn attach(
-    model: &mut HfModel,
-    spec: &Lora,
-    seed: u64,
-    shown: &str,
-) -> Result<(), StageError> {
+pub fn attach(model: &mut HfModel, spec: &Lora, seed: u64, shown: &str) -> Result<(), StageError> {
     if model.adapter.is_some() {
         return Err(StageError::Other(anyhow::anyhow!(
             "{shown}: an adapter is attached already"
@@ -191,4 +186,3 @@ pub fn set_training(model: &HfModel, on: bool) {
         a.flags.set_training(on);
     }
 }
-

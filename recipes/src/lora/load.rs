@@ -68,7 +68,9 @@ pub fn fold(model: &mut HfModel, dir: &Path, shown: &str) -> Result<(), StageErr
             .f_mul_scalar(stored.scaling)?
             .f_to_device(w.device())?
             .f_to_kind(w.kind())?;
-        let _ = w.f_add_(&delta).with_context(|| format!("{shown}: folding `{m}`"))?;
+        let _ = w
+            .f_add_(&delta)
+            .with_context(|| format!("{shown}: folding `{m}`"))?;
     }
     Ok(())
 }

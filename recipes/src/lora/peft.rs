@@ -152,7 +152,10 @@ pub fn read(dir: &Path, shown: &str) -> Result<Stored, StageError> {
         return Err(bad(shown, CONFIG_FILE, "peft_type is not LORA"));
     }
     for (k, ok) in [
-        ("fan_in_fan_out", !get("fan_in_fan_out").as_bool().unwrap_or(false)),
+        (
+            "fan_in_fan_out",
+            !get("fan_in_fan_out").as_bool().unwrap_or(false),
+        ),
         ("use_dora", !get("use_dora").as_bool().unwrap_or(false)),
         ("bias", get("bias").as_str().unwrap_or("none") == "none"),
     ] {
@@ -160,9 +163,11 @@ pub fn read(dir: &Path, shown: &str) -> Result<Stored, StageError> {
             return Err(bad(shown, CONFIG_FILE, format!("`{k}` is not supported")));
         }
     }
-    let rank = get("r").as_u64().filter(|r| *r > 0).ok_or_else(|| {
-        bad(shown, CONFIG_FILE, "`r` must be a positive integer")
-    })? as usize;
+    let rank = get("r")
+        .as_u64()
+        .filter(|r| *r > 0)
+        .ok_or_else(|| bad(shown, CONFIG_FILE, "`r` must be a positive integer"))?
+        as usize;
     let alpha = get("lora_alpha")
         .as_f64()
         .ok_or_else(|| bad(shown, CONFIG_FILE, "`lora_alpha` must be a number"))?;
@@ -194,7 +199,11 @@ pub fn read(dir: &Path, shown: &str) -> Result<Stored, StageError> {
     let mut modules = BTreeMap::new();
     for (m, ta) in a {
         let tb = b.remove(&m).ok_or_else(|| {
-            bad(shown, WEIGHTS_FILE, format!("`{m}` has lora_A but no lora_B"))
+            bad(
+                shown,
+                WEIGHTS_FILE,
+                format!("`{m}` has lora_A but no lora_B"),
+            )
         })?;
         let (sa, sb) = (ta.size(), tb.size());
         if sa.len() != 2 || sb.len() != 2 || sa[0] != rank as i64 || sb[1] != rank as i64 {

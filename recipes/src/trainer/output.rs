@@ -54,6 +54,9 @@ pub fn write_output(
     if let (Some(o), J::Object(e)) = (s.as_object_mut(), extra) {
         o.extend(e);
     }
+    if let (Some(o), Some(a)) = (s.as_object_mut(), &model.adapter) {
+        o.insert("lora".into(), lora_summary(model, a, &trained.lineage));
+    }
     crate::json::write_json(&out.join("train_summary.json"), &s)?;
     Ok(s)
 }
@@ -100,4 +103,28 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `lora` entry of a LoRA run's summary: the adapter's shape, what it sits on, and its
+/// size against the base's.
+fn lora_summary(
+    model: &crate::arch::HfModel,
+    a: &crate::lora::Adapter,
+    l: &crate::lora::Lineage,
+) -> J {
+    let trainable: usize = a.vs.variables().values().map(|t| t.numel()).sum();
+    let base = model.num_params();
+    serde_json::json!({
+        "rank": a.spec.rank,
+        "alpha": a.spec.alpha,
+        "dropout": a.spec.dropout,
+        "rslora": a.spec.rslora,
+        "target_modules": a.targets,
+        "modules": a.modules.len(),
+        "trainable_params": trainable,
+        "base_params": base,
+        "trainable_percent": 100.0 * trainable as f64 / base.max(1) as f64,
+        "base": l.base.node,
+        "stack": l.stack.iter().map(|r| r.node.clone()).collect::<Vec<_>>(),
+    })
 }

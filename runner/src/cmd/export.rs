@@ -63,7 +63,12 @@ pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
     }
     let n = export(&store, &e.key, &a.dir)?;
     let what = if adapter { "adapter " } else { "" };
-    println!("exported {what}{} ({} files) to {}", e.id, n, a.dir.display());
+    println!(
+        "exported {what}{} ({} files) to {}",
+        e.id,
+        n,
+        a.dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
