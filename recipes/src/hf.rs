@@ -149,6 +149,23 @@ pub fn read_config(dir: &Path, shown: &str) -> Result<HfConfig, StageError> {
             None,
         ));
     };
+    // An architecture temper does not run is named as such before its fields are checked (a
+    // GPT-2 config has no `hidden_size`, and "missing field" would hide the real problem).
+    if let Some(t) = obj.get("model_type").and_then(J::as_str) {
+        let known: Vec<&str> = crate::arch::config::SUPPORTED
+            .iter()
+            .map(|(_, t)| *t)
+            .collect();
+        if !known.contains(&t) {
+            return Err(StageError::user(
+                format!("{file}: model_type \"{t}\" is not an architecture temper runs"),
+                Some(format!(
+                    "temper trains, scores and adapts (LoRA) Llama-family models: model_type {}",
+                    known.join(", ")
+                )),
+            ));
+        }
+    }
     for (name, required, ty) in CONFIG_FIELDS {
         let found = match obj.get(*name) {
             None | Some(J::Null) if !required => continue,

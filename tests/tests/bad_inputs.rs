@@ -51,6 +51,10 @@ fn normalize(s: &str, store: &Path) -> String {
             }
         }
         let l = l.trim_end();
+        // per-step training lines carry losses and throughput, which vary between machines
+        if l.contains(" tok/s") {
+            continue;
+        }
         // timings such as `1.23s` or `in 12ms` vary between runs
         let l = mask_durations(l);
         out.push_str(&l);

@@ -40,12 +40,10 @@ impl Kind for Merge {
 }
 
 /// A referenced model as a merge [`Input`]. An adapter node is folded into its base first
-/// ([`crate::lora::load::fold_to_dir`], into `work_dir/folded/N`), and its lineage noted in
-/// `bases` (so that adapters of different bases are refused, [`check_bases`]).
-fn input_at(ctx: &StageCtx, r: &Ref, bases: &mut Bases) -> Result<Input, StageError> {
+/// ([`crate::lora::load::fold_to_dir`], into `work_dir/folded/<key>`).
+fn input_at(ctx: &StageCtx, r: &Ref) -> Result<Input, StageError> {
     let a = ctx.input(&r.param)?;
     if !crate::lora::is_adapter_dir(&a.dir) {
-        bases.push((a.node.clone(), None));
         return Ok(Input {
             name: a.node.clone(),
             dir: a.dir.clone(),
@@ -57,24 +55,30 @@ fn input_at(ctx: &StageCtx, r: &Ref, bases: &mut Bases) -> Result<Input, StageEr
             .map_err(|e| anyhow::anyhow!("removing {}: {e}", out.display()))?;
     }
     let lineage = crate::lora::load::fold_to_dir(&a.dir, &a.node, &a.key, &out)?;
-    tracing::info!(node = %ctx.node, "folded adapter {} into its base {}", a.node, lineage.base.node);
-    bases.push((a.node.clone(), Some(lineage.base)));
+    tracing::info!(
+        "folded adapter {} into its base {}",
+        a.node,
+        lineage.base.node
+    );
     Ok(Input {
         name: a.node.clone(),
         dir: out,
     })
 }
 
-/// Each merged input with the base model it adapts (`None`: a full model).
-type Bases = Vec<(String, Option<crate::lora::NodeRef>)>;
-
 /// Adapters are differences from their base: merging adapters trained on different bases (or
-/// against a `base=` they were not trained on) would mix unrelated changes, so it is refused.
-fn check_bases(bases: &Bases, base_param: Option<&str>) -> Result<(), StageError> {
-    let adapters: Vec<(&String, &crate::lora::NodeRef)> = bases
-        .iter()
-        .filter_map(|(n, b)| b.as_ref().map(|b| (n, b)))
-        .collect();
+/// against a `base=` they were not trained on) would mix unrelated changes, so it is refused
+/// (before anything is folded).
+fn check_bases(ctx: &StageCtx, p: &Params) -> Result<(), StageError> {
+    let mut adapters = Vec::new();
+    for r in p.model.iter().map(|m| &m.model).chain(p.base.iter()) {
+        let a = ctx.input(&r.param)?;
+        if crate::lora::is_adapter_dir(&a.dir) {
+            let shown = format!("adapter {}", a.node);
+            let base = crate::lora::peft::read_lineage(&a.dir, &shown)?.base;
+            adapters.push((a.node.clone(), base));
+        }
+    }
     let Some((first, b0)) = adapters.first() else {
         return Ok(());
     };
@@ -93,14 +97,14 @@ fn check_bases(bases: &Bases, base_param: Option<&str>) -> Result<(), StageError
             ));
         }
     }
-    if let Some(base) = base_param {
-        let full = bases.iter().find(|(n, b)| n == base && b.is_none());
-        if full.is_some() && base != b0.node {
+    if let Some(base) = &p.base {
+        let dir = &ctx.input(&base.param)?.dir;
+        if !crate::lora::is_adapter_dir(dir) && ctx.input(&base.param)?.key != b0.key {
             return Err(StageError::user(
                 format!(
-                    "base={base}, but adapter {first} was trained on {}: its changes are \
-                     relative to another model",
-                    b0.node
+                    "base={}, but adapter {first} was trained on {}: its changes are relative \
+                     to another model",
+                    base.node, b0.node
                 ),
                 Some(format!("use base={} (the adapters' base)", b0.node)),
             ));
@@ -117,9 +121,8 @@ fn job(ctx: &StageCtx, p: &Params) -> Result<Job, StageError> {
             p.method.name
         )
     })?;
-    let mut bases = Bases::new();
-    let (base, models) = inputs(ctx, p, method, &mut bases)?;
-    check_bases(&bases, p.base.as_ref().map(|b| b.node.as_str()))?;
+    check_bases(ctx, p)?;
+    let (base, models) = inputs(ctx, p, method)?;
     let params = param_set(p, &models);
     Ok(Job {
         method,
@@ -132,7 +135,7 @@ fn job(ctx: &StageCtx, p: &Params) -> Result<Job, StageError> {
         tokenizer_from: p
             .tokenizer_from
             .as_ref()
-            .map(|t| input_at(ctx, t, &mut Bases::new()))
+            .map(|t| input_at(ctx, t))
             .transpose()?,
         missing_from_base: p.missing_from_base,
         max_shard_bytes: p.shard_size,
@@ -150,17 +153,12 @@ fn inputs<'p>(
     ctx: &StageCtx,
     p: &'p Params,
     method: &Method,
-    bases: &mut Bases,
 ) -> Result<(Option<Input>, Models<'p>), StageError> {
     let mut models = Vec::with_capacity(p.model.len());
     for r in &p.model {
-        models.push((input_at(ctx, &r.model, bases)?, r));
+        models.push((input_at(ctx, &r.model)?, r));
     }
-    let mut base = p
-        .base
-        .as_ref()
-        .map(|b| input_at(ctx, b, bases))
-        .transpose()?;
+    let mut base = p.base.as_ref().map(|b| input_at(ctx, b)).transpose()?;
     if method.decl.base == BaseUse::FirstOfTwo {
         if let Some(b) = &base {
             models.retain(|(m, _)| m.name != b.name);
