@@ -7,6 +7,7 @@ mod bad_inputs;
 mod devices;
 mod foundation;
 mod hostile;
+mod lora;
 mod merge;
 mod preference;
 mod ranks;
