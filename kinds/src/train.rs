@@ -1,6 +1,6 @@
 //! Parameters shared by the training kinds (`cpt`, `sft`, `dpo`, `npo`): the optimiser,
-//! the schedule, the run's length, the compute dtype and checkpointing, declared once as the
-//! [`Optim`] group and checked by [`check_optim`].
+//! the schedule, the run's length, the compute dtype, checkpointing, data-parallel ranks and
+//! LoRA ([`crate::lora`]), declared once as the [`Optim`] group and checked by [`check_optim`].
 //!
 //! Defaults follow Hugging Face's `TrainingArguments` where one exists: `lr` 5e-5, linear
 //! schedule without warmup, `weight-decay` 0, betas (0.9, 0.999), eps 1e-8, `max-grad-norm` 1.

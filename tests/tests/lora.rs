@@ -5,6 +5,7 @@
 //! - the stored adapter loads in PEFT on the transformers base with no missing key and the
 //!   logits of `export --merged` (loaded in transformers), within 1e-5;
 //! - a DPO with LoRA on top of the SFT adapter (stacking), a `merge` of it, and an eval of both;
+//! - `gc` keeps the base and lower adapters of a pinned adapter;
 //! - `kill -9` mid-training of a LoRA run with dropout, then a rerun: bit-identical adapter.
 
 use serde_json::Value as J;
@@ -289,6 +290,25 @@ fn lora_sft_dpo_merge_export_and_peft_parity() {
         .unwrap();
     eprintln!("PEFT(base + adapter) vs transformers(export --merged): max |Δlogit| = {diff:.3e}");
     assert!(diff < 1e-5, "{diff}");
+
+    // gc keeps what a pinned adapter is applied on: its base and the adapter below it.
+    p.ok(&["pin", "keep", "recipe.kdl", "aligned"]);
+    p.ok(&["gc", "--yes"]);
+    let left = std::fs::read_dir(p.store().join("artifacts"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        left, 3,
+        "aligned, tuned (below it) and pretrained (the base)"
+    );
+    let again = out.path().join("merged-after-gc");
+    p.ok(&[
+        "export",
+        "recipe.kdl",
+        "aligned",
+        again.to_str().unwrap(),
+        "--merged",
+    ]);
 }
 
 /// Two batches of token ids (one with left padding) as logits.py reads them.

@@ -1,7 +1,9 @@
 //! `temper gc [recipe.kdl…] [--dry-run] [--yes]`: delete artifacts not reachable from the named
 //! recipes (all their instances) or the pins; print what is freed. With no recipe every
 //! unpinned artifact goes, so that asks first on a terminal and needs `--yes` otherwise.
-//! Works on a full disk (the store writes nothing before deleting).
+//! Works on a full disk (the store writes nothing before deleting). A kept or pinned LoRA adapter
+//! keeps the artifacts it is applied on (its base and lower adapters, named by key in its
+//! `temper_adapter.json`), since it is unusable without them.
 use super::{human_bytes, Global};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -35,6 +37,12 @@ pub fn run(g: &Global, a: GcArgs) -> Result<ExitCode> {
             .with_context(|| format!("computing the keys of {}", r.display()))?;
         keep.extend(keyed.keyed.into_iter().map(|k| k.key));
     }
+    let pinned: Vec<String> = store.pins()?.into_values().flatten().collect();
+    let mut below = HashSet::new();
+    for k in keep.iter().chain(&pinned) {
+        below.extend(adapter_lineage(&store.artifact_dir(k)));
+    }
+    keep.extend(below);
     let _lock = store
         .lock_run(true, "temper gc")
         .context("taking the store's run lock")?;
@@ -90,4 +98,26 @@ fn confirm_delete_all(preview: &store::GcReport) -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// The keys an adapter artifact in `dir` is applied on (base and lower adapters); none for
+/// anything else.
+fn adapter_lineage(dir: &std::path::Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(dir.join("temper_adapter.json")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    let key = |r: &serde_json::Value| r.get("key").and_then(|k| k.as_str()).map(str::to_string);
+    let stack = v
+        .get("stack")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten();
+    v.get("base")
+        .and_then(key)
+        .into_iter()
+        .chain(stack.filter_map(key))
+        .collect()
 }
