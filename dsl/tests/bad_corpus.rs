@@ -161,6 +161,11 @@ const EXPECT: &[(&str, usize, &str)] = &[
     // the e2e snapshots hold the runner's located errors.
     ("62-executor-setting-typo.kdl", 0, ""),
     ("63-resources-bad-time.kdl", 0, ""),
+    // LoRA targets and ranks are checked by the kinds' declarations (`kinds::lora`), which the
+    // test registry does not have.
+    ("64-lora-target-typo.kdl", 1, "unknown node kind `sft`"),
+    ("65-lora-rank-zero.kdl", 1, "unknown node kind `sft`"),
+    ("66-lora-tied-lm-head.kdl", 1, "unknown node kind `sft`"),
 ];
 
 fn dir() -> PathBuf {

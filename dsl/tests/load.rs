@@ -519,3 +519,52 @@ fn defaults_block_sets_common_params_where_nodes_do_not() {
     );
     assert!(e.render().contains("threads"), "{}", e.render());
 }
+
+fn lora_of(r: &Recipe) -> (i64, Vec<String>) {
+    let rec = r.nodes[r.nodes.len() - 1].params["lora"]
+        .as_record()
+        .unwrap()
+        .clone();
+    let rank = rec["rank"].as_i64().unwrap();
+    let Value::List(t) = &rec["target"] else {
+        panic!("target is a list: {rec:?}")
+    };
+    (
+        rank,
+        t.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+    )
+}
+
+#[test]
+fn record_fields_may_be_children_of_a_block() {
+    let d = project();
+    let r = ok(
+        d.path(),
+        r#"adapt a { lora rank=4 { target "q" "k"; target "o"; }; }"#,
+    );
+    assert_eq!(lora_of(&r), (4, vec!["q".into(), "k".into(), "o".into()]));
+    let r = ok(d.path(), "adapt a {\n lora {\n rank 2\n }\n}");
+    assert_eq!(
+        lora_of(&r),
+        (2, vec!["q".into()]),
+        "unset fields take their default"
+    );
+    let r = ok(d.path(), "adapt a { lora; }");
+    assert_eq!(lora_of(&r), (8, vec!["q".into()]));
+
+    let e = errs(d.path(), r#"adapt a { lora { tagret "q"; }; }"#, &[]);
+    assert_one(&e, "unknown field `tagret` in `lora`");
+    assert!(
+        e.render().contains("did you mean `target`"),
+        "{}",
+        e.render()
+    );
+    let e = errs(d.path(), "adapt a { lora { rank 1 2; }; }", &[]);
+    assert_one(&e, "field `rank` of `lora` takes one value, found 2");
+    let e = errs(d.path(), "adapt a { lora rank=4 { rank 5; }; }", &[]);
+    assert_one(&e, "field `rank` of `lora` is set twice");
+    let e = errs(d.path(), r#"adapt a { lora { target "q" x=1; }; }"#, &[]);
+    assert_one(&e, "takes no property `x`");
+    let e = errs(d.path(), r#"adapt a { lora { rank "four"; }; }"#, &[]);
+    assert!(has(&e, "a.lora.rank"), "{}", e.render());
+}

@@ -264,5 +264,22 @@ pub fn registry() -> Registry {
             )
             .param(ParamSpec::new("tokens", int()).optional()),
     );
+    // A record with a list field, written with a block of field children (like `lora`).
+    r.register(
+        KindSchema::new("adapt", 1, "model").param(
+            ParamSpec::new(
+                "lora",
+                ParamType::Record {
+                    positional: &[],
+                    fields: vec![
+                        ParamSpec::new("rank", int()).default(Value::Int(8)),
+                        ParamSpec::new("target", ParamType::List(Box::new(ParamType::Str)))
+                            .default(Value::List(vec![Value::Str("q".into())])),
+                    ],
+                },
+            )
+            .optional(),
+        ),
+    );
     r
 }
