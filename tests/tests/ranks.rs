@@ -47,6 +47,18 @@ cpt domain model=tiny data=corpus {
 }
 "#;
 
+/// LoRA with dropout: the masks are seeded per micro-batch index of the step, not per rank.
+const LORA: &str = r#"
+dataset corpus path="data/corpus.jsonl" format=text
+tokenizer tok vocab-size=320 { data corpus; }
+model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
+cpt domain model=tiny data=corpus {
+    lora rank=8 alpha=16 dropout=0.1 { target "all-linear"; }
+    seq-len 32; batch-size 2; grad-accum 2; steps 10; lr 2e-3; log-every 1; device cpu; threads 1
+    ranks RANKS
+}
+"#;
+
 const DPO: &str = r#"
 dataset prefs path="data/prefs.jsonl" format=preference
 tokenizer tok vocab-size=300 { data prefs; }
@@ -92,16 +104,23 @@ fn losses(dir: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// The trained weights: the model, or the adapter of a LoRA node.
 fn weights(dir: &Path) -> Vec<u8> {
-    std::fs::read(dir.join("model.safetensors")).unwrap()
+    let lora = dir.join("adapter_model.safetensors");
+    std::fs::read(if lora.is_file() {
+        lora
+    } else {
+        dir.join("model.safetensors")
+    })
+    .unwrap()
 }
 
 #[test]
-fn two_ranks_match_one_rank_and_each_other_for_sft_dpo_and_cpt() {
+fn two_ranks_match_one_rank_and_each_other_for_sft_dpo_cpt_and_lora() {
     if !mpi() {
         return;
     }
-    for (what, recipe) in [("sft", SFT), ("dpo", DPO), ("cpt", CPT)] {
+    for (what, recipe) in [("sft", SFT), ("dpo", DPO), ("cpt", CPT), ("lora", LORA)] {
         let one = project(recipe, 1);
         one.ok(&["run", "r.kdl"]);
         let two = project(recipe, 2);
