@@ -7,8 +7,8 @@
 //! Each adapted module `M` gets `M.lora_A.weight` `[r, in]` — uniform in `±1/√in`, PEFT's
 //! `kaiming_uniform_(a=√5)` bound, drawn from a SplitMix64 stream keyed by the seed and the
 //! module name (so the values do not depend on the module order or on torch's RNG) — and
-//! `M.lora_B.weight` `[out, r]` = 0, in the model's dtype and device, in a var store of their
-//! own. Every base variable is frozen (`requires_grad = false`): no base gradient is computed
+//! `M.lora_B.weight` `[out, r]` = 0, in f32 (whatever the base's dtype, as PEFT keeps adapters)
+//! on the model's device, in a var store of their own. Every base variable is frozen (`requires_grad = false`): no base gradient is computed
 //! and the optimizer holds state for the adapter only.
 
 use super::{Flags, LoraLayer};
@@ -126,7 +126,8 @@ pub fn attach(model: &mut HfModel, spec: &Lora, seed: u64, shown: &str) -> Resul
             Some("e.g. `lora rank=16 alpha=32`".to_string()),
         ));
     }
-    let (device, kind) = (model.device(), model.kind());
+    let device = model.device();
+    let kind = tch::Kind::Float;
     let flags = Arc::new(Flags::default());
     let mut vs = VarStore::new(device);
     vs.set_kind(kind);

@@ -46,7 +46,9 @@ impl Flags {
     }
 }
 
-/// The adapter of one linear layer: `delta(x) = s · (dropout(x) Aᵀ) Bᵀ`, PEFT's order.
+/// The adapter of one linear layer: `delta(x) = s · (dropout(x) Aᵀ) Bᵀ`, PEFT's order. The
+/// adapter is kept in f32 whatever the base's dtype (as PEFT's `autocast_adapter_dtype` does):
+/// on a bf16 base, `x` is cast to f32 for the adapter and the result back to `x`'s dtype.
 #[derive(Debug)]
 pub struct LoraLayer {
     /// `[r, in]`.
@@ -61,6 +63,14 @@ pub struct LoraLayer {
 impl LoraLayer {
     /// The adapter's contribution for input `x` `[…, in]`.
     pub fn delta(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let (xk, ak) = (x.f_kind()?, self.a.f_kind()?);
+        let cast;
+        let x = if xk != ak {
+            cast = x.f_to_kind(ak)?;
+            &cast
+        } else {
+            x
+        };
         let dropped;
         let x = if self.dropout > 0.0 && self.flags.training() {
             dropped = x.f_dropout(self.dropout, true)?;
@@ -68,9 +78,15 @@ impl LoraLayer {
         } else {
             x
         };
-        x.f_linear::<&Tensor>(&self.a, None)?
+        let y = x
+            .f_linear::<&Tensor>(&self.a, None)?
             .f_linear::<&Tensor>(&self.b, None)?
-            .f_mul_scalar(self.scaling)
+            .f_mul_scalar(self.scaling)?;
+        if xk != ak {
+            y.f_to_kind(xk)
+        } else {
+            Ok(y)
+        }
     }
 }
 
