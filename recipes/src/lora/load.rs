@@ -32,7 +32,7 @@ fn sibling(dir: &Path, r: &NodeRef, what: &str, shown: &str) -> Result<PathBuf, 
         format!(
             "{shown}: its {what} `{}` (key {}) is no longer in the store at {}",
             r.node,
-            &r.key[..r.key.len().min(12)],
+            r.key.get(..12).unwrap_or(&r.key),
             d.display()
         ),
         Some("rerun the recipe that built it (`temper run`), then this node".into()),
