@@ -62,6 +62,17 @@ pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
         );
     }
     let n = export(&store, &e.key, &a.dir)?;
+    let below = stacked_on(&store.artifact_dir(&e.key));
+    if !below.is_empty() {
+        eprintln!(
+            "note: adapter {} was trained on its base with {} folded in; PEFT applies it to the \
+             model in `base_model_name_or_path` only, so load it on `temper export --merged` of \
+             {}, or export this node with --merged",
+            e.id,
+            below.join(", "),
+            below.last().map(String::as_str).unwrap_or_default()
+        );
+    }
     let what = if adapter { "adapter " } else { "" };
     println!(
         "exported {what}{} ({} files) to {}",
@@ -125,4 +136,18 @@ pub fn export(store: &store::Store, key: &str, dir: &Path) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The nodes of the adapters below an adapter artifact (its `temper_adapter.json` stack).
+fn stacked_on(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(dir.join("temper_adapter.json")) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["stack"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["node"].as_str().map(str::to_string))
+        .collect()
 }
