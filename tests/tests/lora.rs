@@ -335,23 +335,14 @@ d = max(d, (a["b1.logits"][:, 5:] - b["b1.logits"][:, 5:]).abs().max().item())
 print(d)
 "#;
 
-const RESUME_RECIPE: &str = r#"
-dataset corpus path="data/corpus.jsonl" format=text
-tokenizer tok vocab-size=320 { data corpus; }
-model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
-cpt domain model=tiny data=corpus {
-    lora rank=8 alpha=16 dropout=0.1 rslora=#true { target "all-linear"; }
-    seq-len 32; batch-size 4; grad-accum 2; steps 120; lr 2e-3; weight-decay 0.1
-    schedule cosine warmup=0.1
-    checkpoint-every 10; log-every 5; device cpu; threads 1
-}
-"#;
-
+/// The resume test's recipe with a LoRA adapter (dropout on, rsLoRA) on its `cpt` node.
 fn resume_project() -> Project {
-    let p = Project::new();
-    p.copy_from_repo("examples/data/corpus.jsonl", "data/corpus.jsonl");
-    p.write("recipe.kdl", RESUME_RECIPE);
-    p
+    let recipe = crate::resume::RECIPE.replace(
+        "cpt domain model=tiny data=corpus {",
+        "cpt domain model=tiny data=corpus {\n    lora rank=8 alpha=16 dropout=0.1 rslora=#true { target \"all-linear\"; }",
+    );
+    assert!(recipe.contains("lora rank=8"));
+    crate::resume::project_with(&recipe)
 }
 
 /// Dropout draws from torch's generator, seeded per micro-batch from the run's position, so a

@@ -20,9 +20,14 @@ cpt domain model=tiny data=corpus {
 "#;
 
 fn project() -> Project {
+    project_with(RECIPE)
+}
+
+/// A project with the corpus and `recipe` as `recipe.kdl`.
+pub(crate) fn project_with(recipe: &str) -> Project {
     let p = Project::new();
     p.copy_from_repo("examples/data/corpus.jsonl", "data/corpus.jsonl");
-    p.write("recipe.kdl", RECIPE);
+    p.write("recipe.kdl", recipe);
     p
 }
 
