@@ -80,7 +80,8 @@ impl FromParam for Lora {
     }
 }
 
-/// The declaration of `lora`.
+/// The declaration of `lora`: added after the training kinds' first release, so a node without
+/// it keeps its key.
 pub fn spec() -> ParamSpec {
     let targets = Value::List(
         DEFAULT_TARGETS
@@ -112,6 +113,7 @@ pub fn spec() -> ParamSpec {
         },
     )
     .optional()
+    .added_later()
     .doc("train LoRA adapters on the frozen model instead of all weights")
 }
 
