@@ -279,7 +279,7 @@ pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
                 let m = &axes[*a].members[*mi];
                 let v = &m.values[ks[*a]];
                 if m.node == d.name {
-                    params.insert(m.param.clone(), v.clone());
+                    set_param(&mut params, &m.param, v);
                 }
                 parts.push(format!("{label}={}", show(v)));
                 assignments.push((format!("{}.{}", m.node, m.param), v.clone()));
@@ -423,6 +423,18 @@ fn variants(
         });
     }
     out
+}
+
+/// Sets parameter `param` — or, for `record.field` (a sweep over one field of a record the node
+/// sets), that field of the record — to `v`.
+fn set_param(params: &mut std::collections::BTreeMap<String, Value>, param: &str, v: &Value) {
+    if let Some((rec, field)) = param.split_once('.') {
+        if let Some(Value::Record(r)) = params.get_mut(rec) {
+            r.insert(field.to_string(), v.clone());
+            return;
+        }
+    }
+    params.insert(param.to_string(), v.clone());
 }
 
 #[cfg(test)]

@@ -217,7 +217,11 @@ fn load_inner(
         .collect();
     for ax in &axes {
         for m in &ax.members {
-            if let Some(d) = index.get(&m.node).map(|i| &mut v.decls[*i]) {
+            if let Some(d) = index
+                .get(&m.node)
+                .map(|i| &mut v.decls[*i])
+                .filter(|_| !m.param.contains('.'))
+            {
                 if d.params.get(&m.param).is_none_or(|x| *x == Value::Null) {
                     if let Some(first) = m.values.first() {
                         d.params.insert(m.param.clone(), first.clone());

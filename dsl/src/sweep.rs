@@ -2,9 +2,10 @@
 //!
 //! Each plain member is one axis; a `zip` group is one axis whose members vary together (equal
 //! numbers of values). Axes combine as a grid. A member must name an existing node and one of
-//! its *semantic* parameters (a non-semantic one would give identical variants), not a record;
-//! each value is type-checked like a value in the file (references and paths too); a value of a
-//! repeated or `List` parameter is a one-item list. A (node, param) may be swept once, and a
+//! its *semantic* parameters (a non-semantic one would give identical variants), not a record —
+//! but it may name one field of a record the node sets, `node.record.field` (`tuned.lora.rank`),
+//! whose other fields then keep their values; each value is type-checked like a value in the
+//! file (references and paths too); a value of a repeated or `List` parameter is a one-item list. A (node, param) may be swept once, and a
 //! value listed once. A `--set` on the same node.param removes that member (and an axis left
 //! empty).
 
@@ -262,7 +263,19 @@ impl Validator<'_> {
         };
         let schema = self.reg.get(info.kind?)?;
         let pnames: Vec<&str> = schema.params.iter().map(|p| p.name).collect();
-        let Some(spec) = schema.find_param(param) else {
+        // `node.record.field`: one field of a record parameter the node sets.
+        let field = match schema.find_param(param) {
+            Some(_) => None,
+            None => match self.record_field(file, node, schema, param, &label, nspan) {
+                Ok(f) => f,
+                Err(()) => return None,
+            },
+        };
+        let Some(spec) = field
+            .as_ref()
+            .map(|(rec, _)| *rec)
+            .or_else(|| schema.find_param(param))
+        else {
             let mut hint = suggest::hint(param, &pnames).unwrap_or_default();
             if !hint.is_empty() {
                 hint.push(' ');
@@ -296,17 +309,26 @@ impl Validator<'_> {
             self.push(d);
             return None;
         }
-        if matches!(spec.ty, ParamType::Record { .. }) {
+        if field.is_none() && matches!(spec.ty, ParamType::Record { .. }) {
             let d = Diag::at(
                 &src,
                 nspan,
                 format!("cannot sweep `{label}`: record parameters cannot be swept"),
                 "record parameter",
-            );
+            )
+            .help(format!(
+                "sweep one of its fields instead: `{node}.{}.FIELD v1 v2 …`",
+                spec.name
+            ));
             self.push(d);
             return None;
         }
-        let key = (node.to_string(), spec.name.to_string());
+        // What the values are checked against: the parameter, or the record's field.
+        let (vspec, pname) = match &field {
+            Some((_, f)) => (*f, param.to_string()),
+            None => (spec, spec.name.to_string()),
+        };
+        let key = (node.to_string(), pname.clone());
         if let Some(prev) = seen.get(&key) {
             let d = Diag::at(
                 &src,
@@ -349,7 +371,7 @@ impl Validator<'_> {
             self.push(d);
             return None;
         }
-        let wrap = spec.repeated || matches!(spec.ty, ParamType::List(_));
+        let wrap = vspec.repeated || matches!(vspec.ty, ParamType::List(_));
         let mut values: Vec<Value> = Vec::new();
         // Canonical JSON of each value: a set, so checking for repeats is linear.
         let mut seen_values: HashSet<String> = HashSet::new();
@@ -369,7 +391,7 @@ impl Validator<'_> {
                 ok = false;
                 continue;
             }
-            match self.scalar(&node_s, spec.name, e.value(), &spec.ty, file, sp) {
+            match self.scalar(&node_s, &pname, e.value(), &vspec.ty, file, sp) {
                 Some(v) => {
                     let v = if wrap { Value::List(vec![v]) } else { v };
                     if !seen_values.insert(v.to_canonical_json().to_string()) {
@@ -390,8 +412,72 @@ impl Validator<'_> {
         }
         ok.then(|| AxisMember {
             node: node.to_string(),
-            param: spec.name.to_string(),
+            param: pname,
             values,
         })
+    }
+
+    /// For an axis `node.record.field`: the record's and the field's declarations, `Ok(None)`
+    /// when `param` names no record field (the caller reports an unknown parameter), `Err` when
+    /// it reported an error (an unknown field, a node that does not set the record).
+    #[allow(clippy::type_complexity)]
+    fn record_field<'s>(
+        &mut self,
+        file: usize,
+        node: &str,
+        schema: &'s crate::schema::KindSchema,
+        param: &str,
+        label: &str,
+        nspan: miette::SourceSpan,
+    ) -> Result<Option<(&'s crate::schema::ParamSpec, &'s crate::schema::ParamSpec)>, ()> {
+        let Some((rec, fname)) = param.split_once('.') else {
+            return Ok(None);
+        };
+        let Some(spec) = schema.find_param(rec) else {
+            return Ok(None);
+        };
+        let ParamType::Record { fields, .. } = &spec.ty else {
+            return Ok(None);
+        };
+        let src = self.src(file);
+        let Some(f) = fields
+            .iter()
+            .find(|f| f.name == fname && !matches!(f.ty, ParamType::Record { .. }))
+        else {
+            let fnames: Vec<&str> = fields.iter().map(|f| f.name).collect();
+            let mut hint = suggest::hint(fname, &fnames).unwrap_or_default();
+            if !hint.is_empty() {
+                hint.push(' ');
+            }
+            hint.push_str(&format!("`{rec}` fields: {}", suggest::list(&fnames)));
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("sweep axis `{label}`: `{rec}` has no field `{fname}`"),
+                "unknown field",
+            )
+            .help(hint);
+            self.push(d);
+            return Err(());
+        };
+        let set = self
+            .decls
+            .iter()
+            .find(|d| d.name == node)
+            .is_none_or(|d| matches!(d.params.get(rec), Some(Value::Record(_))));
+        if !set {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("sweep axis `{label}`: `{node}` does not set `{rec}`"),
+                "record not set",
+            )
+            .help(format!(
+                "add `{rec} …` to `{node}` (its other fields keep their values in every variant)"
+            ));
+            self.push(d);
+            return Err(());
+        }
+        Ok(Some((spec, f)))
     }
 }

@@ -202,3 +202,29 @@ fn thousand_variants_over_twenty_nodes_is_fast() {
     assert_eq!(ids(&e, "final").len(), 100);
     assert!(ms < 500.0, "expansion took {ms} ms");
 }
+
+/// `node.record.field` sweeps one field of a record the node sets; its other fields keep their
+/// values in every variant.
+#[test]
+fn a_record_field_can_be_swept() {
+    let e = expanded(
+        r#"adapt a { lora rank=4 { target "k"; }; }
+sweep { a.lora.rank 4 16; }"#,
+    );
+    assert_eq!(ids(&e, "a"), ["a[lora.rank=4]", "a[lora.rank=16]"]);
+    for (inst, rank) in e.instances.iter().zip([4, 16]) {
+        let rec = inst.params["lora"].as_record().unwrap();
+        assert_eq!(rec["rank"], Value::Int(rank));
+        assert_eq!(rec["target"], Value::List(vec![Value::Str("k".into())]));
+    }
+    // A list field takes one list per value.
+    let e = expanded(
+        r#"adapt a { lora; }
+sweep { a.lora.target "q" "v"; }"#,
+    );
+    assert_eq!(e.instances.len(), 2);
+    assert_eq!(
+        e.instances[1].params["lora"].as_record().unwrap()["target"],
+        Value::List(vec![Value::Str("v".into())])
+    );
+}

@@ -568,3 +568,26 @@ fn record_fields_may_be_children_of_a_block() {
     let e = errs(d.path(), r#"adapt a { lora { rank "four"; }; }"#, &[]);
     assert!(has(&e, "a.lora.rank"), "{}", e.render());
 }
+
+#[test]
+fn a_swept_record_field_must_exist_on_a_record_the_node_sets() {
+    let d = project();
+    let e = errs(
+        d.path(),
+        "adapt a { lora; }\nsweep { a.lora.rnk 1 2; }",
+        &[],
+    );
+    assert_one(&e, "`lora` has no field `rnk`");
+    assert!(e.render().contains("did you mean `rank`"), "{}", e.render());
+    let e = errs(d.path(), "adapt a\nsweep { a.lora.rank 1 2; }", &[]);
+    assert_one(&e, "`a` does not set `lora`");
+    let e = errs(
+        d.path(),
+        "adapt a { lora; }\nsweep { a.lora.rank 1 x; }",
+        &[],
+    );
+    assert_one(&e, "a.lora.rank");
+    let e = errs(d.path(), "adapt a { lora; }\nsweep { a.lora 1 2; }", &[]);
+    assert_one(&e, "record parameters cannot be swept");
+    assert!(e.render().contains("a.lora.FIELD"), "{}", e.render());
+}
