@@ -8,8 +8,9 @@
 //! - `optimizer.safetensors` + `optimizer.json`: AdamW moments and per-parameter steps;
 //! - `trainer.json` ([`TrainerState`]): step, tokens seen, first/last loss, the intra-op thread
 //!   count, seed, total steps and the objective's data position (stream / packer / sampler
-//!   state). The schedule is a pure function of the step; the loop draws no random numbers of
-//!   torch's, so the seed is all the RNG state there is.
+//!   state). The schedule is a pure function of the step; the only random numbers of torch's
+//!   the loop draws (LoRA dropout) come from a generator seeded from (seed, step, micro-batch),
+//!   so the seed is all the RNG state there is.
 //!
 //! Metrics are appended to `work_dir/metrics.jsonl` as the run goes; on start,
 //! [`truncate_metrics`] drops every line of a step after the restored checkpoint (and any torn

@@ -22,8 +22,9 @@
 //! Checkpoints (`ctx.checkpoints()`, every `checkpoint_every` steps, on cancel and at the end)
 //! hold everything the next steps depend on ([`checkpoint`]); a rerun with the same work
 //! directory restores the latest complete one and continues, and on CPU its final weights are
-//! bit-identical to an uninterrupted run's: the loop uses no randomness of torch's, the data
-//! order is a pure function of the seed and the saved position, and the intra-op thread count
+//! bit-identical to an uninterrupted run's: the loop's only randomness of torch's (LoRA dropout)
+//! is reseeded from (seed, step, micro-batch) before each micro-batch, the data order is a pure
+//! function of the seed and the saved position, and the intra-op thread count
 //! (which decides how CPU reductions are split) is pinned to the one the run started with.
 
 pub mod checkpoint;
