@@ -62,11 +62,11 @@ impl Validator<'_> {
                 Some(k) => (k.value().to_string(), entry_span(text, e)),
             };
             let Some(fspec) = fields.iter().find(|f| f.name == fname) else {
-                let mut hint = suggest::hint(&fname, &fnames).unwrap_or_default();
-                if !hint.is_empty() {
-                    hint.push(' ');
-                }
-                hint.push_str(&format!("`{pname}` fields: {}", suggest::list(&fnames)));
+                let hint = suggest::hint_then(
+                    &fname,
+                    &fnames,
+                    &format!("`{pname}` fields: {}", suggest::list(&fnames)),
+                );
                 let d = Diag::at(
                     &self.src(file),
                     span,
@@ -164,11 +164,11 @@ impl Validator<'_> {
         let span = child.name().span();
         let fnames: Vec<&str> = fields.iter().map(|f| f.name).collect();
         let Some(fspec) = fields.iter().find(|f| f.name == fname) else {
-            let mut hint = suggest::hint(fname, &fnames).unwrap_or_default();
-            if !hint.is_empty() {
-                hint.push(' ');
-            }
-            hint.push_str(&format!("`{pname}` fields: {}", suggest::list(&fnames)));
+            let hint = suggest::hint_then(
+                fname,
+                &fnames,
+                &format!("`{pname}` fields: {}", suggest::list(&fnames)),
+            );
             let d = Diag::at(
                 &src,
                 span,

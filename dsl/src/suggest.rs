@@ -26,6 +26,14 @@ pub fn hint(word: &str, candidates: &[&str]) -> Option<String> {
     did_you_mean(word, candidates.iter().copied()).map(|c| format!("did you mean `{c}`?"))
 }
 
+/// [`hint`] (when there is one) followed by `then`: `did you mean `x`? then`.
+pub fn hint_then(word: &str, candidates: &[&str], then: &str) -> String {
+    match hint(word, candidates) {
+        Some(h) => format!("{h} {then}"),
+        None => then.to_string(),
+    }
+}
+
 /// Most items [`list`] shows.
 pub const LIST_MAX: usize = 20;
 

@@ -445,11 +445,11 @@ impl Validator<'_> {
             .find(|f| f.name == fname && !matches!(f.ty, ParamType::Record { .. }))
         else {
             let fnames: Vec<&str> = fields.iter().map(|f| f.name).collect();
-            let mut hint = suggest::hint(fname, &fnames).unwrap_or_default();
-            if !hint.is_empty() {
-                hint.push(' ');
-            }
-            hint.push_str(&format!("`{rec}` fields: {}", suggest::list(&fnames)));
+            let hint = suggest::hint_then(
+                fname,
+                &fnames,
+                &format!("`{rec}` fields: {}", suggest::list(&fnames)),
+            );
             let d = Diag::at(
                 &src,
                 nspan,

@@ -140,14 +140,14 @@ pub fn target_problem(target: &str) -> Option<(String, String)> {
             ),
         ));
     }
-    let mut hint = dsl::suggest::hint(last, &all).unwrap_or_default();
-    if !hint.is_empty() {
-        hint.push(' ');
-    }
-    hint.push_str(&format!(
-        "the linear layers of a Llama-family block: {}",
-        dsl::suggest::list(&all)
-    ));
+    let hint = dsl::suggest::hint_then(
+        last,
+        &all,
+        &format!(
+            "the linear layers of a Llama-family block: {}",
+            dsl::suggest::list(&all)
+        ),
+    );
     Some((
         format!("LoRA target `{target}` matches no linear layer of a Llama-family model"),
         hint,

@@ -104,7 +104,7 @@ pub struct HfModel {
     pub adapter: Option<crate::lora::Adapter>,
 }
 
-fn safetensors_kind(dtype: &str) -> Option<Kind> {
+pub(crate) fn safetensors_kind(dtype: &str) -> Option<Kind> {
     Some(match dtype {
         "F32" => Kind::Float,
         "BF16" => Kind::BFloat16,
@@ -298,17 +298,9 @@ impl HfModel {
 
         let mut have_gen = false;
         if let Some(src) = &opts.copy_from {
-            for name in TOKENIZER_FILES.iter().chain([&GENERATION_CONFIG_FILE]) {
-                let from = src.join(name);
-                if from.is_file() && src != dir {
-                    fs::copy(&from, dir.join(name))
-                        .with_context(|| format!("copying {}", from.display()))?;
-                }
-                if from.is_file() {
-                    have_gen |= *name == GENERATION_CONFIG_FILE;
-                    written.push(name.to_string());
-                }
-            }
+            let copied = copy_tokenizer_files(src, dir)?;
+            have_gen = copied.iter().any(|n| n == GENERATION_CONFIG_FILE);
+            written.extend(copied);
         }
         if !have_gen {
             write_json(
@@ -320,6 +312,24 @@ impl HfModel {
         written.sort();
         Ok(written)
     }
+}
+
+/// Copies [`TOKENIZER_FILES`] and `generation_config.json` that `src` has into `dst` (nothing
+/// to copy when they are the same directory); returns the names present.
+pub fn copy_tokenizer_files(src: &Path, dst: &Path) -> anyhow::Result<Vec<String>> {
+    let mut present = Vec::new();
+    for name in TOKENIZER_FILES.iter().chain([&GENERATION_CONFIG_FILE]) {
+        let from = src.join(name);
+        if !from.is_file() {
+            continue;
+        }
+        if src != dst {
+            fs::copy(&from, dst.join(name))
+                .with_context(|| format!("copying {}", from.display()))?;
+        }
+        present.push(name.to_string());
+    }
+    Ok(present)
 }
 
 /// `generation_config.json` from the token ids of config.json, as transformers derives it.

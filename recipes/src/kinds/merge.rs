@@ -98,8 +98,8 @@ fn check_bases(ctx: &StageCtx, p: &Params) -> Result<(), StageError> {
         }
     }
     if let Some(base) = &p.base {
-        let dir = &ctx.input(&base.param)?.dir;
-        if !crate::lora::is_adapter_dir(dir) && ctx.input(&base.param)?.key != b0.key {
+        let a = ctx.input(&base.param)?;
+        if !crate::lora::is_adapter_dir(&a.dir) && a.key != b0.key {
             return Err(StageError::user(
                 format!(
                     "base={}, but adapter {first} was trained on {}: its changes are relative \

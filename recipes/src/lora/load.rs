@@ -145,13 +145,7 @@ pub fn fold_to_dir(dir: &Path, node: &str, key: &str, out: &Path) -> Result<Line
     let base = sibling(dir, &lineage.base, "base model", &shown)?;
     let stored = crate::hf::read_weights(&base, &format!("model {}", lineage.base.node))?
         .main_dtype()
-        .and_then(|d| crate::merge::shards::OutDtype::parse(&d))
-        .map(|d| match d {
-            crate::merge::shards::OutDtype::Bf16 => Kind::BFloat16,
-            crate::merge::shards::OutDtype::F16 => Kind::Half,
-            crate::merge::shards::OutDtype::F64 => Kind::Double,
-            crate::merge::shards::OutDtype::F32 => Kind::Float,
-        });
+        .and_then(|d| crate::arch::io::safetensors_kind(&d));
     let opts = LoadOptions {
         device: tch::Device::Cpu,
         dtype: Some(Kind::Float),

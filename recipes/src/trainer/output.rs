@@ -6,7 +6,7 @@
 //! stays where it is in the store.
 
 use super::TrainSummary;
-use crate::arch::io::{GENERATION_CONFIG_FILE, TOKENIZER_FILES};
+use crate::arch::io::copy_tokenizer_files;
 use crate::arch::SaveOptions;
 use crate::prologue::Model;
 use crate::stage::{StageCtx, StageError};
@@ -30,6 +30,7 @@ pub fn write_output(
             let base = crate::lora::load::base_dir(&trained.dir, &trained.lineage);
             crate::lora::peft::write(out, a, &trained.lineage, &base)
                 .and_then(|_| copy_tokenizer_files(tok_dir, out))
+                .map(|_| ())
                 .with_context(|| format!("node {}: saving the adapter", ctx.node))?;
         }
         None => {
@@ -89,17 +90,6 @@ pub fn sync_chat_template(dir: &Path) -> anyhow::Result<()> {
         if !named && o.get("chat_template").and_then(|v| v.as_str()) != Some(t.as_str()) {
             o.insert("chat_template".into(), J::String(t));
             crate::json::write_json(&cfg_path, &cfg)?;
-        }
-    }
-    Ok(())
-}
-
-/// Copies the tokenizer files and `generation_config.json` of `from` (when there) into `to`.
-fn copy_tokenizer_files(from: &Path, to: &Path) -> anyhow::Result<()> {
-    for name in TOKENIZER_FILES.iter().chain([&GENERATION_CONFIG_FILE]) {
-        let src = from.join(name);
-        if src.is_file() && from != to {
-            fs::copy(&src, to.join(name)).with_context(|| format!("copying {}", src.display()))?;
         }
     }
     Ok(())

@@ -62,7 +62,11 @@ pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
         );
     }
     let n = export(&store, &e.key, &a.dir)?;
-    let below = stacked_on(&store.artifact_dir(&e.key));
+    let below: Vec<String> = adapter_lineage(&store.artifact_dir(&e.key))
+        .into_iter()
+        .skip(1)
+        .map(|(node, _)| node)
+        .collect();
     if !below.is_empty() {
         eprintln!(
             "note: adapter {} was trained on its base with {} folded in; PEFT applies it to the \
@@ -138,16 +142,16 @@ pub fn export(store: &store::Store, key: &str, dir: &Path) -> Result<usize> {
     Ok(n)
 }
 
-/// The nodes of the adapters below an adapter artifact (its `temper_adapter.json` stack).
-fn stacked_on(dir: &Path) -> Vec<String> {
+/// What an adapter artifact in `dir` is applied on, as (node, key): its base first, then the
+/// adapters folded below it (its `temper_adapter.json`); empty for anything else.
+pub(crate) fn adapter_lineage(dir: &Path) -> Vec<(String, String)> {
     let Ok(text) = std::fs::read_to_string(dir.join("temper_adapter.json")) else {
         return Vec::new();
     };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    v["stack"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["node"].as_str().map(str::to_string))
+    let stack = v["stack"].as_array().into_iter().flatten();
+    std::iter::once(&v["base"])
+        .chain(stack)
+        .filter_map(|r| Some((r["node"].as_str()?.into(), r["key"].as_str()?.into())))
         .collect()
 }

@@ -40,7 +40,8 @@ pub fn run(g: &Global, a: GcArgs) -> Result<ExitCode> {
     let pinned: Vec<String> = store.pins()?.into_values().flatten().collect();
     let mut below = HashSet::new();
     for k in keep.iter().chain(&pinned) {
-        below.extend(adapter_lineage(&store.artifact_dir(k)));
+        let lineage = super::export::adapter_lineage(&store.artifact_dir(k));
+        below.extend(lineage.into_iter().map(|(_, key)| key));
     }
     keep.extend(below);
     let _lock = store
@@ -98,26 +99,4 @@ fn confirm_delete_all(preview: &store::GcReport) -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
-}
-
-/// The keys an adapter artifact in `dir` is applied on (base and lower adapters); none for
-/// anything else.
-fn adapter_lineage(dir: &std::path::Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(dir.join("temper_adapter.json")) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    let key = |r: &serde_json::Value| r.get("key").and_then(|k| k.as_str()).map(str::to_string);
-    let stack = v
-        .get("stack")
-        .and_then(|s| s.as_array())
-        .into_iter()
-        .flatten();
-    v.get("base")
-        .and_then(key)
-        .into_iter()
-        .chain(stack.filter_map(key))
-        .collect()
 }
