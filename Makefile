@@ -16,12 +16,13 @@ TEMPER := $(CURDIR)/target/release/temper
 
 .PHONY: build demo test env clean-env bench fmt lint
 
-# With Open MPI and libclang present (scripts/mpi-setup.sh installs them), also `temper-rank`,
-# the binary of data-parallel ranks (`ranks` > 1); everything else builds and runs without MPI.
-MPI_BUILD = if command -v mpicc >/dev/null 2>&1; then echo "--features temper-recipes/mpi --bin temper-rank"; fi
+# `temper-rank` is the binary of data-parallel ranks (`ranks` > 1): CUDA ranks sum over NCCL (from
+# the torch wheel); with Open MPI and libclang present (scripts/mpi-setup.sh installs them) it is
+# built with MPI too, for CPU ranks. Everything else builds and runs without MPI.
+MPI_BUILD = if command -v mpicc >/dev/null 2>&1; then echo "--features temper-recipes/mpi"; fi
 
 build: $(TORCH_STAMP)
-	$(CARGO) build --release --bin temper --bin temper-worker $$($(MPI_BUILD))
+	$(CARGO) build --release --bin temper --bin temper-worker --bin temper-rank $$($(MPI_BUILD))
 
 demo: build
 	cd examples && $(TEMPER) run quickstart.kdl
@@ -33,11 +34,11 @@ demo: build
 # Open MPI (scripts/mpi-setup.sh) likewise: the data-parallel tests need it and skip without it.
 test: $(TORCH_STAMP) $(HELPERS_STAMP)
 	bash scripts/mpi-setup.sh || echo "mpi-setup failed: the data-parallel tests will be skipped" >&2
-	$(CARGO) build --release --bin temper --bin temper-worker $$($(MPI_BUILD))
+	$(CARGO) build --release --bin temper --bin temper-worker --bin temper-rank $$($(MPI_BUILD))
 	bash scripts/slurm-up.sh || echo "slurm-up failed: the Slurm tests will be skipped" >&2
 	LD_LIBRARY_PATH="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" \
 	  SLURM_CONF=$${SLURM_CONF:-$${TEMPER_SLURM_DIR:-/tmp/temper-slurm}/slurm.conf} \
-	  TEMPER_BIN=$(TEMPER) $(CARGO) test --release --workspace $$($(MPI_BUILD) | sed 's/ --bin temper-rank//')
+	  TEMPER_BIN=$(TEMPER) $(CARGO) test --release --workspace $$($(MPI_BUILD))
 
 bench: build
 	bash bench/plan_bench.sh
@@ -46,7 +47,7 @@ fmt:
 	$(CARGO) fmt --all
 
 lint: $(TORCH_STAMP)
-	$(CARGO) clippy --workspace --all-targets $$($(MPI_BUILD) | sed 's/ --bin temper-rank//') -- -D warnings
+	$(CARGO) clippy --workspace --all-targets $$($(MPI_BUILD)) -- -D warnings
 
 env: $(TORCH_STAMP) $(HELPERS_STAMP)
 

@@ -28,6 +28,10 @@ pub(crate) fn ranks_of(plan: &Plan, i: usize) -> usize {
         .map_or(1, |inst| ranks_in(&inst.params))
 }
 
+/// Test hook: with this variable set, a training node of `ranks 1` runs through the rank
+/// launcher too (a world of one; on CUDA that exercises the NCCL path on a single GPU).
+pub const RANKED_ALWAYS_ENV: &str = "TEMPER_RANKED_ALWAYS";
+
 /// Hands `job` to `pool`: to a worker, or for a data-parallel node to its ranks (`srun`: a step
 /// of the Slurm job this runs in), which read it from `job_file` (written here).
 pub(crate) fn hand_over(
@@ -39,8 +43,9 @@ pub(crate) fn hand_over(
     srun: bool,
 ) -> Result<()> {
     let written = store::write_atomic(&job_file, (job.to_line() + "\n").as_bytes());
+    let hook = std::env::var_os(RANKED_ALWAYS_ENV).is_some() && job.params.contains_key("ranks");
     match ranks_in(&job.params) {
-        1 => pool.run(job, a, control),
+        1 if !hook => pool.run(job, a, control),
         ranks => {
             written?;
             let l = ranks_launcher(ranks, &job.device, job_file, srun)?;
@@ -50,10 +55,11 @@ pub(crate) fn hand_over(
 }
 
 /// The launcher of the `ranks` ranks of a data-parallel job on `device` (`cpu`, `cuda:N`, or
-/// `auto`/`cuda` in a Slurm allocation): an error, before anything starts, when MPI or
-/// `temper-rank` is missing or there are fewer CPU cores or CUDA devices than ranks. `srun`:
-/// the ranks are a step of the Slurm job this runs in (its tasks, maybe on several nodes, which
-/// Slurm checked at submission).
+/// `auto`/`cuda` in a Slurm allocation): an error, before anything starts, when `temper-rank`
+/// (or, for CPU ranks, MPI) is missing or there are fewer CPU cores or CUDA devices than ranks.
+/// CUDA ranks sum over NCCL and are started by `temper-rank --launch`; CPU ranks over MPI, by
+/// `mpirun`. `srun`: the ranks are a step of the Slurm job this runs in (its tasks, maybe on
+/// several nodes, which Slurm checked at submission).
 pub(crate) fn ranks_launcher(
     ranks: usize,
     device: &str,
@@ -61,15 +67,18 @@ pub(crate) fn ranks_launcher(
     srun: bool,
 ) -> Result<launch::Ranks> {
     launch::rank_exe()?;
+    let cuda =
+        device.starts_with("cuda") || (device == "auto" && crate::device::cuda_devices() > 0);
+    let l = launch::Ranks {
+        ranks,
+        job_file,
+        srun,
+        nccl: cuda,
+    };
     if srun {
-        return Ok(launch::Ranks {
-            ranks,
-            job_file,
-            srun,
-        });
+        return Ok(l);
     }
-    launch::mpirun()?;
-    if device.starts_with("cuda") {
+    if cuda {
         let n = crate::device::cuda_devices();
         if ranks > n {
             bail!(
@@ -78,6 +87,7 @@ pub(crate) fn ranks_launcher(
             );
         }
     } else {
+        launch::mpirun()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if ranks > cores {
             bail!(
@@ -86,11 +96,7 @@ pub(crate) fn ranks_launcher(
             );
         }
     }
-    Ok(launch::Ranks {
-        ranks,
-        job_file,
-        srun,
-    })
+    Ok(l)
 }
 
 /// The device plan entry `i` asks for (`auto`, `cpu`, `cuda:N`; `auto` when unset).

@@ -435,8 +435,8 @@ impl Executor<'_> {
                         log.display()
                     ),
                     r => format!(
-                        "a rank of its {r} ended without reporting and MPI stopped the others \
-                         (mpirun: {how}); see its log {} and the ranks' stderr above",
+                        "a rank of its {r} ended without reporting and its launcher stopped \
+                         the others ({how}); see its log {} and the ranks' stderr above",
                         log.display()
                     ),
                 };

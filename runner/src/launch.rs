@@ -92,9 +92,9 @@ pub fn rank_exe() -> Result<PathBuf> {
     let p = exe.with_file_name(RANK_BIN);
     if !p.is_file() {
         bail!(
-            "{RANK_BIN} not found beside {}: data-parallel nodes (`ranks` > 1) need temper built \
-             with MPI (install Open MPI: `apt install openmpi-bin libopenmpi-dev libclang-dev`, \
-             then `make build`)",
+            "{RANK_BIN} not found beside {}: data-parallel nodes (`ranks` > 1) run their ranks \
+             with it (`make build` builds it; with Open MPI installed, `apt install openmpi-bin \
+             libopenmpi-dev libclang-dev`, it also runs CPU ranks)",
             exe.display()
         );
     }
@@ -125,15 +125,21 @@ pub fn mpirun() -> Result<PathBuf> {
         })
 }
 
-/// Starts the R ranks of one data-parallel job, whose stdout carries rank 0's events: locally
-/// `mpirun -n R temper-rank JOB_FILE`; inside a Slurm allocation (`srun: true`) a job step
-/// `srun --mpi=pmix --ntasks=R temper-rank JOB_FILE` on the job's tasks, with the rendezvous
-/// from Slurm's PMIx. One job per launch (the job is in the file, not on stdin). Cancelling sends
-/// SIGUSR2, which `mpirun` and `srun` forward to every rank.
+/// Starts the R ranks of one data-parallel job, whose stdout carries rank 0's events:
+/// - CPU ranks (MPI): locally `mpirun -n R temper-rank JOB_FILE`; inside a Slurm allocation
+///   (`srun: true`) a job step `srun --mpi=pmix --ntasks=R temper-rank JOB_FILE` on the job's
+///   tasks, with the rendezvous from Slurm's PMIx;
+/// - CUDA ranks (`nccl`: NCCL, no MPI): locally `temper-rank --launch R JOB_FILE`, temper's own
+///   launcher; in Slurm `srun --mpi=none --ntasks=R temper-rank JOB_FILE`, each rank placed by
+///   `SLURM_PROCID`/`SLURM_LOCALID`.
+///
+/// One job per launch (the job is in the file, not on stdin). Cancelling sends SIGUSR2, which
+/// every launcher forwards to every rank.
 pub struct Ranks {
     pub ranks: usize,
     pub job_file: PathBuf,
     pub srun: bool,
+    pub nccl: bool,
 }
 
 impl Launcher for Ranks {
@@ -142,10 +148,18 @@ impl Launcher for Ranks {
         let rank = rank_exe().map_err(io)?;
         let (launcher, mut cmd) = if self.srun {
             let mut c = Command::new("srun");
-            c.arg("--mpi=pmix")
-                .arg(format!("--ntasks={}", self.ranks))
-                .arg("--kill-on-bad-exit=1");
+            c.arg(if self.nccl {
+                "--mpi=none"
+            } else {
+                "--mpi=pmix"
+            })
+            .arg(format!("--ntasks={}", self.ranks))
+            .arg("--kill-on-bad-exit=1");
             (PathBuf::from("srun"), c)
+        } else if self.nccl {
+            let mut c = Command::new(&rank);
+            c.arg("--launch").arg(self.ranks.to_string());
+            (rank.clone(), c)
         } else {
             let mpirun = mpirun().map_err(io)?;
             let mut c = Command::new(&mpirun);
@@ -155,8 +169,13 @@ impl Launcher for Ranks {
                 .args(["--bind-to", "none"]);
             (mpirun, c)
         };
-        cmd.arg(&rank)
-            .arg(&self.job_file)
+        if self.nccl {
+            cmd.env("TEMPER_COLLECTIVE", "nccl");
+        }
+        if self.srun || !self.nccl {
+            cmd.arg(&rank); // what mpirun and srun start
+        }
+        cmd.arg(&self.job_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -341,3 +341,51 @@ fn bad_data_parallel_inputs_fail_before_any_rank_starts() {
         .flatten()
         .any(|e| e.path().join("checkpoints").exists()));
 }
+
+/// CUDA ranks go through temper's own launcher and NCCL, no MPI. Where no GPU can run them
+/// (pretending to have two devices), every rank fails at start: the node fails promptly with
+/// the reason, and no rank is left behind. (The GPU path itself is checked by
+/// `bench/gpu_check.sh` on a CUDA machine.)
+#[test]
+fn cuda_ranks_without_a_usable_gpu_fail_promptly_with_the_reason() {
+    if Path::new("/dev/nvidia0").exists() {
+        eprintln!("SKIPPED: this machine has a GPU; bench/gpu_check.sh checks the CUDA path");
+        return;
+    }
+    let rank = temper_e2e::temper_bin().with_file_name("temper-rank");
+    if !rank.is_file() {
+        eprintln!("SKIPPED: {} is not built (`make build`)", rank.display());
+        return;
+    }
+    let p = project(&SFT.replace("device cpu", "device cuda"), 2);
+    let start = Instant::now();
+    let out = p
+        .cmd(&["run", "r.kdl"])
+        .env("TEMPER_CUDA_DEVICES", "2")
+        .env("TEMPER_MPIRUN", "/nonexistent/mpirun")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(start.elapsed() < Duration::from_secs(90), "{t}");
+    assert!(
+        t.contains("node tuned: starting the NCCL rank: rank 0:"),
+        "{t}"
+    );
+    assert!(
+        t.contains("no CUDA device") || t.contains("CUDA driver is missing"),
+        "{t}"
+    );
+    assert!(t.contains("temper-rank --launch: rank"), "{t}");
+    let job = p.store().join("work");
+    assert!(
+        pids_of(&job.to_string_lossy()).is_empty(),
+        "a rank outlived the launcher"
+    );
+    let status = p.run(&["show", "r.kdl", "tuned"]);
+    assert!(
+        text(&status).contains("starting the NCCL rank"),
+        "{}",
+        text(&status)
+    );
+}

@@ -1,7 +1,8 @@
 //! Data parallelism: the collective operations the trainer needs, behind [`Collective`].
 //!
-//! A node with `ranks R > 1` runs as R processes (`temper-rank`, started by `mpirun`; module
-//! `mpi`, feature `mpi`). Every rank reads the same data stream and builds the same
+//! A node with `ranks R > 1` runs as R processes (`temper-rank`): CPU ranks started by `mpirun`
+//! sum over MPI (module `mpi`, feature `mpi`); CUDA ranks started by `temper-rank --launch`
+//! ([`launch`]) or `srun` sum over NCCL ([`nccl`]). Every rank reads the same data stream and builds the same
 //! micro-batches; rank r forwards and backwards micro-batches r, r + R, r + 2R, … of each step;
 //! the gradients are summed across ranks ([`all_reduce_grads`], in buckets) with the loss, the
 //! extra metrics and the step's error and stop flags ([`Collective::all_reduce_f64`]), so every
@@ -11,8 +12,10 @@
 //! The result equals a one-rank run with the same `batch-size` and `grad-accum` up to the order
 //! of floating-point sums (with two ranks the sums are the same additions: bit-identical on CPU).
 
+pub mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod nccl;
 pub mod rank;
 
 use anyhow::{Context, Result};
@@ -43,6 +46,21 @@ pub trait Collective: Send + Sync {
     fn all_reduce_f32(&self, buf: &mut [f32]) -> Result<()>;
     /// Element-wise sum over the ranks, in place.
     fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()>;
+    /// Sums the contiguous f32 tensor `flat` over the ranks in place where it lies (on the
+    /// GPU for NCCL); `false` when this collective reduces host memory only (the caller then
+    /// goes through [`Collective::all_reduce_f32`]).
+    fn all_reduce_device(&self, _flat: &Tensor) -> Result<bool> {
+        Ok(false)
+    }
+    /// Whether training steps go through this collective: with more than one rank, and always
+    /// for NCCL (a launched world of one still exercises its path).
+    fn reduces(&self) -> bool {
+        self.world() > 1
+    }
+    /// What sums (for the log): `MPI`, `NCCL 2.28.9 on cuda:0`.
+    fn describe(&self) -> String {
+        "MPI".into()
+    }
 }
 
 /// One rank: every operation is the identity.
@@ -78,7 +96,7 @@ pub fn all_reduce_grads(c: &dyn Collective, params: &[Tensor]) -> Result<()> {
 /// [`all_reduce_grads`] with buckets of about `bucket` floats (a gradient bigger than a bucket
 /// goes alone).
 pub fn all_reduce_grads_in(c: &dyn Collective, params: &[Tensor], bucket: usize) -> Result<()> {
-    if c.world() == 1 {
+    if !c.reduces() {
         return Ok(());
     }
     let grads: Vec<Tensor> = params
@@ -100,24 +118,36 @@ pub fn all_reduce_grads_in(c: &dyn Collective, params: &[Tensor], bucket: usize)
     Ok(())
 }
 
+/// One bucket: the gradients flattened into one f32 buffer on their device, summed there when
+/// the collective can ([`Collective::all_reduce_device`], NCCL), else through host memory,
+/// then copied back into each gradient in its own dtype.
 fn reduce_bucket(c: &dyn Collective, grads: &[Tensor], len: usize) -> Result<()> {
+    let device = grads[0].device();
     let flat = Tensor::f_cat(
         &grads
             .iter()
             .map(|g| {
                 g.f_to_kind(Kind::Float)?
-                    .f_to_device(tch::Device::Cpu)?
+                    .f_to_device(device)?
                     .f_reshape([-1])
             })
             .collect::<std::result::Result<Vec<_>, _>>()?,
         0,
     )?;
-    let mut buf = vec![0f32; len];
-    flat.f_copy_data(&mut buf, len)
-        .context("reading gradients")?;
-    c.all_reduce_f32(&mut buf)
-        .context("all-reducing gradients")?;
-    let summed = Tensor::from_slice(&buf);
+    let summed = if c
+        .all_reduce_device(&flat)
+        .context("all-reducing gradients")?
+    {
+        flat
+    } else {
+        let mut buf = vec![0f32; len];
+        flat.f_to_device(tch::Device::Cpu)?
+            .f_copy_data(&mut buf, len)
+            .context("reading gradients")?;
+        c.all_reduce_f32(&mut buf)
+            .context("all-reducing gradients")?;
+        Tensor::from_slice(&buf)
+    };
     let mut at = 0i64;
     for g in grads {
         let n = g.numel() as i64;

@@ -71,6 +71,48 @@ fn cancel_on_user_signals(token: CancelToken) {
     }
 }
 
+/// The rank's index among the ranks of its host (its CUDA device): from temper's launcher,
+/// Open MPI or `srun`, else `rank`.
+pub fn local_rank(rank: usize) -> usize {
+    [
+        "TEMPER_DP_LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok()?.parse().ok())
+    .unwrap_or(rank)
+}
+
+/// `temper-rank JOB` as a CUDA rank summing over NCCL (`TEMPER_COLLECTIVE=nccl`, set by
+/// `temper-rank --launch` and by the front's `srun` step): the placement from the environment
+/// ([`super::nccl::Placement`]), the communicator, then [`main`].
+pub fn main_nccl() -> ExitCode {
+    let Some(job) = std::env::args_os().nth(1) else {
+        eprintln!("usage: temper-rank --launch RANKS JOB");
+        return ExitCode::from(2);
+    };
+    let placed = super::nccl::Placement::from_env(|k| std::env::var(k).ok()).unwrap_or_else(|| {
+        Err(anyhow::anyhow!(
+            "no rank placement: start CUDA ranks with `temper-rank --launch RANKS JOB` or `srun`"
+        ))
+    });
+    let rank0 = placed.as_ref().is_ok_and(|p| p.rank == 0);
+    let nccl = placed.and_then(|p| super::nccl::Nccl::init(&p, std::path::Path::new(&job)));
+    match nccl {
+        Ok(n) => main(Arc::new(n)),
+        Err(e) => {
+            let message = format!("starting the NCCL rank: {e:#}");
+            eprintln!("temper-rank: {message}");
+            if rank0 {
+                // The node's error, in its log and `temper status`.
+                Events::new(worker::take_stdout()).send(&Event::End(End::Error { message }));
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `temper-rank JOB`: runs the job file `JOB` as rank `collective.rank()` of
 /// `collective.world()`. Exit 0 done, 1 failed, 130 cancelled, 2 bad use.
 pub fn main(collective: Arc<dyn Collective>) -> ExitCode {
@@ -110,11 +152,7 @@ pub fn main(collective: Arc<dyn Collective>) -> ExitCode {
     // One GPU per rank: the rank's local index among the ranks of its host.
     let text = match serde_json::from_str::<kinds::job::Job>(text.trim()) {
         Ok(mut job) if job.device.starts_with("cuda") => {
-            let local = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(rank);
-            job.device = format!("cuda:{local}");
+            job.device = format!("cuda:{}", local_rank(rank));
             job.to_line()
         }
         _ => text,
@@ -131,9 +169,10 @@ pub fn main(collective: Arc<dyn Collective>) -> ExitCode {
         cancel,
         logging: Logging::Global(handle),
         name: format!(
-            "rank {rank}/{} pid {}{}",
+            "rank {rank}/{} pid {} ({}){}",
             collective.world(),
             std::process::id(),
+            collective.describe(),
             match (
                 std::env::var("SLURM_JOB_ID"),
                 std::env::var("SLURM_STEP_ID")

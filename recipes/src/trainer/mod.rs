@@ -194,7 +194,7 @@ pub fn train<O: Objective>(
     let _eval_after = EvalAfter(model);
     while prog.step < spec.total_steps {
         // Every rank stops at the same step boundary (one flag all-reduced per step).
-        let stop = if c.world() > 1 {
+        let stop = if c.reduces() {
             crate::dist::any(c, ctx.cancel.is_cancelled()).map_err(StageError::Other)?
         } else {
             ctx.cancel.is_cancelled()

@@ -161,7 +161,7 @@ pub(super) fn step<O: Objective>(
         .filter(|(i, _)| i % world == rank)
         .collect();
     let local = accumulate(model, obj, &mine, n, poisoned, (seed, step));
-    let (loss_sum, extra) = if world > 1 {
+    let (loss_sum, extra) = if c.reduces() {
         reduce_step(c, opt, local, shown)?
     } else {
         local?
