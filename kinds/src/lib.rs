@@ -12,12 +12,14 @@ pub mod cpt;
 pub mod dataset;
 pub mod dpo;
 pub mod eval;
+pub mod generate;
 pub mod lora;
 pub mod losses;
 pub mod merge;
 pub mod mixture;
 pub mod model;
 pub mod npo;
+pub mod pairs;
 pub mod ref_logps;
 pub mod reweight;
 pub mod sft;
@@ -43,6 +45,8 @@ pub fn schemas() -> Vec<dsl::KindSchema> {
         eval::schema(),
         merge::schema(),
         reweight::schema(),
+        generate::schema(),
+        pairs::schema(),
     ]
 }
 

@@ -8,6 +8,7 @@ pub mod batching;
 pub mod data;
 pub mod dist;
 pub mod evaluate;
+pub mod generate;
 pub mod hf;
 pub mod influence;
 pub mod json;
@@ -43,6 +44,8 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
         Box::new(kinds::eval::Eval),
         Box::new(kinds::merge::Merge),
         Box::new(kinds::reweight::Reweight),
+        Box::new(kinds::generate::Generate),
+        Box::new(kinds::pairs::Pairs),
     ]
 }
 

@@ -7,6 +7,7 @@ mod common;
 
 mod arch_parity;
 mod eval;
+mod generate;
 mod kinds;
 mod merge;
 mod pref;

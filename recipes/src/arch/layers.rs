@@ -158,14 +158,13 @@ impl Attention {
             .f_reshape([s[0], s[1] * rep, s[2], s[3]])
     }
 
-    pub fn forward(
+    /// `(q, k, v)` of `x` `[B, T, hidden]`: `[B, H, T, D]`, `[B, KV, T, D]` ×2, q and k rotated.
+    fn project(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Prepared,
-    ) -> Result<Tensor, TchError> {
-        let s = x.size();
+    ) -> Result<(Tensor, Tensor, Tensor), TchError> {
         let q = apply_rope(
             &self.heads(&self.q_proj.forward(x)?, self.num_heads)?,
             cos,
@@ -177,6 +176,18 @@ impl Attention {
             sin,
         )?;
         let v = self.heads(&self.v_proj.forward(x)?, self.num_kv_heads)?;
+        Ok((q, k, v))
+    }
+
+    /// `o_proj(softmax(q kᵀ / √d + mask) v)` back to `[B, Tq, hidden]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: &Prepared,
+    ) -> Result<Tensor, TchError> {
+        let qs = q.size();
         let gqa = self.num_heads != self.num_kv_heads
             && (mask.is_none() || q.device() == tch::Device::Cpu);
         let (k, v) = if gqa {
@@ -186,7 +197,7 @@ impl Attention {
         };
         let scale = (self.head_dim as f64).powf(-0.5);
         let y = Tensor::f_scaled_dot_product_attention(
-            &q,
+            q,
             &k,
             &v,
             mask.as_ref(),
@@ -197,8 +208,41 @@ impl Attention {
         )?;
         let y = y
             .f_transpose(1, 2)?
-            .f_reshape([s[0], s[1], self.num_heads * self.head_dim])?;
+            .f_reshape([qs[0], qs[2], self.num_heads * self.head_dim])?;
         self.o_proj.forward(&y)
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Prepared,
+    ) -> Result<Tensor, TchError> {
+        let (q, k, v) = self.project(x, cos, sin)?;
+        self.attend(&q, k, v, mask)
+    }
+
+    /// Attention of new columns `start..start + T` of `x` `[B, T, hidden]`: their keys and values
+    /// are written into `keys`/`values` (`[B, KV, capacity, D]`) at those columns, and the queries
+    /// attend over columns `0..start + T` under `mask` (`[B, 1, T, start + T]`).
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: (&Tensor, &Tensor),
+        start: i64,
+    ) -> Result<Tensor, TchError> {
+        let (q, k, v) = self.project(x, cos, sin)?;
+        let t = k.size()[2];
+        let (keys, values) = cache;
+        keys.f_narrow(2, start, t)?.f_copy_(&k)?;
+        values.f_narrow(2, start, t)?.f_copy_(&v)?;
+        let k = keys.f_narrow(2, 0, start + t)?;
+        let v = values.f_narrow(2, 0, start + t)?;
+        self.attend(&q, k, v, &Some(mask.shallow_clone()))
     }
 }
 
@@ -267,6 +311,32 @@ impl Block {
             sin,
             mask,
         )?)?;
+        self.feed_forward(h)
+    }
+
+    /// The block over new columns with the layer's KV cache (see [`Attention::forward_cached`]).
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: (&Tensor, &Tensor),
+        start: i64,
+    ) -> Result<Tensor, TchError> {
+        let h = x.f_add(&self.self_attn.forward_cached(
+            &self.input_layernorm.forward(x)?,
+            cos,
+            sin,
+            mask,
+            cache,
+            start,
+        )?)?;
+        self.feed_forward(h)
+    }
+
+    /// `h + mlp(norm₂(h))`.
+    fn feed_forward(&self, h: Tensor) -> Result<Tensor, TchError> {
         h.f_add(
             &self
                 .mlp

@@ -79,6 +79,42 @@ impl AttnMask<'_> {
     }
 }
 
+/// The mask of queries at columns `start..start + tq` of a left- or right-padded batch against
+/// keys at columns `0..start + tq`, for decoding with a KV cache: `attention` `[B, start + tq]`
+/// (1 = real token) covers every column so far. Query `i` (column `start + i`) may attend to key
+/// `j` when `j ≤ start + i`, `attention[b, j] = 1` and, with a sliding window `w`,
+/// `start + i − j < w`; a query that may attend to nothing attends to itself. Boolean
+/// `[B, 1, tq, start + tq]`. With `start = 0` it equals [`AttnMask::Padding`]'s mask, so a
+/// prefill and a cache-free forward see the same keys.
+pub fn padding_at(
+    attention: &Tensor,
+    start: i64,
+    tq: i64,
+    window: Option<usize>,
+    device: tch::Device,
+) -> Result<Tensor> {
+    let tk = start + tq;
+    let size = attention.size();
+    if size.len() != 2 || size[1] != tk {
+        bail!("attention mask has shape {size:?}, expected [batch, {tk}]");
+    }
+    let q = Tensor::f_arange_start(start, tk, (Kind::Int64, device))?.f_view([tq, 1])?;
+    let k = Tensor::f_arange(tk, (Kind::Int64, device))?.f_view([1, tk])?;
+    let mut allowed = k.f_le_tensor(&q)?;
+    if let Some(w) = window {
+        allowed = allowed.f_logical_and(&q.f_sub(&k)?.f_lt(w as i64)?)?;
+    }
+    let keys = attention
+        .f_ne(0)?
+        .f_to_device(device)?
+        .f_unsqueeze(1)?
+        .f_unsqueeze(1)?;
+    let m = allowed.f_view([1, 1, tq, tk])?.f_logical_and(&keys)?;
+    let empty = m.f_any_dim(-1, true)?.f_logical_not()?;
+    let own = k.f_eq_tensor(&q)?.f_view([1, 1, tq, tk])?;
+    Ok(m.f_logical_or(&own.f_logical_and(&empty)?)?)
+}
+
 /// Positions restarting at 0 at every change of segment id along a row: for `seg` `[B, T]`,
 /// `pos[b, i] = i − (first index of the run containing i)`. What a packer passes as
 /// `position_ids` with [`AttnMask::Segments`] (segments are contiguous runs).

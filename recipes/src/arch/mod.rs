@@ -6,7 +6,8 @@
 //! Shape of the code: [`config`] mirrors and validates `config.json`; [`layers`] holds
 //! `Attention`, `Mlp`, `Block` built from an `nn::Path` named like the checkpoint; [`model`] is
 //! the causal LM with a plain `forward(ids, positions, mask) -> logits`; [`mask`] the attention
-//! masks (causal, padding, packed segments); [`io`] loads and saves HF directories.
+//! masks (causal, padding, packed segments); [`cache`] the KV cache of decoding (with
+//! `Model::forward_cached`); [`io`] loads and saves HF directories.
 //! Training concerns (loss, optimizer, packing) live elsewhere.
 //!
 //! Using it from a stage:
@@ -22,12 +23,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 pub mod config;
 pub mod io;
 pub mod layers;
 pub mod mask;
 pub mod model;
 
+pub use cache::KvCache;
 pub use config::{ArchConfig, Family};
 pub use io::{default_dtype, HfModel, LoadOptions, SaveOptions};
 pub use mask::{positions_from_segments, AttnMask};

@@ -114,4 +114,52 @@ impl Model {
         }
         Ok(self.norm.forward(&x)?)
     }
+
+    /// The final normalised hidden states `[B, T, hidden]` of new columns `start..start + T`
+    /// (`start = cache.len`), using and filling `cache`: `input_ids` and `position_ids` are the
+    /// new columns `[B, T]`, `attention` `[B, start + T]` the 0/1 padding mask of every column
+    /// so far. Equal, up to float rounding, to the last T columns of [`Model::hidden_states`]
+    /// over all columns with `AttnMask::Padding(attention)`.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        attention: &Tensor,
+        cache: &mut super::KvCache,
+    ) -> Result<Tensor> {
+        let size = input_ids.size();
+        let [_, t] = size[..] else {
+            bail!("input ids must be [batch, time], got shape {size:?}")
+        };
+        cache.reserve(t)?;
+        let start = cache.len;
+        let dev = self.embed_tokens.device();
+        let kind = self.embed_tokens.f_kind()?;
+        let ids = input_ids.f_to_device(dev)?.f_to_kind(Kind::Int64)?;
+        let pos = position_ids.f_to_device(dev)?;
+        let mut x = Tensor::f_embedding(&self.embed_tokens, &ids, -1, false, false)
+            .context("embedding lookup (is every token id below vocab_size?)")?;
+        let (cos, sin) = self.rope.cos_sin(&pos, kind)?;
+        let full = super::mask::padding_at(attention, start, t, None, dev)?;
+        let mut sliding: Option<(usize, Tensor)> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let m = match layer.window {
+                None => &full,
+                Some(w) => {
+                    if sliding.as_ref().map(|(sw, _)| *sw) != Some(w) {
+                        sliding = Some((
+                            w,
+                            super::mask::padding_at(attention, start, t, Some(w), dev)?,
+                        ));
+                    }
+                    &sliding.as_ref().context("mask prepared above")?.1
+                }
+            };
+            x = layer
+                .forward_cached(&x, &cos, &sin, m, (&cache.keys[i], &cache.values[i]), start)
+                .with_context(|| format!("layer {i}"))?;
+        }
+        cache.len += t;
+        Ok(self.norm.forward(&x)?)
+    }
 }

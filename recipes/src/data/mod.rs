@@ -260,6 +260,45 @@ impl Record {
     }
 }
 
+/// Publishes `records` (all of `format`) as a dataset artifact in `dir`, as a `dataset` node
+/// does: `data.jsonl` (one canonical line per record) and `stats.json` (`format`, `records`,
+/// `content_hash` = blake3 of `data.jsonl`, plus the fields of `extra`, an object). Nodes that
+/// produce data (`generate`, `pairs`) publish through it, so every node reading a dataset reads
+/// their output the same way. Returns the stats.
+pub fn write_normalized(
+    dir: &Path,
+    format: Format,
+    records: &[Record],
+    extra: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let mut text = String::new();
+    for r in records {
+        if r.format() != format {
+            anyhow::bail!(
+                "internal: a {} record in a {} dataset",
+                r.format().name(),
+                format.name()
+            );
+        }
+        text.push_str(&r.to_json_line());
+        text.push('\n');
+    }
+    let p = dir.join(DATA_FILE);
+    fs::write(&p, &text).with_context(|| format!("writing {}", p.display()))?;
+    let mut stats = serde_json::json!({
+        "format": format.name(),
+        "records": records.len(),
+        "content_hash": blake3::hash(text.as_bytes()).to_hex().to_string(),
+    });
+    if let (Some(s), serde_json::Value::Object(e)) = (stats.as_object_mut(), extra) {
+        s.extend(e);
+    }
+    let p = dir.join(STATS_FILE);
+    let body = serde_json::to_string_pretty(&stats).context("serialising stats")? + "\n";
+    fs::write(&p, body).with_context(|| format!("writing {}", p.display()))?;
+    Ok(stats)
+}
+
 /// Reads the statistics of a dataset artifact.
 pub fn read_stats(dir: &Path) -> anyhow::Result<serde_json::Value> {
     let p = dir.join(STATS_FILE);

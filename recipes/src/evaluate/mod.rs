@@ -7,13 +7,11 @@
 //!   data set is `loss = Σ CE / Σ targets` and `perplexity = exp(loss)`. Examples are batched
 //!   right-padded, grouped by length (the sum does not depend on the grouping beyond float
 //!   rounding).
-//! - [`greedy`]: batched greedy decoding of left-padded prompts. At each step the next token of
-//!   every unfinished row is `argmax logits[row, last]` (the first maximum on ties); a row
-//!   finishes when it emits a stop token (not included in the output) or after
-//!   `max_new_tokens` tokens, or when its length reaches the model's position limit. Positions
-//!   of a left-padded row count its real tokens only (`pos = cumsum(mask) − 1`), so a row
-//!   decodes as it would alone. No KV cache: each step runs the whole prefix, which is fine
-//!   for the short completions exact-match scores.
+//! - [`greedy`]: batched greedy decoding of left-padded prompts with the KV cache
+//!   ([`crate::generate::decode`]): at each step the next token of every unfinished row is
+//!   `argmax logits[row, last]` (the first maximum on ties); a row finishes when it emits a
+//!   stop token (not included in the output) or after `max_new_tokens` tokens, or when its
+//!   length reaches the model's position limit.
 //! - [`pref::preference_scores`]: held-out preference accuracy and margin of tokenised pairs.
 //! - [`report`]: the result rows' table (what the `eval` node logs and `temper show` prints).
 //! - [`score`]: one model on one dataset → a result row (loss, exact-match or preference
@@ -27,9 +25,9 @@ use crate::arch::{AttnMask, HfModel};
 use crate::batching::examples::Example;
 use crate::batching::loss::sum_ce;
 use crate::batching::pack::pad_batch;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Summed cross-entropy over target tokens and their count.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -130,121 +128,42 @@ pub struct Generation {
     pub stopped: bool,
 }
 
-/// Greedy completions of `prompts` (token ids, each non-empty), in input order.
+/// Greedy completions of `prompts` (token ids, each non-empty, at most the position limit),
+/// in input order, through the KV-cached decoder ([`crate::generate::decode`]).
 /// `on_batch(n)` is called after each batch with the prompts it held.
 pub fn greedy(
     model: &HfModel,
     prompts: &[Vec<i64>],
     opts: &GreedyOptions,
-    mut on_batch: impl FnMut(usize),
+    on_batch: impl FnMut(usize),
 ) -> Result<Vec<Generation>> {
-    let _guard = tch::no_grad_guard();
-    let max_pos = model.config.max_position.unwrap_or(usize::MAX);
-    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    if let Some(k) = lens.iter().position(|&l| l == 0) {
-        bail!("prompt {k} is empty: greedy decoding needs at least one token");
-    }
-    if let Some(k) = lens.iter().position(|&l| l > max_pos) {
-        bail!(
-            "prompt {k} has {} tokens, more than the model's max_position_embeddings ({max_pos})",
-            lens[k]
-        );
-    }
-    let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
-    for chunk in by_length(&lens).chunks(opts.batch_size.max(1)) {
-        let batch: Vec<&[i64]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
-        let gens = greedy_batch(model, &batch, opts, max_pos)
-            .with_context(|| format!("decoding prompts {chunk:?}"))?;
-        for (&i, g) in chunk.iter().zip(gens) {
-            out[i] = Some(g);
-        }
-        on_batch(chunk.len());
-    }
-    Ok(out.into_iter().flatten().collect())
-}
-
-/// Greedy decoding of one left-padded batch.
-fn greedy_batch(
-    model: &HfModel,
-    prompts: &[&[i64]],
-    opts: &GreedyOptions,
-    max_pos: usize,
-) -> Result<Vec<Generation>> {
-    let dev = model.device();
-    let rows = prompts.len();
-    let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(rows * width);
-    let mut mask = Vec::with_capacity(rows * width);
-    for p in prompts {
-        let pad = width - p.len();
-        ids.extend(std::iter::repeat_n(opts.pad_id, pad));
-        ids.extend_from_slice(p);
-        mask.extend(std::iter::repeat_n(0i64, pad));
-        mask.extend(std::iter::repeat_n(1i64, p.len()));
-    }
-    let mut ids = tensor2(&ids, rows, width, dev)?;
-    let mut mask = tensor2(&mask, rows, width, dev)?;
-    let mut gens: Vec<Generation> = vec![
-        Generation {
-            tokens: Vec::new(),
-            stopped: false,
-        };
-        rows
-    ];
-    // Remaining new tokens per row: the token budget and the position limit.
-    let budget: Vec<usize> = prompts
+    use crate::generate::decode::{decode, DecodeOptions, Finish, Request};
+    let requests: Vec<Request> = prompts
         .iter()
-        .map(|p| opts.max_new_tokens.min(max_pos - p.len()))
+        .enumerate()
+        .map(|(i, p)| Request {
+            prompt: p.clone(),
+            record: i as u64,
+            sample: 0,
+        })
         .collect();
-    let mut done: Vec<bool> = budget.iter().map(|&b| b == 0).collect();
-    let lm_w = model
-        .model
-        .lm_head
-        .as_ref()
-        .unwrap_or(&model.model.embed_tokens);
-    while !done.iter().all(|&d| d) {
-        let pos = mask
-            .f_cumsum(1, Kind::Int64)?
-            .f_sub_scalar(1)?
-            .f_clamp_min(0)?;
-        let h = model
-            .model
-            .hidden_states(&ids, &pos, AttnMask::Padding(&mask))?;
-        let t = h.size()[1];
-        let last = h.f_select(1, t - 1)?;
-        let logits = last.f_linear::<&Tensor>(lm_w, None)?;
-        let next = logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
-        let next: Vec<i64> = Vec::<i64>::try_from(&next).context("reading decoded tokens")?;
-        let mut col = Vec::with_capacity(rows);
-        let mut mcol = Vec::with_capacity(rows);
-        for r in 0..rows {
-            if done[r] {
-                col.push(opts.pad_id);
-                mcol.push(0i64);
-                continue;
-            }
-            let tok = next[r];
-            if opts.stop.contains(&tok) {
-                gens[r].stopped = true;
-                done[r] = true;
-                col.push(opts.pad_id);
-                mcol.push(0);
-                continue;
-            }
-            gens[r].tokens.push(tok);
-            if gens[r].tokens.len() >= budget[r] {
-                done[r] = true;
-            }
-            col.push(tok);
-            mcol.push(1);
-        }
-        if done.iter().all(|&d| d) {
-            break;
-        }
-        ids = Tensor::f_cat(&[ids, tensor2(&col, rows, 1, dev)?], 1)?;
-        mask = Tensor::f_cat(&[mask, tensor2(&mcol, rows, 1, dev)?], 1)?;
-    }
-    Ok(gens)
+    let d = DecodeOptions {
+        max_new_tokens: opts.max_new_tokens,
+        stop_ids: opts.stop.clone(),
+        pad_id: opts.pad_id,
+        batch_size: opts.batch_size,
+        sampling: crate::generate::sample::Sampling::greedy(),
+        seed: 0,
+        logprobs: false,
+        cache: true,
+    };
+    Ok(decode(model, &requests, &d, None, on_batch)?
+        .into_iter()
+        .map(|c| Generation {
+            stopped: c.finish == Finish::Stop,
+            tokens: c.tokens,
+        })
+        .collect())
 }
 
 /// The exact-match rule: the prediction equals the reference after trimming whitespace at both

@@ -32,7 +32,7 @@ use kinds::eval::Metric;
 use serde_json::{json, Value as J};
 
 /// Fixed clock for chat templates that print a date, so results never depend on the day.
-const TEMPLATE_NOW: i64 = 1_735_689_600; // 2025-01-01T00:00:00Z
+pub const TEMPLATE_NOW: i64 = 1_735_689_600; // 2025-01-01T00:00:00Z
 
 /// A dataset to score, with the metric picked for it.
 pub struct DataSet {

@@ -8,7 +8,7 @@
 //! - `lora`: LoRA adapters — a fresh one is a no-op, stored ones match PEFT
 //!   (tests/python/peft_logits.py) and fold (also stacked) into full models.
 
-mod common;
+pub mod common;
 mod config;
 mod io;
 mod lora;

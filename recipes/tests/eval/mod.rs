@@ -2,7 +2,7 @@
 //! exact-match) on tiny models the tests make: a random one from the `model` kind, and a
 //! hand-wired one whose greedy output is known in advance.
 
-mod common;
+pub mod common;
 mod decode;
 mod pref;
 mod scores;

@@ -1,0 +1,6 @@
+//! Generation: the sampler, the KV-cached decoder, pairs.
+mod decode;
+mod hf;
+mod node;
+mod pairs;
+mod sample;
