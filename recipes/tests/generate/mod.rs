@@ -4,3 +4,4 @@ mod hf;
 mod node;
 mod pairs;
 mod sample;
+mod smollm2;
