@@ -36,7 +36,7 @@ pub struct Generate;
 
 /// File of the per-prompt samples in the artifact.
 pub const SAMPLES_FILE: &str = "samples.jsonl";
-/// Benchmark hook: decode without the KV cache (the whole prefix at every step).
+/// Benchmark hook: `1` decodes without the KV cache (the whole prefix at every step).
 pub const NO_CACHE_ENV: &str = "TEMPER_GENERATE_NO_CACHE";
 
 /// A prompt ready to decode.
@@ -143,7 +143,10 @@ impl Kind for Generate {
             },
             seed: p.seed,
             logprobs: p.logprobs,
-            cache: std::env::var_os(NO_CACHE_ENV).is_none(),
+            cache: !matches!(
+                std::env::var(NO_CACHE_ENV).as_deref(),
+                Ok("1") | Ok("true") | Ok("yes")
+            ),
         };
         let check = |ids: &[i64]| -> bool {
             let t = text_of(tok, ids, false);
