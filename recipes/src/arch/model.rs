@@ -67,6 +67,19 @@ impl Model {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
+    /// The token embeddings of `input_ids` and the rotary `(cos, sin)` of `position_ids`, on the
+    /// model's device and in its dtype.
+    fn embed(&self, input_ids: &Tensor, position_ids: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let dev = self.embed_tokens.device();
+        let kind = self.embed_tokens.f_kind()?;
+        let ids = input_ids.f_to_device(dev)?.f_to_kind(Kind::Int64)?;
+        let pos = position_ids.f_to_device(dev)?;
+        let x = Tensor::f_embedding(&self.embed_tokens, &ids, -1, false, false)
+            .context("embedding lookup (is every token id below vocab_size?)")?;
+        let (cos, sin) = self.rope.cos_sin(&pos, kind)?;
+        Ok((x, cos, sin))
+    }
+
     /// The final normalised hidden states `[B, T, hidden]` (what the LM head reads).
     pub fn hidden_states(
         &self,
@@ -86,12 +99,7 @@ impl Model {
         }
         mask.check(b, t)?;
         let dev = self.embed_tokens.device();
-        let kind = self.embed_tokens.f_kind()?;
-        let ids = input_ids.f_to_device(dev)?.f_to_kind(Kind::Int64)?;
-        let pos = position_ids.f_to_device(dev)?;
-        let mut x = Tensor::f_embedding(&self.embed_tokens, &ids, -1, false, false)
-            .context("embedding lookup (is every token id below vocab_size?)")?;
-        let (cos, sin) = self.rope.cos_sin(&pos, kind)?;
+        let (mut x, cos, sin) = self.embed(input_ids, position_ids)?;
         // At most two distinct masks: full causal and one sliding window.
         let full = mask.prepare(t, None, dev)?;
         let mut sliding: Option<(usize, super::mask::Prepared)> = None;
@@ -134,12 +142,7 @@ impl Model {
         cache.reserve(t)?;
         let start = cache.len;
         let dev = self.embed_tokens.device();
-        let kind = self.embed_tokens.f_kind()?;
-        let ids = input_ids.f_to_device(dev)?.f_to_kind(Kind::Int64)?;
-        let pos = position_ids.f_to_device(dev)?;
-        let mut x = Tensor::f_embedding(&self.embed_tokens, &ids, -1, false, false)
-            .context("embedding lookup (is every token id below vocab_size?)")?;
-        let (cos, sin) = self.rope.cos_sin(&pos, kind)?;
+        let (mut x, cos, sin) = self.embed(input_ids, position_ids)?;
         let full = super::mask::padding_at(attention, start, t, None, dev)?;
         let mut sliding: Option<(usize, Tensor)> = None;
         for (i, layer) in self.layers.iter().enumerate() {
