@@ -4,6 +4,7 @@
 //! build on them.
 
 pub mod decode;
+mod engine;
 pub mod judge;
 pub mod rank;
 pub mod sample;
