@@ -13,6 +13,7 @@ pub mod cmd;
 mod device;
 pub mod diff;
 pub mod exec;
+pub mod html;
 pub mod keys;
 pub mod launch;
 pub mod nodelog;

@@ -11,6 +11,7 @@ mod lora;
 mod merge;
 mod preference;
 mod ranks;
+mod report;
 mod resume;
 mod reweight;
 mod slurm;

@@ -225,7 +225,16 @@ pub fn train<O: Objective>(
         prog.record(&out);
         window.1 += out.tokens;
         ctx.progress.set_position(prog.step);
-        ctx.progress.set_message(&format!("loss {:.4}", out.loss));
+        // The bar: step/total, steps/s and ETA from the bar itself; the last loss and the
+        // tokens/s of the current logging window here.
+        let secs = window.0.elapsed().as_secs_f64();
+        let tps = if secs > 0.0 {
+            window.1 as f64 / secs
+        } else {
+            0.0
+        };
+        ctx.progress
+            .set_message(&format!("loss {:.4} · {tps:.0} tok/s", out.loss));
         if prog.step.is_multiple_of(spec.log_every.max(1)) || prog.step == spec.total_steps {
             log_metrics(ctx, spec, obj, &prog, &out, window)?;
             window = (Instant::now(), 0);

@@ -10,6 +10,7 @@ pub mod kinds;
 pub mod ls;
 pub mod pin;
 pub mod plan;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod show;
@@ -128,6 +129,8 @@ pub enum Command {
     Results(results::ResultsArgs),
     /// A node's record, artifact, summary and log.
     Show(show::ShowArgs),
+    /// One self-contained HTML page: the DAG, curves, results and eval tables.
+    Report(report::ReportArgs),
     /// Every finished artifact in the store.
     Ls(ls::LsArgs),
     /// Copy a node's artifact out of the store.
@@ -159,6 +162,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Cancel(a) => cancel::run(&g, a),
         Command::Results(a) => results::run(&g, a),
         Command::Show(a) => show::run(&g, a),
+        Command::Report(a) => report::run(&g, a),
         Command::Ls(a) => ls::run(&g, a),
         Command::Export(a) => export::run(&g, a),
         Command::Gc(a) => gc::run(&g, a),
