@@ -4,11 +4,13 @@
 //! must load with no console message and no script error, draw one DAG box per planned instance
 //! with its state, a curve per built training node (the swept node's variants overlaid), the
 //! results table with a row per variant, and open a node's panel from the URL (`#node=ID`, the
-//! same code a click runs). Screenshots go to `target/tmp/report-*.png`.
+//! same code a click runs). Screenshots go to `target/tmp/report-*.png`. `--serve` answers `GET /`
+//! with the same page (reloading itself) and anything else with 404.
 
 use serde_json::Value as J;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use temper_e2e::Project;
 
 fn chromium() -> Option<PathBuf> {
@@ -132,6 +134,57 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('"', "&quot;")
 }
 
+/// `GET path` against `addr`: (status line, body).
+fn get(addr: &str, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// Runs `temper report --serve` on a free port and checks what it answers.
+fn check_serve(p: &Project, instances: usize) {
+    let mut child = p
+        .cmd(&[
+            "report",
+            "merge.kdl",
+            "--serve",
+            "127.0.0.1:0",
+            "--refresh",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn temper report --serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the serving line");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let (status, page) = get(&addr, "/");
+    let (missing, _) = get(&addr, "/favicon.ico");
+    child.kill().ok();
+    child.wait().ok();
+    assert!(status.contains("200"), "{status}");
+    assert!(page.contains(r#"<meta http-equiv="refresh" content="3">"#));
+    assert_eq!(page.matches(r#"<g class="node "#).count(), instances);
+    assert!(missing.contains("404"), "{missing}");
+}
+
 #[test]
 fn report_of_the_merge_example_half_built_and_built_passes_the_browser_test() {
     let Some(chrome) = chromium() else {
@@ -208,4 +261,6 @@ fn report_of_the_merge_example_half_built_and_built_passes_the_browser_test() {
     );
     assert!(dom.contains(r#"id="eval-merge-scores[aligned.beta=0.1]""#));
     assert!(dom.contains("preference_accuracy"));
+
+    check_serve(&p, full.len());
 }

@@ -186,8 +186,8 @@ fn variant_label(id: &str) -> String {
     }
 }
 
-/// The whole page.
-pub fn page(store: &Store, plan: &Plan, log_lines: usize) -> Result<String> {
+/// The whole page; with `refresh`, it reloads itself every that many seconds (`--serve`).
+pub fn page(store: &Store, plan: &Plan, log_lines: usize, refresh: Option<u32>) -> Result<String> {
     let nodes = views(store, plan, log_lines)?;
     let mut body = String::new();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -221,7 +221,10 @@ pub fn page(store: &Store, plan: &Plan, log_lines: usize) -> Result<String> {
     body.push_str(&eval_tables(&nodes));
     body.push_str(&reweight_chart(&nodes));
     Ok(format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>temper report: {}</title><style>{CSS}</style></head><body data-errors=\"\">{body}<script>{JS}</script></body></html>\n",
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">{}<title>temper report: {}</title><style>{CSS}</style></head><body data-errors=\"\">{body}<script>{JS}</script></body></html>\n",
+        refresh
+            .map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"))
+            .unwrap_or_default(),
         esc(&plan.loaded.stem)
     ))
 }
