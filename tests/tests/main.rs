@@ -15,6 +15,7 @@ mod report;
 mod resume;
 mod reweight;
 mod slurm;
+mod terminal;
 mod workers;
 
 /// `autotests = false` in every crate: cargo does not build a new `tests/*.rs` or
