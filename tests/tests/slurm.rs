@@ -132,7 +132,13 @@ fn artifacts(store: &Path) -> BTreeMap<String, Vec<u8>> {
 
 fn quickstart() -> Project {
     let p = Project::new();
-    copy_all(&repo_root().join("examples"), p.path());
+    // Not a developer's local store or prepared models, if the checkout has them.
+    for e in std::fs::read_dir(repo_root().join("examples")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != ".temper" && e.file_name() != "models" {
+            copy_all(&e.path(), &p.path().join(e.file_name()));
+        }
+    }
     p
 }
 
