@@ -50,8 +50,7 @@ fn a_tty_gets_a_progress_bar_with_loss_and_tokens_per_second_a_pipe_gets_log_lin
     let tty = String::from_utf8_lossy(&std::fs::read(&log).expect("tty log")).replace('\r', "\n");
     let last = tty
         .lines()
-        .filter(|l| l.contains("id=pre") && l.contains("/120 "))
-        .next_back()
+        .rfind(|l| l.contains("id=pre") && l.contains("/120 "))
         .unwrap_or_else(|| panic!("no bar of `pre` in:\n{tty}"));
     for want in ["/s", "eta", "loss ", " tok/s"] {
         assert!(last.contains(want), "the bar `{last}` lacks `{want}`");
