@@ -168,10 +168,26 @@ const EXPECT: &[(&str, usize, &str)] = &[
     ("66-lora-tied-lm-head.kdl", 1, "unknown node kind `sft`"),
     // Generation parameters are checked by `kinds::generate` and `kinds::pairs`.
     ("67-generate-n-zero.kdl", 1, "unknown node kind `generate`"),
-    ("68-generate-negative-temperature.kdl", 1, "unknown node kind `generate`"),
-    ("69-generate-top-p-zero.kdl", 1, "unknown node kind `generate`"),
-    ("70-generate-top-p-above-one.kdl", 1, "unknown node kind `generate`"),
-    ("71-pairs-judge-without-model.kdl", 2, "unknown node kind `pairs`"),
+    (
+        "68-generate-negative-temperature.kdl",
+        1,
+        "unknown node kind `generate`",
+    ),
+    (
+        "69-generate-top-p-zero.kdl",
+        1,
+        "unknown node kind `generate`",
+    ),
+    (
+        "70-generate-top-p-above-one.kdl",
+        1,
+        "unknown node kind `generate`",
+    ),
+    (
+        "71-pairs-judge-without-model.kdl",
+        2,
+        "unknown node kind `pairs`",
+    ),
 ];
 
 fn dir() -> PathBuf {
