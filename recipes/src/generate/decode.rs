@@ -1,12 +1,11 @@
 //! Batched decoding with a KV cache.
 //!
-//! Requests are grouped by prompt length and decoded `batch_size` at a time, left-padded: the
-//! prompts' last tokens share a column, so every row's next token is read at the same column.
-//! Positions count a row's real tokens only (`pos = number of real tokens before it`), so a row
-//! decodes as it would alone. The prefill runs the prompts' columns once, filling a
-//! [`KvCache`] allocated for `longest prompt + most new tokens` columns; each step then runs
-//! one column. Rows that finished keep receiving a padding column (masked out), so the batch
-//! keeps its shape.
+//! Up to `batch_size` completions decode together, left-padded: the prompts' last tokens share
+//! a column, so every row's next token is read at the same column. Positions count a row's
+//! real tokens only (`pos = number of real tokens before it`), so a row decodes as it would
+//! alone. A prefill runs the prompts' columns once, filling a [`crate::arch::KvCache`]; each step then runs
+//! one column. Prompts start shortest first, and a row whose completion ends takes the next
+//! waiting prompt (continuous batching, [`super::engine`]).
 //!
 //! A row finishes when it emits a stop token (not part of the output; [`Finish::Stop`]), when
 //! the caller's stop-text check says so (stop strings; [`Finish::Stop`]), after

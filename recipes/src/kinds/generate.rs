@@ -80,29 +80,15 @@ impl Kind for Generate {
             on: p.use_chat_template,
         };
         let max_pos = model.hf.config.max_position.unwrap_or(usize::MAX);
-        let mut prompts = Vec::with_capacity(records.len());
-        let mut skipped_long = 0usize;
-        for (i, rec) in records.iter().enumerate() {
-            let pr = prompt(tok, &chat, i, rec, &data.node)?;
-            if pr.ids.len() >= max_pos {
-                if p.skip_long {
-                    skipped_long += 1;
-                    continue;
-                }
-                return Err(StageError::user(
-                    format!(
-                        "record {} of {}: its prompt has {} tokens, which leaves no room below \
-                         {}'s position limit ({max_pos})",
-                        i + 1,
-                        data.node,
-                        pr.ids.len(),
-                        model.shown()
-                    ),
-                    Some("set `skip-long #true` to skip and count such prompts".into()),
-                ));
-            }
-            prompts.push(pr);
-        }
+        let (prompts, skipped_long) = encode_prompts(
+            &records,
+            tok,
+            &chat,
+            &data.node,
+            max_pos,
+            &model.shown(),
+            p.skip_long,
+        )?;
         if p.temperature == 0.0 && p.n > 1 {
             tracing::warn!(
                 "{}: temperature 0 is greedy: the {} completions of each prompt are identical",
@@ -110,17 +96,7 @@ impl Kind for Generate {
                 p.n
             );
         }
-        let mut stop_ids = vec![eos as i64];
-        stop_ids.extend(crate::evaluate::generation_eos(&model.dir));
-        let mut stop_texts = Vec::new();
-        for s in &p.stop {
-            match tok.tokenizer.token_to_id(s) {
-                Some(id) => stop_ids.push(id as i64),
-                None => stop_texts.push(s.clone()),
-            }
-        }
-        stop_ids.sort_unstable();
-        stop_ids.dedup();
+        let (stop_ids, stop_texts) = stops(eos as i64, &model.dir, tok, &p.stop);
         let requests: Vec<Request> = prompts
             .iter()
             .flat_map(|pr| {
@@ -131,23 +107,7 @@ impl Kind for Generate {
                 })
             })
             .collect();
-        let opts = DecodeOptions {
-            max_new_tokens: p.max_new_tokens,
-            stop_ids,
-            pad_id: start.pad,
-            batch_size: p.batch_size,
-            sampling: Sampling {
-                temperature: p.temperature,
-                top_k: p.top_k,
-                top_p: p.top_p,
-            },
-            seed: p.seed,
-            logprobs: p.logprobs,
-            cache: !matches!(
-                std::env::var(NO_CACHE_ENV).as_deref(),
-                Ok("1") | Ok("true") | Ok("yes")
-            ),
-        };
+        let opts = decode_options(&p, stop_ids, start.pad);
         let check = |ids: &[i64]| -> bool {
             let t = text_of(tok, ids, false);
             stop_texts.iter().any(|s| t.contains(s.as_str()))
@@ -169,6 +129,86 @@ impl Kind for Generate {
             logprobs: p.logprobs,
         };
         out.write(ctx, format, &done, skipped_long, seconds, &p)
+    }
+}
+
+/// The prompts of `records` as tokens, and how many were skipped for leaving no room below the
+/// position limit (`skip-long`; without it such a prompt fails the node).
+fn encode_prompts(
+    records: &[Record],
+    tok: &TokenizerDir,
+    chat: &ChatUse,
+    data: &str,
+    max_pos: usize,
+    model: &str,
+    skip_long: bool,
+) -> Result<(Vec<Prompt>, usize), StageError> {
+    let mut prompts = Vec::with_capacity(records.len());
+    let mut skipped_long = 0usize;
+    for (i, rec) in records.iter().enumerate() {
+        let pr = prompt(tok, chat, i, rec, data)?;
+        if pr.ids.len() >= max_pos {
+            if skip_long {
+                skipped_long += 1;
+                continue;
+            }
+            return Err(StageError::user(
+                format!(
+                    "record {} of {data}: its prompt has {} tokens, which leaves no room below \
+                     {model}'s position limit ({max_pos})",
+                    i + 1,
+                    pr.ids.len(),
+                ),
+                Some("set `skip-long #true` to skip and count such prompts".into()),
+            ));
+        }
+        prompts.push(pr);
+    }
+    Ok((prompts, skipped_long))
+}
+
+/// What ends a completion: token ids (EOS, the model's generation EOS ids, and every `stop`
+/// string that is a single token), sorted and unique; and the other `stop` strings, matched
+/// on the decoded text.
+fn stops(
+    eos: i64,
+    model_dir: &std::path::Path,
+    tok: &TokenizerDir,
+    stop: &[String],
+) -> (Vec<i64>, Vec<String>) {
+    let mut ids = vec![eos];
+    ids.extend(crate::evaluate::generation_eos(model_dir));
+    let mut texts = Vec::new();
+    for s in stop {
+        match tok.tokenizer.token_to_id(s) {
+            Some(id) => ids.push(id as i64),
+            None => texts.push(s.clone()),
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    (ids, texts)
+}
+
+/// The decoder's options for the node's parameters (`TEMPER_GENERATE_NO_CACHE=1` turns the KV
+/// cache off, for benchmarks).
+fn decode_options(p: &Params, stop_ids: Vec<i64>, pad_id: i64) -> DecodeOptions {
+    DecodeOptions {
+        max_new_tokens: p.max_new_tokens,
+        stop_ids,
+        pad_id,
+        batch_size: p.batch_size,
+        sampling: Sampling {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+        },
+        seed: p.seed,
+        logprobs: p.logprobs,
+        cache: !matches!(
+            std::env::var(NO_CACHE_ENV).as_deref(),
+            Ok("1") | Ok("true") | Ok("yes")
+        ),
     }
 }
 
@@ -324,32 +364,12 @@ impl Output<'_> {
                 .prompts
                 .iter()
                 .any(|pr| matches!(pr.shown, Turns::Messages(_)));
-        let mut records = Vec::with_capacity(done.len());
-        let mut samples = String::new();
-        let mut finishes: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut new_tokens = 0usize;
-        for (pr, cs) in self.prompts.iter().zip(done.chunks(self.n.max(1))) {
-            let texts: Vec<String> = cs.iter().map(|c| self.text(c)).collect();
-            for (c, t) in cs.iter().zip(&texts) {
-                *finishes.entry(c.finish.name()).or_default() += 1;
-                new_tokens += c.tokens.len();
-                records.push(output_record(&pr.shown, t, chat_out));
-            }
-            let mut line = json!({
-                "index": pr.index,
-                "prompt": pr.shown,
-                "reference": pr.reference,
-                "completions": texts,
-                "finish_reasons": cs.iter().map(|c| c.finish.name()).collect::<Vec<_>>(),
-                "tokens": cs.iter().map(|c| c.tokens.len()).collect::<Vec<_>>(),
-                "token_ids": cs.iter().map(|c| &c.tokens).collect::<Vec<_>>(),
-            });
-            if self.logprobs {
-                line["logprobs"] = json!(cs.iter().map(|c| &c.logprobs).collect::<Vec<_>>());
-            }
-            samples.push_str(&line.to_string());
-            samples.push('\n');
-        }
+        let Lines {
+            records,
+            samples,
+            finishes,
+            new_tokens,
+        } = self.lines(done, chat_out);
         let dir = &ctx.out_dir;
         let path = dir.join(SAMPLES_FILE);
         std::fs::write(&path, samples).with_context(|| format!("writing {}", path.display()))?;
@@ -376,12 +396,7 @@ impl Output<'_> {
             "use_chat_template": p.use_chat_template,
             "format": out_format.name(),
         });
-        let path = dir.join("generate_summary.json");
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n",
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
+        crate::json::write_json(&dir.join("generate_summary.json"), &summary)?;
         tracing::info!(
             "{}: {} completions of {} prompts ({} skipped as too long), {} new tokens in {:.1} s \
              ({:.0} tokens/s); finished by {}",
@@ -400,6 +415,51 @@ impl Output<'_> {
         );
         Ok(summary)
     }
+
+    /// Every completion as a dataset record, `samples.jsonl`'s line per prompt, and the counts
+    /// of the summary.
+    fn lines(&self, done: &[Completion], chat_out: bool) -> Lines {
+        let mut records = Vec::with_capacity(done.len());
+        let mut samples = String::new();
+        let mut finishes: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut new_tokens = 0usize;
+        for (pr, cs) in self.prompts.iter().zip(done.chunks(self.n.max(1))) {
+            let texts: Vec<String> = cs.iter().map(|c| self.text(c)).collect();
+            for (c, t) in cs.iter().zip(&texts) {
+                *finishes.entry(c.finish.name()).or_default() += 1;
+                new_tokens += c.tokens.len();
+                records.push(output_record(&pr.shown, t, chat_out));
+            }
+            let mut line = json!({
+                "index": pr.index,
+                "prompt": pr.shown,
+                "reference": pr.reference,
+                "completions": texts,
+                "finish_reasons": cs.iter().map(|c| c.finish.name()).collect::<Vec<_>>(),
+                "tokens": cs.iter().map(|c| c.tokens.len()).collect::<Vec<_>>(),
+                "token_ids": cs.iter().map(|c| &c.tokens).collect::<Vec<_>>(),
+            });
+            if self.logprobs {
+                line["logprobs"] = json!(cs.iter().map(|c| &c.logprobs).collect::<Vec<_>>());
+            }
+            samples.push_str(&line.to_string());
+            samples.push('\n');
+        }
+        Lines {
+            records,
+            samples,
+            finishes,
+            new_tokens,
+        }
+    }
+}
+
+/// What [`Output::lines`] builds from the completions.
+struct Lines {
+    records: Vec<Record>,
+    samples: String,
+    finishes: BTreeMap<&'static str, usize>,
+    new_tokens: usize,
 }
 
 /// The dataset record of one completion: prompt-completion, or the prompt's turns plus the

@@ -190,7 +190,8 @@ pub fn artifact_metrics(dir: &Path) -> Result<Vec<(String, J)>> {
     Ok(out)
 }
 
-fn cell(v: Option<&J>) -> String {
+/// A cell as `temper results` prints it (floats to 6 decimals, trailing zeros cut).
+pub fn cell(v: Option<&J>) -> String {
     match v {
         None | Some(J::Null) => String::new(),
         Some(J::String(s)) => s.clone(),

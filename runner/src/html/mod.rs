@@ -13,6 +13,7 @@
 pub mod chart;
 pub mod dag;
 
+use crate::cmd::results;
 use crate::plan::{Plan, State};
 use anyhow::Result;
 use serde_json::Value as J;
@@ -62,9 +63,11 @@ pub fn esc(s: &str) -> String {
 
 /// The instances of `plan` with what the store holds for them.
 pub fn views(store: &Store, plan: &Plan, log_lines: usize) -> Result<Vec<NodeView>> {
+    let keys: Vec<String> = plan.entries.iter().map(|e| e.key.clone()).collect();
+    let records = store.records_many(&keys)?;
     let mut out = Vec::with_capacity(plan.entries.len());
     for e in &plan.entries {
-        let rec = store.record(&e.key)?;
+        let rec = records.get(&e.key).cloned();
         let (state, class) = match (&e.state, rec.as_ref().map(|r| r.status)) {
             (State::Cached, _) => ("done".to_string(), "done"),
             (State::RunningElsewhere { .. }, _) => ("running".into(), "running"),
@@ -388,27 +391,15 @@ fn html_table(id: &str, cols: &[String], rows: &[Vec<String>]) -> String {
 
 /// `temper results`' table: a row per variant, click a header to sort.
 fn results_table(store: &Store, plan: &Plan) -> Result<String> {
-    let (cols, rows) = crate::cmd::results::collect(store, plan)?;
+    let (cols, rows) = results::collect(store, plan)?;
     let grid: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| cols.iter().map(|c| cell(r.get(c))).collect())
+        .map(|r| cols.iter().map(|c| results::cell(r.get(c))).collect())
         .collect();
     Ok(format!(
         "<section><h2>Results <small>(a row per variant; click a header to sort)</small></h2><div class=\"scroll\">{}</div></section>",
         html_table("results", &cols, &grid)
     ))
-}
-
-fn cell(v: Option<&J>) -> String {
-    match v {
-        None | Some(J::Null) => String::new(),
-        Some(J::String(s)) => s.clone(),
-        Some(J::Number(n)) => match n.as_f64() {
-            Some(x) if n.is_f64() => chart::label(x),
-            _ => n.to_string(),
-        },
-        Some(o) => o.to_string(),
-    }
 }
 
 /// Every eval node's `results.json` as a table.
@@ -439,7 +430,7 @@ fn eval_tables(nodes: &[NodeView]) -> String {
             .and_then(|r| r["results"].as_array())
             .into_iter()
             .flatten()
-            .map(|r| cols.iter().map(|c| cell(r.get(c))).collect())
+            .map(|r| cols.iter().map(|c| results::cell(r.get(c))).collect())
             .collect();
         let _ = write!(s, "<h3>{}</h3>", esc(&n.id));
         s.push_str(&html_table(&format!("eval-{}", n.id), &cols, &rows));
