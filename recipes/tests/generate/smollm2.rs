@@ -1,5 +1,5 @@
-//! SmolLM2-135M-Instruct, when it is prepared (`examples/models/smollm2-135m-instruct`, see the
-//! README; not on the default test path, so without it the test says SKIPPED): greedy chat
+//! SmolLM2-135M-Instruct, when it is prepared (`examples/models/smollm2-135m-instruct`, which
+//! `make test` prepares with scripts/prepare-smollm2.sh; without it the test says SKIPPED): greedy chat
 //! completions of the `generate` node equal transformers' `generate` token for token (float32,
 //! tests/python/hf_generate.py), and the decoder gives the same tokens with and without its KV
 //! cache.
