@@ -57,19 +57,30 @@ fn instance_index(info: &NodeInfo, ks: &[usize]) -> usize {
 }
 
 /// The dependency graph of a recipe and the axes that reach each node.
-struct Graph<'r> {
-    index: HashMap<&'r str, usize>,
+pub(crate) struct Graph<'r> {
+    pub(crate) index: HashMap<&'r str, usize>,
     /// Topological order, ties by declaration.
     order: Vec<usize>,
     axis_len: Vec<usize>,
     /// Axes reaching each node.
-    reach: Vec<BTreeSet<usize>>,
+    pub(crate) reach: Vec<BTreeSet<usize>>,
     /// Ancestors of each node that own an axis member (the only ancestors ids mention), so
     /// the sets stay small on long chains.
     anc: Vec<BTreeSet<usize>>,
+    /// For a `select` node: its `from` node, its score (eval) node when it names one that
+    /// exists, and the axes it collapses (they reach its inputs but not it).
+    pub(crate) select: Vec<Option<SelectInfo>>,
 }
 
-fn graph(recipe: &Recipe) -> Result<Graph<'_>, Diagnostics> {
+/// How a `select` node expands (see [`crate::select`]).
+#[derive(Clone, Debug)]
+pub(crate) struct SelectInfo {
+    pub(crate) from: usize,
+    pub(crate) eval: Option<usize>,
+    pub(crate) collapsed: BTreeSet<usize>,
+}
+
+pub(crate) fn graph(recipe: &Recipe) -> Result<Graph<'_>, Diagnostics> {
     let n = recipe.nodes.len();
     let index: HashMap<&str, usize> = recipe
         .nodes
@@ -103,6 +114,10 @@ fn graph(recipe: &Recipe) -> Result<Graph<'_>, Diagnostics> {
     for (i, d) in recipe.nodes.iter().enumerate() {
         let mut names = std::mem::take(&mut swept_refs[i]);
         d.params.values().for_each(|v| collect_refs(v, &mut names));
+        // A select node waits for its scores: the eval node named by `by=`.
+        if let Some(e) = crate::select::eval_of(d).filter(|e| index.contains_key(e)) {
+            names.push(e.to_string());
+        }
         for t in names {
             let Some(&j) = index.get(t.as_str()) else {
                 return Err(Diagnostics::from_message(format!(
@@ -122,6 +137,7 @@ fn graph(recipe: &Recipe) -> Result<Graph<'_>, Diagnostics> {
     // Reach and swept ancestors, in topological order.
     let mut reach: Vec<BTreeSet<usize>> = own.clone();
     let mut anc: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    let mut select: Vec<Option<SelectInfo>> = vec![None; n];
     for &i in &order {
         let mut r = reach[i].clone();
         let mut an = BTreeSet::new();
@@ -132,6 +148,16 @@ fn graph(recipe: &Recipe) -> Result<Graph<'_>, Diagnostics> {
             }
             an.extend(anc[j].iter().copied());
         }
+        let d = &recipe.nodes[i];
+        if let Some(from) = crate::select::from_of(d).and_then(|f| index.get(f)) {
+            let collapsed = crate::select::collapsed(d, axes, &reach[*from]);
+            r.retain(|a| !collapsed.contains(a));
+            select[i] = Some(SelectInfo {
+                from: *from,
+                eval: crate::select::eval_of(d).and_then(|e| index.get(e).copied()),
+                collapsed,
+            });
+        }
         reach[i] = r;
         anc[i] = an;
     }
@@ -141,6 +167,7 @@ fn graph(recipe: &Recipe) -> Result<Graph<'_>, Diagnostics> {
         axis_len,
         reach,
         anc,
+        select,
     })
 }
 
@@ -226,6 +253,7 @@ pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
         axis_len,
         reach,
         anc,
+        select,
     } = graph(recipe)?;
     let total: usize = axis_len
         .iter()
@@ -290,7 +318,12 @@ pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
                 format!("{}[{}]", d.name, parts.join(","))
             };
             let mut inputs = Vec::new();
-            for (p, v) in params.iter_mut() {
+            // A select instance's references are its candidates' and scores' instances.
+            if let Some(sel) = &select[i] {
+                let cands = candidates(sel, &infos, axes, &axis_len, &mut ks.clone());
+                crate::select::set_candidates(&mut params, &mut inputs, cands);
+            }
+            for (p, v) in params.iter_mut().filter(|_| select[i].is_none()) {
                 rewrite(v, p.clone(), &mut inputs, &|t: &str| {
                     // Inputs come first in topological order, so their ids exist.
                     index.get(t).and_then(|j| infos[*j].as_ref()).map_or_else(
@@ -320,6 +353,46 @@ pub fn expand(recipe: &Recipe) -> Result<Expanded, Diagnostics> {
         instances,
         variants,
     })
+}
+
+/// The candidates of a select instance whose other axes are at `ks`: for every combination of
+/// the collapsed axes (first axis outermost), (label, `from` instance id, eval instance id).
+fn candidates(
+    sel: &SelectInfo,
+    infos: &[Option<NodeInfo>],
+    axes: &[crate::recipe::Axis],
+    axis_len: &[usize],
+    ks: &mut [usize],
+) -> Vec<(String, String, Option<String>)> {
+    let c: Vec<usize> = sel.collapsed.iter().copied().collect();
+    let total: usize = c.iter().map(|a| axis_len[*a]).product();
+    let id_of = |node: usize, ks: &[usize]| {
+        infos[node]
+            .as_ref()
+            .map(|info| info.ids[instance_index(info, ks)].clone())
+    };
+    let mut out = Vec::with_capacity(total);
+    for k in 0..total {
+        let mut rest = k;
+        for &a in c.iter().rev() {
+            ks[a] = rest % axis_len[a];
+            rest /= axis_len[a];
+        }
+        let label = c
+            .iter()
+            .flat_map(|&a| {
+                axes[a]
+                    .members
+                    .iter()
+                    .map(|m| format!("{}.{}={}", m.node, m.param, show(&m.values[ks[a]])))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let from = id_of(sel.from, ks).unwrap_or_default();
+        out.push((label, from, sel.eval.and_then(|e| id_of(e, ks))));
+    }
+    out
 }
 
 /// Rewrites references to instance ids, recording (param path, id) in order.

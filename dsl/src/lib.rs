@@ -34,6 +34,7 @@ mod refs;
 mod repeat;
 mod scan;
 pub mod schema;
+pub mod select;
 pub mod suggest;
 mod sweep;
 mod typecheck;
@@ -206,6 +207,7 @@ fn load_inner(
     v.unknown_override_nodes();
     v.check_rule_kinds();
     let axes = v.sweeps();
+    v.select_produces();
     let edges = v.resolve_refs();
     v.cycles(&edges);
     // A required parameter given only by a sweep takes the axis' first value as its base.
@@ -241,6 +243,10 @@ fn load_inner(
         axes,
         executors: v.s.executors,
     };
+    let diags = select::check(&recipe);
+    if !diags.is_empty() {
+        return Err(Diagnostics::new(diags));
+    }
     if let Err(d) = expand::check_size(&recipe, opts, &v.s.srcs) {
         return Err(Diagnostics::new(vec![d]));
     }

@@ -119,7 +119,18 @@ pub struct KindSchema {
     /// of `path` or `tokenizer`"). Gets the declared node (defaults filled; `param_locs` tells
     /// which parameters the recipe set explicitly).
     pub check: Option<fn(&NodeDecl) -> Vec<ParamIssue>>,
+    /// Bare words accepted after the node's name, each standing for `param=word`
+    /// (`select best … max` is `goal=max`).
+    pub words: &'static [(&'static str, &'static str)],
 }
+
+/// The kind the DSL expands specially: a `select` node collapses the variants of its `from` node
+/// (module `select`).
+pub const SELECT_KIND: &str = "select";
+
+/// What a `select` kind declares it produces: a stand-in, since a select node produces whatever
+/// its `from` node produces (references to it are checked against that).
+pub const SELECT_PRODUCES: &str = "(the selected node's)";
 
 /// A problem found by a kind's `check`: which parameter (None = the node itself), what, and a hint.
 #[derive(Clone, Debug)]
@@ -149,7 +160,13 @@ impl KindSchema {
             params: Vec::new(),
             doc: "",
             check: None,
+            words: &[],
         }
+    }
+    /// Bare words accepted after the name, as `(word, param)`: the word is the parameter's value.
+    pub fn words(mut self, w: &'static [(&'static str, &'static str)]) -> Self {
+        self.words = w;
+        self
     }
     pub fn doc(mut self, d: &'static str) -> Self {
         self.doc = d;

@@ -22,6 +22,7 @@ pub mod npo;
 pub mod pairs;
 pub mod ref_logps;
 pub mod reweight;
+pub mod select;
 pub mod sft;
 pub mod tokenizer;
 
@@ -50,10 +51,15 @@ pub fn schemas() -> Vec<dsl::KindSchema> {
     ]
 }
 
+/// Kinds the front resolves itself, never a worker: no stage implements them.
+pub fn front_schemas() -> Vec<dsl::KindSchema> {
+    vec![select::schema()]
+}
+
 /// The DSL registry of every built-in kind: what `check`, `plan` and keys validate against.
 pub fn registry() -> dsl::Registry {
     let mut r = dsl::Registry::new();
-    for s in schemas() {
+    for s in schemas().into_iter().chain(front_schemas()) {
         r.register(s);
     }
     r

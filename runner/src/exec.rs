@@ -80,6 +80,8 @@ pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>> {
 
 enum Start {
     Started,
+    /// Done in the front, without a worker (a select node).
+    Finished,
     /// No device free yet.
     Wait,
     /// Could not start (recorded as failed).
@@ -95,7 +97,9 @@ pub(crate) struct Finished {
 }
 
 /// Loads nothing: runs `loaded` with `kinds` on `store`. Takes the run lock (waiting or failing
-/// per `opts.wait`), re-plans under the lock, executes, and returns the report.
+/// per `opts.wait`), re-plans under the lock, executes, and returns the report. Nodes waiting for
+/// a select's scores are left out of a pass; when a pass leaves some, the recipe is planned
+/// again (the scores are built now, so the selects resolve) and the next pass runs them.
 pub fn run(
     store: &store::Store,
     kinds: &Kinds,
@@ -106,36 +110,54 @@ pub fn run(
     let _lock = store
         .lock_run(opts.wait, &opts.command)
         .context("taking the store's run lock")?;
-    let plan = plan::plan(store, &kinds.registry, loaded)?;
-    let selected = select(&plan, &opts.only)?;
     let run = store
-        .begin_run(&opts.command, &plan.loaded.stem)
+        .begin_run(&opts.command, &loaded.stem)
         .context("recording the run")?;
-    let mut ex = Executor {
-        store,
-        kinds,
-        plan: &plan,
-        opts,
-        control,
-        run_id: run.id,
-        outcomes: vec![None; plan.entries.len()],
-        devices: Devices::new(),
-        device_of: HashMap::new(),
-    };
-    let result = ex.execute(&selected);
-    let outcomes: Vec<(String, String, Outcome)> = plan
-        .entries
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| selected[*i])
-        .map(|(i, e)| {
-            (
-                e.id.clone(),
-                e.key.clone(),
-                ex.outcomes[i].clone().unwrap_or(Outcome::NotStarted),
-            )
-        })
-        .collect();
+    let mut outcomes: Vec<(String, String, Outcome)> = Vec::new();
+    let mut result;
+    loop {
+        let plan = plan::plan(store, &kinds.registry, loaded.clone())?;
+        let selected = select(&plan, &opts.only)?;
+        let mut ex = Executor {
+            store,
+            kinds,
+            plan: &plan,
+            opts,
+            control,
+            run_id: run.id,
+            outcomes: vec![None; plan.entries.len()],
+            devices: Devices::new(),
+            device_of: HashMap::new(),
+        };
+        result = ex.execute(&selected);
+        let waiting: Vec<usize> = (0..plan.entries.len())
+            .filter(|&i| selected[i] && matches!(plan.entries[i].state, State::Waiting { .. }))
+            .collect();
+        let progressed = ex
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, Some(Outcome::Done) | Some(Outcome::Shared(_))));
+        for (i, e) in plan.entries.iter().enumerate() {
+            if !selected[i] || waiting.contains(&i) {
+                continue;
+            }
+            let o = ex.outcomes[i].clone().unwrap_or(Outcome::NotStarted);
+            merge_outcome(&mut outcomes, &e.id, &e.key, o);
+        }
+        let ok = result.is_ok() && outcomes.iter().all(|(_, _, o)| o.ok());
+        if waiting.is_empty() || !ok || !progressed || control.interrupted() {
+            for &i in &waiting {
+                let e = &plan.entries[i];
+                let why = match &e.state {
+                    State::Waiting { why } => format!("{why}, which were not all built"),
+                    _ => "waiting".into(),
+                };
+                merge_outcome(&mut outcomes, &e.id, &e.key, Outcome::Skipped(why));
+            }
+            break;
+        }
+        tracing::info!("scores built: planning again to resolve the selects");
+    }
     let report = RunReport {
         run_id: run.id,
         outcomes,
@@ -159,6 +181,18 @@ pub fn run(
         .context("recording the end of the run")?;
     result?;
     Ok(report)
+}
+
+/// Adds instance `id`'s outcome of one pass: a later pass replaces an earlier outcome, except
+/// that what an earlier pass built stays `done` (the later pass finds it cached).
+fn merge_outcome(all: &mut Vec<(String, String, Outcome)>, id: &str, key: &str, o: Outcome) {
+    match all.iter_mut().find(|(i, _, _)| i == id) {
+        Some(slot) if !(matches!(o, Outcome::Cached) && slot.2.ok()) => {
+            *slot = (id.to_string(), key.to_string(), o)
+        }
+        Some(_) => {}
+        None => all.push((id.to_string(), key.to_string(), o)),
+    }
 }
 
 struct Executor<'a> {
@@ -189,6 +223,8 @@ impl Executor<'_> {
             }
             if e.state == State::Cached {
                 self.outcomes[i] = Some(Outcome::Cached);
+            } else if matches!(e.state, State::Waiting { .. }) {
+                // Its key is provisional: the next pass, planned after the scores, runs it.
             } else if let State::OnSlurm { what, .. } = &e.state {
                 self.outcomes[i] = Some(Outcome::Skipped(format!(
                     "{what}: wait for it (`temper status`) or stop it (`temper cancel`)"
@@ -270,6 +306,7 @@ impl Executor<'_> {
                         Start::Started => {
                             running.insert(i);
                         }
+                        Start::Finished => changed = true,
                         Start::Wait => still.push(i),
                         Start::Failed => {
                             changed = true;
@@ -320,6 +357,9 @@ impl Executor<'_> {
     /// Prepares instance `i` and hands it to a worker.
     fn start(&mut self, i: usize, pool: &mut Pool) -> Result<Start> {
         let e: &Entry = &self.plan.entries[i];
+        if e.kind == dsl::schema::SELECT_KIND {
+            return self.record_select(i);
+        }
         let want = wanted_device(self.plan, i)?;
         let (device, pooled) = match self.devices.take(&want) {
             Ok(Some(d)) => d,
@@ -377,6 +417,31 @@ impl Executor<'_> {
                 nodelog::line(&e.id, "ERROR", &msg);
                 nodelog::close(&e.id);
                 self.fail_to_start(i, msg, pooled)
+            }
+        }
+    }
+
+    /// Records a resolved select node (its scores are in the plan's key tree): `select.json`
+    /// published under its key, the choice in its log.
+    fn record_select(&mut self, i: usize) -> Result<Start> {
+        let e = &self.plan.entries[i];
+        let log = self.store.log_path(&e.key);
+        nodelog::open(&e.id, &log, self.run_id)
+            .with_context(|| format!("node {}: opening log {}", e.id, log.display()))?;
+        match crate::select::publish(self.store, self.plan, i, self.run_id) {
+            Ok(lines) => {
+                for l in lines {
+                    nodelog::line(&e.id, "INFO", &l);
+                }
+                tracing::info!("{}: done ({})", e.id, e.short_key());
+                self.end_node(i, Outcome::Done);
+                Ok(Start::Finished)
+            }
+            Err(err) => {
+                let msg = node_prefixed(&e.id, &format!("{err:#}"));
+                self.record_failure(i, &msg)?;
+                self.end_node(i, Outcome::Failed(msg));
+                Ok(Start::Failed)
             }
         }
     }

@@ -118,6 +118,30 @@ pub struct Keyed {
     pub id: String,
     pub key: String,
     pub tree: J,
+    /// The key whose artifact a reference to this instance reads (and whose key enters the
+    /// referrer's tree): the instance's own key, except for a `select` node, where it is the
+    /// winner's.
+    pub output: String,
+    /// Why the key is provisional: a select upstream (or this one) still waits for its scores,
+    /// so it cannot name its winner yet.
+    pub waiting: Option<String>,
+}
+
+/// A resolved `select` instance: the index of the winning candidate, every candidate's score
+/// and whether another candidate had the winner's score (ties go to the first in sweep order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chosen {
+    pub winner: usize,
+    pub values: Vec<f64>,
+    pub tie: bool,
+}
+
+/// Resolves a select instance from its scores' keys: `None` while one is not built.
+pub type SelectResolver<'a> = dyn Fn(&Instance, &[String]) -> Result<Option<Chosen>> + 'a;
+
+/// A resolver for callers without a store: every select waits.
+pub fn unresolved(_: &Instance, _: &[String]) -> Result<Option<Chosen>> {
+    Ok(None)
 }
 
 /// Returns `v` with every object's fields in sorted order (recursively).
@@ -261,28 +285,110 @@ pub fn path_content(root_dir: &Path, p: &str, hasher: &dyn FileHasher) -> Result
     }
 }
 
-/// Computes keys of `instances`, which must be in topological order (inputs first).
+/// Computes keys of `instances`, which must be in topological order (inputs first). A reference
+/// enters a tree as the referenced instance's [`Keyed::output`]; a select instance is keyed by
+/// [`select_tree`] and resolved by `resolve`.
 pub fn compute_keys(
     instances: &[&Instance],
     registry: &Registry,
     root_dir: &Path,
     hasher: &dyn FileHasher,
+    resolve: &SelectResolver<'_>,
 ) -> Result<Vec<Keyed>> {
-    let mut keys: HashMap<String, String> = HashMap::with_capacity(instances.len());
+    // id → (output key, waiting)
+    let mut seen: HashMap<String, (String, Option<String>)> = HashMap::with_capacity(instances.len());
     let mut out = Vec::with_capacity(instances.len());
     for inst in instances {
         let schema = registry
             .get(&inst.kind)
             .ok_or_else(|| anyhow!("node {}: unknown kind `{}`", inst.id, inst.kind))?;
-        let lookup = |id: &str| keys.get(id).cloned();
-        let tree = key_tree(schema, inst, root_dir, &lookup, hasher)?;
-        let key = digest(&tree);
-        keys.insert(inst.id.clone(), key.clone());
+        let lookup = |id: &str| seen.get(id).map(|(k, _)| k.clone());
+        let mut waiting = inst
+            .inputs
+            .iter()
+            .find_map(|(_, i)| seen.get(i).and_then(|(_, w)| w.clone()));
+        let (tree, key, output) = if inst.kind == dsl::schema::SELECT_KIND {
+            let (tree, chosen) = select_tree(schema, inst, &lookup, resolve)?;
+            let key = digest(&tree);
+            let output = match &chosen {
+                Some(c) => lookup(&select_refs(inst, "from")[c.winner]).unwrap_or_default(),
+                None => {
+                    waiting.get_or_insert_with(|| format!("waiting for the scores of {}", inst.id));
+                    key.clone()
+                }
+            };
+            (tree, key, output)
+        } else {
+            let tree = key_tree(schema, inst, root_dir, &lookup, hasher)?;
+            let key = digest(&tree);
+            (tree, key.clone(), key)
+        };
+        seen.insert(inst.id.clone(), (output.clone(), waiting.clone()));
         out.push(Keyed {
             id: inst.id.clone(),
             key,
             tree,
+            output,
+            waiting,
         });
     }
     Ok(out)
+}
+
+/// The instance ids a select instance's list parameter `param` (`from`, `scores`) refers to.
+pub fn select_refs(inst: &Instance, param: &str) -> Vec<String> {
+    inst.params
+        .get(param)
+        .and_then(Value::as_list)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|v| match v {
+            Value::Ref(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The key tree of a select instance:
+/// `{"kind": "select", "version": V, "params": {"from": [{"key": K}…], "scores": [{"key": K}…],
+/// "by": B, "goal": G, "over": O?}, "values": [score…]}` — every candidate's key, every score's
+/// key and, once every score is built, the scores' values (absent before: the key is then
+/// provisional). Also returns the resolution.
+pub fn select_tree(
+    schema: &KindSchema,
+    inst: &Instance,
+    input_key: &dyn Fn(&str) -> Option<String>,
+    resolve: &SelectResolver<'_>,
+) -> Result<(J, Option<Chosen>)> {
+    let keys_of = |param: &str| -> Result<Vec<String>> {
+        select_refs(inst, param)
+            .iter()
+            .map(|id| {
+                input_key(id).ok_or_else(|| anyhow!("node {}: input `{id}` has no key yet", inst.id))
+            })
+            .collect()
+    };
+    let (from, scores) = (keys_of("from")?, keys_of("scores")?);
+    let as_keys = |ks: &[String]| J::Array(ks.iter().map(|k| serde_json::json!({ "key": k })).collect());
+    let mut params = serde_json::Map::new();
+    params.insert("from".into(), as_keys(&from));
+    params.insert("scores".into(), as_keys(&scores));
+    for p in ["by", "goal", "over"] {
+        match inst.params.get(p) {
+            Some(Value::Null) | None => {}
+            Some(v) => {
+                params.insert(p.into(), v.to_canonical_json());
+            }
+        }
+    }
+    let chosen = resolve(inst, &scores)?;
+    let mut tree = serde_json::json!({
+        "kind": schema.name,
+        "version": schema.version,
+        "params": J::Object(params),
+    });
+    if let Some(c) = &chosen {
+        tree["values"] = serde_json::json!(c.values);
+    }
+    Ok((sorted(&tree), chosen))
 }

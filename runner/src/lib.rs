@@ -21,6 +21,7 @@ pub mod plan;
 mod pool;
 pub mod progress;
 pub mod report;
+pub mod select;
 pub mod slurm;
 pub mod text;
 

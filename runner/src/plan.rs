@@ -90,6 +90,11 @@ pub enum State {
     Incomplete {
         why: String,
     },
+    /// Downstream of (or itself) a `select` whose scores are not all built: its key is
+    /// provisional until they are, and a run builds it after re-planning.
+    Waiting {
+        why: String,
+    },
 }
 
 impl State {
@@ -101,6 +106,7 @@ impl State {
             State::OnSlurm { .. } => "on slurm",
             State::FailedBefore { .. } => "failed before",
             State::Incomplete { .. } => "incomplete",
+            State::Waiting { .. } => "waiting",
         }
     }
     /// Whether a run would execute it (everything but cached and running elsewhere).
@@ -174,6 +180,8 @@ pub struct Entry {
     pub kind: String,
     pub key: String,
     pub tree: J,
+    /// The key whose artifact nodes downstream read: `key`, or a select's winner's key.
+    pub output: String,
     /// `<recipe stem>/<instance id>`.
     pub identity: String,
     /// (parameter path, input instance id).
@@ -218,7 +226,11 @@ impl Plan {
         let elsewhere = count(&|s| matches!(s, State::RunningElsewhere { .. }));
         let slurm = count(&|s| matches!(s, State::OnSlurm { .. }));
         let run = count(&|s| s.needs_run());
+        let waiting = count(&|s| matches!(s, State::Waiting { .. }));
         let mut s = format!("{cached} cached, {run} to run");
+        if waiting > 0 {
+            s += &format!(" ({waiting} waiting for scores)");
+        }
         if elsewhere > 0 {
             s += &format!(", {elsewhere} running elsewhere");
         }
@@ -240,6 +252,7 @@ impl Plan {
         for e in &self.entries {
             let why = match &e.state {
                 State::OnSlurm { what, .. } => what.clone(),
+                State::Waiting { why } => why.clone(),
                 _ => e.reason_text(),
             };
             let line = format!(
@@ -331,11 +344,14 @@ pub struct KeyedGraph {
     pub keyed: Vec<Keyed>,
 }
 
-/// Keys of every instance, in topological order, hashing each file once.
+/// Keys of every instance, in topological order, hashing each file once. `store` resolves
+/// select nodes from their built scores; without one (or before the scores are built), keys
+/// downstream of a select are provisional ([`keys::Keyed::waiting`]).
 pub fn keys_of(
     loaded: &Loaded,
     registry: &Registry,
     hasher: &dyn FileHasher,
+    store: Option<&store::Store>,
 ) -> Result<KeyedGraph> {
     let (order, g) = graph(&loaded.expanded)?;
     let insts: Vec<&Instance> = order
@@ -343,7 +359,17 @@ pub fn keys_of(
         .map(|&i| &loaded.expanded.instances[i])
         .collect();
     let memo = MemoHasher::new(hasher);
-    let keyed = keys::compute_keys(&insts, registry, &loaded.recipe.root_dir, &memo)?;
+    let resolve = |inst: &Instance, scores: &[String]| match store {
+        Some(st) => crate::select::resolve(st, inst, scores),
+        None => keys::unresolved(inst, scores),
+    };
+    let keyed = keys::compute_keys(
+        &insts,
+        registry,
+        &loaded.recipe.root_dir,
+        &memo,
+        &resolve,
+    )?;
     Ok(KeyedGraph {
         order,
         graph: g,
@@ -407,7 +433,7 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
         order,
         graph: g,
         keyed,
-    } = keys_of(&loaded, registry, store)?;
+    } = keys_of(&loaded, registry, store, Some(store))?;
     let identities: Vec<String> = order
         .iter()
         .map(|&i| format!("{}/{}", loaded.stem, loaded.expanded.instances[i].id))
@@ -451,6 +477,9 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
                 .is_some()
         };
         let state = match rec.map(|r| (r.status, r)) {
+            _ if k.waiting.is_some() => State::Waiting {
+                why: k.waiting.clone().unwrap_or_default(),
+            },
             Some((store::Status::Done, _)) => State::Cached,
             // A cluster job's pid means nothing here; a live job is marked below (`annotate`).
             Some((store::Status::Running, r)) if r.scheduler_job.is_some() => State::Incomplete {
@@ -484,7 +513,7 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
             None => State::ToRun,
         };
         let mut reasons = Vec::new();
-        if state.needs_run() {
+        if state.needs_run() && !matches!(state, State::Waiting { .. }) {
             match &state {
                 State::FailedBefore { error } => reasons.push(Reason::PreviousFailed {
                     error: error.clone(),
@@ -519,6 +548,7 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
             kind: inst.kind.clone(),
             key: k.key,
             tree: k.tree,
+            output: k.output,
             identity: identities[pos].clone(),
             inputs: inst.inputs.clone(),
             state,

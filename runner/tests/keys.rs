@@ -14,7 +14,7 @@ use std::path::Path;
 fn keys_in(k: &Kinds, dir: &Path, text: &str) -> BTreeMap<String, String> {
     std::fs::write(dir.join("r.kdl"), text).expect("write recipe");
     let loaded = common::load(k, &dir.join("r.kdl"), &[]);
-    let keyed = runner::plan::keys_of(&loaded, &k.registry, &PlainHasher)
+    let keyed = runner::plan::keys_of(&loaded, &k.registry, &PlainHasher, None)
         .expect("keys")
         .keyed;
     keyed.into_iter().map(|k| (k.id, k.key)).collect()
@@ -347,7 +347,7 @@ fn golden_keys_every_builtin_kind() {
 
 fn check_golden(k: &Kinds, recipe: &Path, expected: &Path) {
     let loaded = common::load(k, recipe, &[]);
-    let keyed = runner::plan::keys_of(&loaded, &k.registry, &PlainHasher)
+    let keyed = runner::plan::keys_of(&loaded, &k.registry, &PlainHasher, None)
         .expect("keys")
         .keyed;
     let mut lines: Vec<String> = keyed

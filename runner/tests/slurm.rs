@@ -18,7 +18,7 @@ fn keys(p: &Project, text: &str) -> BTreeMap<String, String> {
     let k = kinds();
     p.write("r.kdl", text);
     let loaded = common::load(&k, &p.path().join("r.kdl"), &[]);
-    runner::plan::keys_of(&loaded, &k.registry, &PlainHasher)
+    runner::plan::keys_of(&loaded, &k.registry, &PlainHasher, None)
         .expect("keys")
         .keyed
         .into_iter()

@@ -14,6 +14,7 @@ mod ranks;
 mod report;
 mod resume;
 mod reweight;
+mod select;
 mod slurm;
 mod terminal;
 mod workers;

@@ -23,7 +23,7 @@ pub fn run(g: &Global, a: CancelArgs) -> Result<ExitCode> {
     let kinds = crate::Kinds::builtin();
     let loaded = a.recipe.load_to_inspect(&kinds)?;
     let store = g.open_store()?;
-    let keyed = crate::plan::keys_of(&loaded, &kinds.registry, &store)?;
+    let keyed = crate::plan::keys_of(&loaded, &kinds.registry, &store, Some(&store))?;
     let ids: Vec<&str> = keyed
         .order
         .iter()

@@ -33,7 +33,7 @@ pub fn run(g: &Global, a: GcArgs) -> Result<ExitCode> {
     let mut keep = HashSet::new();
     for r in &a.recipes {
         let loaded = crate::plan::load(r, &kinds.registry, &a.set)?;
-        let keyed = crate::plan::keys_of(&loaded, &kinds.registry, &store)
+        let keyed = crate::plan::keys_of(&loaded, &kinds.registry, &store, Some(&store))
             .with_context(|| format!("computing the keys of {}", r.display()))?;
         keep.extend(keyed.keyed.into_iter().map(|k| k.key));
     }

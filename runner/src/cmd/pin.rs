@@ -20,7 +20,7 @@ pub fn run(g: &Global, a: PinArgs) -> Result<ExitCode> {
     let loaded = a.recipe.load_to_inspect(&kinds)?;
     let store = g.open_store()?;
     let crate::plan::KeyedGraph { order, keyed, .. } =
-        crate::plan::keys_of(&loaded, &kinds.registry, &store)?;
+        crate::plan::keys_of(&loaded, &kinds.registry, &store, Some(&store))?;
     let mut keys = Vec::new();
     for (pos, k) in keyed.iter().enumerate() {
         let inst = &loaded.expanded.instances[order[pos]];

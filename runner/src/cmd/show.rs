@@ -51,7 +51,11 @@ pub fn run(g: &Global, a: ShowArgs) -> Result<ExitCode> {
         if e.state == crate::plan::State::Cached || store.record(&e.key)?.is_some() {
             print!("{}", show_key(&store, &e.key, Some(&e.id), a.log_lines)?);
         } else {
-            println!("key        {}\nnot built: {}", e.key, e.reason_text());
+            let why = match &e.state {
+                crate::plan::State::Waiting { why } => format!("{why} (key provisional)"),
+                _ => e.reason_text(),
+            };
+            println!("key        {}\nnot built: {why}", e.key);
         }
         println!();
     }
@@ -181,7 +185,14 @@ pub fn show_key(
     for w in r.summary["warnings"].as_array().into_iter().flatten() {
         s += &format!("warning    {}\n", w.as_str().unwrap_or_default());
     }
-    if !r.summary.is_null() {
+    if r.kind == dsl::schema::SELECT_KIND && r.status == store::Status::Done {
+        let lines = crate::select::describe(&r.summary);
+        s += &format!("choice     {}\n", lines.first().map_or("", String::as_str));
+        s += "candidates (score, instance; * the winner)\n";
+        for l in lines.iter().skip(1) {
+            s += &format!("  {l}\n");
+        }
+    } else if !r.summary.is_null() {
         s += &format!(
             "summary    {}\n",
             serde_json::to_string_pretty(&r.summary)?.replace('\n', "\n           ")

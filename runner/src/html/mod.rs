@@ -76,6 +76,7 @@ pub fn views(store: &Store, plan: &Plan, log_lines: usize) -> Result<Vec<NodeVie
                 ("failed".into(), "failed")
             }
             (State::Incomplete { .. }, _) => ("incomplete".into(), "todo"),
+            (State::Waiting { .. }, _) => ("waiting for scores".into(), "todo"),
             (_, Some(Status::Cancelled)) => ("cancelled".into(), "todo"),
             _ => ("to run".into(), "todo"),
         };
@@ -222,6 +223,7 @@ pub fn page(store: &Store, plan: &Plan, log_lines: usize, refresh: Option<u32>) 
     body.push_str(&curves(&nodes));
     body.push_str(&results_table(store, plan)?);
     body.push_str(&eval_tables(&nodes));
+    body.push_str(&selections(&nodes));
     body.push_str(&reweight_chart(&nodes));
     Ok(format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">{}<title>temper report: {}</title><style>{CSS}</style></head><body data-errors=\"\">{body}<script>{JS}</script></body></html>\n",
@@ -275,7 +277,9 @@ fn panel(n: &NodeView) -> String {
     if let Some(e) = &n.error {
         let _ = write!(s, r#"<h4>Error</h4><pre class="err">{}</pre>"#, esc(e));
     }
-    if !n.summary.is_null() {
+    if n.kind == dsl::schema::SELECT_KIND && n.summary["candidates"].is_array() {
+        let _ = write!(s, "<h4>Choice</h4>{}", choice(n));
+    } else if !n.summary.is_null() {
         let _ = write!(s, "<h4>Summary</h4><pre>{}</pre>", esc(&pretty(&n.summary)));
     }
     if !n.log_tail.is_empty() {
@@ -434,6 +438,52 @@ fn eval_tables(nodes: &[NodeView]) -> String {
             .collect();
         let _ = write!(s, "<h3>{}</h3>", esc(&n.id));
         s.push_str(&html_table(&format!("eval-{}", n.id), &cols, &rows));
+    }
+    s.push_str("</section>");
+    s
+}
+
+/// A select node's choice: the winner, then its candidates with their scores (sortable).
+fn choice(n: &NodeView) -> String {
+    let sel = &n.summary;
+    let lines = crate::select::describe(sel);
+    let cols: Vec<String> = ["", "candidate", "score", "instance"]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let rows: Vec<Vec<String>> = sel["candidates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let won = c["id"] == sel["winner"];
+            vec![
+                if won { "winner" } else { "" }.to_string(),
+                results::cell(c.get("label")),
+                results::cell(c.get("score")),
+                results::cell(c.get("id")),
+            ]
+        })
+        .collect();
+    format!(
+        "<p class=\"choice\">{}</p>{}",
+        esc(lines.first().map_or("", String::as_str)),
+        html_table(&format!("select-{}", n.id), &cols, &rows)
+    )
+}
+
+/// Every resolved select node's choice.
+fn selections(nodes: &[NodeView]) -> String {
+    let sel: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| n.kind == dsl::schema::SELECT_KIND && n.summary["candidates"].is_array())
+        .collect();
+    if sel.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("<section><h2>Selections</h2>");
+    for n in sel {
+        let _ = write!(s, "<h3>{}</h3>{}", esc(&n.id), choice(n));
     }
     s.push_str("</section>");
     s

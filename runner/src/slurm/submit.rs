@@ -108,7 +108,8 @@ pub fn submit(
     // Settings per instance to submit, and the checks of every partition they use.
     let mut settings: HashMap<usize, Settings> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
-        if selected[i] && e.state.needs_run() {
+        let front = e.kind == dsl::schema::SELECT_KIND || matches!(e.state, State::Waiting { .. });
+        if selected[i] && e.state.needs_run() && !front {
             settings.insert(i, sources.for_node(&e.node, &e.kind)?);
         }
     }
@@ -147,6 +148,25 @@ pub fn submit(
             State::Cached => Sent::Cached,
             State::OnSlurm { job, .. } => Sent::Queued(job.clone()),
             _ if failure.is_some() => Sent::Skipped("an earlier submission failed".into()),
+            State::Waiting { why } => Sent::Skipped(format!(
+                "{why}: submit again once they are built (`temper status`)"
+            )),
+            // A resolved select is recorded here, at once: it needs no job.
+            _ if e.kind == dsl::schema::SELECT_KIND => {
+                match crate::select::publish(store, &plan, i, run.id) {
+                    Ok(lines) => {
+                        for l in lines {
+                            let _ = writeln!(out, "{:<12} {} {l}", e.short_key(), e.id);
+                        }
+                        Sent::Cached
+                    }
+                    Err(err) => {
+                        let msg = format!("node {}: {err:#}", e.id);
+                        failure = Some(anyhow!("{msg}"));
+                        Sent::Skipped(msg)
+                    }
+                }
+            }
             _ => {
                 if let Some(job) = by_key.get(e.key.as_str()) {
                     Sent::Queued(job.clone())
