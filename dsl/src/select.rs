@@ -84,7 +84,11 @@ fn over_axis(axes: &[Axis], over: &str) -> Option<usize> {
 }
 
 /// The axes a select node collapses: the one `over` names, else every axis reaching `from`.
-pub(crate) fn collapsed(d: &NodeDecl, axes: &[Axis], reach_from: &BTreeSet<usize>) -> BTreeSet<usize> {
+pub(crate) fn collapsed(
+    d: &NodeDecl,
+    axes: &[Axis],
+    reach_from: &BTreeSet<usize>,
+) -> BTreeSet<usize> {
     match d.params.get("over").and_then(Value::as_str) {
         Some(o) => over_axis(axes, o).into_iter().collect(),
         None => reach_from.clone(),
@@ -152,7 +156,9 @@ pub(crate) fn check(recipe: &Recipe) -> Vec<Diag> {
             out.push(recipe.diag_at(at(param), msg, label, help));
         };
         let Some(from) = from_of(d) else { continue };
-        let Some(&fi) = g.index.get(from) else { continue };
+        let Some(&fi) = g.index.get(from) else {
+            continue;
+        };
         if g.reach[fi].is_empty() {
             err(
                 "from",
@@ -176,14 +182,23 @@ pub(crate) fn check(recipe: &Recipe) -> Vec<Diag> {
                 let l: Vec<&str> = labels.iter().map(String::as_str).collect();
                 err(
                     "over",
-                    format!("`over` of `{}`: `{over}` is not a sweep axis that reaches `{from}`", d.name),
+                    format!(
+                        "`over` of `{}`: `{over}` is not a sweep axis that reaches `{from}`",
+                        d.name
+                    ),
                     "not an axis of `from`",
-                    Some(suggest::hint_then(over, &l, &format!("axes reaching `{from}`: {}", suggest::list(&l)))),
+                    Some(suggest::hint_then(
+                        over,
+                        &l,
+                        &format!("axes reaching `{from}`: {}", suggest::list(&l)),
+                    )),
                 );
                 continue;
             }
         }
-        let Some(by) = d.params.get("by").and_then(Value::as_str) else { continue };
+        let Some(by) = d.params.get("by").and_then(Value::as_str) else {
+            continue;
+        };
         if let Some((msg, help)) = check_by(recipe, &g, d, fi, by) {
             err("by", msg, "in this score", Some(help));
         }
@@ -200,15 +215,15 @@ fn check_by(
     by: &str,
 ) -> Option<(String, String)> {
     let name = &d.name;
-    let by = match parse_by(by) {
-        Ok(b) => b,
-        Err(e) => {
-            return Some((
+    let by =
+        match parse_by(by) {
+            Ok(b) => b,
+            Err(e) => return Some((
                 format!("`by` of `{name}`: {e}"),
-                "write `by=\"EVAL:DATA.METRIC\"`, e.g. `by=\"scores:heldout.preference_accuracy\"`".into(),
-            ))
-        }
-    };
+                "write `by=\"EVAL:DATA.METRIC\"`, e.g. `by=\"scores:heldout.preference_accuracy\"`"
+                    .into(),
+            )),
+        };
     let evals: Vec<&str> = recipe
         .nodes
         .iter()
@@ -225,7 +240,10 @@ fn check_by(
         } else {
             format!("eval nodes: {}", suggest::list(&evals))
         };
-        return Some((format!("`by` of `{name}`: {what}"), suggest::hint_then(&by.eval, &evals, &list)));
+        return Some((
+            format!("`by` of `{name}`: {what}"),
+            suggest::hint_then(&by.eval, &evals, &list),
+        ));
     };
     let data: Vec<(&str, Option<&str>)> = eval
         .params
@@ -235,20 +253,34 @@ fn check_by(
         .iter()
         .filter_map(|v| {
             let r = v.as_record()?;
-            Some((r.get("name")?.as_str()?, r.get("metric").and_then(Value::as_str)))
+            Some((
+                r.get("name")?.as_str()?,
+                r.get("metric").and_then(Value::as_str),
+            ))
         })
         .collect();
     let names: Vec<&str> = data.iter().map(|x| x.0).collect();
     let Some(&(_, asked)) = data.iter().find(|x| x.0 == by.data) else {
         return Some((
-            format!("`by` of `{name}`: eval `{}` scores no dataset `{}`", by.eval, by.data),
-            suggest::hint_then(&by.data, &names, &format!("its datasets: {}", suggest::list(&names))),
+            format!(
+                "`by` of `{name}`: eval `{}` scores no dataset `{}`",
+                by.eval, by.data
+            ),
+            suggest::hint_then(
+                &by.data,
+                &names,
+                &format!("its datasets: {}", suggest::list(&names)),
+            ),
         ));
     };
     if !METRICS.contains(&by.metric.as_str()) {
         return Some((
             format!("`by` of `{name}`: unknown metric `{}`", by.metric),
-            suggest::hint_then(&by.metric, METRICS, &format!("metrics: {}", suggest::list(METRICS))),
+            suggest::hint_then(
+                &by.metric,
+                METRICS,
+                &format!("metrics: {}", suggest::list(METRICS)),
+            ),
         ));
     }
     // The metric the eval computes on that dataset: as asked, else by the dataset's format.
@@ -277,13 +309,25 @@ fn check_by(
                 by.data,
                 by.metric
             ),
-            format!("choose one of {}, or set `metric=` on `data {}` of `{}`", suggest::list(carried), by.data, by.eval),
+            if metric == Some("preference-accuracy") {
+                format!("choose one of {}", suggest::list(carried))
+            } else {
+                format!(
+                    "choose one of {}, or set `metric=` on `data {}` of `{}`",
+                    suggest::list(carried),
+                    by.data,
+                    by.eval
+                )
+            },
         ));
     }
     // The eval must score the variants: reached by every collapsed axis, and scoring `from`
     // itself or a single model.
     let ei = g.index[by.eval.as_str()];
-    let collapsed = g.select[g.index[d.name.as_str()]].as_ref().map(|s| s.collapsed.clone()).unwrap_or_default();
+    let collapsed = g.select[g.index[d.name.as_str()]]
+        .as_ref()
+        .map(|s| s.collapsed.clone())
+        .unwrap_or_default();
     let from = &recipe.nodes[fi].name;
     let models: Vec<&str> = eval
         .params
@@ -293,9 +337,14 @@ fn check_by(
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    if !collapsed.iter().all(|a| g.reach[ei].contains(a)) || (models.len() > 1 && !models.contains(&from.as_str())) {
+    if !collapsed.iter().all(|a| g.reach[ei].contains(a))
+        || (models.len() > 1 && !models.contains(&from.as_str()))
+    {
         return Some((
-            format!("`by` of `{name}`: eval `{}` does not score the variants of `{from}`", by.eval),
+            format!(
+                "`by` of `{name}`: eval `{}` does not score the variants of `{from}`",
+                by.eval
+            ),
             format!(
                 "add `model {from}` to `{}` (it scores {}), or name an eval node that does",
                 by.eval,

@@ -266,9 +266,10 @@ impl<'a> Validator<'a> {
                     span: entry_span(text, e),
                     form: Form::Prop(e),
                 }),
-                None if e.value().as_string().is_some_and(|w| {
-                    schema.words.iter().any(|(word, _)| *word == w)
-                }) =>
+                None if e
+                    .value()
+                    .as_string()
+                    .is_some_and(|w| schema.words.iter().any(|(word, _)| *word == w)) =>
                 {
                     let w = e.value().as_string().unwrap_or_default();
                     let param = schema.words.iter().find(|(word, _)| *word == w);

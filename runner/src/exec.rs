@@ -16,10 +16,10 @@
 
 use crate::assemble::{self, job_for, wanted_device};
 use crate::device::Devices;
+pub use crate::only::select;
 use crate::plan::{self, Entry, Loaded, Plan, State};
 use crate::pool::{Assignment, Pool};
 pub use crate::report::{Control, Outcome, RunOptions, RunReport};
-use crate::text::UsageError;
 use crate::Kinds;
 use crate::{nodelog, progress};
 use anyhow::{Context, Result};
@@ -27,56 +27,6 @@ use kinds::job::End;
 use std::collections::{HashMap, HashSet};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
-
-/// Positions of the entries to consider: all, or the `only` ones plus their uncached upstream.
-pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>> {
-    let n = plan.entries.len();
-    if only.is_empty() {
-        return Ok(vec![true; n]);
-    }
-    let pos: HashMap<&str, usize> = plan
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.id.as_str(), i))
-        .collect();
-    let mut sel = vec![false; n];
-    let mut stack = Vec::new();
-    for name in only {
-        let hits: Vec<usize> = plan
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.node == *name || e.id == *name)
-            .map(|(i, _)| i)
-            .collect();
-        if hits.is_empty() {
-            let names: Vec<&str> = plan.entries.iter().map(|e| e.node.as_str()).collect();
-            let mut names = names;
-            names.dedup();
-            return Err(UsageError(format!(
-                "--only {name}: no node or instance of that name in {} (nodes: {})",
-                plan.loaded.path.display(),
-                names.join(", ")
-            ))
-            .into());
-        }
-        stack.extend(hits);
-    }
-    while let Some(i) = stack.pop() {
-        if std::mem::replace(&mut sel[i], true) {
-            continue;
-        }
-        for (_, input) in &plan.entries[i].inputs {
-            if let Some(&j) = pos.get(input.as_str()) {
-                if plan.entries[j].state != State::Cached && !sel[j] {
-                    stack.push(j);
-                }
-            }
-        }
-    }
-    Ok(sel)
-}
 
 enum Start {
     Started,
@@ -115,8 +65,26 @@ pub fn run(
         .context("recording the run")?;
     let mut outcomes: Vec<(String, String, Outcome)> = Vec::new();
     let mut result;
+    // Nodes the last pass left waiting: (id, provisional key).
+    let mut left: Vec<(String, String)> = Vec::new();
     loop {
-        let plan = plan::plan(store, &kinds.registry, loaded.clone())?;
+        let plan = match plan::plan(store, &kinds.registry, loaded.clone()) {
+            Ok(p) => p,
+            // A select that cannot resolve (a score missing from a built eval): its nodes fail.
+            Err(err) if !left.is_empty() => {
+                let msg = format!("{err:#}");
+                tracing::error!("{msg}");
+                for (id, key) in left {
+                    merge_outcome(&mut outcomes, &id, &key, Outcome::Failed(msg.clone()));
+                }
+                result = Ok(());
+                break;
+            }
+            Err(err) => {
+                store.finish_run(run.id, Vec::new(), false).ok();
+                return Err(err);
+            }
+        };
         let selected = select(&plan, &opts.only)?;
         let mut ex = Executor {
             store,
@@ -156,6 +124,10 @@ pub fn run(
             }
             break;
         }
+        left = waiting
+            .iter()
+            .map(|&i| (plan.entries[i].id.clone(), plan.entries[i].key.clone()))
+            .collect();
         tracing::info!("scores built: planning again to resolve the selects");
     }
     let report = RunReport {

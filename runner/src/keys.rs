@@ -296,7 +296,8 @@ pub fn compute_keys(
     resolve: &SelectResolver<'_>,
 ) -> Result<Vec<Keyed>> {
     // id → (output key, waiting)
-    let mut seen: HashMap<String, (String, Option<String>)> = HashMap::with_capacity(instances.len());
+    let mut seen: HashMap<String, (String, Option<String>)> =
+        HashMap::with_capacity(instances.len());
     let mut out = Vec::with_capacity(instances.len());
     for inst in instances {
         let schema = registry
@@ -364,12 +365,14 @@ pub fn select_tree(
         select_refs(inst, param)
             .iter()
             .map(|id| {
-                input_key(id).ok_or_else(|| anyhow!("node {}: input `{id}` has no key yet", inst.id))
+                input_key(id)
+                    .ok_or_else(|| anyhow!("node {}: input `{id}` has no key yet", inst.id))
             })
             .collect()
     };
     let (from, scores) = (keys_of("from")?, keys_of("scores")?);
-    let as_keys = |ks: &[String]| J::Array(ks.iter().map(|k| serde_json::json!({ "key": k })).collect());
+    let as_keys =
+        |ks: &[String]| J::Array(ks.iter().map(|k| serde_json::json!({ "key": k })).collect());
     let mut params = serde_json::Map::new();
     params.insert("from".into(), as_keys(&from));
     params.insert("scores".into(), as_keys(&scores));

@@ -17,6 +17,7 @@ pub mod html;
 pub mod keys;
 pub mod launch;
 pub mod nodelog;
+mod only;
 pub mod plan;
 mod pool;
 pub mod progress;

@@ -9,6 +9,7 @@
 //! `<recipe file stem>/<instance id>` (see [`crate::diff`]): `new`, `parameter X changed from a to
 //! b`, `input Y changed`, `file of parameter P changed`, `kind version changed 1 → 2`.
 
+pub use crate::cmd::why::{why, why_text};
 use crate::diff::{self, Change};
 use crate::keys::{self, FileHasher, Keyed, MemoHasher};
 use anyhow::{anyhow, Context, Result};
@@ -363,13 +364,7 @@ pub fn keys_of(
         Some(st) => crate::select::resolve(st, inst, scores),
         None => keys::unresolved(inst, scores),
     };
-    let keyed = keys::compute_keys(
-        &insts,
-        registry,
-        &loaded.recipe.root_dir,
-        &memo,
-        &resolve,
-    )?;
+    let keyed = keys::compute_keys(&insts, registry, &loaded.recipe.root_dir, &memo, &resolve)?;
     Ok(KeyedGraph {
         order,
         graph: g,
@@ -568,50 +563,5 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
         entries,
         graph,
         variants,
-    })
-}
-
-/// `why`: the field-level changes between the current tree of `id` and the tree it was last
-/// built with; `Ok(None)` when it was never built.
-pub fn why(store: &store::Store, plan: &Plan, id: &str) -> Result<Option<Vec<Change>>> {
-    let e = plan
-        .entry(id)
-        .ok_or_else(|| anyhow!("no instance `{id}` in {}", plan.loaded.path.display()))?;
-    let old = store.with_index(|ix| match ix.last_key(&e.identity)? {
-        Some(lk) => ix.record(&lk),
-        None => Ok(None),
-    })?;
-    let Some(old) = old else {
-        return Ok(None);
-    };
-    Ok(Some(diff::diff(&old.key_tree, &e.tree)))
-}
-
-/// The text `temper why` prints for instance `id`.
-pub fn why_text(store: &store::Store, plan: &Plan, id: &str) -> Result<String> {
-    let e = plan
-        .entry(id)
-        .ok_or_else(|| anyhow!("no instance `{id}` in {}", plan.loaded.path.display()))?;
-    Ok(match why(store, plan, id)? {
-        None => format!("{id}: never built (key {})", e.short_key()),
-        Some(changes) if changes.is_empty() => {
-            if e.state == State::Cached {
-                format!("{id}: up to date (key {})", e.short_key())
-            } else {
-                format!(
-                    "{id}: same key as the last build ({}), state {}: {}",
-                    e.short_key(),
-                    e.state.word(),
-                    e.reason_text()
-                )
-            }
-        }
-        Some(changes) => {
-            let mut s = format!("{id}: changed since the last build:\n");
-            for c in changes {
-                s += &format!("  {}\n", c.describe());
-            }
-            s.trim_end().to_string()
-        }
     })
 }

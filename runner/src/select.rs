@@ -95,10 +95,18 @@ fn cell(v: &J) -> String {
 
 /// Resolves a select instance against `store`: `None` while a score instance (key in
 /// `score_keys`, same order as the candidates) is not built.
-pub fn resolve(store: &store::Store, inst: &Instance, score_keys: &[String]) -> Result<Option<Chosen>> {
+pub fn resolve(
+    store: &store::Store,
+    inst: &Instance,
+    score_keys: &[String],
+) -> Result<Option<Chosen>> {
     let by_s = inst.params.get("by").and_then(Value::as_str).unwrap_or("");
     let by = dsl::select::parse_by(by_s).map_err(|e| anyhow!("node {}: `by`: {e}", inst.id))?;
-    let goal = inst.params.get("goal").and_then(Value::as_str).unwrap_or("max");
+    let goal = inst
+        .params
+        .get("goal")
+        .and_then(Value::as_str)
+        .unwrap_or("max");
     let cands = keys::select_refs(inst, "from");
     let evals = keys::select_refs(inst, "scores");
     let done = store.lookup_done_many(score_keys)?;
@@ -112,13 +120,19 @@ pub fn resolve(store: &store::Store, inst: &Instance, score_keys: &[String]) -> 
             .with_context(|| format!("node {}: reading the scores of {eval_id}", inst.id))?;
         let rows: J = serde_json::from_str(&text)
             .with_context(|| format!("node {}: {}", inst.id, path.display()))?;
-        values.push(score_of(&rows, &by, cand, eval_id).map_err(|e| anyhow!("node {}: {e}", inst.id))?);
+        values.push(
+            score_of(&rows, &by, cand, eval_id).map_err(|e| anyhow!("node {}: {e}", inst.id))?,
+        );
     }
     if values.is_empty() {
         bail!("node {}: no candidates to select from", inst.id);
     }
     let (winner, tie) = winner(&values, goal);
-    Ok(Some(Chosen { winner, values, tie }))
+    Ok(Some(Chosen {
+        winner,
+        values,
+        tie,
+    }))
 }
 
 /// The `select.json` of a resolved select instance (`from_keys`: its candidates' keys).
@@ -241,4 +255,66 @@ pub fn publish(
         .complete(&e.key, &e.identity, &store.work_dir(&e.key), sel.clone())
         .context("publishing the choice")?;
     Ok(describe(&sel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn winner_takes_the_first_best_and_reports_ties() {
+        assert_eq!(winner(&[0.5, 0.9, 0.9], "max"), (1, true));
+        assert_eq!(winner(&[0.5, 0.9, 0.7], "max"), (1, false));
+        assert_eq!(winner(&[3.0, 1.0, 2.0], "min"), (1, false));
+        assert_eq!(winner(&[1.0, 1.0], "min"), (0, true));
+    }
+
+    fn by(s: &str) -> dsl::select::By {
+        dsl::select::parse_by(s).unwrap()
+    }
+
+    #[test]
+    fn scores_come_from_the_candidates_row_and_missing_ones_are_errors() {
+        let rows = json!({"results": [
+            {"model": "tuned", "data": "held", "loss": 2.0, "preference_accuracy": 0.5},
+            {"model": "aligned[beta=0.1]", "data": "held", "loss": 1.5, "preference_accuracy": 0.75},
+            {"model": "aligned[beta=0.1]", "data": "other", "loss": 9.0, "preference_accuracy": null},
+        ]});
+        let b = by("scores:held.preference-accuracy");
+        assert_eq!(b.metric, "preference_accuracy");
+        assert_eq!(score_of(&rows, &b, "aligned[beta=0.1]", "s").unwrap(), 0.75);
+        let e = score_of(
+            &rows,
+            &by("s:other.preference_accuracy"),
+            "aligned[beta=0.1]",
+            "s[x]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("s[x] has no `preference_accuracy` for model aligned[beta=0.1] on other")
+                && e.contains("the row has loss"),
+            "{e}"
+        );
+        let e = score_of(&rows, &by("s:held.loss"), "aligned[beta=0.3]", "s").unwrap_err();
+        assert!(
+            e.to_string().contains("no row for model aligned[beta=0.3]"),
+            "{e}"
+        );
+        // An eval of one model: its row, whatever the model is called.
+        let one = json!({"results": [{"model": "merged", "data": "held[x=1]", "loss": 1.25}]});
+        assert_eq!(
+            score_of(&one, &by("s:held.loss"), "aligned[beta=0.1]", "s").unwrap(),
+            1.25
+        );
+    }
+
+    #[test]
+    fn by_must_name_eval_data_and_metric() {
+        assert!(dsl::select::parse_by("scores-heldout.loss").is_err());
+        assert!(dsl::select::parse_by("scores:heldout").is_err());
+        assert!(dsl::select::parse_by(":heldout.loss").is_err());
+        let b = by("scores:held.out.loss");
+        assert_eq!((b.eval.as_str(), b.data.as_str()), ("scores", "held.out"));
+    }
 }

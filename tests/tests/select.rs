@@ -61,6 +61,29 @@ fn outcome(run: &str, id: &str) -> Option<String> {
         .map(|w| w[2].to_string())
 }
 
+/// The instance whose artifact the merge `final` of `run` read as its second model (from the
+/// job file beside its work).
+fn merged_from(p: &Project, run: &str) -> String {
+    let short = run
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("final"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{run}"))
+        .to_string();
+    let work = p.store().join("work");
+    let dir = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.file_name().unwrap().to_string_lossy().starts_with(&short))
+        .unwrap_or_else(|| panic!("no work dir {short}"));
+    let job: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("job.json")).unwrap()).unwrap();
+    job["inputs"]["model[1].model"]["node"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{job}"))
+        .to_string()
+}
+
 /// (winner instance id, candidate lines) from `temper show recipe.kdl best`.
 fn choice(p: &Project) -> (String, String) {
     let show = p.ok(&["show", "recipe.kdl", "best"]);
@@ -103,10 +126,14 @@ fn select_picks_the_best_beta_and_the_merge_follows_only_the_winner() {
     // The winner has the best score of the three rows.
     let scores: Vec<(String, f64)> = show
         .lines()
-        .filter(|l| l.contains("aligned["))
-        .filter(|l| !l.starts_with("choice"))
+        .skip_while(|l| !l.starts_with("candidates"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
         .map(|l| {
-            let w: Vec<&str> = l.trim_start_matches(['*', ' ']).split_whitespace().collect();
+            let w: Vec<&str> = l
+                .trim_start_matches(['*', ' '])
+                .split_whitespace()
+                .collect();
             (w[2].to_string(), w[1].parse::<f64>().unwrap())
         })
         .collect();
@@ -114,15 +141,15 @@ fn select_picks_the_best_beta_and_the_merge_follows_only_the_winner() {
     let best = scores.iter().map(|s| s.1).fold(f64::MIN, f64::max);
     let first_best = scores.iter().find(|s| s.1 == best).unwrap();
     assert_eq!(first_best.0, winner, "ties go to the first: {show}");
-    // The merge read the winner's artifact: its plan entry lists the select as input, and its
-    // key tree names the winner's key.
-    let why = p.ok(&["show", "recipe.kdl", "final"]);
-    assert!(why.contains("status     done"), "{why}");
+    // The merge read the winner's artifact: its job's second model is the winning instance.
+    assert_eq!(merged_from(&p, &run), winner);
 
     // Nothing changed: everything cached.
     let again = p.ok(&["run", "recipe.kdl"]);
     assert!(
-        again.lines().filter(|l| l.contains(" done")).count() == 0,
+        again
+            .lines()
+            .all(|l| l.split_whitespace().nth(2) != Some("done")),
         "{again}"
     );
 
@@ -149,6 +176,15 @@ fn select_picks_the_best_beta_and_the_merge_follows_only_the_winner() {
     assert_eq!(outcome(&run, "final").as_deref(), Some("done"), "{run}");
     let (winner3, show3) = choice(&p);
     assert_ne!(winner3, winner, "the reversed winner loses:\n{show3}");
+    assert_eq!(merged_from(&p, &run), winner3);
+}
+
+/// Diagnostics with their line wrapping undone (words joined by single spaces, no gutters).
+fn flat(t: &str) -> String {
+    t.split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -182,13 +218,17 @@ fn bad_select_inputs_are_located_errors_at_check_time() {
         ),
     ];
     let original = r#"by="scores:heldout.preference_accuracy""#;
-    let line = RECIPE.lines().position(|l| l.starts_with("select")).unwrap() + 1;
+    let line = RECIPE
+        .lines()
+        .position(|l| l.starts_with("select"))
+        .unwrap()
+        + 1;
     let at = format!("bad.kdl:{line}:");
     for (by, message, hint) in cases {
         p.write("bad.kdl", &RECIPE.replace(original, by));
         let out = p.run(&["check", "bad.kdl"]);
         assert_no_panic(&out, "check");
-        let t = text(&out);
+        let t = flat(&text(&out));
         assert_eq!(out.status.code(), Some(2), "{by}: {t}");
         assert!(t.contains(message) && t.contains(hint), "{by}: {t}");
         assert!(t.contains(&at), "located at the select line: {t}");
@@ -199,7 +239,7 @@ fn bad_select_inputs_are_located_errors_at_check_time() {
         &RECIPE.replace("select best from=aligned", "select best from=tiny"),
     );
     let out = p.run(&["check", "bad.kdl"]);
-    let t = text(&out);
+    let t = flat(&text(&out));
     assert!(
         t.contains("`best` selects from `tiny`, which no sweep reaches") && t.contains(&at),
         "{t}"
