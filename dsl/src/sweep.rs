@@ -262,6 +262,17 @@ impl Validator<'_> {
             return None;
         };
         let schema = self.reg.get(info.kind?)?;
+        if schema.name == crate::schema::SELECT_KIND {
+            let d = Diag::at(
+                &src,
+                nspan,
+                format!("cannot sweep `{label}`: `{node}` is a select node"),
+                "select parameter",
+            )
+            .help("a select chooses among the variants of its `from` node; declare a second select to choose differently");
+            self.push(d);
+            return None;
+        }
         let pnames: Vec<&str> = schema.params.iter().map(|p| p.name).collect();
         // `node.record.field`: one field of a record parameter the node sets.
         let field = match schema.find_param(param) {

@@ -137,14 +137,9 @@ pub(crate) fn job_for(
             .entry(input)
             .ok_or_else(|| anyhow!("internal: input {input} of {} not planned", e.id))?;
         // A select hands on its winner's artifact: the input is the winning instance.
-        let ie = if ie.output != ie.key {
-            plan.entries
-                .iter()
-                .find(|w| w.key == ie.output)
-                .ok_or_else(|| anyhow!("internal: the winner of {input} is not planned"))?
-        } else {
-            ie
-        };
+        let ie = plan
+            .artifact_of(ie)
+            .ok_or_else(|| anyhow!("internal: the winner of {input} is not planned"))?;
         let produces = kinds
             .registry
             .get(&ie.kind)

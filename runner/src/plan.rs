@@ -219,6 +219,14 @@ impl Plan {
     pub fn entry(&self, id: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.id == id)
     }
+    /// The entry whose artifact `e` hands on: `e` itself, or a select's winner (`None` when the
+    /// winner is not in the plan, which would be a bug).
+    pub fn artifact_of<'a>(&'a self, e: &'a Entry) -> Option<&'a Entry> {
+        if e.output == e.key {
+            return Some(e);
+        }
+        self.entries.iter().find(|w| w.key == e.output)
+    }
     /// `N cached, M to run; I instances shared by V variants` (+ other states when present).
     pub fn summary(&self) -> String {
         let count =

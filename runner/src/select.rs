@@ -191,17 +191,19 @@ pub fn describe(sel: &J) -> Vec<String> {
         }
     )];
     let cands = sel["candidates"].as_array().cloned().unwrap_or_default();
+    let score = |c: &J| crate::cmd::results::cell(Some(&c["score"]));
     let w = cands
         .iter()
         .map(|c| cell(&c["label"]).len())
         .max()
         .unwrap_or(0);
+    let sw = cands.iter().map(|c| score(c).len()).max().unwrap_or(0);
     for c in &cands {
         let mark = if c["id"] == sel["winner"] { "*" } else { " " };
         out.push(format!(
-            "{mark} {:<w$}  {}  {}",
+            "{mark} {:<w$}  {:<sw$}  {}",
             cell(&c["label"]),
-            crate::cmd::results::cell(Some(&c["score"])),
+            score(c),
             cell(&c["id"]),
         ));
     }

@@ -7,4 +7,5 @@ mod common;
 
 mod keys;
 mod run;
+mod select;
 mod slurm;

@@ -260,6 +260,17 @@ fn report_of_the_merge_example_half_built_and_built_passes_the_browser_test() {
         "header + a row per variant"
     );
     assert!(dom.contains(r#"id="eval-merge-scores[aligned.beta=0.1]""#));
+    // The select: which β won, with the three candidates and their scores.
+    let sel = &dom[dom
+        .find(r#"<table class="sortable" id="select-best-aligned">"#)
+        .expect("the selection table")..];
+    let sel = &sel[..sel.find("</table>").expect("end")];
+    assert_eq!(sel.matches("<tr>").count(), 1 + 3, "{sel}");
+    assert_eq!(sel.matches(">winner<").count(), 1, "{sel}");
+    assert!(
+        dom.contains("selected aligned[beta="),
+        "the winner is named"
+    );
     assert!(dom.contains("preference_accuracy"));
 
     check_serve(&p, full.len());

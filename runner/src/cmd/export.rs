@@ -39,6 +39,14 @@ pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
             e.state.word()
         );
     }
+    // A select exports the variant it chose.
+    let chosen = plan
+        .artifact_of(e)
+        .ok_or_else(|| anyhow::anyhow!("internal: the winner of {} is not planned", e.id))?;
+    if chosen.id != e.id {
+        println!("{} selected {}: exporting it", e.id, chosen.id);
+    }
+    let e = chosen;
     let adapter = store.artifact_dir(&e.key).join(ADAPTER_CONFIG).is_file();
     if a.merged && adapter {
         check_empty(&a.dir)?;

@@ -278,7 +278,11 @@ fn panel(n: &NodeView) -> String {
         let _ = write!(s, r#"<h4>Error</h4><pre class="err">{}</pre>"#, esc(e));
     }
     if n.kind == dsl::schema::SELECT_KIND && n.summary["candidates"].is_array() {
-        let _ = write!(s, "<h4>Choice</h4>{}", choice(n));
+        let _ = write!(
+            s,
+            "<h4>Choice</h4>{}",
+            choice(n, &format!("panel-select-{}", n.id))
+        );
     } else if !n.summary.is_null() {
         let _ = write!(s, "<h4>Summary</h4><pre>{}</pre>", esc(&pretty(&n.summary)));
     }
@@ -444,7 +448,7 @@ fn eval_tables(nodes: &[NodeView]) -> String {
 }
 
 /// A select node's choice: the winner, then its candidates with their scores (sortable).
-fn choice(n: &NodeView) -> String {
+fn choice(n: &NodeView, table_id: &str) -> String {
     let sel = &n.summary;
     let lines = crate::select::describe(sel);
     let cols: Vec<String> = ["", "candidate", "score", "instance"]
@@ -468,7 +472,7 @@ fn choice(n: &NodeView) -> String {
     format!(
         "<p class=\"choice\">{}</p>{}",
         esc(lines.first().map_or("", String::as_str)),
-        html_table(&format!("select-{}", n.id), &cols, &rows)
+        html_table(table_id, &cols, &rows)
     )
 }
 
@@ -483,7 +487,8 @@ fn selections(nodes: &[NodeView]) -> String {
     }
     let mut s = String::from("<section><h2>Selections</h2>");
     for n in sel {
-        let _ = write!(s, "<h3>{}</h3>{}", esc(&n.id), choice(n));
+        let table = choice(n, &format!("select-{}", n.id));
+        let _ = write!(s, "<h3>{}</h3>{table}", esc(&n.id));
     }
     s.push_str("</section>");
     s
