@@ -125,8 +125,7 @@ fn select_parameters_cannot_be_swept_and_selects_need_a_swept_node() {
     );
     let p = project(&swept);
     let err = runner::plan::load(&p.path().join("recipe.kdl"), &k.registry, &[])
-        .err()
-        .expect("an error")
+        .expect_err("an error")
         .to_string();
     assert!(
         err.contains("cannot sweep `best.goal`: `best` is a select node"),
@@ -135,8 +134,7 @@ fn select_parameters_cannot_be_swept_and_selects_need_a_swept_node() {
     // No sweep at all: nothing to choose from.
     let p = project(&RECIPE.replace("aligned.lr 1e-3 2e-3\n    aligned.beta 0.05 0.1 0.3", ""));
     let err = runner::plan::load(&p.path().join("recipe.kdl"), &k.registry, &[])
-        .err()
-        .expect("an error")
+        .expect_err("an error")
         .to_string();
     assert!(
         err.contains("`best` selects from `aligned`, which no sweep reaches"),

@@ -99,32 +99,64 @@ pub fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// `--executor slurm`: submit, print what was sent, and with `--wait` follow the jobs.
+/// `--executor slurm`: submit, print what was sent, and with `--wait` follow the jobs; when some
+/// nodes waited for a select's scores, submit again once the jobs are done (the selects resolve).
 fn run_slurm(g: &Global, a: RunArgs, kinds: &crate::Kinds) -> Result<ExitCode> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if a.wait {
+        let s = stop.clone();
+        let _ = ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst));
+    }
+    loop {
+        let (done, waiting) = submit_and_follow(g, &a, kinds, &stop)?;
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(ExitCode::from(130));
+        }
+        match done {
+            None => return Ok(ExitCode::SUCCESS),
+            Some(false) => return Ok(ExitCode::from(1)),
+            Some(true) if waiting > 0 => {
+                println!("scores built: submitting the {waiting} node(s) that waited for them");
+            }
+            Some(true) => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// One submission, followed to its end with `--wait`: (whether every job ended well — `None`
+/// without `--wait` —, how many nodes wait for a select's scores).
+fn submit_and_follow(
+    g: &Global,
+    a: &RunArgs,
+    kinds: &crate::Kinds,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(Option<bool>, usize)> {
     // GPUs are on the compute nodes, not here: `device "cuda:N"` is checked for syntax only.
     let loaded = a.recipe.load_to_inspect(kinds)?;
     let store = g.open_store()?;
     let opts = crate::slurm::SubmitOptions {
-        only: a.only,
+        only: a.only.clone(),
         lock_wait: !a.no_wait,
         hold: a.hold,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let sent = crate::slurm::submit(&store, kinds, loaded, &opts)?;
-    let submitted = sent
-        .nodes
-        .iter()
-        .filter(|(_, _, s)| matches!(s, crate::slurm::Sent::Submitted(_)))
-        .count();
-    let queued = sent
-        .nodes
-        .iter()
-        .filter(|(_, _, s)| matches!(s, crate::slurm::Sent::Queued(_)))
-        .count();
-    let cached = sent.nodes.len() - submitted - queued;
+    let count = |f: &dyn Fn(&crate::slurm::Sent) -> bool| {
+        sent.nodes.iter().filter(|(_, _, s)| f(s)).count()
+    };
+    use crate::slurm::Sent;
+    let submitted = count(&|s| matches!(s, Sent::Submitted(_)));
+    let queued = count(&|s| matches!(s, Sent::Queued(_)));
+    let waiting = count(&|s| matches!(s, Sent::Waiting(_)));
+    let cached = sent.nodes.len() - submitted - queued - waiting;
     println!(
-        "run {}: {submitted} submitted, {queued} already queued, {cached} cached",
-        sent.run.run_id
+        "run {}: {submitted} submitted, {queued} already queued, {cached} cached{}",
+        sent.run.run_id,
+        if waiting > 0 {
+            format!(", {waiting} waiting for scores")
+        } else {
+            String::new()
+        }
     );
     if !a.wait {
         if submitted + queued > 0 {
@@ -132,29 +164,26 @@ fn run_slurm(g: &Global, a: RunArgs, kinds: &crate::Kinds) -> Result<ExitCode> {
                 "follow with `temper status` (or rerun with --wait); stop with `temper cancel`"
             );
         }
-        return Ok(ExitCode::SUCCESS);
+        if waiting > 0 {
+            println!(
+                "once the scores are built, run this again to submit the nodes that wait for them"
+            );
+        }
+        return Ok((None, waiting));
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s = stop.clone();
-    let _ = ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst));
     let done = crate::slurm::observe::follow(&store, &sent.run, &|| {
         stop.load(std::sync::atomic::Ordering::SeqCst)
     })?;
-    if stop.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(ExitCode::from(130));
+    if !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        println!(
+            "run {}: {}",
+            sent.run.run_id,
+            if done {
+                "all done"
+            } else {
+                "not all done (`temper status` says which)"
+            }
+        );
     }
-    println!(
-        "run {}: {}",
-        sent.run.run_id,
-        if done {
-            "all done"
-        } else {
-            "not all done (`temper status` says which)"
-        }
-    );
-    Ok(if done {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok((Some(done), waiting))
 }

@@ -45,6 +45,9 @@ pub enum Sent {
     Queued(String),
     /// Not submitted (an input could not be).
     Skipped(String),
+    /// Not submitted yet: downstream of a select whose scores are not built (submit again
+    /// once they are; `run --wait` does).
+    Waiting(String),
 }
 
 /// The result of a submission.
@@ -148,9 +151,7 @@ pub fn submit(
             State::Cached => Sent::Cached,
             State::OnSlurm { job, .. } => Sent::Queued(job.clone()),
             _ if failure.is_some() => Sent::Skipped("an earlier submission failed".into()),
-            State::Waiting { why } => Sent::Skipped(format!(
-                "{why}: submit again once they are built (`temper status`)"
-            )),
+            State::Waiting { why } => Sent::Waiting(why.clone()),
             // A resolved select is recorded here, at once: it needs no job.
             _ if e.kind == dsl::schema::SELECT_KIND => {
                 match crate::select::publish(store, &plan, i, run.id) {
@@ -183,7 +184,7 @@ pub fn submit(
                                     after_nodes.push(input.clone());
                                 }
                             }
-                            Some(Sent::Skipped(_)) => {
+                            Some(Sent::Skipped(_)) | Some(Sent::Waiting(_)) => {
                                 bad = Some(format!("input {input} was not submitted"))
                             }
                             Some(Sent::Cached) => {}
@@ -241,6 +242,11 @@ pub fn submit(
                 e.id
             ),
             Sent::Skipped(why) => format!("{:<12} {} not submitted: {why}", e.short_key(), e.id),
+            Sent::Waiting(why) => format!(
+                "{:<12} {} not submitted yet: {why} (submit again once they are built)",
+                e.short_key(),
+                e.id
+            ),
         };
         let _ = writeln!(out, "{line}");
         sent[i] = Some(outcome);
