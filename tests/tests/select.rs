@@ -64,8 +64,11 @@ fn outcome(run: &str, id: &str) -> Option<String> {
 /// The instance whose artifact the merge `final` of `run` read as its second model (from the
 /// job file beside its work).
 fn merged_from(p: &Project, run: &str) -> String {
+    // The last line about `final` (a Slurm run first lists it as waiting, with its provisional
+    // key).
     let short = run
         .lines()
+        .rev()
         .find(|l| l.split_whitespace().nth(1) == Some("final"))
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("{run}"))
@@ -185,6 +188,25 @@ fn flat(t: &str) -> String {
         .filter(|w| *w != "│")
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[test]
+fn on_slurm_the_nodes_after_a_select_are_submitted_once_the_scores_are_built() {
+    if !crate::slurm::cluster() {
+        return;
+    }
+    let p = project();
+    let out = p.ok(&["run", "recipe.kdl", "--executor", "slurm", "--wait"]);
+    assert!(
+        out.contains("2 waiting for scores")
+            && out.contains("scores built: submitting the 2 node(s) that waited for them")
+            && out.contains("final submitted: slurm job"),
+        "{out}"
+    );
+    let plan = p.ok(&["plan", "recipe.kdl"]);
+    assert!(plan.contains("18 cached, 0 to run"), "{plan}");
+    let (winner, _) = choice(&p);
+    assert_eq!(merged_from(&p, &out), winner);
 }
 
 #[test]

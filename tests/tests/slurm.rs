@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use temper_e2e::{copy_all, repo_root, text, Project};
 
 /// Whether the test cluster answers; prints why not.
-fn cluster() -> bool {
+pub(crate) fn cluster() -> bool {
     let up = std::env::var_os("SLURM_CONF").is_some()
         && Command::new("sinfo")
             .arg("--noheader")
