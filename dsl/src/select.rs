@@ -206,45 +206,63 @@ pub(crate) fn check(recipe: &Recipe) -> Vec<Diag> {
     out
 }
 
-/// Checks `by` of select node `d` (whose `from` is node `fi`); `(message, help)` on error.
+/// An error about `by`: (message, help).
+type ByError = (String, String);
+
+/// Checks `by` of select node `d` (whose `from` is node `fi`): it parses, names an eval node
+/// and one of its datasets, a metric the rows carry there, and the eval scores the variants.
 fn check_by(
     recipe: &Recipe,
     g: &crate::expand::Graph<'_>,
     d: &NodeDecl,
     fi: usize,
     by: &str,
-) -> Option<(String, String)> {
+) -> Option<ByError> {
     let name = &d.name;
-    let by =
-        match parse_by(by) {
-            Ok(b) => b,
-            Err(e) => return Some((
+    let check = || -> Result<(), ByError> {
+        let by = parse_by(by).map_err(|e| {
+            (
                 format!("`by` of `{name}`: {e}"),
                 "write `by=\"EVAL:DATA.METRIC\"`, e.g. `by=\"scores:heldout.preference_accuracy\"`"
-                    .into(),
-            )),
-        };
+                    .to_string(),
+            )
+        })?;
+        let eval = eval_named(recipe, name, &by)?;
+        let asked = dataset_of(eval, name, &by)?;
+        metric_carried(recipe, name, &by, asked)?;
+        scores_variants(recipe, g, d, fi, eval, &by)
+    };
+    check().err()
+}
+
+/// The eval node `by` names.
+fn eval_named<'r>(recipe: &'r Recipe, name: &str, by: &By) -> Result<&'r NodeDecl, ByError> {
+    if let Some(eval) = recipe.node(&by.eval).filter(|n| n.kind == "eval") {
+        return Ok(eval);
+    }
     let evals: Vec<&str> = recipe
         .nodes
         .iter()
         .filter(|n| n.kind == "eval")
         .map(|n| n.name.as_str())
         .collect();
-    let Some(eval) = recipe.node(&by.eval).filter(|n| n.kind == "eval") else {
-        let what = match recipe.node(&by.eval) {
-            Some(n) => format!("`{}` is a `{}` node, not an eval node", by.eval, n.kind),
-            None => format!("no node `{}`", by.eval),
-        };
-        let list = if evals.is_empty() {
-            "the recipe has no eval node: add one that scores the variants".to_string()
-        } else {
-            format!("eval nodes: {}", suggest::list(&evals))
-        };
-        return Some((
-            format!("`by` of `{name}`: {what}"),
-            suggest::hint_then(&by.eval, &evals, &list),
-        ));
+    let what = match recipe.node(&by.eval) {
+        Some(n) => format!("`{}` is a `{}` node, not an eval node", by.eval, n.kind),
+        None => format!("no node `{}`", by.eval),
     };
+    let list = if evals.is_empty() {
+        "the recipe has no eval node: add one that scores the variants".to_string()
+    } else {
+        format!("eval nodes: {}", suggest::list(&evals))
+    };
+    Err((
+        format!("`by` of `{name}`: {what}"),
+        suggest::hint_then(&by.eval, &evals, &list),
+    ))
+}
+
+/// The `metric=` the eval's `data` line for `by`'s dataset asks for (`None`: by format).
+fn dataset_of<'e>(eval: &'e NodeDecl, name: &str, by: &By) -> Result<Option<&'e str>, ByError> {
     let data: Vec<(&str, Option<&str>)> = eval
         .params
         .get("data")
@@ -259,22 +277,34 @@ fn check_by(
             ))
         })
         .collect();
+    if let Some(&(_, asked)) = data.iter().find(|x| x.0 == by.data) {
+        return Ok(asked);
+    }
     let names: Vec<&str> = data.iter().map(|x| x.0).collect();
-    let Some(&(_, asked)) = data.iter().find(|x| x.0 == by.data) else {
-        return Some((
-            format!(
-                "`by` of `{name}`: eval `{}` scores no dataset `{}`",
-                by.eval, by.data
-            ),
-            suggest::hint_then(
-                &by.data,
-                &names,
-                &format!("its datasets: {}", suggest::list(&names)),
-            ),
-        ));
-    };
+    Err((
+        format!(
+            "`by` of `{name}`: eval `{}` scores no dataset `{}`",
+            by.eval, by.data
+        ),
+        suggest::hint_then(
+            &by.data,
+            &names,
+            &format!("its datasets: {}", suggest::list(&names)),
+        ),
+    ))
+}
+
+/// The metric is known, and the eval's rows on the dataset carry it: `loss` and `perplexity`
+/// always, the others with the metric the eval computes there (as asked, else by the dataset's
+/// format; unknown for a dataset another kind produces: checked when the scores are read).
+fn metric_carried(
+    recipe: &Recipe,
+    name: &str,
+    by: &By,
+    asked: Option<&str>,
+) -> Result<(), ByError> {
     if !METRICS.contains(&by.metric.as_str()) {
-        return Some((
+        return Err((
             format!("`by` of `{name}`: unknown metric `{}`", by.metric),
             suggest::hint_then(
                 &by.metric,
@@ -283,7 +313,6 @@ fn check_by(
             ),
         ));
     }
-    // The metric the eval computes on that dataset: as asked, else by the dataset's format.
     let format = recipe
         .node(&by.data)
         .filter(|n| n.kind == "dataset")
@@ -300,29 +329,41 @@ fn check_by(
         Some(_) => &["loss", "perplexity"],
         None => METRICS,
     };
-    if !carried.contains(&by.metric.as_str()) {
-        return Some((
-            format!(
-                "`by` of `{name}`: eval `{}` computes {} on `{}`, so its rows have no `{}`",
-                by.eval,
-                metric.unwrap_or("?"),
-                by.data,
-                by.metric
-            ),
-            if metric == Some("preference-accuracy") {
-                format!("choose one of {}", suggest::list(carried))
-            } else {
-                format!(
-                    "choose one of {}, or set `metric=` on `data {}` of `{}`",
-                    suggest::list(carried),
-                    by.data,
-                    by.eval
-                )
-            },
-        ));
+    if carried.contains(&by.metric.as_str()) {
+        return Ok(());
     }
-    // The eval must score the variants: reached by every collapsed axis, and scoring `from`
-    // itself or a single model.
+    let help = if metric == Some("preference-accuracy") {
+        format!("choose one of {}", suggest::list(carried))
+    } else {
+        format!(
+            "choose one of {}, or set `metric=` on `data {}` of `{}`",
+            suggest::list(carried),
+            by.data,
+            by.eval
+        )
+    };
+    Err((
+        format!(
+            "`by` of `{name}`: eval `{}` computes {} on `{}`, so its rows have no `{}`",
+            by.eval,
+            metric.unwrap_or("?"),
+            by.data,
+            by.metric
+        ),
+        help,
+    ))
+}
+
+/// The eval scores the variants: every collapsed axis reaches it, and it scores `from` itself
+/// or a single model.
+fn scores_variants(
+    recipe: &Recipe,
+    g: &crate::expand::Graph<'_>,
+    d: &NodeDecl,
+    fi: usize,
+    eval: &NodeDecl,
+    by: &By,
+) -> Result<(), ByError> {
     let ei = g.index[by.eval.as_str()];
     let collapsed = g.select[g.index[d.name.as_str()]]
         .as_ref()
@@ -337,20 +378,20 @@ fn check_by(
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    if !collapsed.iter().all(|a| g.reach[ei].contains(a))
-        || (models.len() > 1 && !models.contains(&from.as_str()))
+    if collapsed.iter().all(|a| g.reach[ei].contains(a))
+        && (models.len() <= 1 || models.contains(&from.as_str()))
     {
-        return Some((
-            format!(
-                "`by` of `{name}`: eval `{}` does not score the variants of `{from}`",
-                by.eval
-            ),
-            format!(
-                "add `model {from}` to `{}` (it scores {}), or name an eval node that does",
-                by.eval,
-                suggest::list(&models)
-            ),
-        ));
+        return Ok(());
     }
-    None
+    Err((
+        format!(
+            "`by` of `{}`: eval `{}` does not score the variants of `{from}`",
+            d.name, by.eval
+        ),
+        format!(
+            "add `model {from}` to `{}` (it scores {}), or name an eval node that does",
+            by.eval,
+            suggest::list(&models)
+        ),
+    ))
 }

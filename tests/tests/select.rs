@@ -255,6 +255,20 @@ fn bad_select_inputs_are_located_errors_at_check_time() {
         assert!(t.contains(message) && t.contains(hint), "{by}: {t}");
         assert!(t.contains(&at), "located at the select line: {t}");
     }
+    // An eval that does not score the variants (its only model is upstream of the sweep).
+    p.write(
+        "bad.kdl",
+        &(RECIPE.replace(original, r#"by="base-scores:heldout.loss""#)
+            + "eval base-scores { model tiny; data heldout; }\n"),
+    );
+    let out = p.run(&["check", "bad.kdl"]);
+    let t = flat(&text(&out));
+    assert!(
+        t.contains("eval `base-scores` does not score the variants of `aligned`")
+            && t.contains("add `model aligned` to `base-scores`")
+            && t.contains(&at),
+        "{t}"
+    );
     // `from=` a node no sweep reaches.
     p.write(
         "bad.kdl",
