@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `by="EVAL:DATA.METRIC"` names an `eval` node, one of its datasets and a metric of its
-//! `results.json` rows (`loss`, `perplexity`, `exact_match`, `preference_accuracy`, `margin`);
+//! `results.json` rows ([`dsl::select::METRICS`]);
 //! the row read for a candidate is the one whose model is that candidate's instance of `from`
 //! (or the eval's only model). `max` / `min` (a bare word, or `goal=`) says which end wins; ties go
 //! to the first candidate in sweep order. `over="node.param"` collapses only that sweep axis
@@ -21,15 +21,6 @@
 //! the winner (or its artifact) changes.
 
 use dsl::{KindSchema, ParamSpec, ParamType};
-
-/// Metrics `by=` may name: the numeric fields of an eval's `results.json` rows.
-pub const METRICS: &[&str] = &[
-    "loss",
-    "perplexity",
-    "exact_match",
-    "preference_accuracy",
-    "margin",
-];
 
 /// Which end of the score wins.
 pub const GOALS: &[&str] = &["max", "min"];
