@@ -113,14 +113,23 @@ pub fn run(
             merge_outcome(&mut outcomes, &e.id, &e.key, o);
         }
         let ok = result.is_ok() && outcomes.iter().all(|(_, _, o)| o.ok());
-        if waiting.is_empty() || !ok || !progressed || control.interrupted() {
+        let stuck =
+            |i: &usize| matches!(plan.entries[*i].state, State::Waiting { stuck: true, .. });
+        let all_stuck = waiting.iter().all(stuck);
+        if all_stuck || !ok || !progressed || control.interrupted() {
             for &i in &waiting {
                 let e = &plan.entries[i];
-                let why = match &e.state {
-                    State::Waiting { why } => format!("{why}, which were not all built"),
-                    _ => "waiting".into(),
+                let o = match &e.state {
+                    State::Waiting { why, stuck: true } => Outcome::Failed(why.clone()),
+                    State::Waiting { why, .. } => {
+                        Outcome::Skipped(format!("{why}, which were not all built"))
+                    }
+                    _ => Outcome::Skipped("waiting".into()),
                 };
-                merge_outcome(&mut outcomes, &e.id, &e.key, Outcome::Skipped(why));
+                if let Outcome::Failed(m) = &o {
+                    tracing::error!("{m}");
+                }
+                merge_outcome(&mut outcomes, &e.id, &e.key, o);
             }
             break;
         }

@@ -123,8 +123,10 @@ pub struct Keyed {
     /// winner's.
     pub output: String,
     /// Why the key is provisional: a select upstream (or this one) still waits for its scores,
-    /// so it cannot name its winner yet.
+    /// so it cannot name its winner yet — or cannot resolve from them (`stuck`).
     pub waiting: Option<String>,
+    /// The wait will not end by building more: a select's built scores lack the metric.
+    pub stuck: bool,
 }
 
 /// A resolved `select` instance: the index of the winning candidate, every candidate's score
@@ -295,26 +297,35 @@ pub fn compute_keys(
     hasher: &dyn FileHasher,
     resolve: &SelectResolver<'_>,
 ) -> Result<Vec<Keyed>> {
-    // id → (output key, waiting)
-    let mut seen: HashMap<String, (String, Option<String>)> =
+    // id → (output key, waiting, stuck)
+    let mut seen: HashMap<String, (String, Option<String>, bool)> =
         HashMap::with_capacity(instances.len());
     let mut out = Vec::with_capacity(instances.len());
     for inst in instances {
         let schema = registry
             .get(&inst.kind)
             .ok_or_else(|| anyhow!("node {}: unknown kind `{}`", inst.id, inst.kind))?;
-        let lookup = |id: &str| seen.get(id).map(|(k, _)| k.clone());
-        let mut waiting = inst
+        let lookup = |id: &str| seen.get(id).map(|(k, _, _)| k.clone());
+        let (mut waiting, mut stuck) = inst
             .inputs
             .iter()
-            .find_map(|(_, i)| seen.get(i).and_then(|(_, w)| w.clone()));
+            .find_map(|(_, i)| {
+                let (_, w, s) = seen.get(i)?;
+                w.clone().map(|w| (Some(w), *s))
+            })
+            .unwrap_or((None, false));
         let (tree, key, output) = if inst.kind == dsl::schema::SELECT_KIND {
             let (tree, chosen) = select_tree(schema, inst, &lookup, resolve)?;
             let key = digest(&tree);
             let output = match &chosen {
-                Some(c) => lookup(&select_refs(inst, "from")[c.winner]).unwrap_or_default(),
-                None => {
+                Ok(Some(c)) => lookup(&select_refs(inst, "from")[c.winner]).unwrap_or_default(),
+                Ok(None) => {
                     waiting.get_or_insert_with(|| format!("waiting for the scores of {}", inst.id));
+                    key.clone()
+                }
+                Err(e) => {
+                    waiting = Some(format!("{} cannot select: {e:#}", inst.id));
+                    stuck = true;
                     key.clone()
                 }
             };
@@ -324,13 +335,14 @@ pub fn compute_keys(
             let key = digest(&tree);
             (tree, key.clone(), key)
         };
-        seen.insert(inst.id.clone(), (output.clone(), waiting.clone()));
+        seen.insert(inst.id.clone(), (output.clone(), waiting.clone(), stuck));
         out.push(Keyed {
             id: inst.id.clone(),
             key,
             tree,
             output,
             waiting,
+            stuck,
         });
     }
     Ok(out)
@@ -354,13 +366,14 @@ pub fn select_refs(inst: &Instance, param: &str) -> Vec<String> {
 /// `{"kind": "select", "version": V, "params": {"from": [{"key": K}…], "scores": [{"key": K}…],
 /// "by": B, "goal": G, "over": O?}, "values": [score…]}` — every candidate's key, every score's
 /// key and, once every score is built, the scores' values (absent before: the key is then
-/// provisional). Also returns the resolution.
+/// provisional). Also returns the resolution (an error when the built scores lack the metric).
+#[allow(clippy::type_complexity)]
 pub fn select_tree(
     schema: &KindSchema,
     inst: &Instance,
     input_key: &dyn Fn(&str) -> Option<String>,
     resolve: &SelectResolver<'_>,
-) -> Result<(J, Option<Chosen>)> {
+) -> Result<(J, Result<Option<Chosen>>)> {
     let keys_of = |param: &str| -> Result<Vec<String>> {
         select_refs(inst, param)
             .iter()
@@ -384,13 +397,13 @@ pub fn select_tree(
             }
         }
     }
-    let chosen = resolve(inst, &scores)?;
+    let chosen = resolve(inst, &scores);
     let mut tree = serde_json::json!({
         "kind": schema.name,
         "version": schema.version,
         "params": J::Object(params),
     });
-    if let Some(c) = &chosen {
+    if let Ok(Some(c)) = &chosen {
         tree["values"] = serde_json::json!(c.values);
     }
     Ok((sorted(&tree), chosen))

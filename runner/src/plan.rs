@@ -92,9 +92,11 @@ pub enum State {
         why: String,
     },
     /// Downstream of (or itself) a `select` whose scores are not all built: its key is
-    /// provisional until they are, and a run builds it after re-planning.
+    /// provisional until they are, and a run builds it after re-planning. `stuck`: the scores
+    /// are built but the select cannot resolve from them (`why` says what is missing).
     Waiting {
         why: String,
+        stuck: bool,
     },
 }
 
@@ -107,6 +109,7 @@ impl State {
             State::OnSlurm { .. } => "on slurm",
             State::FailedBefore { .. } => "failed before",
             State::Incomplete { .. } => "incomplete",
+            State::Waiting { stuck: true, .. } => "cannot select",
             State::Waiting { .. } => "waiting",
         }
     }
@@ -235,10 +238,16 @@ impl Plan {
         let elsewhere = count(&|s| matches!(s, State::RunningElsewhere { .. }));
         let slurm = count(&|s| matches!(s, State::OnSlurm { .. }));
         let run = count(&|s| s.needs_run());
-        let waiting = count(&|s| matches!(s, State::Waiting { .. }));
+        let waiting = count(&|s| matches!(s, State::Waiting { stuck: false, .. }));
+        let stuck = count(&|s| matches!(s, State::Waiting { stuck: true, .. }));
         let mut s = format!("{cached} cached, {run} to run");
-        if waiting > 0 {
-            s += &format!(" ({waiting} waiting for scores)");
+        match (waiting, stuck) {
+            (0, 0) => {}
+            (w, 0) => s += &format!(" ({w} waiting for scores)"),
+            (0, b) => s += &format!(" ({b} after a select that cannot choose)"),
+            (w, b) => {
+                s += &format!(" ({w} waiting for scores, {b} after a select that cannot choose)")
+            }
         }
         if elsewhere > 0 {
             s += &format!(", {elsewhere} running elsewhere");
@@ -261,7 +270,7 @@ impl Plan {
         for e in &self.entries {
             let why = match &e.state {
                 State::OnSlurm { what, .. } => what.clone(),
-                State::Waiting { why } => why.clone(),
+                State::Waiting { why, .. } => why.clone(),
                 _ => e.reason_text(),
             };
             let line = format!(
@@ -482,6 +491,7 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
         let state = match rec.map(|r| (r.status, r)) {
             _ if k.waiting.is_some() => State::Waiting {
                 why: k.waiting.clone().unwrap_or_default(),
+                stuck: k.stuck,
             },
             Some((store::Status::Done, _)) => State::Cached,
             // A cluster job's pid means nothing here; a live job is marked below (`annotate`).

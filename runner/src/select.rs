@@ -66,6 +66,15 @@ fn score_of(rows: &J, by: &dsl::select::By, cand: &str, eval_id: &str) -> Result
     };
     match row[by.metric.as_str()].as_f64() {
         Some(v) if v.is_finite() => Ok(v),
+        None if row.get(by.metric.as_str()).is_some_and(J::is_null) => bail!(
+            "{eval_id} scored {} record(s) of {} for model {cand}, so its `{}` is undefined \
+             (were they all skipped?); a select needs the score of every variant",
+            row["n"]
+                .as_u64()
+                .map_or_else(|| "no".to_string(), |n| n.to_string()),
+            by.data,
+            by.metric
+        ),
         _ => {
             let have: Vec<&str> = row
                 .as_object()
@@ -101,7 +110,7 @@ pub fn resolve(
     score_keys: &[String],
 ) -> Result<Option<Chosen>> {
     let by_s = inst.params.get("by").and_then(Value::as_str).unwrap_or("");
-    let by = dsl::select::parse_by(by_s).map_err(|e| anyhow!("node {}: `by`: {e}", inst.id))?;
+    let by = dsl::select::parse_by(by_s).map_err(|e| anyhow!("`by`: {e}"))?;
     let goal = inst
         .params
         .get("goal")
@@ -117,15 +126,13 @@ pub fn resolve(
     for ((cand, eval_id), key) in cands.iter().zip(&evals).zip(score_keys) {
         let path = store.artifact_dir(key).join("results.json");
         let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("node {}: reading the scores of {eval_id}", inst.id))?;
-        let rows: J = serde_json::from_str(&text)
-            .with_context(|| format!("node {}: {}", inst.id, path.display()))?;
-        values.push(
-            score_of(&rows, &by, cand, eval_id).map_err(|e| anyhow!("node {}: {e}", inst.id))?,
-        );
+            .with_context(|| format!("reading the scores of {eval_id}"))?;
+        let rows: J =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        values.push(score_of(&rows, &by, cand, eval_id)?);
     }
     if values.is_empty() {
-        bail!("node {}: no candidates to select from", inst.id);
+        bail!("no candidates to select from");
     }
     let (winner, tie) = winner(&values, goal);
     Ok(Some(Chosen {
@@ -294,8 +301,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("s[x] has no `preference_accuracy` for model aligned[beta=0.1] on other")
-                && e.contains("the row has loss"),
+            e.contains(
+                "s[x] scored no record(s) of other for model aligned[beta=0.1], so its \
+                 `preference_accuracy` is undefined"
+            ),
+            "{e}"
+        );
+        let e = score_of(
+            &rows,
+            &by("s:held.exact_match"),
+            "aligned[beta=0.1]",
+            "s[x]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("s[x] has no `exact_match` for model aligned[beta=0.1] on held")
+                && e.contains("the row has loss, preference_accuracy"),
             "{e}"
         );
         let e = score_of(&rows, &by("s:held.loss"), "aligned[beta=0.3]", "s").unwrap_err();

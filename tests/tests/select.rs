@@ -210,6 +210,60 @@ fn on_slurm_the_nodes_after_a_select_are_submitted_once_the_scores_are_built() {
 }
 
 #[test]
+fn a_score_missing_for_the_variants_fails_the_select_with_the_reason() {
+    let p = project();
+    // Every prompt longer than the model's 64 positions: `skip-long` skips them all, so the
+    // evals have no preference accuracy on this dataset (check cannot know that).
+    let long: String = std::fs::read_to_string(p.path().join("data/heldout.jsonl"))
+        .unwrap()
+        .lines()
+        .take(4)
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["prompt"] = format!("{}{}", v["prompt"].as_str().unwrap(), " 1".repeat(80)).into();
+            v.to_string() + "\n"
+        })
+        .collect();
+    p.write("data/long.jsonl", &long);
+    let recipe = RECIPE
+        .replace(
+            "eval scores { model aligned; data heldout; max-records 40; }",
+            "dataset long path=\"data/long.jsonl\" format=preference\n\
+             eval scores { model aligned; data heldout; data long; skip-long #true; }",
+        )
+        .replace(
+            "scores:heldout.preference_accuracy",
+            "scores:long.preference_accuracy",
+        );
+    p.write("recipe.kdl", &recipe);
+    p.ok(&["check", "recipe.kdl"]);
+    let out = p.run(&["run", "recipe.kdl"]);
+    assert_no_panic(&out, "run");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(
+            "best FAILED: best cannot select: scores[aligned.beta=0.05,aligned.ref=ref-a] \
+             scored 0 record(s) of long for model aligned[beta=0.05,ref=ref-a], so its \
+             `preference_accuracy` is undefined"
+        ),
+        "{t}"
+    );
+    assert!(t.contains("final FAILED: best cannot select"), "{t}");
+    // The plan still works and says why.
+    let plan = p.ok(&["plan", "recipe.kdl"]);
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("cannot select") && l.contains(" best ")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("(2 after a select that cannot choose)"),
+        "{plan}"
+    );
+}
+
+#[test]
 fn bad_select_inputs_are_located_errors_at_check_time() {
     let p = project();
     let cases: [(&str, &str, &str); 5] = [

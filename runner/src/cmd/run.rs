@@ -108,11 +108,12 @@ fn run_slurm(g: &Global, a: RunArgs, kinds: &crate::Kinds) -> Result<ExitCode> {
         let _ = ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst));
     }
     loop {
-        let (done, waiting) = submit_and_follow(g, &a, kinds, &stop)?;
+        let (done, waiting, skipped) = submit_and_follow(g, &a, kinds, &stop)?;
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(ExitCode::from(130));
         }
         match done {
+            _ if skipped > 0 && waiting == 0 => return Ok(ExitCode::from(1)),
             None => return Ok(ExitCode::SUCCESS),
             Some(false) => return Ok(ExitCode::from(1)),
             Some(true) if waiting > 0 => {
@@ -124,13 +125,13 @@ fn run_slurm(g: &Global, a: RunArgs, kinds: &crate::Kinds) -> Result<ExitCode> {
 }
 
 /// One submission, followed to its end with `--wait`: (whether every job ended well — `None`
-/// without `--wait` —, how many nodes wait for a select's scores).
+/// without `--wait` —, how many nodes wait for a select's scores, how many were not submitted).
 fn submit_and_follow(
     g: &Global,
     a: &RunArgs,
     kinds: &crate::Kinds,
     stop: &std::sync::atomic::AtomicBool,
-) -> Result<(Option<bool>, usize)> {
+) -> Result<(Option<bool>, usize, usize)> {
     // GPUs are on the compute nodes, not here: `device "cuda:N"` is checked for syntax only.
     let loaded = a.recipe.load_to_inspect(kinds)?;
     let store = g.open_store()?;
@@ -148,16 +149,19 @@ fn submit_and_follow(
     let submitted = count(&|s| matches!(s, Sent::Submitted(_)));
     let queued = count(&|s| matches!(s, Sent::Queued(_)));
     let waiting = count(&|s| matches!(s, Sent::Waiting(_)));
-    let cached = sent.nodes.len() - submitted - queued - waiting;
-    println!(
-        "run {}: {submitted} submitted, {queued} already queued, {cached} cached{}",
-        sent.run.run_id,
-        if waiting > 0 {
-            format!(", {waiting} waiting for scores")
-        } else {
-            String::new()
-        }
+    let skipped = count(&|s| matches!(s, Sent::Skipped(_)));
+    let cached = count(&|s| matches!(s, Sent::Cached));
+    let mut line = format!(
+        "run {}: {submitted} submitted, {queued} already queued, {cached} cached",
+        sent.run.run_id
     );
+    if waiting > 0 {
+        line += &format!(", {waiting} waiting for scores");
+    }
+    if skipped > 0 {
+        line += &format!(", {skipped} not submitted");
+    }
+    println!("{line}");
     if !a.wait {
         if submitted + queued > 0 {
             println!(
@@ -169,7 +173,7 @@ fn submit_and_follow(
                 "once the scores are built, run this again to submit the nodes that wait for them"
             );
         }
-        return Ok((None, waiting));
+        return Ok((None, waiting, skipped));
     }
     let done = crate::slurm::observe::follow(&store, &sent.run, &|| {
         stop.load(std::sync::atomic::Ordering::SeqCst)
@@ -185,5 +189,5 @@ fn submit_and_follow(
             }
         );
     }
-    Ok((Some(done), waiting))
+    Ok((Some(done), waiting, skipped))
 }

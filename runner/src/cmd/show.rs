@@ -52,7 +52,7 @@ pub fn run(g: &Global, a: ShowArgs) -> Result<ExitCode> {
             print!("{}", show_key(&store, &e.key, Some(&e.id), a.log_lines)?);
         } else {
             let why = match &e.state {
-                crate::plan::State::Waiting { why } => format!("{why} (key provisional)"),
+                crate::plan::State::Waiting { why, .. } => format!("{why} (key provisional)"),
                 _ => e.reason_text(),
             };
             println!("key        {}\nnot built: {why}", e.key);

@@ -151,7 +151,8 @@ pub fn submit(
             State::Cached => Sent::Cached,
             State::OnSlurm { job, .. } => Sent::Queued(job.clone()),
             _ if failure.is_some() => Sent::Skipped("an earlier submission failed".into()),
-            State::Waiting { why } => Sent::Waiting(why.clone()),
+            State::Waiting { why, stuck: true } => Sent::Skipped(why.clone()),
+            State::Waiting { why, .. } => Sent::Waiting(why.clone()),
             // A resolved select is recorded here, at once: it needs no job.
             _ if e.kind == dsl::schema::SELECT_KIND => {
                 match crate::select::publish(store, &plan, i, run.id) {
