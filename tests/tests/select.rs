@@ -144,6 +144,18 @@ fn select_picks_the_best_beta_and_the_merge_follows_only_the_winner() {
     let best = scores.iter().map(|s| s.1).fold(f64::MIN, f64::max);
     let first_best = scores.iter().find(|s| s.1 == best).unwrap();
     assert_eq!(first_best.0, winner, "ties go to the first: {show}");
+    // `results` marks the chosen variant's row.
+    let rows: serde_json::Value =
+        serde_json::from_str(&p.ok(&["results", "recipe.kdl", "--format", "json"])).unwrap();
+    let selected: Vec<bool> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["best.selected"] == true)
+        .collect();
+    assert_eq!(selected.iter().filter(|s| **s).count(), 1, "{rows}");
+    let w = scores.iter().position(|s| s.0 == winner).unwrap();
+    assert!(selected[w], "{rows}");
     // The merge read the winner's artifact: its job's second model is the winning instance.
     assert_eq!(merged_from(&p, &run), winner);
 
@@ -172,7 +184,6 @@ fn select_picks_the_best_beta_and_the_merge_follows_only_the_winner() {
     assert_eq!(outcome(&run, "final").as_deref(), Some("cached"), "{run}");
 
     // The winner's data changes: the merge rebuilds (new winner or new weights).
-    let w = scores.iter().position(|s| s.0 == winner).unwrap();
     reverse_preferences(&p, FILES[w]);
     let run = p.ok(&["run", "recipe.kdl"]);
     assert_eq!(outcome(&run, "best").as_deref(), Some("done"), "{run}");

@@ -9,6 +9,7 @@
 //! apply to the row's dataset; `margin` is the mean `logπ(yc) − logπ(yr)` of preference data),
 //! `model` and `data` named by node without the variant suffix, so a column means the same in
 //! every row.
+//! A built `select` node adds `node.selected` (whether the variant is the one it chose).
 //! Cells of instances not built yet are empty. Rows sort by `--sort` (ascending; `--desc` for
 //! descending; rows without the value last), else in sweep order.
 use super::{Global, RecipeArgs};
@@ -127,10 +128,19 @@ pub fn collect(store: &store::Store, plan: &crate::plan::Plan) -> Result<(Vec<St
         }
         for id in &v.instances {
             let Some(e) = plan.entry(id) else { continue };
-            let done = store
+            let Some(rec) = store
                 .record(&e.key)?
-                .is_some_and(|r| r.status == store::Status::Done);
-            if !done {
+                .filter(|r| r.status == store::Status::Done)
+            else {
+                continue;
+            };
+            // A select: whether this variant is the one it chose.
+            if let Some(w) = rec.summary["winner"]
+                .as_str()
+                .filter(|_| e.kind == "select")
+            {
+                let chosen = J::Bool(v.instances.iter().any(|i| i == w));
+                push(&mut cols, &mut row, format!("{}.selected", e.node), chosen);
                 continue;
             }
             let dir = store.artifact_dir(&e.key);
