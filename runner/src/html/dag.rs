@@ -171,8 +171,21 @@ pub fn svg(nodes: &[NodeView]) -> String {
     for (i, n) in nodes.iter().enumerate() {
         let (x, y) = pos(at[i].0, at[i].1);
         let dur = n.duration.as_deref().unwrap_or("");
-        // Line 1 the declared node, line 2 its swept values (when a sweep made it).
-        let variant = n.id.split_once('[').map(|(_, v)| v.trim_end_matches(']'));
+        // Line 1 the declared node, line 2 its swept values (when a sweep made it) and, for a
+        // resolved select, the variant it chose.
+        let mut variant = n
+            .id
+            .split_once('[')
+            .map(|(_, v)| v.trim_end_matches(']').to_string());
+        if let Some(w) = n.summary["winner_label"]
+            .as_str()
+            .filter(|_| n.kind == dsl::schema::SELECT_KIND)
+        {
+            variant = Some(match variant {
+                Some(v) => format!("{v}: chose {w}"),
+                None => format!("chose {w}"),
+            });
+        }
         let _ = write!(
             s,
             r#"<g class="node {cls}" data-id="{id}" tabindex="0" transform="translate({x},{y})"><title>{id} ({kind}): {state}</title><rect width="{BOX_W}" height="{BOX_H}" rx="6"/><text x="8" y="17" class="nid">{name}</text><text x="8" y="32" class="nv">{variant}</text><text x="8" y="48" class="nk">{kind} · {key}</text><text x="8" y="64" class="ns">{state}{sep}{dur}</text></g>"#,
@@ -181,7 +194,7 @@ pub fn svg(nodes: &[NodeView]) -> String {
             kind = esc(&n.kind),
             state = esc(&n.state),
             name = esc(&ellipsis(&n.node, 26)),
-            variant = esc(&ellipsis(variant.unwrap_or(""), 32)),
+            variant = esc(&ellipsis(variant.as_deref().unwrap_or(""), 32)),
             key = &n.key[..12.min(n.key.len())],
             sep = if dur.is_empty() { "" } else { " · " },
             dur = esc(dur),
