@@ -173,10 +173,9 @@ pub fn svg(nodes: &[NodeView]) -> String {
         let dur = n.duration.as_deref().unwrap_or("");
         // Line 1 the declared node, line 2 its swept values (when a sweep made it) and, for a
         // resolved select, the variant it chose.
-        let mut variant = n
-            .id
-            .split_once('[')
-            .map(|(_, v)| v.trim_end_matches(']').to_string());
+        let mut variant =
+            n.id.split_once('[')
+                .map(|(_, v)| v.trim_end_matches(']').to_string());
         if let Some(w) = n.summary["winner_label"]
             .as_str()
             .filter(|_| n.kind == dsl::schema::SELECT_KIND)
