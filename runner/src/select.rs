@@ -13,6 +13,7 @@
 //! id, key, score, score_node}]}` — and the same object is its summary; what nodes downstream
 //! read is the winner's artifact (`Entry::output`), never a copy.
 
+use crate::cmd::results::cell;
 use crate::keys::{self, Chosen};
 use anyhow::{anyhow, bail, Context, Result};
 use dsl::{Instance, Value};
@@ -59,7 +60,7 @@ fn score_of(rows: &J, by: &dsl::select::By, cand: &str, eval_id: &str) -> Result
             "{eval_id} has no row for model {cand} on dataset {} (its rows: {})",
             by.data,
             rows.iter()
-                .map(|r| format!("{} on {}", cell(&r["model"]), cell(&r["data"])))
+                .map(|r| format!("{} on {}", cell(Some(&r["model"])), cell(Some(&r["data"]))))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -96,10 +97,6 @@ fn score_of(rows: &J, by: &dsl::select::By, cand: &str, eval_id: &str) -> Result
             )
         }
     }
-}
-
-fn cell(v: &J) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
 /// Resolves a select instance against `store`: `None` while a score instance (key in
@@ -181,16 +178,16 @@ pub fn record(inst: &Instance, chosen: &Chosen, from_keys: &[String]) -> J {
 /// Human lines for a select's record (`show`, the run log): the winner, then one line per
 /// candidate with its score, the winner marked.
 pub fn describe(sel: &J) -> Vec<String> {
-    let goal = if cell(&sel["goal"]) == "min" {
+    let goal = if cell(Some(&sel["goal"])) == "min" {
         "lowest"
     } else {
         "highest"
     };
     let mut out = vec![format!(
         "selected {} ({}): the {goal} {}{}",
-        cell(&sel["winner"]),
-        cell(&sel["winner_label"]),
-        cell(&sel["by"]),
+        cell(Some(&sel["winner"])),
+        cell(Some(&sel["winner_label"])),
+        cell(Some(&sel["by"])),
         if sel["tie"].as_bool() == Some(true) {
             " (a tie, broken by sweep order: the first wins)"
         } else {
@@ -198,10 +195,10 @@ pub fn describe(sel: &J) -> Vec<String> {
         }
     )];
     let cands = sel["candidates"].as_array().cloned().unwrap_or_default();
-    let score = |c: &J| crate::cmd::results::cell(Some(&c["score"]));
+    let score = |c: &J| cell(Some(&c["score"]));
     let w = cands
         .iter()
-        .map(|c| cell(&c["label"]).len())
+        .map(|c| cell(Some(&c["label"])).len())
         .max()
         .unwrap_or(0);
     let sw = cands.iter().map(|c| score(c).len()).max().unwrap_or(0);
@@ -209,9 +206,9 @@ pub fn describe(sel: &J) -> Vec<String> {
         let mark = if c["id"] == sel["winner"] { "*" } else { " " };
         out.push(format!(
             "{mark} {:<w$}  {:<sw$}  {}",
-            cell(&c["label"]),
+            cell(Some(&c["label"])),
             score(c),
-            cell(&c["id"]),
+            cell(Some(&c["id"])),
         ));
     }
     out
@@ -227,7 +224,8 @@ fn tree_keys(tree: &J, param: &str) -> Vec<String> {
         .collect()
 }
 
-/// Publishes the select node at plan position `i` (resolved: its scores are built) for run
+/// Publishes the select node at plan position `i` (resolved: the plan put its scores in its key
+/// tree, so nothing is read again) for run
 /// `run_id`: a `Running` record, then its `select.json`, also its summary, published under its
 /// key. Returns the lines describing the choice.
 pub fn publish(
@@ -253,8 +251,24 @@ pub fn publish(
         .expanded
         .instance(&e.id)
         .ok_or_else(|| anyhow!("internal: instance {} vanished from the plan", e.id))?;
-    let chosen = resolve(store, inst, &tree_keys(&e.tree, "scores"))?
-        .ok_or_else(|| anyhow!("its scores are not all built"))?;
+    // The plan resolved it: the scores are in its key tree.
+    let values: Vec<f64> = e.tree["values"]
+        .as_array()
+        .ok_or_else(|| anyhow!("its scores are not all built"))?
+        .iter()
+        .filter_map(J::as_f64)
+        .collect();
+    let goal = inst
+        .params
+        .get("goal")
+        .and_then(Value::as_str)
+        .unwrap_or("max");
+    let (winner, tie) = winner(&values, goal);
+    let chosen = Chosen {
+        winner,
+        values,
+        tie,
+    };
     let sel = record(inst, &chosen, &tree_keys(&e.tree, "from"));
     let out = store.prepare_staging(&e.key)?;
     let text = serde_json::to_string_pretty(&sel)? + "\n";

@@ -137,7 +137,7 @@ pub fn collect(store: &store::Store, plan: &crate::plan::Plan) -> Result<(Vec<St
             // A select: whether this variant is the one it chose.
             if let Some(w) = rec.summary["winner"]
                 .as_str()
-                .filter(|_| e.kind == "select")
+                .filter(|_| e.kind == dsl::schema::SELECT_KIND)
             {
                 let chosen = J::Bool(v.instances.iter().any(|i| i == w));
                 push(&mut cols, &mut row, format!("{}.selected", e.node), chosen);
