@@ -4,6 +4,7 @@
     python3 scripts/fault_campaign.py kills [--trials 20] [--seed S]
     python3 scripts/fault_campaign.py disk-full [--size-mb 6]
     python3 scripts/fault_campaign.py fuzz [--seconds 600]
+    python3 scripts/fault_campaign.py corrupt [--trials 20] [--seed S]
     python3 scripts/fault_campaign.py all
 
 `kills`: one uninterrupted reference run of a training recipe (tokenizer -> tiny model -> CPT
@@ -16,6 +17,13 @@ byte-identical to the reference (wall-clock fields aside: `seconds` in `train_su
 node, then runs a bigger recipe there until the disk is full. The run must fail with a clear
 "disk full" / "No space left" message and no panic; then `status`, `verify`, `unpin` of the pin
 and `gc --yes` must work on the full disk and free space, and the pin must have survived.
+
+`corrupt`: one reference run, then TRIALS copies of its store (times preserved), in each of which
+one to three random artifact files (manifests included) get one to eight random bytes flipped,
+half the time with the modification time put back (then `temper verify` must find and mark it,
+since no `stat` can). `temper plan` must call every corrupted artifact `damaged`, `temper run`
+must rebuild each one and move its copy aside, and afterwards every artifact must be
+byte-identical to the reference and `temper verify` clean. Prints `N/N rebuilt and identical`.
 
 `fuzz`: the DSL fuzzer (byte and token mutations of every example and bad-corpus recipe through
 parse -> validate -> expand), `TEMPER_FUZZ_SECS` seconds; zero panics, zero hangs.
@@ -161,6 +169,73 @@ def kills(trials: int, seed: int) -> None:
             sys.exit(1)
 
 
+def flip_bytes(path: Path, rng: random.Random, keep_time: bool) -> int:
+    """Flips 1-8 random bytes of `path` in place; returns how many. `keep_time` restores mtime."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    n = rng.randint(1, min(8, len(data)))
+    for at in rng.sample(range(len(data)), n):
+        data[at] ^= rng.choice([0x01, 0x20, 0x80, 0xFF])
+    with open(path, "r+b") as f:
+        f.write(data)
+    if keep_time:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    else:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    return n
+
+
+def corrupt(trials: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="temper-corrupt-") as tmp:
+        tmp = Path(tmp)
+        ref = project(tmp / "ref")
+        temper(ref, "run", "recipe.kdl")
+        ref_fp = fingerprint(ref / ".temper")
+        print(f"reference run: {len(ref_fp)} artifacts")
+        good = 0
+        for t in range(trials):
+            p = project(tmp / f"trial-{t}")
+            shutil.copytree(ref / ".temper", p / ".temper", symlinks=True)
+            arts = sorted((p / ".temper" / "artifacts").iterdir())
+            hit = rng.sample(arts, rng.randint(1, 3))
+            keep_time = rng.random() < 0.5
+            what = []
+            for art in hit:
+                files = sorted(f for f in art.rglob("*") if f.is_file() and f.stat().st_size > 0)
+                f = rng.choice(files)
+                n = flip_bytes(f, rng, keep_time)
+                what.append(f"{art.name[:8]}/{f.relative_to(art)} ({n} B)")
+            if keep_time:
+                v = temper(p, "verify", check=False)
+                if v.returncode != 1:
+                    sys.exit(f"trial {t}: verify did not report the corruption\n{v.stdout}{v.stderr}")
+            plan = json.loads(temper(p, "plan", "recipe.kdl", "--json").stdout)
+            damaged = {e["key"] for e in plan if e["state"] == "damaged"}
+            missed = {a.name for a in hit} - damaged
+            temper(p, "run", "recipe.kdl")
+            fp = fingerprint(p / ".temper")
+            aside = [d for d in (p / ".temper" / "damaged").iterdir() if d.is_dir()]
+            v = temper(p, "verify", check=False)
+            ok = not missed and fp == ref_fp and len(aside) == len(hit) and v.returncode == 0
+            good += ok
+            print(f"trial {t + 1:>2}: {'time kept, ' if keep_time else ''}{', '.join(what)}: "
+                  f"{len(damaged)} damaged in plan, {len(aside)} moved aside: "
+                  f"{'rebuilt and identical' if ok else 'FAILED'}")
+            if not ok:
+                if missed:
+                    print(f"  plan did not call damaged: {sorted(missed)}")
+                for k in sorted(set(fp) | set(ref_fp)):
+                    if fp.get(k) != ref_fp.get(k):
+                        print(f"  differs: {k}")
+                if v.returncode != 0:
+                    print(f"  verify after the run: {v.stdout}{v.stderr}")
+            shutil.rmtree(p)
+        print(f"corrupt: {good}/{trials} rebuilt and identical")
+        if good != trials:
+            sys.exit(1)
+
+
 def disk_full(size_mb: int) -> None:
     if os.geteuid() != 0:
         print("disk-full: skipped: mounting a tmpfs needs root")
@@ -213,7 +288,7 @@ def fuzz(seconds: int) -> None:
 def main() -> None:
     global TEMPER
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["kills", "disk-full", "fuzz", "all"])
+    ap.add_argument("what", choices=["kills", "disk-full", "fuzz", "corrupt", "all"])
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--size-mb", type=int, default=3)
@@ -226,6 +301,9 @@ def main() -> None:
     if a.what in ("kills", "all"):
         print(f"== kills (seed {a.seed})")
         kills(a.trials, a.seed)
+    if a.what in ("corrupt", "all"):
+        print(f"== corrupt (seed {a.seed})")
+        corrupt(a.trials, a.seed)
     if a.what in ("disk-full", "all"):
         print("== disk-full")
         disk_full(a.size_mb)

@@ -188,6 +188,12 @@ impl Worker {
             };
         };
         test_pause(&job.node);
+        if let Some((message, hint)) = damaged_input(job) {
+            return End::UserError {
+                message,
+                hint: Some(hint),
+            };
+        }
         let mut job = job.clone();
         let lead = self.collective.rank() == 0;
         if !lead {
@@ -254,6 +260,36 @@ fn scratch_out(job: &Job, rank: usize) -> anyhow::Result<std::path::PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// The first input of `job` (or base of an adapter input) whose artifact is damaged, as a user
+/// error and a hint: nothing reads bytes the store cannot vouch for. `stat`s each file (see
+/// `store`'s `damage.rs`); a store that cannot be read here is left to the stage to report.
+fn damaged_input(job: &Job) -> Option<(String, String)> {
+    let store = store::Store::open(&job.store).ok()?;
+    let mut keys: Vec<(String, &str)> = Vec::new();
+    for (param, input) in &job.inputs {
+        keys.push((input.key.clone(), param));
+        if crate::lora::is_adapter_dir(&input.dir) {
+            if let Ok(l) = crate::lora::peft::read_lineage(&input.dir, &input.node) {
+                keys.push((l.base.key, param));
+                keys.extend(l.stack.into_iter().map(|r| (r.key, param.as_str())));
+            }
+        }
+    }
+    let all: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+    let damaged = store.damaged_inputs(&all).ok()?;
+    let (key, param) = keys.iter().find(|(k, _)| damaged.contains_key(k))?;
+    let d = &damaged[key];
+    Some((
+        format!(
+            "input `{param}`: the artifact of {} ({}) is damaged: {d}",
+            d.node,
+            &key[..12.min(key.len())]
+        ),
+        "`temper plan` lists damaged artifacts; `temper run` moves them aside and rebuilds them"
+            .into(),
+    ))
 }
 
 /// Empties the staging dir of the job in `text` (a job file run without a front).

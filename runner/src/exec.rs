@@ -85,6 +85,18 @@ pub fn run(
                 return Err(err);
             }
         };
+        // Damaged artifacts this pass rebuilds are moved aside first (and, with
+        // `--verify-inputs`, what it reads is re-hashed).
+        let plan = crate::damage::before_pass(
+            store,
+            &kinds.registry,
+            plan,
+            &opts.only,
+            opts.verify_inputs,
+        )
+        .inspect_err(|_| {
+            store.finish_run(run.id, Vec::new(), false).ok();
+        })?;
         let selected = select(&plan, &opts.only)?;
         let mut ex = Executor {
             store,

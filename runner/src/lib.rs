@@ -10,6 +10,7 @@
 
 pub mod assemble;
 pub mod cmd;
+pub mod damage;
 mod device;
 pub mod diff;
 pub mod exec;
@@ -21,6 +22,7 @@ mod only;
 pub mod plan;
 mod pool;
 pub mod progress;
+pub mod reason;
 pub mod report;
 pub mod select;
 pub mod slurm;

@@ -4,14 +4,15 @@
 //! State of an instance with key `k` (from the record of `k`, the work directory and the pid):
 //! `cached` (record Done), `running elsewhere` (record Running, pid alive and not ours),
 //! `failed before` (record Failed), `incomplete` (record Cancelled, Running with a dead pid, or a
-//! checkpoint in `work_dir(k)`), else `to run`.
+//! checkpoint in `work_dir(k)`), else `to run`; a built instance whose artifact changed since it
+//! was published is `damaged` (see `store`'s `damage.rs`): it needs a run, which rebuilds it.
 //! Reasons come from diffing the current key tree with the tree last built for the same identity
 //! `<recipe file stem>/<instance id>` (see [`crate::diff`]): `new`, `parameter X changed from a to
 //! b`, `input Y changed`, `file of parameter P changed`, `kind version changed 1 → 2`.
 
 pub use crate::cmd::why::{why, why_text};
-use crate::diff::{self, Change};
 use crate::keys::{self, FileHasher, Keyed, MemoHasher};
+pub use crate::reason::{reasons_from_diff, Reason};
 use anyhow::{anyhow, Context, Result};
 use dsl::{Expanded, Instance, Recipe, Registry};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -91,6 +92,11 @@ pub enum State {
     Incomplete {
         why: String,
     },
+    /// Built, but its artifact is damaged (`damage` says which file and how): never read; a
+    /// run moves it aside and rebuilds it.
+    Damaged {
+        damage: store::Damage,
+    },
     /// Downstream of (or itself) a `select` whose scores are not all built: its key is
     /// provisional until they are, and a run builds it after re-planning. `stuck`: the scores
     /// are built but the select cannot resolve from them (`why` says what is missing).
@@ -109,6 +115,7 @@ impl State {
             State::OnSlurm { .. } => "on slurm",
             State::FailedBefore { .. } => "failed before",
             State::Incomplete { .. } => "incomplete",
+            State::Damaged { .. } => "damaged",
             State::Waiting { stuck: true, .. } => "cannot select",
             State::Waiting { .. } => "waiting",
         }
@@ -119,60 +126,6 @@ impl State {
             self,
             State::Cached | State::RunningElsewhere { .. } | State::OnSlurm { .. }
         )
-    }
-}
-
-/// Why an instance will run.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Reason {
-    New,
-    /// Built before under this identity, but its artifact is gone (gc'd).
-    ArtifactMissing,
-    ParamChanged {
-        param: String,
-        old: Option<J>,
-        new: Option<J>,
-    },
-    InputChanged {
-        input: String,
-    },
-    FileChanged {
-        param: String,
-    },
-    VersionChanged {
-        old: String,
-        new: String,
-    },
-    PreviousFailed {
-        error: String,
-    },
-    PreviousIncomplete {
-        why: String,
-    },
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let opt = |v: &Option<J>| v.as_ref().map(diff::show).unwrap_or_else(|| "unset".into());
-        match self {
-            Reason::New => write!(f, "new"),
-            Reason::ArtifactMissing => write!(f, "artifact missing (built before, since removed)"),
-            Reason::ParamChanged { param, old, new } => {
-                write!(
-                    f,
-                    "parameter {param} changed from {} to {}",
-                    opt(old),
-                    opt(new)
-                )
-            }
-            Reason::InputChanged { input } => write!(f, "input {input} changed"),
-            Reason::FileChanged { param } => write!(f, "file of param {param} changed"),
-            Reason::VersionChanged { old, new } => {
-                write!(f, "kind version changed {old} → {new}")
-            }
-            Reason::PreviousFailed { error } => write!(f, "previous attempt failed: {error}"),
-            Reason::PreviousIncomplete { why } => write!(f, "previous attempt incomplete ({why})"),
-        }
     }
 }
 
@@ -389,56 +342,6 @@ pub fn keys_of(
     })
 }
 
-/// Reasons derived from the difference between the last built tree and the current one.
-pub fn reasons_from_diff(old: &J, new: &J, inputs: &[(String, String)]) -> Vec<Reason> {
-    let mut out: Vec<Reason> = Vec::new();
-    let mut push = |r: Reason| {
-        if !out.contains(&r) {
-            out.push(r)
-        }
-    };
-    for Change {
-        path,
-        old: o,
-        new: n,
-    } in diff::diff(old, new)
-    {
-        if path == "version" {
-            push(Reason::VersionChanged {
-                old: o.as_ref().map(diff::show).unwrap_or_default(),
-                new: n.as_ref().map(diff::show).unwrap_or_default(),
-            });
-            continue;
-        }
-        let Some(rest) = path.strip_prefix("params.") else {
-            push(Reason::ParamChanged {
-                param: path,
-                old: o,
-                new: n,
-            });
-            continue;
-        };
-        if let Some(p) = rest.strip_suffix(".key") {
-            if let Some((_, id)) = inputs.iter().find(|(ip, _)| ip == p) {
-                push(Reason::InputChanged { input: id.clone() });
-                continue;
-            }
-        }
-        if let Some(pos) = rest.find(".content") {
-            push(Reason::FileChanged {
-                param: rest[..pos].to_string(),
-            });
-            continue;
-        }
-        push(Reason::ParamChanged {
-            param: rest.to_string(),
-            old: o,
-            new: n,
-        });
-    }
-    out
-}
-
 /// Plans `loaded` against `store`: keys, states and reasons.
 pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result<Plan> {
     let KeyedGraph {
@@ -478,6 +381,16 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
             Ok((records, last_keys, old))
         })
         .context("reading the store index")?;
+    // Built artifacts are checked before anything is said to be cached: a `stat` per file, a
+    // hash only where a file's time moved.
+    let done: Vec<&store::NodeRecord> = records
+        .iter()
+        .flatten()
+        .filter(|r| r.status == store::Status::Done)
+        .collect();
+    let damaged = store
+        .damage_of(&done)
+        .context("checking the built artifacts")?;
     let me = std::process::id();
     let mut entries = Vec::with_capacity(keyed.len());
     for (pos, k) in keyed.into_iter().enumerate() {
@@ -493,7 +406,10 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
                 why: k.waiting.clone().unwrap_or_default(),
                 stuck: k.stuck,
             },
-            Some((store::Status::Done, _)) => State::Cached,
+            Some((store::Status::Done, _)) => match damaged.get(&k.key) {
+                Some(d) => State::Damaged { damage: d.clone() },
+                None => State::Cached,
+            },
             // A cluster job's pid means nothing here; a live job is marked below (`annotate`).
             Some((store::Status::Running, r)) if r.scheduler_job.is_some() => State::Incomplete {
                 why: format!(
@@ -534,6 +450,9 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
                 State::Incomplete { why } => {
                     reasons.push(Reason::PreviousIncomplete { why: why.clone() })
                 }
+                State::Damaged { damage } => reasons.push(Reason::Damaged {
+                    what: damage.to_string(),
+                }),
                 _ => {}
             }
             match &last_keys[pos] {

@@ -18,6 +18,8 @@ pub struct RunOptions {
     pub wait: bool,
     /// The command line, recorded with the run lock and the run.
     pub command: String,
+    /// Re-hash every built artifact a node reads before the pass starts (`--verify-inputs`).
+    pub verify_inputs: bool,
 }
 
 impl Default for RunOptions {
@@ -28,6 +30,7 @@ impl Default for RunOptions {
             jobs: 1,
             wait: true,
             command: "temper run".into(),
+            verify_inputs: false,
         }
     }
 }

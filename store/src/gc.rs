@@ -40,7 +40,7 @@ pub struct GcReport {
     pub index_error: Option<String>,
 }
 
-fn dir_bytes(path: &Path) -> u64 {
+pub(crate) fn dir_bytes(path: &Path) -> u64 {
     walkdir::WalkDir::new(path)
         .follow_links(false)
         .into_iter()

@@ -14,6 +14,8 @@
 //! runs/<id>.json      run history (the truth; mirrored in sled)
 //! durable.v1          marker: pins and runs were moved out of sled (older stores migrate)
 //! artifacts/<key>/    published artifacts, read-only once there, `MANIFEST.json` inside
+//! damaged/<key>.json  verify found `<key>`'s artifact damaged (see `damage.rs`)
+//! damaged/<key>-<t>/  a damaged artifact (and its work dir) a run moved aside to rebuild it
 //! work/<key>/         a node's persistent work dir (checkpoints, `out/` staging, metrics)
 //! logs/<key>.log      per-node log
 //! tmp/                scratch (gc moves doomed artifacts here before deleting them)
@@ -25,6 +27,8 @@
 //! - a node is `Done` only if its artifact is complete: publish writes the manifest last,
 //!   fsyncs, renames into `artifacts/`, and only then records; a crash at any instant leaves no
 //!   `Done` record or a complete artifact (an unrecorded complete artifact is adopted);
+//! - an artifact whose files changed since publishing (size, time confirmed by hash, or a
+//!   verify marker) is *damaged*: never served, moved aside and rebuilt by a run;
 //! - the index is a cache: [`Store::rebuild_index`] recreates the node records from manifests
 //!   and its pin and run mirrors from their files; pins and runs are written atomically
 //!   (tmp, fsync, rename, fsync dir) before the index, so no index loss or corruption loses
@@ -36,6 +40,7 @@
 //!   `verify` and taking the run lock write nothing before they free space.
 
 mod checkpoints;
+mod damage;
 mod durable;
 mod error;
 mod filehash;
@@ -49,6 +54,7 @@ mod runlock;
 mod space;
 
 pub use checkpoints::Checkpoints;
+pub use damage::{Damage, DamagedCopy, Stamp, DAMAGED_DIR, DAMAGE_FILE};
 pub use durable::write_atomic;
 pub use error::{Result, StoreError, DISK_FULL_HINT};
 pub use filehash::FileHashEntry;

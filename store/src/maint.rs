@@ -74,6 +74,11 @@ pub struct VerifyReport {
     /// Set when the index could not be read because the disk is full: the artifacts were still
     /// re-hashed, but records were not checked against them (`unrecorded` is then empty).
     pub index_error: Option<String>,
+    /// Keys whose artifact was found damaged (a content mismatch or a missing file) and is now
+    /// marked so (`damaged/<key>.json`): every later plan and run treats it as damaged.
+    pub marked: Vec<String>,
+    /// Why some damaged artifacts could not be marked (a full disk), if so.
+    pub mark_error: Option<String>,
 }
 
 impl VerifyReport {
@@ -141,6 +146,8 @@ impl Store {
                         key: key.clone(),
                         error: e.to_string(),
                     });
+                    let node = done.get(key.as_str()).copied().unwrap_or_default();
+                    self.mark_found(key, node, &mut report);
                     continue;
                 }
             };
@@ -178,6 +185,7 @@ impl Store {
             if index_ok && !done.contains_key(key.as_str()) {
                 report.unrecorded.push(key.clone());
             }
+            self.mark_found(key, &m.node, &mut report);
         }
         let present: HashSet<&String> = keys.iter().collect();
         for (key, node) in done {
@@ -189,6 +197,43 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Marks `key` damaged when the issues verify found for it so far make it so (content
+    /// mismatches, missing files); a write that fails is reported, not fatal.
+    fn mark_found(&self, key: &str, node: &str, report: &mut VerifyReport) {
+        let manifest = MANIFEST_FILE.to_string();
+        let problems: Vec<crate::Damage> = report
+            .issues
+            .iter()
+            .filter_map(|i| {
+                let (k, path, what) = match i {
+                    VerifyIssue::Mismatch { key, path, .. } => {
+                        (key, path, "content no longer matches its manifest")
+                    }
+                    VerifyIssue::MissingFile { key, path } => (key, path, "is missing"),
+                    VerifyIssue::BadManifest { key, .. } => {
+                        (key, &manifest, "cannot be read (not valid JSON)")
+                    }
+                    _ => return None,
+                };
+                (k == key).then(|| crate::Damage {
+                    key: key.to_string(),
+                    node: node.to_string(),
+                    file: path.clone(),
+                    what: what.into(),
+                    found_at: crate::now_secs(),
+                    found_by: "verify".into(),
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            return;
+        }
+        match self.mark_damaged(key, &problems) {
+            Ok(()) => report.marked.push(key.to_string()),
+            Err(e) => report.mark_error = Some(e.to_string()),
+        }
     }
 
     /// Deletes the index and recreates it. Keeps: a `Done` record (and lineage) for every
@@ -260,7 +305,8 @@ impl Store {
                 tracing::warn!("rebuild: skipping artifact {key}: {problem}");
                 continue;
             }
-            let rec = record_from_manifest(&m, old.records.get(&key));
+            let mut rec = record_from_manifest(&m, old.records.get(&key));
+            rec.files = crate::damage::stamps_from_manifest(&dir, &m);
             let bytes = serde_json::to_vec(&rec).map_err(StoreError::json("encoding record"))?;
             nodes.insert(key.as_bytes(), bytes).map_err(ierr)?;
             n += 1;

@@ -51,6 +51,10 @@ pub struct ManifestFile {
     pub size: u64,
     /// Hex blake3 of the content.
     pub blake3: String,
+    /// Modification time (ns since the epoch) when published: with the size, what a `stat`
+    /// checks before the artifact is used (see `damage.rs`). Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
 }
 
 impl Manifest {
@@ -129,8 +133,21 @@ impl Store {
             return Ok(existing);
         }
         if dest.exists() {
-            // No manifest: not a complete artifact (only tampering makes one). Move it away.
-            self.remove_via_tmp(&dest, key)?;
+            // No manifest: not a complete artifact (only tampering makes one). Move it aside,
+            // never delete it silently.
+            let damage = crate::Damage {
+                key: key.to_string(),
+                node: record.node.clone(),
+                file: MANIFEST_FILE.into(),
+                what: "is missing".into(),
+                found_at: now_secs(),
+                found_by: "stat".into(),
+            };
+            let aside = self.move_aside(&damage, false)?;
+            tracing::warn!(
+                "artifact {key} had no {MANIFEST_FILE}: moved aside to {}",
+                aside.display()
+            );
         }
 
         let (files, dirs) = list_tree(staging, key)?;
@@ -142,10 +159,18 @@ impl Store {
             let (hash, size) = hash_file_uncached(&path)?;
             self.count_hashed(size);
             fsync_path(&path)?;
+            let stamp = crate::damage::stamp_now(staging, &rel, &hash)?;
+            if stamp.size != size {
+                return Err(StoreError::Publish {
+                    key: key.to_string(),
+                    message: format!("{rel} changed while it was being published"),
+                });
+            }
             listed.push(ManifestFile {
                 path: rel,
                 size,
                 blake3: hash,
+                mtime_ns: stamp.mtime_ns,
             });
         }
         let manifest = Manifest {
@@ -230,6 +255,8 @@ impl Store {
     fn record_published(&self, manifest: &Manifest, record: NodeRecord) -> Result<()> {
         let mut rec = record.finished(Status::Done, None);
         rec.summary = manifest.summary.clone();
+        rec.files =
+            crate::damage::stamps_from_manifest(&self.artifact_dir(&manifest.key), manifest);
         self.with_index(|ix| {
             if !rec.recipe.is_empty() {
                 ix.set_last_key(&rec.identity(), &rec.key)?;
@@ -298,7 +325,8 @@ impl Store {
                     tracing::warn!("not adopting artifact {key}: {problem}");
                     return Ok(None);
                 }
-                let rec = record_from_manifest(&m, prev.as_ref());
+                let mut rec = record_from_manifest(&m, prev.as_ref());
+                rec.files = crate::damage::stamps_from_manifest(&dir, &m);
                 ix.put_record(&rec)?;
                 if !rec.recipe.is_empty() && ix.last_key(&rec.identity())?.is_none() {
                     ix.set_last_key(&rec.identity(), key)?;
@@ -354,5 +382,6 @@ pub(crate) fn record_from_manifest(m: &Manifest, prev: Option<&NodeRecord>) -> N
         pid: prev.and_then(|p| p.pid),
         host: prev.and_then(|p| p.host.clone()),
         scheduler_job: prev.and_then(|p| p.scheduler_job.clone()),
+        files: Vec::new(),
     }
 }

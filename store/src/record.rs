@@ -66,6 +66,11 @@ pub struct NodeRecord {
     /// `pid` means nothing on other hosts: whether it still runs is the scheduler's to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_job: Option<String>,
+    /// `Done` records: each artifact file's stamp as published, the manifest's included, so
+    /// `plan` checks an artifact with `stat`s alone (see `damage.rs`). Empty for records
+    /// written before stamps (the manifest is read instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::Stamp>,
 }
 
 impl NodeRecord {
@@ -94,6 +99,7 @@ impl NodeRecord {
             pid: Some(std::process::id()),
             host: None,
             scheduler_job: None,
+            files: Vec::new(),
         }
     }
 

@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod damage;
 mod filehash;
 mod index;
 mod maint;

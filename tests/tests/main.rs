@@ -4,6 +4,7 @@
 //! is built only once it is declared here (`every_test_file_is_a_module` fails until then).
 
 mod bad_inputs;
+mod damage;
 mod devices;
 mod foundation;
 mod hostile;

@@ -32,6 +32,13 @@ pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
     let store = g.open_store()?;
     let plan = crate::plan::plan(&store, &kinds.registry, loaded)?;
     let e = super::show::pick_one(&plan, &a.node)?;
+    if let crate::plan::State::Damaged { damage } = &e.state {
+        bail!(
+            "node {}: its artifact is damaged ({damage}); `temper run` moves it aside and \
+             rebuilds it, then export",
+            e.id
+        );
+    }
     if e.state != crate::plan::State::Cached {
         bail!(
             "node {} is not built ({}); run the recipe first",
@@ -47,6 +54,17 @@ pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
         println!("{} selected {}: exporting it", e.id, chosen.id);
     }
     let e = chosen;
+    // Nothing leaves the store that it cannot vouch for: the winner, and what an adapter
+    // folds in.
+    let mut keys = vec![e.key.clone()];
+    keys.extend(crate::damage::adapter_lineage(&store, &e.key));
+    if let Some(d) = store.damaged_inputs(&keys)?.into_values().next() {
+        bail!(
+            "the artifact of {} is damaged ({d}); `temper run` moves it aside and rebuilds it, \
+             then export",
+            d.node
+        );
+    }
     let adapter = store.artifact_dir(&e.key).join(ADAPTER_CONFIG).is_file();
     if a.merged && adapter {
         check_empty(&a.dir)?;

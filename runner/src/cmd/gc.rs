@@ -3,7 +3,8 @@
 //! unpinned artifact goes, so that asks first on a terminal and needs `--yes` otherwise.
 //! Works on a full disk (the store writes nothing before deleting). A kept or pinned LoRA adapter
 //! keeps the artifacts it is applied on (its base and lower adapters, named by key in its
-//! `temper_adapter.json`), since it is unusable without them.
+//! `temper_adapter.json`), since it is unusable without them. Damaged copies that runs moved
+//! aside (`damaged/`) are never deleted by a plain gc; `--damaged` deletes them.
 use super::{human_bytes, Global};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -25,6 +26,9 @@ pub struct GcArgs {
     /// `--set` overrides applied to every recipe.
     #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
     pub set: Vec<String>,
+    /// Also delete the damaged copies runs moved aside (`damaged/` in the store).
+    #[arg(long)]
+    pub damaged: bool,
 }
 
 pub fn run(g: &Global, a: GcArgs) -> Result<ExitCode> {
@@ -66,6 +70,27 @@ pub fn run(g: &Global, a: GcArgs) -> Result<ExitCode> {
         keep.len(),
         a.recipes.len()
     );
+    let copies = store.damaged_copies()?;
+    if !copies.is_empty() {
+        let bytes: u64 = copies.iter().map(|c| c.bytes).sum();
+        if a.damaged && !a.dry_run {
+            let (n, freed) = store.remove_damaged_copies()?;
+            println!("freed {} in {n} damaged cop(ies)", human_bytes(freed));
+        } else {
+            println!(
+                "{} {} in {} damaged cop(ies) under {}{}",
+                if a.damaged { "would free" } else { "kept" },
+                human_bytes(bytes),
+                copies.len(),
+                store.root().join(store::DAMAGED_DIR).display(),
+                if a.damaged {
+                    ""
+                } else {
+                    " (--damaged deletes them)"
+                }
+            );
+        }
+    }
     if let Some(e) = &report.index_error {
         eprintln!(
             "warning: the deleted artifacts count as absent, but their records stay in the index \

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// With `--executor slurm`: submit the jobs held (`scontrol release ID` starts one).
     #[arg(long)]
     pub hold: bool,
+    /// Re-hash every built artifact a node will read before running anything (reads them all;
+    /// cheap `stat` checks always run): a damaged one is moved aside and rebuilt.
+    #[arg(long)]
+    pub verify_inputs: bool,
 }
 
 /// Where `temper run` runs nodes.
@@ -75,6 +79,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
         jobs: a.jobs as usize,
         wait: !a.no_wait,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        verify_inputs: a.verify_inputs,
     };
     let report = crate::exec::run(&store, &kinds, loaded, &opts, &control)?;
     // Writes ignore errors: a closed stdout/stderr must not turn a finished run into a panic

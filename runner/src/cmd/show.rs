@@ -48,6 +48,9 @@ pub fn run(g: &Global, a: ShowArgs) -> Result<ExitCode> {
     };
     for e in entries {
         println!("== {} ({}, {})", e.id, e.kind, e.state.word());
+        if let crate::plan::State::Damaged { damage } = &e.state {
+            println!("damaged    {damage}; a run moves it aside and rebuilds it");
+        }
         if e.state == crate::plan::State::Cached || store.record(&e.key)?.is_some() {
             print!("{}", show_key(&store, &e.key, Some(&e.id), a.log_lines)?);
         } else {

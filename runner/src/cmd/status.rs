@@ -1,6 +1,7 @@
 //! `temper status`: the run holding the store (if any) and the last run, node by node; and the
 //! last Slurm submission, node by node with its job (one `squeue`), with the log tail of
-//! every node that failed.
+//! every node that failed; and the damaged artifacts (found by `temper verify`, or moved aside
+//! by a run that rebuilt them).
 use super::{human_time, Global};
 use anyhow::Result;
 use clap::Args;
@@ -39,7 +40,16 @@ pub fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
             }
             None => serde_json::Value::Null,
         };
-        let out = serde_json::json!({ "running": holder, "runs": runs, "slurm": slurm });
+        let damaged = store.damage_markers()?;
+        let aside: Vec<serde_json::Value> = store
+            .damaged_copies()?
+            .iter()
+            .map(|c| serde_json::json!({ "dir": c.dir, "bytes": c.bytes, "damage": c.damage }))
+            .collect();
+        let out = serde_json::json!({
+            "running": holder, "runs": runs, "slurm": slurm,
+            "damaged": damaged, "damaged_copies": aside,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -61,6 +71,7 @@ pub fn status_text(store: &store::Store) -> Result<String> {
         }
         None => out += "no run in progress\n",
     }
+    out += &damage_text(store)?;
     let slurm_run = crate::slurm::Ledger::new(store).last_run()?;
     let Some(run) = store.last_run()? else {
         out += "no runs yet\n";
@@ -114,6 +125,31 @@ pub fn status_text(store: &store::Store) -> Result<String> {
     }
     if let Some(s) = &slurm_run {
         out += &slurm_text(store, s)?;
+    }
+    Ok(out)
+}
+
+/// The artifacts `temper verify` found damaged (a run rebuilds them) and the damaged copies
+/// runs moved aside (`temper gc --damaged` deletes them); nothing when there are none.
+fn damage_text(store: &store::Store) -> Result<String> {
+    let mut out = String::new();
+    for d in store.damage_markers()? {
+        out += &format!(
+            "damaged: {} {} ({d}); the next run that needs it rebuilds it\n",
+            &d.key[..12.min(d.key.len())],
+            d.node
+        );
+    }
+    let copies = store.damaged_copies()?;
+    if !copies.is_empty() {
+        let bytes: u64 = copies.iter().map(|c| c.bytes).sum();
+        out += &format!(
+            "{} damaged cop{} moved aside under {} ({}); `temper gc --damaged` deletes them\n",
+            copies.len(),
+            if copies.len() == 1 { "y" } else { "ies" },
+            store.root().join(store::DAMAGED_DIR).display(),
+            super::human_bytes(bytes)
+        );
     }
     Ok(out)
 }

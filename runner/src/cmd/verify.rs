@@ -27,6 +27,16 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<ExitCode> {
     for issue in &r.issues {
         eprintln!("{issue}");
     }
+    if !r.marked.is_empty() {
+        eprintln!(
+            "marked {} artifact(s) damaged: `temper plan` shows them, the next `temper run` that \
+             needs them moves them aside and rebuilds them",
+            r.marked.len()
+        );
+    }
+    if let Some(e) = &r.mark_error {
+        eprintln!("warning: could not mark every damaged artifact: {e}");
+    }
     if let Some(e) = &r.index_error {
         eprintln!("warning: artifacts checked, but not the index: {e}");
     }

@@ -76,6 +76,7 @@ pub fn views(store: &Store, plan: &Plan, log_lines: usize) -> Result<Vec<NodeVie
                 ("failed".into(), "failed")
             }
             (State::Incomplete { .. }, _) => ("incomplete".into(), "todo"),
+            (State::Damaged { damage }, _) => (format!("damaged: {damage}"), "failed"),
             (State::Waiting { stuck: true, .. }, _) => ("cannot select".into(), "failed"),
             (State::Waiting { .. }, _) => ("waiting for scores".into(), "todo"),
             (_, Some(Status::Cancelled)) => ("cancelled".into(), "todo"),
