@@ -16,6 +16,7 @@ mod report;
 mod resume;
 mod reweight;
 mod select;
+mod serve;
 mod slurm;
 mod terminal;
 mod workers;

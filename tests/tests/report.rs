@@ -7,8 +7,8 @@
 //! same code a click runs). Screenshots go to `target/tmp/report-*.png`. `--serve` answers `GET /`
 //! with the same page (reloading itself) and anything else with 404.
 
+use super::serve::{get, serving_address};
 use serde_json::Value as J;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use temper_e2e::Project;
@@ -134,23 +134,6 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('"', "&quot;")
 }
 
-/// `GET path` against `addr`: (status line, body).
-fn get(addr: &str, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read the answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers");
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
 /// Runs `temper report --serve` on a free port and checks what it answers.
 fn check_serve(p: &Project, instances: usize) {
     let mut child = p
@@ -165,16 +148,7 @@ fn check_serve(p: &Project, instances: usize) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn temper report --serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the serving line");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let addr = serving_address(&mut child);
     let (status, page) = get(&addr, "/");
     let (missing, _) = get(&addr, "/favicon.ico");
     child.kill().ok();

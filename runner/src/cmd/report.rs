@@ -6,17 +6,19 @@
 //!
 //! `--serve ADDR` serves the same page over HTTP instead (`127.0.0.1:8080`; port 0 picks one):
 //! every request re-reads the recipe and the store, and the page reloads itself every
-//! `--refresh` seconds, so it follows a run as it goes. Plain `std::net`, one request at a
-//! time, `GET /` only; bind it to a local address (nothing is authenticated).
+//! `--refresh` seconds, so it follows a run as it goes. Connections are served concurrently
+//! within bounds ([`crate::html::serve`]); bind it to a local address (nothing is
+//! authenticated).
 use super::{Global, RecipeArgs};
 use anyhow::{Context, Result};
 use clap::Args;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
     #[command(flatten)]
     pub recipe: RecipeArgs,
@@ -64,8 +66,9 @@ pub fn run(g: &Global, a: ReportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Renders once (a recipe that does not load fails before anything listens), binds, prints the
+/// address line (the end-to-end tests read the port from it), then serves until killed.
 fn serve(g: &Global, a: &ReportArgs, addr: &str) -> Result<ExitCode> {
-    // Fail before listening if the recipe does not load.
     render(g, a, Some(a.refresh))?;
     let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     println!(
@@ -74,46 +77,8 @@ fn serve(g: &Global, a: &ReportArgs, addr: &str) -> Result<ExitCode> {
         listener.local_addr()?
     );
     std::io::stdout().flush().ok();
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if let Err(e) = answer(g, a, stream) {
-            tracing::warn!("report: a request failed: {e:#}");
-        }
-    }
+    let (g, a) = (g.clone(), a.clone());
+    let page = move || render(&g, &a, Some(a.refresh)).map(|(page, _)| page);
+    crate::html::serve::serve(listener, crate::html::serve::LIMITS, Arc::new(page))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Reads one request and answers it: `GET /` (any query) → the page, anything else → 404.
-fn answer(g: &Global, a: &ReportArgs, mut stream: TcpStream) -> Result<()> {
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    // Drain the headers.
-    let mut h = String::new();
-    while reader.read_line(&mut h)? > 2 {
-        h.clear();
-    }
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let root = path == "/" || path.starts_with("/?") || path.starts_with("/#");
-    let (status, kind, body) = if method != "GET" || !root {
-        ("404 Not Found", "text/plain", "not found\n".to_string())
-    } else {
-        match render(g, a, Some(a.refresh)) {
-            Ok((page, _)) => ("200 OK", "text/html; charset=utf-8", page),
-            Err(e) => (
-                "500 Internal Server Error",
-                "text/plain; charset=utf-8",
-                format!("{e:#}\n"),
-            ),
-        }
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()?;
-    Ok(())
 }

@@ -12,6 +12,7 @@
 
 pub mod chart;
 pub mod dag;
+pub mod serve;
 
 use crate::cmd::results;
 use crate::plan::{Plan, State};
