@@ -225,7 +225,13 @@ fn slurm_lines(
     if let Some(v) = views.first() {
         s += &format!("slurm      {}\n", v.phase.describe(v.job()));
     }
-    if let Some(log) = &sub.log {
+    // The view's submission: with the job found by its name when the id was never recorded.
+    let log = views
+        .first()
+        .and_then(|v| v.sub.as_ref())
+        .and_then(|s| s.log.clone())
+        .or_else(|| sub.log.clone());
+    if let Some(log) = &log {
         s += &format!("slurm log  {}\n", log.display());
         let bad = views
             .first()
