@@ -16,6 +16,7 @@ mod resume;
 mod reweight;
 mod select;
 mod slurm;
+mod slurm_submit;
 mod terminal;
 mod workers;
 
