@@ -48,7 +48,9 @@ pub fn run(g: &Global, a: ShowArgs) -> Result<ExitCode> {
     };
     for e in entries {
         println!("== {} ({}, {})", e.id, e.kind, e.state.word());
-        if e.state == crate::plan::State::Cached || store.record(&e.key)?.is_some() {
+        // A node a queued job builds has no record yet: its Slurm side says where it stands.
+        let on_slurm = matches!(e.state, crate::plan::State::OnSlurm { .. });
+        if e.state == crate::plan::State::Cached || on_slurm || store.record(&e.key)?.is_some() {
             print!("{}", show_key(&store, &e.key, Some(&e.id), a.log_lines)?);
         } else {
             let why = match &e.state {

@@ -232,7 +232,7 @@ pub fn views(store: &store::Store, nodes: &[(String, String)]) -> Result<Vec<Vie
                 Some(s)
                     if s.job_id.is_none()
                         && !done[key]
-                        && !records.get(key).is_some_and(|r| r.scheduler_job.is_some()) =>
+                        && records.get(key).is_none_or(|r| r.scheduler_job.is_none()) =>
                 {
                     Phase::NotSubmitted
                 }

@@ -90,7 +90,9 @@ pub fn submit(
     let mut settings: HashMap<usize, Settings> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         let front = e.kind == dsl::schema::SELECT_KIND || matches!(e.state, State::Waiting { .. });
-        if selected[i] && e.state.needs_run() && !front {
+        // A node a live job builds may be submitted again (`stale_wait`).
+        let live = matches!(e.state, State::OnSlurm { .. });
+        if selected[i] && (e.state.needs_run() || live) && !front {
             settings.insert(i, sources.for_node(&e.node, &e.kind)?);
         }
     }
@@ -145,9 +147,24 @@ pub fn submit(
             continue;
         }
         let e = &entries[i];
+        // A live job that can never start is cancelled, and the node submitted again.
+        let mut replace = false;
+        if let State::OnSlurm { job, .. } = &e.state {
+            if let Some(why) = stale_wait(&ledger, &e.key, job, &pos, &sent)? {
+                cli::scancel(std::slice::from_ref(job), &[])?;
+                ledger.update(&e.key, |s| s.ended = Some(why.clone()))?;
+                let _ = writeln!(
+                    out,
+                    "{:<12} {} cancelled slurm job {job}: {why}",
+                    e.short_key(),
+                    e.id
+                );
+                replace = true;
+            }
+        }
         let outcome = match &e.state {
             State::Cached => Sent::Cached,
-            State::OnSlurm { job, .. } => {
+            State::OnSlurm { job, .. } if !replace => {
                 if adopt::record(&ledger, &e.key, job)? {
                     adopted.insert(i);
                 }
@@ -293,6 +310,39 @@ pub fn submit(
         run: run_file,
         nodes,
     })
+}
+
+/// Why the live job `job` of `key` can never start, if it cannot: it is still pending on
+/// (`afterok`) a job of an input that this submission replaced (the input's job ended without
+/// building it, or was never recorded and died: the input was submitted again). A job already
+/// running is past its dependencies and never stale.
+fn stale_wait(
+    ledger: &Ledger,
+    key: &str,
+    job: &str,
+    pos: &HashMap<&str, usize>,
+    sent: &[Option<Sent>],
+) -> Result<Option<String>> {
+    let Some(sub) = ledger.get(key)? else {
+        return Ok(None);
+    };
+    let replaced = sub
+        .after
+        .iter()
+        .zip(&sub.after_nodes)
+        .find_map(
+            |(old, node)| match pos.get(node.as_str()).and_then(|&j| sent[j].as_ref()) {
+                Some(Sent::Submitted(new)) | Some(Sent::Queued(new)) if new != old => Some(
+                    format!("it waited on job {old} of {node}, which {node}'s job {new} replaces"),
+                ),
+                _ => None,
+            },
+        );
+    let Some(why) = replaced else {
+        return Ok(None);
+    };
+    let queue = cli::squeue(&[job.to_string()])?;
+    Ok(queue.get(job).filter(|q| q.state == "PENDING").map(|_| why))
 }
 
 /// Writes the job file, the ledger entry and the script of entry `i`, and submits it.
