@@ -229,6 +229,11 @@ fn a_front_killed_while_it_submits_leaves_one_job_per_instance_after_the_rerun()
         line.contains("on slurm") && line.contains(&format!("slurm job {corpus}")),
         "{plan}"
     );
+    let show = r.run(&["show", "sel.kdl", "corpus"]);
+    assert!(
+        show.contains(&format!("slurm      queued (slurm job {corpus}")),
+        "{show}"
+    );
     let status = r.run(&["status"]);
     assert!(
         status.contains("stopped while it submitted")
@@ -322,4 +327,53 @@ fn cancel_finds_a_job_whose_id_was_never_recorded() {
     );
     let status = r.run(&["status"]);
     assert!(status.contains("cancelled (slurm job"), "{status}");
+}
+
+#[test]
+fn a_queued_job_waiting_on_a_job_that_ended_is_submitted_again_behind_the_new_one() {
+    if !super::slurm::cluster() {
+        return;
+    }
+    let r = Rig::new();
+    r.p.write(
+        "two.kdl",
+        "dataset corpus path=\"data/corpus.jsonl\" format=text\n\
+         tokenizer tok vocab-size=300 { data corpus; }\n",
+    );
+    // `tok`'s job is queued behind `corpus`'s, unrecorded; then `corpus`'s job goes away.
+    r.killed_at("two.kdl", "2:answered");
+    let created = r.created();
+    assert_eq!(created.len(), 2, "{created:?}");
+    let out = Command::new("scancel").arg(&created[0]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = r.run(&["run", "two.kdl", "--executor", "slurm", "--hold"]);
+    assert!(out.contains("2 submitted, 0 already queued"), "{out}");
+    let ledger = ledger(&r.p.store());
+    let (corpus, tok) = (
+        ledger["corpus"].0.clone().unwrap(),
+        ledger["tok"].0.clone().unwrap(),
+    );
+    assert_eq!(ledger["tok"].1, vec![corpus.clone()]);
+    let out = Command::new("squeue")
+        .args(["--noheader", "--states=all", "--format=%i|%T|%E"])
+        .output()
+        .unwrap();
+    let queue = String::from_utf8_lossy(&out.stdout).into_owned();
+    let state = |id: &str| {
+        queue
+            .lines()
+            .find(|l| l.split('|').next() == Some(id))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        state(&tok).contains("PENDING") && state(&tok).contains(&format!("afterok:{corpus}")),
+        "{}",
+        state(&tok)
+    );
+    assert!(
+        state(&created[1]).contains("CANCELLED"),
+        "{}",
+        state(&created[1])
+    );
 }
