@@ -5,6 +5,7 @@
     python3 scripts/fault_campaign.py disk-full [--size-mb 6]
     python3 scripts/fault_campaign.py fuzz [--seconds 600]
     python3 scripts/fault_campaign.py corrupt [--trials 20] [--seed S]
+    python3 scripts/fault_campaign.py submit-kill [--trials 20] [--seed S]   (needs a Slurm cluster)
     python3 scripts/fault_campaign.py all
 
 `kills`: one uninterrupted reference run of a training recipe (tokenizer -> tiny model -> CPT
@@ -285,10 +286,144 @@ def fuzz(seconds: int) -> None:
         sys.exit("fuzz: failed")
 
 
+SWEEP_RECIPE = """
+dataset corpus path="data/corpus.jsonl" format=text
+tokenizer tok vocab-size=300 { data corpus; }
+sweep { tok.vocab-size %s; }
+""" % " ".join(str(v) for v in range(300, 340))
+
+
+def submit_kill(trials: int, seed: int) -> None:
+    """`submit-kill`: a front killed while it submits to Slurm. A 40-value sweep (41 jobs) is
+    submitted held (`--hold`, nothing runs) and `kill -9`ed one to three times at random instants
+    of its submission, then submitted again to the end. Slurm must list exactly one job per
+    instance (every job of the trial's recipe, found by name, in all states), the ledger must
+    hold exactly those ids, and `temper cancel` must leave none active. A last trial does the
+    same unheld and follows the rerun (`--wait`) until every node is built. Needs a cluster
+    (`bash scripts/slurm-up.sh; export SLURM_CONF=...`); skipped with a message otherwise."""
+    if subprocess.run(["sinfo", "--noheader"], capture_output=True).returncode != 0:
+        print("submit-kill: skipped: no Slurm cluster answers (scripts/slurm-up.sh, SLURM_CONF)")
+        return
+    rng = random.Random(seed)
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+
+    def listing() -> list:
+        out = subprocess.run(["squeue", "--noheader", "--states=all", "--user", user,
+                              "--format=%i|%j|%T"], capture_output=True, text=True, check=True)
+        return [l.strip().split("|", 2) for l in out.stdout.splitlines() if l.count("|") >= 2]
+
+    def newest() -> int:
+        return max((int(i) for i, _, _ in listing() if i.isdigit()), default=0)
+
+    def jobs_of(stem: str, after: int) -> dict:
+        """instance id -> [(job id, state)] of every job named for `stem` newer than `after`."""
+        by = {}
+        prefix = f"temper:{stem}:"
+        for i, name, state in listing():
+            if i.isdigit() and int(i) > after and name.startswith(prefix):
+                inst = name[len(prefix):]
+                # `temper:<recipe>:<instance>:<16 hex of the key>` (older: no key).
+                head, _, tail = inst.rpartition(":")
+                if head and len(tail) == 16 and all(c in "0123456789abcdef" for c in tail):
+                    inst = head
+                by.setdefault(inst, []).append((i, state))
+        return by
+
+    def ledger_ids(store: Path) -> dict:
+        ids = {}
+        for f in (store / "slurm" / "jobs").glob("*.json"):
+            s = json.loads(f.read_text())
+            ids[s["node"]] = s.get("job_id")
+        return ids
+
+    def submit(p: Path, stem: str, held: bool):
+        args = [str(TEMPER), "--store", str(p / ".temper"), "run", f"{stem}.kdl",
+                "--executor", "slurm"] + (["--hold"] if held else [])
+        env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+        return subprocess.Popen(args, cwd=p, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    with tempfile.TemporaryDirectory(prefix="temper-submit-kill-") as tmp:
+        tmp = Path(tmp)
+        ref = project(tmp / "ref", SWEEP_RECIPE)
+        stem = f"sk{seed}ref"
+        (ref / "recipe.kdl").rename(ref / f"{stem}.kdl")
+        t0 = time.time()
+        out = submit(ref, stem, True).communicate()[0]
+        ref_time = time.time() - t0
+        if "41 submitted" not in out:
+            sys.exit(f"submit-kill: the reference submission failed\n{out}")
+        temper(ref, "cancel", f"{stem}.kdl")
+        print(f"reference held submission of 41 jobs: {ref_time:.2f} s")
+        good = 0
+        for t in range(trials + 1):
+            held = t < trials
+            p = project(tmp / f"trial-{t}", SWEEP_RECIPE)
+            stem = f"sk{seed}t{t}"
+            (p / "recipe.kdl").rename(p / f"{stem}.kdl")
+            before = newest()
+            moments = []
+            for _ in range(rng.randint(1, 3)):
+                at = rng.uniform(0.05, 0.8) * ref_time
+                child = submit(p, stem, held)
+                try:
+                    child.wait(timeout=at)
+                    moments.append(f"{at:.2f}s (finished first)")
+                except subprocess.TimeoutExpired:
+                    child.send_signal(signal.SIGKILL)
+                    child.wait()
+                    n = sum(len(v) for v in jobs_of(stem, before).values())
+                    moments.append(f"{at:.2f}s ({n} jobs)")
+            rerun = [str(TEMPER), "--store", str(p / ".temper"), "run", f"{stem}.kdl",
+                     "--executor", "slurm"] + (["--hold"] if held else ["--wait"])
+            env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+            r = subprocess.run(rerun, cwd=p, env=env, capture_output=True, text=True,
+                               timeout=None if held else 1800)
+            summary = next((l for l in r.stdout.splitlines() if " submitted, " in l), "")
+            adopted = r.stdout.count("recorded now")
+            if adopted:
+                summary = f"{summary.strip()} ({adopted} adopted)"
+            problems = []
+            if r.returncode != 0:
+                problems.append(f"the rerun failed ({r.returncode}): {r.stdout[-400:]}{r.stderr[-400:]}")
+            if not held and "all done" not in r.stdout:
+                problems.append("the followed rerun did not end all done")
+            jobs = jobs_of(stem, before)
+            twice = {k: v for k, v in jobs.items() if len(v) != 1}
+            if len(jobs) != 41 or twice:
+                problems.append(f"{len(jobs)} instances with jobs (want 41); more than one job: {twice}")
+            recorded = ledger_ids(p / ".temper")
+            want = {k: v[0][0] for k, v in jobs.items() if len(v) == 1}
+            if recorded != want:
+                diff = {k: (recorded.get(k), want.get(k)) for k in set(recorded) | set(want)
+                        if recorded.get(k) != want.get(k)}
+                problems.append(f"ledger and Slurm disagree (ledger, slurm): {diff}")
+            if held:
+                temper(p, "cancel", f"{stem}.kdl", check=False)
+                active = [i for i, _, st in listing() if i in {j for v in jobs.values() for j, _ in v}
+                          and st not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")]
+                if active:
+                    problems.append(f"jobs left active after `temper cancel`: {active}")
+            what = "held" if held else "unheld, followed to the end"
+            print(f"trial {t + 1:>2} ({what}): killed at {', '.join(moments)}; rerun: "
+                  f"{summary.strip()}: {'ok' if not problems else 'WRONG'}")
+            for pr in problems:
+                print(f"  {pr}")
+            good += not problems
+            if problems:
+                ids = [j for v in jobs.values() for j, _ in v]
+                if ids:
+                    subprocess.run(["scancel", *ids], capture_output=True)
+            shutil.rmtree(p)
+        print(f"submit-kill: {good}/{trials + 1} trials left exactly one job per instance")
+        if good != trials + 1:
+            sys.exit(1)
+
+
 def main() -> None:
     global TEMPER
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["kills", "disk-full", "fuzz", "corrupt", "all"])
+    ap.add_argument("what", choices=["kills", "disk-full", "fuzz", "corrupt", "submit-kill", "all"])
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--size-mb", type=int, default=3)
@@ -310,6 +445,9 @@ def main() -> None:
     if a.what in ("fuzz", "all"):
         print(f"== fuzz ({a.seconds} s)")
         fuzz(a.seconds)
+    if a.what in ("submit-kill", "all"):
+        print(f"== submit-kill (seed {a.seed})")
+        submit_kill(a.trials, a.seed)
 
 
 if __name__ == "__main__":

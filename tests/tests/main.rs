@@ -18,6 +18,7 @@ mod reweight;
 mod select;
 mod serve;
 mod slurm;
+mod slurm_submit;
 mod terminal;
 mod workers;
 

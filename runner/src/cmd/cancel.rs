@@ -2,9 +2,11 @@
 //! those of the named nodes and of everything downstream of them (which could never start
 //! otherwise). One `scancel`; running jobs get SIGTERM, checkpoint and record themselves
 //! cancelled; pending ones are marked cancelled in the ledger. Waits until Slurm lists none of
-//! them as active, so the store is consistent when it returns.
+//! them as active, so the store is consistent when it returns. A job whose id its submitting run
+//! never recorded (killed while it submitted) is found by its name, which holds the node's key,
+//! and its id is recorded with the cancellation.
 use super::{Global, RecipeArgs};
-use crate::slurm::{cli, Ledger};
+use crate::slurm::{adopt, cli, Ledger};
 use anyhow::Result;
 use clap::Args;
 use std::collections::HashSet;
@@ -61,13 +63,15 @@ pub fn run(g: &Global, a: CancelArgs) -> Result<ExitCode> {
     let mut subs = Vec::new();
     for (pos, k) in keyed.keyed.iter().enumerate() {
         if chosen.contains(&pos) {
-            if let Some(s) = ledger.get(&k.key)?.filter(|s| s.job_id.is_some()) {
+            if let Some(s) = ledger
+                .get(&k.key)?
+                .filter(|s| s.job_id.is_some() || adopt::named_by_key(s))
+            {
                 subs.push(s);
             }
         }
     }
-    let job_ids: Vec<String> = subs.iter().filter_map(|s| s.job_id.clone()).collect();
-    if job_ids.is_empty() {
+    if subs.is_empty() {
         println!(
             "nothing to cancel: no Slurm job of {}",
             loaded.path.display()
@@ -75,11 +79,26 @@ pub fn run(g: &Global, a: CancelArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     cli::require_tools()?;
-    let queue = cli::squeue(&job_ids)?;
-    let live: Vec<&crate::slurm::Submission> = subs
-        .iter()
-        .filter(|s| s.in_queue(&queue).is_some_and(|q| q.active()))
-        .collect();
+    let listing = cli::squeue_all()?;
+    let queue: std::collections::HashMap<String, cli::QueueState> =
+        listing.iter().cloned().collect();
+    // (node, key, job) of every active job: the recorded one, and any other under the node's
+    // name (one whose id was never recorded).
+    let mut live: Vec<(String, String, String)> = Vec::new();
+    for s in &subs {
+        let mut jobs: Vec<String> = Vec::new();
+        if let Some(id) = s.job_id.as_ref() {
+            if s.in_queue(&queue).is_some_and(|q| q.active()) {
+                jobs.push(id.clone());
+            }
+        }
+        for (id, q) in adopt::named(s, &listing) {
+            if q.active() && !jobs.iter().any(|j| j == id) {
+                jobs.push(id.to_string());
+            }
+        }
+        live.extend(jobs.into_iter().map(|j| (s.node.clone(), s.key.clone(), j)));
+    }
     if live.is_empty() {
         println!(
             "nothing to cancel: every job of {} has ended",
@@ -87,10 +106,11 @@ pub fn run(g: &Global, a: CancelArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let live_ids: Vec<String> = live.iter().filter_map(|s| s.job_id.clone()).collect();
+    let live_ids: Vec<String> = live.iter().map(|(_, _, j)| j.clone()).collect();
     cli::scancel(&live_ids, &[])?;
-    for s in &live {
-        ledger.update(&s.key, |s| s.ended = Some("by `temper cancel`".into()))?;
+    for (_, key, job) in &live {
+        adopt::record(&ledger, key, job)?;
+        ledger.update(key, |s| s.ended = Some("by `temper cancel`".into()))?;
     }
     // Wait (up to KillWait and a margin) for running jobs to checkpoint and stop.
     let kill_wait = cli::config_value("KillWait")
@@ -109,12 +129,8 @@ pub fn run(g: &Global, a: CancelArgs) -> Result<ExitCode> {
         let q = cli::squeue(&pending)?;
         pending.retain(|j| q.get(j).is_some_and(|s| s.active()));
     }
-    for s in &live {
-        println!(
-            "cancelled {} (slurm job {})",
-            s.node,
-            s.job_id.as_deref().unwrap_or("?")
-        );
+    for (node, _, job) in &live {
+        println!("cancelled {node} (slurm job {job})");
     }
     if !pending.is_empty() {
         eprintln!(

@@ -145,6 +145,7 @@ fn submit_and_follow(
         lock_wait: !a.no_wait,
         hold: a.hold,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        verify_inputs: a.verify_inputs,
     };
     let sent = crate::slurm::submit(&store, kinds, loaded, &opts)?;
     let count = |f: &dyn Fn(&crate::slurm::Sent) -> bool| {

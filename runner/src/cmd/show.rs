@@ -51,7 +51,9 @@ pub fn run(g: &Global, a: ShowArgs) -> Result<ExitCode> {
         if let crate::plan::State::Damaged { damage } = &e.state {
             println!("damaged    {damage}; a run moves it aside and rebuilds it");
         }
-        if e.state == crate::plan::State::Cached || store.record(&e.key)?.is_some() {
+        // A node a queued job builds has no record yet: its Slurm side says where it stands.
+        let on_slurm = matches!(e.state, crate::plan::State::OnSlurm { .. });
+        if e.state == crate::plan::State::Cached || on_slurm || store.record(&e.key)?.is_some() {
             print!("{}", show_key(&store, &e.key, Some(&e.id), a.log_lines)?);
         } else {
             let why = match &e.state {
@@ -228,7 +230,13 @@ fn slurm_lines(
     if let Some(v) = views.first() {
         s += &format!("slurm      {}\n", v.phase.describe(v.job()));
     }
-    if let Some(log) = &sub.log {
+    // The view's submission: with the job found by its name when the id was never recorded.
+    let log = views
+        .first()
+        .and_then(|v| v.sub.as_ref())
+        .and_then(|s| s.log.clone())
+        .or_else(|| sub.log.clone());
+    if let Some(log) = &log {
         s += &format!("slurm log  {}\n", log.display());
         let bad = views
             .first()

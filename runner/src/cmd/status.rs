@@ -77,8 +77,15 @@ pub fn status_text(store: &store::Store) -> Result<String> {
         out += "no runs yet\n";
         return Ok(out);
     };
-    if slurm_run.as_ref().is_some_and(|s| s.run_id == run.id) {
-        out += &slurm_text(store, slurm_run.as_ref().expect("checked"))?;
+    if let Some(s) = slurm_run.as_ref().filter(|s| s.run_id == run.id) {
+        if !s.complete && run.ok.is_none() && !store::pid_alive(run.pid) {
+            out += &format!(
+                "slurm run {} stopped while it submitted (process gone): `temper run RECIPE \
+                 --executor slurm` submits the rest and records the jobs it left unrecorded\n",
+                run.id
+            );
+        }
+        out += &slurm_text(store, s)?;
         return Ok(out);
     }
     let state = match run.ok {

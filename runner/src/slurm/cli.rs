@@ -42,7 +42,15 @@ pub fn run(program: &str, args: &[String]) -> Result<String> {
 }
 
 fn output(program: &str, args: &[String], stdin: Option<&str>) -> Result<Output> {
-    let mut c = command(program);
+    output_of(command(program), program, args, stdin)
+}
+
+fn output_of(
+    mut c: Command,
+    program: &str,
+    args: &[String],
+    stdin: Option<&str>,
+) -> Result<Output> {
     c.args(args);
     if stdin.is_some() {
         c.stdin(Stdio::piped());
@@ -111,16 +119,44 @@ pub fn transient(stderr: &str) -> bool {
     .any(|w| s.contains(w))
 }
 
+/// `sbatch`, killed when the thread that started it ends: a front killed while it submits
+/// leaves no `sbatch` behind that would create a job after the next run looked for it.
+fn sbatch_command() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = command("sbatch");
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) in the forked child before
+    // exec. A parent that died before prctl took effect is caught by its pid changing.
+    unsafe {
+        c.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 /// Submits `script` (its text goes on sbatch's stdin, so the script need not be readable on
 /// the compute node) with `args`; returns the job id. Transient failures are retried with
-/// back-off for up to `patience`.
-pub fn sbatch(args: &[String], script: &str, patience: Duration) -> Result<String> {
+/// back-off for up to `patience`; before each retry `already` is asked for a job the failed
+/// call may have created anyway (a controller that timed out after queueing it), and its id is
+/// returned instead of submitting a second job.
+pub fn sbatch(
+    args: &[String],
+    script: &str,
+    patience: Duration,
+    already: &dyn Fn() -> Option<String>,
+) -> Result<String> {
     let mut args = args.to_vec();
     args.insert(0, "--parsable".into());
     let start = std::time::Instant::now();
     let mut pause = Duration::from_millis(500);
     loop {
-        let out = output("sbatch", &args, Some(script))?;
+        let out = output_of(sbatch_command(), "sbatch", &args, Some(script))?;
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
             // `--parsable` prints `id` or `id;cluster`.
@@ -147,6 +183,9 @@ pub fn sbatch(args: &[String], script: &str, patience: Duration) -> Result<Strin
         );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(30));
+        if let Some(id) = already() {
+            return Ok(id);
+        }
     }
 }
 
@@ -196,6 +235,15 @@ pub fn squeue(ids: &[String]) -> Result<HashMap<String, QueueState>> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    Ok(squeue_all()?
+        .into_iter()
+        .filter(|(id, _)| wanted.contains(id.as_str()))
+        .collect())
+}
+
+/// One `squeue` call: every job of this user Slurm lists, in all states, with its id.
+pub fn squeue_all() -> Result<Vec<(String, QueueState)>> {
     let user = whoami();
     let args: Vec<String> = [
         "--noheader",
@@ -209,11 +257,7 @@ pub fn squeue(ids: &[String]) -> Result<HashMap<String, QueueState>> {
     .map(|s| s.to_string())
     .collect();
     let text = run("squeue", &args)?;
-    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-    Ok(parse_squeue(&text)
-        .into_iter()
-        .filter(|(id, _)| wanted.contains(id.as_str()))
-        .collect())
+    Ok(parse_squeue(&text))
 }
 
 /// Parses `%i|%T|%N|%j|%r` lines (the reason last: it is free text; temper's job names hold

@@ -8,8 +8,9 @@
 //! slurm/scripts/<key>.sh    the batch script as submitted
 //! ```
 //!
-//! A submission file is written before `sbatch` (without a job id) and again with the id, each
-//! time atomically (tmp, fsync, rename), so a job that starts at once always finds it. Records
+//! A submission file is written before `sbatch` (without a job id: the intent) and again with
+//! the id, each time atomically (tmp, fsync, rename), so a job that starts at once always finds
+//! it, and a job whose id was never written is found by its name (`adopt`). Records
 //! of the attempts themselves (running, done, failed) stay in the index like local ones; the
 //! ledger only says which job is (or was) building a key.
 
@@ -33,8 +34,10 @@ pub struct Submission {
     pub run_id: u64,
     /// `None` between writing this file and `sbatch` answering.
     pub job_id: Option<String>,
-    /// The job's name (`temper:<recipe>:<instance id>`): a job Slurm lists under this id but
-    /// another name is not this one (ids are reused after a controller reset).
+    /// The job's name (`temper:<recipe>:<instance id>:<key prefix>`, `adopt::job_name`): a job
+    /// Slurm lists under this id but another name is not this one (ids are reused after a
+    /// controller reset), and a job under this name is this key's even when its id was never
+    /// written here.
     #[serde(default)]
     pub job_name: String,
     /// Job ids it waits for (`afterok`).
@@ -89,6 +92,14 @@ pub struct RunFile {
     pub submitted_at: f64,
     /// (instance id, key).
     pub nodes: Vec<(String, String)>,
+    /// `false` while the run submits (it is written first with the nodes it means to submit):
+    /// a run file left so belongs to a front that stopped before it finished.
+    #[serde(default = "finished")]
+    pub complete: bool,
+}
+
+fn finished() -> bool {
+    true
 }
 
 /// The ledger of one store.
@@ -111,6 +122,11 @@ impl Ledger {
     }
     pub fn script_path(&self, key: &str) -> PathBuf {
         self.root.join("scripts").join(format!("{key}.sh"))
+    }
+    /// The Slurm log of job `job` (`%j`: the pattern sbatch fills in) of instance `node`.
+    pub fn job_log(&self, node: &str, job: &str) -> PathBuf {
+        self.logs_dir()
+            .join(format!("{}-{job}.out", file_safe(node)))
     }
     fn job_path(&self, key: &str) -> PathBuf {
         self.jobs_dir().join(format!("{key}.json"))
@@ -170,6 +186,16 @@ impl Ledger {
     pub fn put_run(&self, r: &RunFile) -> Result<()> {
         write_json(&self.run_path(r.run_id), r)
     }
+    /// Removes the run file of `run_id` (a run that ended having sent nothing).
+    pub fn remove_run(&self, run_id: u64) -> Result<()> {
+        let path = self.run_path(run_id);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
     /// The newest submitting run (highest id).
     pub fn last_run(&self) -> Result<Option<RunFile>> {
         let dir = self.root.join("runs");
@@ -191,6 +217,20 @@ impl Ledger {
             None => Ok(None),
         }
     }
+}
+
+/// A file-name-safe form of an instance id (for the job's log).
+fn file_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.=,".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect()
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {

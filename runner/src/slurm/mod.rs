@@ -6,9 +6,11 @@
 //! JOB` ([`alloc`]), which records its attempt, runs a `temper-worker` and publishes into the
 //! shared store exactly as a local worker does. What was submitted is in the store's ledger
 //! ([`ledger`]), so `temper status`, `plan`, `cancel` and a later `run` re-attach from any
-//! process ([`observe`]). Cluster settings ([`settings`]) never enter a key. Slurm is used
+//! process ([`observe`]); a job whose id a killed front never wrote is found by its name
+//! ([`adopt`]). Cluster settings ([`settings`]) never enter a key. Slurm is used
 //! only through its command line ([`cli`]).
 
+pub mod adopt;
 pub mod alloc;
 pub mod cli;
 pub mod ledger;

@@ -5,8 +5,11 @@
 //! whatever Slurm says); Slurm on everything in flight. A job Slurm no longer lists (purged
 //! after `MinJobAge`) is read from its record alone. A job that completed without a published
 //! artifact is re-checked for a while before it is called lost: on a shared file system an
-//! output can appear on this host some time after its job ended.
+//! output can appear on this host some time after its job ended. A node whose job id was never
+//! recorded (its front was killed while it submitted) is judged by the job Slurm lists under its
+//! name (`adopt`).
 
+use super::adopt;
 use super::cli::{self, QueueState};
 use super::ledger::{Ledger, RunFile, Submission};
 use crate::plan::{Entry, State};
@@ -42,13 +45,19 @@ pub enum Phase {
     Lost {
         why: String,
     },
+    /// The run that meant to submit it stopped before it did.
+    NotSubmitted,
 }
 
 impl Phase {
     pub fn finished(&self) -> bool {
         matches!(
             self,
-            Phase::Done | Phase::Failed { .. } | Phase::Cancelled { .. } | Phase::Lost { .. }
+            Phase::Done
+                | Phase::Failed { .. }
+                | Phase::Cancelled { .. }
+                | Phase::Lost { .. }
+                | Phase::NotSubmitted
         )
     }
     /// One line: `queued (slurm job 12: Dependency)`, `running on node07 (slurm job 12)`.
@@ -66,6 +75,9 @@ impl Phase {
             Phase::Failed { .. } => format!("failed (slurm job {job})"),
             Phase::Cancelled { why } => format!("cancelled (slurm job {job}): {why}"),
             Phase::Lost { why } => format!("lost (slurm job {job}): {why}"),
+            Phase::NotSubmitted => {
+                "not submitted: the run stopped before it got there (run it again)".into()
+            }
         }
     }
 }
@@ -175,19 +187,28 @@ fn phase_of(
     }
 }
 
-/// The phases of `nodes` ((instance id, key)): one `squeue`, one index open.
+/// The phases of `nodes` ((instance id, key)): one `squeue`, one index open. A submission
+/// without a job id takes the job named for it, if Slurm lists one (in the view only; a
+/// resubmission records it).
 pub fn views(store: &store::Store, nodes: &[(String, String)]) -> Result<Vec<View>> {
     let ledger = Ledger::new(store);
-    let subs: Vec<Option<Submission>> = nodes
+    let mut subs: Vec<Option<Submission>> = nodes
         .iter()
         .map(|(_, k)| ledger.get(k))
         .collect::<Result<_>>()?;
-    let ids: Vec<String> = subs
-        .iter()
-        .flatten()
-        .filter_map(|s| s.job_id.clone())
-        .collect();
-    let queue = cli::squeue(&ids)?;
+    let listing = if subs.iter().any(Option::is_some) {
+        cli::squeue_all()?
+    } else {
+        Vec::new()
+    };
+    for s in subs.iter_mut().flatten() {
+        if s.job_id.is_none() {
+            if let Some(id) = adopt::latest_job(s, &listing) {
+                adopt::fill(&ledger, s, id);
+            }
+        }
+    }
+    let queue: HashMap<String, QueueState> = listing.into_iter().collect();
     let keys: Vec<String> = nodes.iter().map(|(_, k)| k.clone()).collect();
     let (records, done) = store.with_index(|ix| {
         let mut recs = HashMap::new();
@@ -205,11 +226,18 @@ pub fn views(store: &store::Store, nodes: &[(String, String)]) -> Result<Vec<Vie
         .zip(subs)
         .map(|((node, key), sub)| {
             let phase = match &sub {
-                Some(s) => phase_of(s, s.in_queue(&queue), records.get(key), done[key]),
                 None if done[key] => Phase::Done,
-                None => Phase::Lost {
-                    why: "never submitted".into(),
-                },
+                // An intent whose `sbatch` created no job Slurm lists, and no job of which
+                // recorded an attempt.
+                Some(s)
+                    if s.job_id.is_none()
+                        && !done[key]
+                        && records.get(key).is_none_or(|r| r.scheduler_job.is_none()) =>
+                {
+                    Phase::NotSubmitted
+                }
+                Some(s) => phase_of(s, s.in_queue(&queue), records.get(key), done[key]),
+                None => Phase::NotSubmitted,
             };
             View {
                 node: node.clone(),
@@ -222,8 +250,10 @@ pub fn views(store: &store::Store, nodes: &[(String, String)]) -> Result<Vec<Vie
 }
 
 /// Marks the plan entries whose key a live Slurm job is building (queued or running):
-/// `plan` shows them so, and a local run leaves them alone. One `squeue`, only when the
-/// ledger has any of the plan's keys; without Slurm on this machine nothing is marked.
+/// `plan` shows them so, and a local run leaves them alone. A submission without a job id (its
+/// front was killed while it submitted) is matched by its job's name, which holds the key. One
+/// `squeue`, only when the ledger has any of the plan's keys; without Slurm on this machine
+/// nothing is marked.
 pub fn annotate(store: &store::Store, entries: &mut [Entry]) -> Result<()> {
     let ledger = Ledger::new(store);
     let keys = ledger.keys()?;
@@ -233,7 +263,10 @@ pub fn annotate(store: &store::Store, entries: &mut [Entry]) -> Result<()> {
     let mut subs: Vec<(usize, Submission)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         if e.state != State::Cached && keys.contains(&e.key) {
-            if let Some(s) = ledger.get(&e.key)?.filter(|s| s.job_id.is_some()) {
+            if let Some(s) = ledger
+                .get(&e.key)?
+                .filter(|s| s.job_id.is_some() || adopt::named_by_key(s))
+            {
                 subs.push((i, s));
             }
         }
@@ -241,17 +274,24 @@ pub fn annotate(store: &store::Store, entries: &mut [Entry]) -> Result<()> {
     if subs.is_empty() || cli::which("squeue").is_none() {
         return Ok(());
     }
-    let ids: Vec<String> = subs.iter().filter_map(|(_, s)| s.job_id.clone()).collect();
-    let queue = match cli::squeue(&ids) {
-        Ok(q) => q,
+    let listing = match cli::squeue_all() {
+        Ok(l) => l,
         Err(e) => {
             tracing::debug!("squeue: {e:#}");
             return Ok(());
         }
     };
+    for (_, s) in subs.iter_mut().filter(|(_, s)| s.job_id.is_none()) {
+        if let Some(id) = adopt::live_job(s, &listing) {
+            adopt::fill(&ledger, s, id);
+        }
+    }
+    let queue: HashMap<String, QueueState> = listing.into_iter().collect();
     for (i, s) in subs {
-        let job = s.job_id.clone().unwrap_or_default();
-        if let Some(q) = s.in_queue(&queue).filter(|q| q.active() && !q.never_runs()) {
+        let Some(job) = s.job_id.clone() else {
+            continue;
+        };
+        if let Some(q) = s.in_queue(&queue).filter(|q| adopt::live(q)) {
             let phase = phase_of(&s, Some(q), None, false);
             entries[i].state = State::OnSlurm {
                 job: job.clone(),

@@ -8,7 +8,15 @@
 //! and its dependents wait on that job; a finished input is read from the store, so no job
 //! ever depends on one Slurm may have purged. Jobs that could never start (an input failed)
 //! are cancelled by `--kill-on-invalid-dep=yes`, by the failed job itself and by the follower.
+//!
+//! A front killed at any point of a submission leaves nothing a rerun submits twice: each
+//! node's intent (its ledger entry) is written before `sbatch` runs, `sbatch` dies with the
+//! front, and a job whose id the front never wrote carries the node's key in its name, so the
+//! next plan finds it live (`adopt`) and this submission records its id instead of submitting
+//! again. The run file is written first with the nodes the run means to send, so `status`
+//! shows a submission that stopped half-way.
 
+use super::adopt;
 use super::cli;
 use super::ledger::{Ledger, RunFile, Submission};
 use super::preflight;
@@ -33,6 +41,8 @@ pub struct SubmitOptions {
     /// Submit the jobs held (`sbatch --hold`; `scontrol release` starts them).
     pub hold: bool,
     pub command: String,
+    /// Re-hash every built artifact a submitted node reads first (`--verify-inputs`).
+    pub verify_inputs: bool,
 }
 
 /// What became of one selected instance.
@@ -63,36 +73,6 @@ fn temper_exe() -> Result<PathBuf> {
     Ok(exe.canonicalize().unwrap_or(exe))
 }
 
-/// A job name Slurm shows: `temper:<recipe>:<instance id>`, without characters that trip
-/// Slurm's output formats.
-fn job_name(stem: &str, id: &str) -> String {
-    format!("temper:{stem}:{id}")
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c == '|' || c == '%' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
-/// A file-name-safe form of an instance id (for the job's log).
-fn file_safe(id: &str) -> String {
-    let s: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.=,".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.chars().take(120).collect()
-}
-
 /// Submits the uncached instances of `loaded` (see the module docs).
 pub fn submit(
     store: &store::Store,
@@ -106,13 +86,18 @@ pub fn submit(
         .lock_run(opts.lock_wait, &opts.command)
         .context("taking the store's run lock")?;
     let plan = plan::plan(store, &kinds.registry, loaded)?;
+    // Damaged artifacts the jobs would rebuild are moved aside here, under the lock.
+    let plan =
+        crate::damage::before_pass(store, &kinds.registry, plan, &opts.only, opts.verify_inputs)?;
     let selected = select(&plan, &opts.only)?;
     let entries = &plan.entries;
     // Settings per instance to submit, and the checks of every partition they use.
     let mut settings: HashMap<usize, Settings> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         let front = e.kind == dsl::schema::SELECT_KIND || matches!(e.state, State::Waiting { .. });
-        if selected[i] && e.state.needs_run() && !front {
+        // A node a live job builds may be submitted again (`stale_wait`).
+        let live = matches!(e.state, State::OnSlurm { .. });
+        if selected[i] && (e.state.needs_run() || live) && !front {
             settings.insert(i, sources.for_node(&e.node, &e.kind)?);
         }
     }
@@ -136,6 +121,26 @@ pub fn submit(
         .enumerate()
         .map(|(i, e)| (e.id.as_str(), i))
         .collect();
+    // What this run means to send, on record before the first `sbatch` (see the module docs).
+    let planned: Vec<(String, String)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            selected[*i] && (matches!(e.state, State::OnSlurm { .. }) || settings.contains_key(i))
+        })
+        .map(|(_, e)| (e.id.clone(), e.key.clone()))
+        .collect();
+    if !planned.is_empty() {
+        ledger.put_run(&RunFile {
+            run_id: run.id,
+            recipe: plan.loaded.stem.clone(),
+            submitted_at: store::now_secs(),
+            nodes: planned,
+            complete: false,
+        })?;
+    }
+    // Instances whose job an interrupted submission left unrecorded, adopted now.
+    let mut adopted: std::collections::HashSet<usize> = std::collections::HashSet::new();
     let mut sent: Vec<Option<Sent>> = vec![None; entries.len()];
     let mut by_key: HashMap<&str, String> = HashMap::new();
     // The jobs each submitted instance waits on (for the line printed about it).
@@ -147,9 +152,29 @@ pub fn submit(
             continue;
         }
         let e = &entries[i];
+        // A live job that can never start is cancelled, and the node submitted again.
+        let mut replace = false;
+        if let State::OnSlurm { job, .. } = &e.state {
+            if let Some(why) = stale_wait(&ledger, &e.key, job, &pos, &sent)? {
+                cli::scancel(std::slice::from_ref(job), &[])?;
+                ledger.update(&e.key, |s| s.ended = Some(why.clone()))?;
+                let _ = writeln!(
+                    out,
+                    "{:<12} {} cancelled slurm job {job}: {why}",
+                    e.short_key(),
+                    e.id
+                );
+                replace = true;
+            }
+        }
         let outcome = match &e.state {
             State::Cached => Sent::Cached,
-            State::OnSlurm { job, .. } => Sent::Queued(job.clone()),
+            State::OnSlurm { job, .. } if !replace => {
+                if adopt::record(&ledger, &e.key, job)? {
+                    adopted.insert(i);
+                }
+                Sent::Queued(job.clone())
+            }
             _ if failure.is_some() => Sent::Skipped("an earlier submission failed".into()),
             State::Waiting { why, stuck: true } => Sent::Skipped(why.clone()),
             State::Waiting { why, .. } => Sent::Waiting(why.clone()),
@@ -238,9 +263,14 @@ pub fn submit(
                 )
             }
             Sent::Queued(id) => format!(
-                "{:<12} {} already queued: slurm job {id}",
+                "{:<12} {} already queued: slurm job {id}{}",
                 e.short_key(),
-                e.id
+                e.id,
+                if adopted.contains(&i) {
+                    " (submitted by a run that stopped before recording it; recorded now)"
+                } else {
+                    ""
+                }
             ),
             Sent::Skipped(why) => format!("{:<12} {} not submitted: {why}", e.short_key(), e.id),
             Sent::Waiting(why) => format!(
@@ -266,10 +296,13 @@ pub fn submit(
             .filter(|(_, _, s)| matches!(s, Sent::Submitted(_) | Sent::Queued(_)))
             .map(|(id, key, _)| (id.clone(), key.clone()))
             .collect(),
+        complete: true,
     };
     // A run that sent nothing is not "the last submission" `status` shows.
     if !run_file.nodes.is_empty() {
         ledger.put_run(&run_file)?;
+    } else {
+        ledger.remove_run(run.id)?;
     }
     store
         .finish_run(run.id, Vec::new(), failure.is_none())
@@ -282,6 +315,39 @@ pub fn submit(
         run: run_file,
         nodes,
     })
+}
+
+/// Why the live job `job` of `key` can never start, if it cannot: it is still pending on
+/// (`afterok`) a job of an input that this submission replaced (the input's job ended without
+/// building it, or was never recorded and died: the input was submitted again). A job already
+/// running is past its dependencies and never stale.
+fn stale_wait(
+    ledger: &Ledger,
+    key: &str,
+    job: &str,
+    pos: &HashMap<&str, usize>,
+    sent: &[Option<Sent>],
+) -> Result<Option<String>> {
+    let Some(sub) = ledger.get(key)? else {
+        return Ok(None);
+    };
+    let replaced = sub
+        .after
+        .iter()
+        .zip(&sub.after_nodes)
+        .find_map(
+            |(old, node)| match pos.get(node.as_str()).and_then(|&j| sent[j].as_ref()) {
+                Some(Sent::Submitted(new)) | Some(Sent::Queued(new)) if new != old => Some(
+                    format!("it waited on job {old} of {node}, which {node}'s job {new} replaces"),
+                ),
+                _ => None,
+            },
+        );
+    let Some(why) = replaced else {
+        return Ok(None);
+    };
+    let queue = cli::squeue(&[job.to_string()])?;
+    Ok(queue.get(job).filter(|q| q.state == "PENDING").map(|_| why))
 }
 
 /// Writes the job file, the ledger entry and the script of entry `i`, and submits it.
@@ -315,9 +381,7 @@ fn submit_one(
     let job_path = work.join(kinds::job::JOB_FILE);
     store::write_atomic(&job_path, (job.to_line() + "\n").as_bytes())?;
     std::fs::create_dir_all(ledger.logs_dir())?;
-    let log_pattern = ledger
-        .logs_dir()
-        .join(format!("{}-%j.out", file_safe(&e.id)));
+    let log_pattern = ledger.job_log(&e.id, "%j");
     let mut sub = Submission {
         key: e.key.clone(),
         node: e.id.clone(),
@@ -327,7 +391,7 @@ fn submit_one(
         key_tree: e.tree.clone(),
         run_id,
         job_id: None,
-        job_name: job_name(&plan.loaded.stem, &e.id),
+        job_name: adopt::job_name(&plan.loaded.stem, &e.id, &e.key),
         after: after.clone(),
         after_nodes,
         log: None,
@@ -371,12 +435,21 @@ fn submit_one(
         args.push(format!("--ntasks={ranks}"));
     }
     args.extend(settings.sbatch_args());
-    let id = match cli::sbatch(&args, &script, Duration::from_secs(600)) {
+    // A job a failed `sbatch` created all the same (the controller queued it, then the answer
+    // was lost) is taken, not submitted again.
+    let queued_anyway = || -> Option<String> {
+        let listing = cli::squeue_all().ok()?;
+        adopt::live_job(&sub, &listing).map(String::from)
+    };
+    let id = match cli::sbatch(&args, &script, Duration::from_secs(600), &queued_anyway) {
         Ok(id) => id,
-        Err(e) => {
-            let _ = std::fs::remove_file(ledger.jobs_dir().join(format!("{}.json", sub.key)));
-            return Err(e);
-        }
+        Err(e) => match queued_anyway() {
+            Some(id) => id,
+            None => {
+                let _ = std::fs::remove_file(ledger.jobs_dir().join(format!("{}.json", sub.key)));
+                return Err(e);
+            }
+        },
     };
     sub.job_id = Some(id.clone());
     sub.log = Some(PathBuf::from(
