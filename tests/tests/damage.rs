@@ -7,6 +7,8 @@
 //!   `verify` marks it, then `plan`/`status` say damaged and `run` rebuilds it byte for byte;
 //! - bytes flipped in a dataset (`heldout`) with the time put back: `run --verify-inputs`
 //!   re-hashes what it reads, rebuilds the dataset and the eval equals the intact store's;
+//! - bytes flipped after the plan, while the run waits to start a node: the worker's own check
+//!   of its inputs fails the node rather than read them, and the rerun rebuilds;
 //! - a `touch` alone is not damage; `export` refuses a damaged artifact; `gc --damaged` deletes
 //!   the copies moved aside (a plain gc keeps them).
 
@@ -258,10 +260,31 @@ fn damaged_artifacts_are_never_read_and_are_rebuilt_byte_for_byte() {
     let k13 = plan(&p, "r13.kdl")["ade"].0.clone();
     assert_eq!(results(&p, &k13), ref13);
 
+    // 4. Damage that appears after the plan: the worker checks its inputs before the stage
+    // reads them, and fails the node instead of reading them; the rerun rebuilds.
+    let run = p
+        .cmd(&["run", "r12.kdl"])
+        .env("TEMPER_PAUSE_AT", "stage:ade:2500")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    flip(&art("ad").join("adapter_model.safetensors"), false);
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = text(&out);
+    assert!(
+        err.contains("the artifact of ad (") && err.contains("is damaged"),
+        "{err}"
+    );
+    ok(&p, &["run", "r12.kdl"]);
+    assert_eq!(files(&art("ad")), intact["ad"]);
+
     // The copies stay until asked for.
-    let gc = ok(&p, &["gc", "r10.kdl", "r11.kdl", "r13.kdl"]);
+    let gc = ok(&p, &["gc", "r10.kdl", "r11.kdl", "r12.kdl", "r13.kdl"]);
     assert!(gc.contains("kept") && gc.contains("damaged cop"), "{gc}");
-    assert_eq!(std::fs::read_dir(s.join("damaged")).unwrap().count(), 3);
-    ok(&p, &["gc", "r10.kdl", "r11.kdl", "r13.kdl", "--damaged"]);
+    assert_eq!(std::fs::read_dir(s.join("damaged")).unwrap().count(), 4);
+    ok(&p, &["gc", "r10.kdl", "r11.kdl", "r12.kdl", "r13.kdl", "--damaged"]);
     assert_eq!(std::fs::read_dir(s.join("damaged")).unwrap().count(), 0);
 }
