@@ -1,7 +1,9 @@
 //! Diagnostics: every problem a load finds, each pointing at `file:line:col` with a label and,
 //! where possible, a hint. Rendering is deterministic (no colours, fixed width 100) so the
-//! output can be snapshot-tested, and never writes a control character of the recipe.
+//! output can be snapshot-tested, never writes a control character of the recipe, and draws a
+//! source line longer than 200 characters as a window around its labels (module `window`).
 
+use crate::window::Windowed;
 use miette::{
     Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity,
     SourceSpan,
@@ -24,6 +26,9 @@ pub struct Diag {
     severity: Severity,
     /// Located (for ordering and [`Diag::location`]) but rendered without the source text.
     hidden: bool,
+    /// What is drawn instead of `src` when its long lines are cut ([`Diag::windowed`]; the
+    /// labels then point into it).
+    view: Option<Arc<Windowed>>,
 }
 
 impl Diag {
@@ -37,6 +42,7 @@ impl Diag {
             related: Vec::new(),
             severity: Severity::Error,
             hidden: false,
+            view: None,
         }
     }
 
@@ -102,14 +108,40 @@ impl Diag {
         (file + 1, off)
     }
 
+    /// A copy to draw: the long lines of its sources cut around its labels (module `window`),
+    /// its notes likewise. Only for rendering: its labels point into the cut text.
+    fn windowed(&self) -> Diag {
+        let mut d = self.clone();
+        d.related = self.related.iter().map(Diag::windowed).collect();
+        if let (false, Some(src)) = (self.hidden, &self.src) {
+            if let Some((view, labels)) = crate::window::cut(src, &self.labels) {
+                d.view = Some(view);
+                d.labels = labels;
+            }
+        }
+        d
+    }
+
+    /// The text the labels point into: the cut one when there is one.
+    fn drawn_text(&self) -> Option<&str> {
+        match (&self.view, &self.src) {
+            (Some(v), _) => Some(v.text()),
+            (None, Some(s)) => Some(s.inner().as_str()),
+            (None, None) => None,
+        }
+    }
+
     /// Whether miette can draw the snippets: its formatter panics when it pads a label past
     /// column 65,535 (a label far into a very long line), so such a diagnostic is rendered
     /// without its snippet. Bytes × 4 bound the drawn width (tabs are 4 wide, wide
-    /// characters 2).
+    /// characters 2). Once windowed, every label is drawable but one that spans thousands
+    /// of characters across lines.
     fn drawable(&self) -> bool {
         let fits = |l: &LabeledSpan| {
-            let Some(src) = &self.src else { return true };
-            let text = src.inner().as_bytes();
+            let Some(text) = self.drawn_text() else {
+                return true;
+            };
+            let text = text.as_bytes();
             let start = l.offset().min(text.len());
             let line = text[..start]
                 .iter()
@@ -162,6 +194,9 @@ impl Diagnostic for Diag {
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         if self.hidden {
             return None;
+        }
+        if let Some(v) = &self.view {
+            return Some(&**v as &dyn miette::SourceCode);
         }
         self.src.as_ref().map(|s| &**s as &dyn miette::SourceCode)
     }
@@ -233,9 +268,10 @@ impl Diagnostics {
                 out.push('\n');
             }
             let mut one = String::new();
+            let windowed = e.windowed();
             let shown;
-            let e = if e.drawable() {
-                e
+            let e = if windowed.drawable() {
+                &windowed
             } else {
                 shown = e.clone().without_snippet();
                 &shown

@@ -41,6 +41,7 @@ mod typecheck;
 mod untrusted;
 mod validate;
 pub mod value;
+mod window;
 
 pub use diag::{Diag, Diagnostics};
 pub use expand::expand;

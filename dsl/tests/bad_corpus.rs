@@ -188,6 +188,11 @@ const EXPECT: &[(&str, usize, &str)] = &[
         2,
         "unknown node kind `pairs`",
     ),
+    (
+        "72-deep-nesting-one-line.kdl",
+        1,
+        "nested more than 64 levels deep",
+    ),
 ];
 
 fn dir() -> PathBuf {

@@ -13,3 +13,4 @@ mod hostile;
 mod load;
 mod prop;
 mod repeat;
+mod snippets;
