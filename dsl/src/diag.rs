@@ -71,6 +71,12 @@ impl Diag {
         d
     }
 
+    /// The same diagnostic as a warning: drawn with a warning marker, never failing a load.
+    pub(crate) fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
+    }
+
     /// Adds a hint (`help:` line).
     pub(crate) fn help(mut self, h: impl Into<String>) -> Self {
         self.help = Some(h.into());
@@ -257,41 +263,7 @@ impl Diagnostics {
     /// Deterministic text rendering of every error: `[file:line:col]`, the source line with
     /// its label, and the hint. No colours; fixed width 100; ends with an error count.
     pub fn render(&self) -> String {
-        let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
-            .with_width(100)
-            .with_links(false)
-            .with_urls(false)
-            .without_syntax_highlighting();
-        let mut out = String::new();
-        for (i, e) in self.errors.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
-            }
-            let mut one = String::new();
-            let windowed = e.windowed();
-            let shown;
-            let e = if windowed.drawable() {
-                &windowed
-            } else {
-                shown = e.clone().without_snippet();
-                &shown
-            };
-            if handler.render_report(&mut one, e).is_err() {
-                one = format!("Error: {}\n", e.message);
-            }
-            // Strip trailing spaces so snapshots are stable across editors; escape control
-            // characters (a hostile recipe's ESC sequences never reach the terminal).
-            for line in one.lines() {
-                for c in line.trim_end().chars() {
-                    if c != '\t' && crate::limits::is_forbidden_char(c) {
-                        out.extend(c.escape_unicode());
-                    } else {
-                        out.push(c);
-                    }
-                }
-                out.push('\n');
-            }
-        }
+        let mut out = render_each(&self.errors);
         let n = self.errors.len();
         out.push_str(&format!(
             "{n} error{} found\n",
@@ -299,6 +271,58 @@ impl Diagnostics {
         ));
         out
     }
+
+    /// [`Diagnostics::render`] for warnings ([`crate::Recipe::warnings`]): each drawn the same
+    /// way, marked as a warning; ends with a warning count. Empty when there are none.
+    pub fn render_warnings(warnings: &[Diag]) -> String {
+        if warnings.is_empty() {
+            return String::new();
+        }
+        let mut out = render_each(warnings);
+        let n = warnings.len();
+        out.push_str(&format!("{n} warning{}\n", if n == 1 { "" } else { "s" }));
+        out
+    }
+}
+
+/// Each diagnostic drawn by miette, separated by blank lines (see [`Diagnostics::render`]).
+fn render_each(diags: &[Diag]) -> String {
+    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+        .with_width(100)
+        .with_links(false)
+        .with_urls(false)
+        .without_syntax_highlighting();
+    let mut out = String::new();
+    for (i, e) in diags.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut one = String::new();
+        let windowed = e.windowed();
+        let shown;
+        let e = if windowed.drawable() {
+            &windowed
+        } else {
+            shown = e.clone().without_snippet();
+            &shown
+        };
+        if handler.render_report(&mut one, e).is_err() {
+            one = format!("Error: {}\n", e.message);
+        }
+        // Strip trailing spaces so snapshots are stable across editors; escape control
+        // characters (a hostile recipe's ESC sequences never reach the terminal).
+        for line in one.lines() {
+            for c in line.trim_end().chars() {
+                if c != '\t' && crate::limits::is_forbidden_char(c) {
+                    out.extend(c.escape_unicode());
+                } else {
+                    out.push(c);
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 impl From<Diag> for Diagnostics {

@@ -50,7 +50,10 @@ pub use recipe::{
     Axis, AxisMember, ExecutorBlock, Expanded, Instance, KindRule, Loc, NodeDecl, Recipe, Setting,
     SourceFile, Variant,
 };
-pub use schema::{Default, KindSchema, ParamIssue, ParamSpec, ParamType, Registry};
+pub use schema::{
+    CheckContext, Default, Findings, KindSchema, Machine, ParamIssue, ParamSpec, ParamType,
+    RecipeCheck, Registry,
+};
 pub use value::Value;
 
 use std::io::Read;
@@ -188,6 +191,8 @@ fn load_inner(
         failed: std::default::Default::default(),
         overrides: Vec::new(),
         swept: std::default::Default::default(),
+        field_locs: Vec::new(),
+        warnings: Vec::new(),
     };
     if v.s.syntax_failed {
         return Err(finish(v));
@@ -243,6 +248,7 @@ fn load_inner(
         nodes: v.decls,
         axes,
         executors: v.s.executors,
+        warnings: v.warnings,
     };
     let diags = select::check(&recipe);
     if !diags.is_empty() {

@@ -4,6 +4,7 @@
 use crate::recipe::NodeDecl;
 use crate::value::Value;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The type of a parameter.
 #[derive(Clone, Debug)]
@@ -119,6 +120,10 @@ pub struct KindSchema {
     /// of `path` or `tokenizer`"). Gets the declared node (defaults filled; `param_locs` tells
     /// which parameters the recipe set explicitly).
     pub check: Option<fn(&NodeDecl) -> Vec<ParamIssue>>,
+    /// Validation that needs more than the node: the nodes it references, files they name,
+    /// the machine ([`CheckContext`]). Run after every node's `check`, on nodes without
+    /// errors; it may also warn ([`Findings`]).
+    pub check_in_recipe: Option<RecipeCheck>,
     /// Bare words accepted after the node's name, each standing for `param=word`
     /// (`select best … max` is `goal=max`).
     pub words: &'static [(&'static str, &'static str)],
@@ -132,7 +137,44 @@ pub const SELECT_KIND: &str = "select";
 /// its `from` node produces (references to it are checked against that).
 pub const SELECT_PRODUCES: &str = "(the selected node's)";
 
-/// A problem found by a kind's `check`: which parameter (None = the node itself), what, and a hint.
+/// A kind's recipe-wide check ([`KindSchema::check_in_recipe`]).
+pub type RecipeCheck = fn(&NodeDecl, &CheckContext<'_>, &mut Findings);
+
+/// What the load knows of the machine that will run the recipe
+/// ([`crate::LoadOptions::machine`]); `None` where it does not know (the recipe may run
+/// elsewhere, e.g. on a cluster).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Machine {
+    pub cpu_cores: Option<usize>,
+    pub cuda_devices: Option<usize>,
+}
+
+/// What a recipe-wide check may consult beyond its own node.
+pub struct CheckContext<'a> {
+    /// The declared nodes without errors (defaults filled, references checked).
+    pub nodes: &'a [&'a NodeDecl],
+    /// The directory `Value::Path`s are relative to ([`crate::Recipe::root_dir`]).
+    pub root_dir: &'a Path,
+    pub machine: Machine,
+}
+
+impl CheckContext<'_> {
+    /// The node called `name`, if it loaded without errors.
+    pub fn node(&self, name: &str) -> Option<&NodeDecl> {
+        self.nodes.iter().copied().find(|n| n.name == name)
+    }
+}
+
+/// What a recipe-wide check found: errors fail the load; warnings are located like errors,
+/// kept in [`crate::Recipe::warnings`] and shown by the caller, and the load goes on.
+#[derive(Clone, Debug, Default)]
+pub struct Findings {
+    pub errors: Vec<ParamIssue>,
+    pub warnings: Vec<ParamIssue>,
+}
+
+/// A problem found by a kind's `check`: which parameter (None = the node itself; a record's
+/// field as `record.field`), what, and a hint.
 #[derive(Clone, Debug)]
 pub struct ParamIssue {
     pub param: Option<String>,
@@ -160,6 +202,7 @@ impl KindSchema {
             params: Vec::new(),
             doc: "",
             check: None,
+            check_in_recipe: None,
             words: &[],
         }
     }
@@ -183,6 +226,10 @@ impl KindSchema {
     }
     pub fn check(mut self, f: fn(&NodeDecl) -> Vec<ParamIssue>) -> Self {
         self.check = Some(f);
+        self
+    }
+    pub fn check_in_recipe(mut self, f: RecipeCheck) -> Self {
+        self.check_in_recipe = Some(f);
         self
     }
     pub fn find_param(&self, name: &str) -> Option<&ParamSpec> {

@@ -1,0 +1,156 @@
+//! Recipe-wide checks (`KindSchema::check_in_recipe`): they see the other nodes, the recipe's
+//! directory and the machine the load was told of; their errors fail the load and their
+//! warnings, located like errors (a record's field at its value), are kept in
+//! `Recipe::warnings`.
+use crate::common;
+
+use dsl::{
+    load_str_with, CheckContext, Diagnostics, Findings, KindSchema, LoadOptions, NodeDecl,
+    ParamIssue, ParamSpec, ParamType, Value,
+};
+
+/// `train`: `model=` a `model` node, `workers N`, and an `adapter` record with a `size` field.
+/// Its recipe-wide check warns when `adapter.size` exceeds the model's `hidden-size`, and
+/// refuses more `workers` than the machine's cores (when known).
+fn check(n: &NodeDecl, cx: &CheckContext<'_>, f: &mut Findings) {
+    let hidden = match n.params.get("model") {
+        Some(Value::Ref(m)) => cx
+            .node(m)
+            .and_then(|m| m.params.get("hidden-size"))
+            .and_then(Value::as_i64),
+        _ => None,
+    };
+    let size = n
+        .params
+        .get("adapter")
+        .and_then(Value::as_record)
+        .and_then(|r| r.get("size"))
+        .and_then(Value::as_i64);
+    if let (Some(h), Some(s)) = (hidden, size) {
+        if s > h {
+            f.warnings.push(ParamIssue::new(
+                Some("adapter.size"),
+                format!("size {s} is above hidden-size {h}"),
+                Some("lower it"),
+            ));
+        }
+    }
+    let workers = n.params.get("workers").and_then(Value::as_i64).unwrap_or(1);
+    if let Some(cores) = cx.machine.cpu_cores {
+        if workers as usize > cores {
+            f.errors.push(ParamIssue::new(
+                Some("workers"),
+                format!("{workers} workers on {cores} core(s)"),
+                None,
+            ));
+        }
+    }
+}
+
+fn registry() -> dsl::Registry {
+    let mut r = common::registry();
+    let int = || ParamType::Int {
+        min: Some(1),
+        max: None,
+    };
+    r.register(
+        KindSchema::new("train", 1, "model")
+            .param(ParamSpec::new("model", ParamType::Ref(&["model"])))
+            .param(ParamSpec::new("workers", int()).default(Value::Int(1)))
+            .param(
+                ParamSpec::new(
+                    "adapter",
+                    ParamType::Record {
+                        positional: &[],
+                        fields: vec![ParamSpec::new("size", int()).default(Value::Int(8))],
+                    },
+                )
+                .optional(),
+            )
+            .check_in_recipe(check),
+    );
+    r
+}
+
+const BASE: &str = "dataset corpus path=\"t.jsonl\" format=text\n\
+                    tokenizer tok vocab-size=512 { data corpus; }\n\
+                    model tiny tokenizer=tok hidden-size=64\n";
+
+fn load(text: &str, opts: &LoadOptions) -> Result<dsl::Recipe, Diagnostics> {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("t.jsonl"), "{}\n").unwrap();
+    load_str_with("main.kdl", text, d.path(), &registry(), &[], opts)
+}
+
+#[test]
+fn warnings_are_located_at_a_record_field_and_do_not_fail_the_load() {
+    // Property form, then block form: each warning points at the value of `size`.
+    for (text, col) in [
+        (
+            format!("{BASE}train t model=tiny {{ adapter size=100; }}\n"),
+            35,
+        ),
+        (
+            format!("{BASE}train t model=tiny {{\n    adapter {{\n        size 100\n    }}\n}}\n"),
+            14,
+        ),
+    ] {
+        let r = load(&text, &LoadOptions::default()).expect("a warning never fails a load");
+        assert_eq!(r.warnings.len(), 1);
+        let w = &r.warnings[0];
+        assert_eq!(w.message(), "`t`: size 100 is above hidden-size 64");
+        let line = text[..text.find("100").unwrap()].lines().count();
+        assert_eq!(w.location().unwrap(), format!("main.kdl:{line}:{col}"));
+        let shown = Diagnostics::render_warnings(&r.warnings);
+        assert!(
+            shown.contains("⚠ `t`: size 100 is above hidden-size 64"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("[main.kdl:{line}:{col}]")),
+            "{shown}"
+        );
+        assert!(shown.ends_with("1 warning\n"), "{shown}");
+    }
+    // Without the record nothing is said.
+    let r = load(
+        &format!("{BASE}train t model=tiny\n"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(r.warnings.is_empty());
+    assert_eq!(Diagnostics::render_warnings(&r.warnings), "");
+}
+
+#[test]
+fn the_machine_is_what_the_load_was_told() {
+    let text = format!("{BASE}train t model=tiny workers=64\n");
+    // Unknown machine (inspecting, or a cluster run): nothing to check against.
+    assert!(load(&text, &LoadOptions::default()).is_ok());
+    let two = LoadOptions {
+        cpu_cores: Some(2),
+        ..LoadOptions::default()
+    };
+    let e = load(&text, &two).unwrap_err();
+    assert_eq!(e.len(), 1, "{}", e.render());
+    assert_eq!(e.errors()[0].message(), "`t`: 64 workers on 2 core(s)");
+    assert_eq!(e.errors()[0].location().unwrap(), "main.kdl:4:20");
+    assert!(load(&text.replace("workers=64", "workers=2"), &two).is_ok());
+}
+
+#[test]
+fn nodes_with_errors_are_not_checked_in_the_recipe() {
+    // `t`'s model reference is wrong: its own error only, no cascade from the check.
+    let text = format!("{BASE}train t model=corpus workers=64\n");
+    let two = LoadOptions {
+        cpu_cores: Some(2),
+        ..LoadOptions::default()
+    };
+    let e = load(&text, &two).unwrap_err();
+    assert_eq!(e.len(), 1, "{}", e.render());
+    assert!(
+        e.messages()[0].contains("expects a model node"),
+        "{}",
+        e.render()
+    );
+}
