@@ -16,6 +16,7 @@
 //! for the text (module `scan`); `include` reads recipe files only; untrusted mode confines every
 //! path to the recipe's repository ([`LoadOptions`]).
 
+mod context;
 mod defaults;
 pub mod device;
 mod diag;

@@ -147,11 +147,7 @@ impl Validator<'_> {
             .iter()
             .filter(|d| !self.failed.contains(&d.name) && !bad.contains(d.name.as_str()))
             .collect();
-        let cx = CheckContext {
-            nodes: &ok,
-            root_dir: &self.root_dir,
-            machine: self.s.opts.machine(),
-        };
+        let cx = CheckContext::new(&ok, &self.root_dir, self.s.opts.machine());
         let mut warnings = Vec::new();
         for d in &ok {
             let Some(check) = self.reg.get(&d.kind).and_then(|k| k.check_in_recipe) else {

@@ -4,7 +4,6 @@
 use crate::recipe::NodeDecl;
 use crate::value::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// The type of a parameter.
 #[derive(Clone, Debug)]
@@ -140,38 +139,7 @@ pub const SELECT_PRODUCES: &str = "(the selected node's)";
 /// A kind's recipe-wide check ([`KindSchema::check_in_recipe`]).
 pub type RecipeCheck = fn(&NodeDecl, &CheckContext<'_>, &mut Findings);
 
-/// What the load knows of the machine that will run the recipe
-/// ([`crate::LoadOptions::machine`]); `None` where it does not know (the recipe may run
-/// elsewhere, e.g. on a cluster).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Machine {
-    pub cpu_cores: Option<usize>,
-    pub cuda_devices: Option<usize>,
-}
-
-/// What a recipe-wide check may consult beyond its own node.
-pub struct CheckContext<'a> {
-    /// The declared nodes without errors (defaults filled, references checked).
-    pub nodes: &'a [&'a NodeDecl],
-    /// The directory `Value::Path`s are relative to ([`crate::Recipe::root_dir`]).
-    pub root_dir: &'a Path,
-    pub machine: Machine,
-}
-
-impl CheckContext<'_> {
-    /// The node called `name`, if it loaded without errors.
-    pub fn node(&self, name: &str) -> Option<&NodeDecl> {
-        self.nodes.iter().copied().find(|n| n.name == name)
-    }
-}
-
-/// What a recipe-wide check found: errors fail the load; warnings are located like errors,
-/// kept in [`crate::Recipe::warnings`] and shown by the caller, and the load goes on.
-#[derive(Clone, Debug, Default)]
-pub struct Findings {
-    pub errors: Vec<ParamIssue>,
-    pub warnings: Vec<ParamIssue>,
-}
+pub use crate::context::{CheckContext, Findings, Machine};
 
 /// A problem found by a kind's `check`: which parameter (None = the node itself; a record's
 /// field as `record.field`), what, and a hint.

@@ -9,10 +9,18 @@ use dsl::{
     ParamIssue, ParamSpec, ParamType, Value,
 };
 
-/// `train`: `model=` a `model` node, `workers N`, and an `adapter` record with a `size` field.
-/// Its recipe-wide check warns when `adapter.size` exceeds the model's `hidden-size`, and
-/// refuses more `workers` than the machine's cores (when known).
+/// `train`: `model=` a `model` node, `workers N`, an `adapter` record with a `size` field and a
+/// `config` JSON file. Its recipe-wide check warns when `adapter.size` exceeds the model's
+/// `hidden-size`, refuses more `workers` than the machine's cores (when known), and warns with
+/// what `config` holds (or that it could not be read).
 fn check(n: &NodeDecl, cx: &CheckContext<'_>, f: &mut Findings) {
+    if let Some(Value::Path(p)) = n.params.get("config") {
+        let said = match cx.json_file(std::path::Path::new(p)) {
+            Some(j) => format!("config {j}"),
+            None => "config unreadable".into(),
+        };
+        f.warnings.push(ParamIssue::new(Some("config"), said, None));
+    }
     let hidden = match n.params.get("model") {
         Some(Value::Ref(m)) => cx
             .node(m)
@@ -57,6 +65,7 @@ fn registry() -> dsl::Registry {
         KindSchema::new("train", 1, "model")
             .param(ParamSpec::new("model", ParamType::Ref(&["model"])))
             .param(ParamSpec::new("workers", int()).default(Value::Int(1)))
+            .param(ParamSpec::new("config", ParamType::Path).optional())
             .param(
                 ParamSpec::new(
                     "adapter",
@@ -77,9 +86,48 @@ const BASE: &str = "dataset corpus path=\"t.jsonl\" format=text\n\
                     model tiny tokenizer=tok hidden-size=64\n";
 
 fn load(text: &str, opts: &LoadOptions) -> Result<dsl::Recipe, Diagnostics> {
-    let d = tempfile::tempdir().unwrap();
+    load_in(&tempfile::tempdir().unwrap(), text, opts)
+}
+
+fn load_in(
+    d: &tempfile::TempDir,
+    text: &str,
+    opts: &LoadOptions,
+) -> Result<dsl::Recipe, Diagnostics> {
     std::fs::write(d.path().join("t.jsonl"), "{}\n").unwrap();
     load_str_with("main.kdl", text, d.path(), &registry(), &[], opts)
+}
+
+#[test]
+fn json_files_are_read_within_bounds() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("ok.json"), r#"{"hidden": 64}"#).unwrap();
+    std::fs::write(p.join("bad.json"), "{ not json").unwrap();
+    let big = format!("[{}0]", "0,".repeat(600_000));
+    std::fs::write(p.join("big.json"), big).unwrap();
+    std::fs::create_dir(p.join("dir.json")).unwrap();
+    // A FIFO nobody writes to: reading it would block the load forever.
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(p.join("fifo.json"))
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut files = vec!["ok.json", "bad.json", "big.json", "dir.json"];
+    if fifo {
+        files.push("fifo.json");
+    }
+    let text: String = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| format!("train t{i} model=tiny config=\"{f}\"\n"))
+        .collect();
+    let r = load_in(&d, &format!("{BASE}{text}"), &LoadOptions::default()).unwrap();
+    let said: Vec<&str> = r.warnings.iter().map(|w| w.message()).collect();
+    let mut want = vec!["`t0`: config {\"hidden\":64}".to_string()];
+    for i in 1..files.len() {
+        want.push(format!("`t{i}`: config unreadable"));
+    }
+    assert_eq!(said, want);
 }
 
 #[test]

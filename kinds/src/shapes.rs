@@ -1,24 +1,24 @@
 //! The shapes of a model's linear layers, known without loading it: what `check` can say about
 //! the model a node reads (e.g. whether a LoRA rank exceeds a layer's dimensions).
 //!
-//! Known when the model a node reads comes, through training nodes (`cpt`, `sft`, `dpo`,
-//! `npo`: they keep shapes, adapters included) and `select` nodes (the chosen variant of
-//! `from`), from a `model` node that either initialises a model (its size parameters) or loads
-//! a local Hugging Face directory whose `config.json` is a regular file under 1 MiB with
-//! `hidden_size`, `intermediate_size`, `num_attention_heads` and `num_hidden_layers`
-//! (`num_key_value_heads` defaults to the heads, `head_dim` to `hidden_size / heads`).
-//! Anything else (a `merge`, an unreadable config) is unknown: `None`, never an error — the
-//! stage sees the real model.
+//! Known when the model a node reads comes, through at most [`MAX_HOPS`] training nodes
+//! (`cpt`, `sft`, `dpo`, `npo`: they keep shapes, adapters included) and `select` nodes (the
+//! chosen variant of `from`), from a `model` node that either initialises a model (its size
+//! parameters) or loads a local Hugging Face directory whose `config.json` (read within the
+//! bounds of `dsl::CheckContext::json_file`) has `hidden_size`, `intermediate_size`,
+//! `num_attention_heads` and `num_hidden_layers` (`num_key_value_heads` defaults to the heads,
+//! `head_dim` to `hidden_size / heads`). Anything else (a `merge`, an unreadable config, a
+//! longer chain) is unknown: `None`, never an error — the stage sees the real model.
 
 use dsl::{CheckContext, NodeDecl, Value};
-use std::io::Read;
 use std::path::Path;
 
 /// Kinds whose output model has their `model` input's shapes.
 const SHAPE_KEEPING: &[&str] = &["cpt", "sft", "dpo", "npo"];
 
-/// Largest `config.json` read at check time.
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// References followed from a node to the `model` node (bounds the work a recipe of many
+/// chained nodes costs; a cycle is an error of its own).
+pub const MAX_HOPS: usize = 1000;
 
 /// The dimensions of a Llama-family decoder that fix its linear layers' shapes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,8 +81,7 @@ impl Shapes {
 /// The shapes of the model node `name` produces, if the recipe tells them (module docs).
 pub fn of_node(cx: &CheckContext<'_>, name: &str) -> Option<Shapes> {
     let mut name = name.to_string();
-    // Each step follows one reference; a chain longer than the recipe is a cycle.
-    for _ in 0..=cx.nodes.len() {
+    for _ in 0..MAX_HOPS {
         let n = cx.node(&name)?;
         let next = match n.kind.as_str() {
             "model" => return of_model_node(cx, n),
@@ -108,7 +107,7 @@ fn of_model_node(cx: &CheckContext<'_>, n: &NodeDecl) -> Option<Shapes> {
             .and_then(|v| usize::try_from(v).ok())
     };
     match n.params.get("path") {
-        Some(Value::Path(p)) => from_config(&cx.root_dir.join(p).join("config.json")),
+        Some(Value::Path(p)) => from_config(&*cx.json_file(&Path::new(p).join("config.json"))?),
         _ => Shapes::new(
             int("hidden-size")?,
             int("intermediate-size")?,
@@ -121,18 +120,7 @@ fn of_model_node(cx: &CheckContext<'_>, n: &NodeDecl) -> Option<Shapes> {
 }
 
 /// The shapes a Hugging Face `config.json` describes (module docs for what is read).
-pub fn from_config(path: &Path) -> Option<Shapes> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
-        return None;
-    }
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(MAX_CONFIG_BYTES)
-        .read_to_string(&mut text)
-        .ok()?;
-    let j: serde_json::Value = serde_json::from_str(&text).ok()?;
+pub fn from_config(j: &serde_json::Value) -> Option<Shapes> {
     let int = |k: &str| {
         j.get(k)
             .and_then(serde_json::Value::as_u64)
@@ -154,10 +142,7 @@ mod tests {
 
     #[test]
     fn linear_shapes_follow_the_config() {
-        let d = tempfile_dir();
-        let cfg = d.join("config.json");
-        std::fs::write(
-            &cfg,
+        let cfg: serde_json::Value = serde_json::from_str(
             r#"{"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "num_hidden_layers": 2, "head_dim": null}"#,
         )
@@ -170,25 +155,9 @@ mod tests {
         assert_eq!(s.linear("down_proj"), Some((128, 64)));
         assert_eq!(s.linear("lm_head"), None);
         // A config without the dimensions (another architecture) is unknown, not an error.
-        std::fs::write(&cfg, r#"{"n_embd": 64}"#).unwrap();
-        assert_eq!(from_config(&cfg), None);
-        assert_eq!(from_config(&d.join("missing.json")), None);
-        // A directory named config.json is not read.
-        let _ = std::fs::remove_file(&cfg);
-        std::fs::create_dir(&cfg).unwrap();
-        assert_eq!(from_config(&cfg), None);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    /// A fresh directory under the system's temporary directory.
-    fn tempfile_dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "temper-kinds-shapes-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        assert_eq!(from_config(&serde_json::json!({"n_embd": 64})), None);
+        let zero = serde_json::json!({"hidden_size": 64, "intermediate_size": 0,
+            "num_attention_heads": 4, "num_hidden_layers": 2});
+        assert_eq!(from_config(&zero), None);
     }
 }
