@@ -273,13 +273,21 @@ impl Diagnostics {
     }
 
     /// [`Diagnostics::render`] for warnings ([`crate::Recipe::warnings`]): each drawn the same
-    /// way, marked as a warning; ends with a warning count. Empty when there are none.
+    /// way, marked as a warning, the first [`crate::limits::MAX_SHOWN_ERRORS`] only (a count of
+    /// the others follows); ends with a warning count. Empty when there are none.
     pub fn render_warnings(warnings: &[Diag]) -> String {
         if warnings.is_empty() {
             return String::new();
         }
-        let mut out = render_each(warnings);
+        let shown = crate::limits::MAX_SHOWN_ERRORS;
+        let mut out = render_each(&warnings[..warnings.len().min(shown)]);
         let n = warnings.len();
+        if n > shown {
+            out.push_str(&format!(
+                "\n… and {} more warnings (only the first {shown} are shown)\n",
+                crate::limits::count(n - shown)
+            ));
+        }
         out.push_str(&format!("{n} warning{}\n", if n == 1 { "" } else { "s" }));
         out
     }

@@ -171,6 +171,21 @@ fn warnings_are_located_at_a_record_field_and_do_not_fail_the_load() {
 }
 
 #[test]
+fn only_the_first_warnings_are_drawn() {
+    let text: String = (0..60)
+        .map(|i| format!("train t{i} model=tiny {{ adapter size=100; }}\n"))
+        .collect();
+    let r = load(&format!("{BASE}{text}"), &LoadOptions::default()).unwrap();
+    assert_eq!(r.warnings.len(), 60);
+    let shown = Diagnostics::render_warnings(&r.warnings);
+    assert_eq!(shown.matches('⚠').count(), 50, "{shown}");
+    assert!(
+        shown.ends_with("… and 10 more warnings (only the first 50 are shown)\n60 warnings\n"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn the_machine_is_what_the_load_was_told() {
     let text = format!("{BASE}train t model=tiny workers=64\n");
     // Unknown machine (inspecting, or a cluster run): nothing to check against.

@@ -80,9 +80,8 @@ impl Shapes {
 
 /// The shapes of the model node `name` produces, if the recipe tells them (module docs).
 pub fn of_node(cx: &CheckContext<'_>, name: &str) -> Option<Shapes> {
-    let mut name = name.to_string();
+    let mut n = cx.node(name)?;
     for _ in 0..MAX_HOPS {
-        let n = cx.node(&name)?;
         let next = match n.kind.as_str() {
             "model" => return of_model_node(cx, n),
             k if SHAPE_KEEPING.contains(&k) => n.params.get("model"),
@@ -90,7 +89,7 @@ pub fn of_node(cx: &CheckContext<'_>, name: &str) -> Option<Shapes> {
             _ => None,
         };
         match next {
-            Some(Value::Ref(r)) => name = r.clone(),
+            Some(Value::Ref(r)) => n = cx.node(r)?,
             _ => return None,
         }
     }
