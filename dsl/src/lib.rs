@@ -1,7 +1,9 @@
 //! temper's recipe language. Parses KDL 2.0 recipe files (with `include`s), validates every
 //! node against the kind schemas registered in a [`Registry`], applies `--set` overrides and
 //! expands sweep axes into shared instances. Reports all errors of a file at once, as miette
-//! diagnostics with file:line:col. Knows nothing of torch or storage.
+//! diagnostics with file:line:col; the warnings of kinds' recipe-wide checks (which may consult
+//! the machine the load is told of, module `context`) come back in [`Recipe::warnings`].
+//! Knows nothing of torch or storage.
 //!
 //! Cluster settings (`executor` blocks, a node's `resources`) are read into
 //! [`Recipe::executors`] and [`NodeDecl::resources`], never into parameters, so never into keys
