@@ -56,7 +56,7 @@ impl<'a> CheckContext<'a> {
     }
 
     /// The JSON document at `path` (relative to [`CheckContext::root_dir`], as a `Path`
-    /// parameter holds it): `None` unless it is a regular file of at most [`MAX_JSON_BYTES`]
+    /// parameter holds it): `None` unless it is a regular file of at most 1 MiB (`MAX_JSON_BYTES`)
     /// holding valid JSON. Read once per load.
     pub fn json_file(&self, path: &Path) -> Option<Rc<serde_json::Value>> {
         let path = self.root_dir.join(path);
