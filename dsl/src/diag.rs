@@ -1,7 +1,9 @@
 //! Diagnostics: every problem a load finds, each pointing at `file:line:col` with a label and,
 //! where possible, a hint. Rendering is deterministic (no colours, fixed width 100) so the
-//! output can be snapshot-tested, and never writes a control character of the recipe.
+//! output can be snapshot-tested, never writes a control character of the recipe, and draws a
+//! source line longer than 200 characters as a window around its labels (module `window`).
 
+use crate::window::Windowed;
 use miette::{
     Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity,
     SourceSpan,
@@ -24,6 +26,9 @@ pub struct Diag {
     severity: Severity,
     /// Located (for ordering and [`Diag::location`]) but rendered without the source text.
     hidden: bool,
+    /// What is drawn instead of `src` when its long lines are cut ([`Diag::windowed`]; the
+    /// labels then point into it).
+    view: Option<Arc<Windowed>>,
 }
 
 impl Diag {
@@ -37,6 +42,7 @@ impl Diag {
             related: Vec::new(),
             severity: Severity::Error,
             hidden: false,
+            view: None,
         }
     }
 
@@ -63,6 +69,12 @@ impl Diag {
         d.labels
             .push(LabeledSpan::new_primary_with_span(Some(label.into()), span));
         d
+    }
+
+    /// The same diagnostic as a warning: drawn with a warning marker, never failing a load.
+    pub(crate) fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
     }
 
     /// Adds a hint (`help:` line).
@@ -102,14 +114,40 @@ impl Diag {
         (file + 1, off)
     }
 
+    /// A copy to draw: the long lines of its sources cut around its labels (module `window`),
+    /// its notes likewise. Only for rendering: its labels point into the cut text.
+    fn windowed(&self) -> Diag {
+        let mut d = self.clone();
+        d.related = self.related.iter().map(Diag::windowed).collect();
+        if let (false, Some(src)) = (self.hidden, &self.src) {
+            if let Some((view, labels)) = crate::window::cut(src, &self.labels) {
+                d.view = Some(view);
+                d.labels = labels;
+            }
+        }
+        d
+    }
+
+    /// The text the labels point into: the cut one when there is one.
+    fn drawn_text(&self) -> Option<&str> {
+        match (&self.view, &self.src) {
+            (Some(v), _) => Some(v.text()),
+            (None, Some(s)) => Some(s.inner().as_str()),
+            (None, None) => None,
+        }
+    }
+
     /// Whether miette can draw the snippets: its formatter panics when it pads a label past
     /// column 65,535 (a label far into a very long line), so such a diagnostic is rendered
     /// without its snippet. Bytes × 4 bound the drawn width (tabs are 4 wide, wide
-    /// characters 2).
+    /// characters 2). Once windowed, every label is drawable but one that spans thousands
+    /// of characters across lines.
     fn drawable(&self) -> bool {
         let fits = |l: &LabeledSpan| {
-            let Some(src) = &self.src else { return true };
-            let text = src.inner().as_bytes();
+            let Some(text) = self.drawn_text() else {
+                return true;
+            };
+            let text = text.as_bytes();
             let start = l.offset().min(text.len());
             let line = text[..start]
                 .iter()
@@ -162,6 +200,9 @@ impl Diagnostic for Diag {
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         if self.hidden {
             return None;
+        }
+        if let Some(v) = &self.view {
+            return Some(&**v as &dyn miette::SourceCode);
         }
         self.src.as_ref().map(|s| &**s as &dyn miette::SourceCode)
     }
@@ -222,40 +263,7 @@ impl Diagnostics {
     /// Deterministic text rendering of every error: `[file:line:col]`, the source line with
     /// its label, and the hint. No colours; fixed width 100; ends with an error count.
     pub fn render(&self) -> String {
-        let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
-            .with_width(100)
-            .with_links(false)
-            .with_urls(false)
-            .without_syntax_highlighting();
-        let mut out = String::new();
-        for (i, e) in self.errors.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
-            }
-            let mut one = String::new();
-            let shown;
-            let e = if e.drawable() {
-                e
-            } else {
-                shown = e.clone().without_snippet();
-                &shown
-            };
-            if handler.render_report(&mut one, e).is_err() {
-                one = format!("Error: {}\n", e.message);
-            }
-            // Strip trailing spaces so snapshots are stable across editors; escape control
-            // characters (a hostile recipe's ESC sequences never reach the terminal).
-            for line in one.lines() {
-                for c in line.trim_end().chars() {
-                    if c != '\t' && crate::limits::is_forbidden_char(c) {
-                        out.extend(c.escape_unicode());
-                    } else {
-                        out.push(c);
-                    }
-                }
-                out.push('\n');
-            }
-        }
+        let mut out = render_each(&self.errors);
         let n = self.errors.len();
         out.push_str(&format!(
             "{n} error{} found\n",
@@ -263,6 +271,66 @@ impl Diagnostics {
         ));
         out
     }
+
+    /// [`Diagnostics::render`] for warnings ([`crate::Recipe::warnings`]): each drawn the same
+    /// way, marked as a warning, the first [`crate::limits::MAX_SHOWN_ERRORS`] only (a count of
+    /// the others follows); ends with a warning count. Empty when there are none.
+    pub fn render_warnings(warnings: &[Diag]) -> String {
+        if warnings.is_empty() {
+            return String::new();
+        }
+        let shown = crate::limits::MAX_SHOWN_ERRORS;
+        let mut out = render_each(&warnings[..warnings.len().min(shown)]);
+        let n = warnings.len();
+        if n > shown {
+            out.push_str(&format!(
+                "\n… and {} more warnings (only the first {shown} are shown)\n",
+                crate::limits::count(n - shown)
+            ));
+        }
+        out.push_str(&format!("{n} warning{}\n", if n == 1 { "" } else { "s" }));
+        out
+    }
+}
+
+/// Each diagnostic drawn by miette, separated by blank lines (see [`Diagnostics::render`]).
+fn render_each(diags: &[Diag]) -> String {
+    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+        .with_width(100)
+        .with_links(false)
+        .with_urls(false)
+        .without_syntax_highlighting();
+    let mut out = String::new();
+    for (i, e) in diags.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut one = String::new();
+        let windowed = e.windowed();
+        let shown;
+        let e = if windowed.drawable() {
+            &windowed
+        } else {
+            shown = e.clone().without_snippet();
+            &shown
+        };
+        if handler.render_report(&mut one, e).is_err() {
+            one = format!("Error: {}\n", e.message);
+        }
+        // Strip trailing spaces so snapshots are stable across editors; escape control
+        // characters (a hostile recipe's ESC sequences never reach the terminal).
+        for line in one.lines() {
+            for c in line.trim_end().chars() {
+                if c != '\t' && crate::limits::is_forbidden_char(c) {
+                    out.extend(c.escape_unicode());
+                } else {
+                    out.push(c);
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 impl From<Diag> for Diagnostics {

@@ -1,7 +1,9 @@
 //! temper's recipe language. Parses KDL 2.0 recipe files (with `include`s), validates every
 //! node against the kind schemas registered in a [`Registry`], applies `--set` overrides and
 //! expands sweep axes into shared instances. Reports all errors of a file at once, as miette
-//! diagnostics with file:line:col. Knows nothing of torch or storage.
+//! diagnostics with file:line:col; the warnings of kinds' recipe-wide checks (which may consult
+//! the machine the load is told of, module `context`) come back in [`Recipe::warnings`].
+//! Knows nothing of torch or storage.
 //!
 //! Cluster settings (`executor` blocks, a node's `resources`) are read into
 //! [`Recipe::executors`] and [`NodeDecl::resources`], never into parameters, so never into keys
@@ -16,6 +18,7 @@
 //! for the text (module `scan`); `include` reads recipe files only; untrusted mode confines every
 //! path to the recipe's repository ([`LoadOptions`]).
 
+mod context;
 mod defaults;
 pub mod device;
 mod diag;
@@ -41,6 +44,7 @@ mod typecheck;
 mod untrusted;
 mod validate;
 pub mod value;
+mod window;
 
 pub use diag::{Diag, Diagnostics};
 pub use expand::expand;
@@ -49,7 +53,10 @@ pub use recipe::{
     Axis, AxisMember, ExecutorBlock, Expanded, Instance, KindRule, Loc, NodeDecl, Recipe, Setting,
     SourceFile, Variant,
 };
-pub use schema::{Default, KindSchema, ParamIssue, ParamSpec, ParamType, Registry};
+pub use schema::{
+    CheckContext, Default, Findings, KindSchema, Machine, ParamIssue, ParamSpec, ParamType,
+    RecipeCheck, Registry,
+};
 pub use value::Value;
 
 use std::io::Read;
@@ -187,6 +194,8 @@ fn load_inner(
         failed: std::default::Default::default(),
         overrides: Vec::new(),
         swept: std::default::Default::default(),
+        field_locs: Vec::new(),
+        warnings: Vec::new(),
     };
     if v.s.syntax_failed {
         return Err(finish(v));
@@ -242,6 +251,7 @@ fn load_inner(
         nodes: v.decls,
         axes,
         executors: v.s.executors,
+        warnings: v.warnings,
     };
     let diags = select::check(&recipe);
     if !diags.is_empty() {

@@ -62,6 +62,10 @@ pub struct LoadOptions {
     /// `device "cuda:N"` it does not have is then a validation error with its location
     /// (`None`: only the syntax is checked).
     pub cuda_devices: Option<usize>,
+    /// CPU cores of the machine that will run the recipe, when the caller knows it. With
+    /// `cuda_devices`, what kinds' recipe-wide checks see as [`crate::Machine`] (e.g. `ranks`
+    /// against the cores or GPUs a node's ranks would need).
+    pub cpu_cores: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -75,11 +79,20 @@ impl Default for LoadOptions {
             max_nodes: 10_000,
             untrusted: false,
             cuda_devices: None,
+            cpu_cores: None,
         }
     }
 }
 
 impl LoadOptions {
+    /// What this load knows of the machine that will run the recipe.
+    pub fn machine(&self) -> crate::Machine {
+        crate::Machine {
+            cpu_cores: self.cpu_cores,
+            cuda_devices: self.cuda_devices,
+        }
+    }
+
     /// Sets the variant limit and scales the instance limit by the same factor (never below its
     /// default), so `--max-variants N` is the one knob a user needs for a bigger sweep.
     pub fn with_max_variants(mut self, n: usize) -> Self {

@@ -30,7 +30,8 @@ pub struct NodeDecl {
     pub name: String,
     pub kind: String,
     pub params: BTreeMap<String, Value>,
-    /// Where each parameter that the recipe set explicitly was written.
+    /// Where each parameter that the recipe set explicitly was written; a record's fields
+    /// also as `record.field`, at the value.
     pub param_locs: BTreeMap<String, Loc>,
     pub loc: Loc,
     /// The node's `resources { … }` settings for a cluster executor, in source order (empty
@@ -107,6 +108,9 @@ pub struct Recipe {
     pub axes: Vec<Axis>,
     /// `executor` blocks of the root file and its includes, in declaration order (names unique).
     pub executors: Vec<ExecutorBlock>,
+    /// What the kinds' recipe-wide checks warn about (located, in declaration order): the
+    /// caller shows them ([`crate::Diagnostics::render_warnings`]); they never fail a load.
+    pub warnings: Vec<Diag>,
 }
 
 impl Recipe {

@@ -8,6 +8,7 @@
 
 use crate::diag::Diag;
 use crate::parse::{entry_span, value_span};
+use crate::recipe::Loc;
 use crate::schema::{Default, ParamSpec, ParamType};
 use crate::suggest;
 use crate::validate::Validator;
@@ -93,6 +94,8 @@ impl Validator<'_> {
             seen.insert(fspec.name, span);
             let path = format!("{pname}.{fname}");
             let vspan = value_span(text, e);
+            self.field_locs
+                .push((path.clone(), Loc { file, span: vspan }));
             match self.scalar(owner, &path, e.value(), &fspec.ty, file, vspan) {
                 Some(v) if matches!(fspec.ty, ParamType::List(_)) => {
                     out.insert(fname, Value::List(vec![v]));
@@ -249,6 +252,12 @@ impl Validator<'_> {
             _ => {}
         }
         seen.insert(fspec.name, span);
+        let at = child
+            .entries()
+            .first()
+            .map_or(span, |e| value_span(text, e));
+        self.field_locs
+            .push((format!("{pname}.{fname}"), Loc { file, span: at }));
         let v = if list {
             Value::List(vals)
         } else {

@@ -1,4 +1,5 @@
-//! Resolving references, finding reference cycles and running each kind's `check`.
+//! Resolving references, finding reference cycles and running each kind's `check`, then its
+//! recipe-wide `check_in_recipe` on the nodes without errors.
 //!
 //! A reference must name a node of the recipe whose kind `produces` one of the artifact types
 //! the parameter allows. References of sweep values count too (a swept `Ref` may point at any
@@ -7,7 +8,8 @@
 
 use crate::diag::Diag;
 use crate::limits;
-use crate::recipe::Loc;
+use crate::recipe::{Loc, NodeDecl};
+use crate::schema::{CheckContext, Findings, ParamIssue};
 use crate::suggest;
 use crate::validate::Validator;
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,9 +125,11 @@ impl Validator<'_> {
         }
     }
 
-    /// Runs each valid node's kind `check`, reporting issues at the named parameter.
+    /// Runs each valid node's kind `check`, then the recipe-wide checks of the nodes still
+    /// without errors, reporting issues at the named parameter (warnings kept apart).
     pub fn run_checks(&mut self) {
         let mut out = Vec::new();
+        let mut bad = BTreeSet::new();
         for d in &self.decls {
             if self.failed.contains(&d.name) {
                 continue;
@@ -134,25 +138,52 @@ impl Validator<'_> {
                 continue;
             };
             for issue in check(d) {
-                let loc = issue
-                    .param
-                    .as_ref()
-                    .and_then(|p| d.param_locs.get(p))
-                    .copied()
-                    .unwrap_or(d.loc);
-                let diag = Diag::at(
-                    &self.src(loc.file),
-                    loc.span,
-                    format!("`{}`: {}", d.name, issue.message),
-                    "here",
-                )
-                .help_opt(issue.hint);
-                out.push(diag);
+                bad.insert(d.name.as_str());
+                out.push(self.issue_diag(d, issue));
             }
+        }
+        let ok: Vec<&NodeDecl> = self
+            .decls
+            .iter()
+            .filter(|d| !self.failed.contains(&d.name) && !bad.contains(d.name.as_str()))
+            .collect();
+        let cx = CheckContext::new(&ok, &self.root_dir, self.s.opts.machine());
+        let mut warnings = Vec::new();
+        for d in &ok {
+            let Some(check) = self.reg.get(&d.kind).and_then(|k| k.check_in_recipe) else {
+                continue;
+            };
+            let mut f = Findings::default();
+            check(d, &cx, &mut f);
+            out.extend(f.errors.into_iter().map(|i| self.issue_diag(d, i)));
+            warnings.extend(
+                f.warnings
+                    .into_iter()
+                    .map(|i| self.issue_diag(d, i).warning()),
+            );
         }
         for d in out {
             self.push(d);
         }
+        self.warnings.extend(warnings);
+    }
+
+    /// An issue of node `d` as a diagnostic at its parameter (a record's field: at the field,
+    /// else at the record), else at the node.
+    fn issue_diag(&self, d: &NodeDecl, issue: ParamIssue) -> Diag {
+        let at = |p: &str| d.param_locs.get(p).copied();
+        let loc = issue
+            .param
+            .as_deref()
+            .and_then(|p| at(p).or_else(|| p.split_once('.').and_then(|(r, _)| at(r))))
+            .unwrap_or(d.loc);
+        Diag::at(
+            &self.src(loc.file),
+            loc.span,
+            format!("`{}`: {}", d.name, issue.message),
+            "here",
+        )
+        .help_opt(issue.hint)
     }
 }
 

@@ -119,6 +119,10 @@ pub struct KindSchema {
     /// of `path` or `tokenizer`"). Gets the declared node (defaults filled; `param_locs` tells
     /// which parameters the recipe set explicitly).
     pub check: Option<fn(&NodeDecl) -> Vec<ParamIssue>>,
+    /// Validation that needs more than the node: the nodes it references, files they name,
+    /// the machine ([`CheckContext`]). Run after every node's `check`, on nodes without
+    /// errors; it may also warn ([`Findings`]).
+    pub check_in_recipe: Option<RecipeCheck>,
     /// Bare words accepted after the node's name, each standing for `param=word`
     /// (`select best … max` is `goal=max`).
     pub words: &'static [(&'static str, &'static str)],
@@ -132,7 +136,13 @@ pub const SELECT_KIND: &str = "select";
 /// its `from` node produces (references to it are checked against that).
 pub const SELECT_PRODUCES: &str = "(the selected node's)";
 
-/// A problem found by a kind's `check`: which parameter (None = the node itself), what, and a hint.
+/// A kind's recipe-wide check ([`KindSchema::check_in_recipe`]).
+pub type RecipeCheck = fn(&NodeDecl, &CheckContext<'_>, &mut Findings);
+
+pub use crate::context::{CheckContext, Findings, Machine};
+
+/// A problem found by a kind's `check`: which parameter (None = the node itself; a record's
+/// field as `record.field`), what, and a hint.
 #[derive(Clone, Debug)]
 pub struct ParamIssue {
     pub param: Option<String>,
@@ -160,6 +170,7 @@ impl KindSchema {
             params: Vec::new(),
             doc: "",
             check: None,
+            check_in_recipe: None,
             words: &[],
         }
     }
@@ -183,6 +194,10 @@ impl KindSchema {
     }
     pub fn check(mut self, f: fn(&NodeDecl) -> Vec<ParamIssue>) -> Self {
         self.check = Some(f);
+        self
+    }
+    pub fn check_in_recipe(mut self, f: RecipeCheck) -> Self {
+        self.check_in_recipe = Some(f);
         self
     }
     pub fn find_param(&self, name: &str) -> Option<&ParamSpec> {

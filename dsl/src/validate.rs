@@ -78,6 +78,11 @@ pub(crate) struct Validator<'a> {
     pub overrides: Vec<Override>,
     /// (node, param) named by a sweep axis: a required parameter may come from the sweep.
     pub swept: BTreeSet<(String, String)>,
+    /// Where the fields of the record being read were written (`record.field`, at the value),
+    /// moved into the node's `param_locs` once its parameters are read.
+    pub field_locs: Vec<(String, Loc)>,
+    /// Warnings of the kinds' recipe-wide checks (module `refs`).
+    pub warnings: Vec<Diag>,
 }
 
 impl<'a> Validator<'a> {
@@ -383,6 +388,9 @@ impl<'a> Validator<'a> {
                 items.pop().unwrap_or(Value::Null)
             };
             params.insert(spec.name.to_string(), v);
+            for (field, loc) in self.field_locs.drain(..) {
+                locs.entry(field).or_insert(loc);
+            }
         }
         self.decls.push(NodeDecl {
             name: name.to_string(),

@@ -188,13 +188,24 @@ const EXPECT: &[(&str, usize, &str)] = &[
         2,
         "unknown node kind `pairs`",
     ),
+    (
+        "72-deep-nesting-one-line.kdl",
+        1,
+        "nested more than 64 levels deep",
+    ),
+    // `ranks` against the machine and LoRA ranks against the model are checked by the training
+    // kinds' declarations (`kinds::train`, `kinds::lora`).
+    ("73-ranks-more-than-cores.kdl", 1, "unknown node kind `sft`"),
+    ("74-ranks-more-than-gpus.kdl", 1, "unknown node kind `sft`"),
+    ("75-lora-rank-absurd.kdl", 1, "unknown node kind `sft`"),
 ];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bad/recipes")
 }
 
-/// `--set` arguments and load options (`--untrusted`, `--max-variants N`, `--cuda-devices N`) from a first-line
+/// `--set` arguments and load options (`--untrusted`, `--max-variants N`, `--cuda-devices N`,
+/// `--cpu-cores N`) from a first-line
 /// comment `// args: --set a.b=1 --untrusted`.
 fn args(text: &str) -> (Vec<String>, dsl::LoadOptions) {
     let mut opts = dsl::LoadOptions::default();
@@ -209,6 +220,9 @@ fn args(text: &str) -> (Vec<String>, dsl::LoadOptions) {
     opts.untrusted = words.contains(&"--untrusted");
     for w in words.windows(2).filter(|w| w[0] == "--cuda-devices") {
         opts.cuda_devices = Some(w[1].parse().unwrap());
+    }
+    for w in words.windows(2).filter(|w| w[0] == "--cpu-cores") {
+        opts.cpu_cores = Some(w[1].parse().unwrap());
     }
     for w in words.windows(2).filter(|w| w[0] == "--max-variants") {
         opts = opts.with_max_variants(w[1].parse().unwrap());

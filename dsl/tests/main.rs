@@ -12,4 +12,6 @@ mod fuzz;
 mod hostile;
 mod load;
 mod prop;
+mod recipe_checks;
 mod repeat;
+mod snippets;

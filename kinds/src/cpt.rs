@@ -32,6 +32,7 @@ pub fn schema() -> KindSchema {
         .doc("Continued pre-training: documents packed into blocks of `seq-len` tokens, causal-LM loss on every token.")
         .params(<Params as crate::ParamSet>::specs())
         .check(check)
+        .check_in_recipe(crate::train::check_in_recipe)
 }
 
 /// The optimiser checks; `batch-size` / `batch-tokens` exclusive; one of `steps`, `epochs`,

@@ -44,6 +44,7 @@ pub fn schema() -> KindSchema {
         .doc("Preference optimisation (DPO, cDPO, robust, hinge, IPO, sigmoid_norm, RPO, ORPO, SimPO) on the pairs of a ref-logps node.")
         .params(<Params as crate::ParamSet>::specs())
         .check(check)
+        .check_in_recipe(crate::train::check_in_recipe)
 }
 
 /// The optimiser checks, one run length, and `logp-norm` only where the loss leaves it open.

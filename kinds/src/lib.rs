@@ -24,6 +24,7 @@ pub mod ref_logps;
 pub mod reweight;
 pub mod select;
 pub mod sft;
+pub mod shapes;
 pub mod tokenizer;
 
 pub mod job;

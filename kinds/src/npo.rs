@@ -41,6 +41,7 @@ pub fn schema() -> KindSchema {
         .doc("Unlearning with NPO on a forget set (ref-logps node), optionally with an NLL or KL term on a retain set.")
         .params(<Params as crate::ParamSet>::specs())
         .check(check)
+        .check_in_recipe(crate::train::check_in_recipe)
 }
 
 /// The optimiser checks and one run length.

@@ -46,6 +46,7 @@ pub fn schema() -> KindSchema {
         .doc("Supervised fine-tuning on prompt-completion or chat data: loss on the completion / assistant turns, EOS trained.")
         .params(<Params as crate::ParamSet>::specs())
         .check(check)
+        .check_in_recipe(crate::train::check_in_recipe)
 }
 
 /// The optimiser checks, one run length, and `seq-len ≥ max-len` (the longest example fits a

@@ -8,7 +8,7 @@
 //! `W ≥ 1` a whole number of steps.
 
 use crate::params::{field, float, float_in, int, is_set, DecodeError, FromParam};
-use dsl::device::Dtype;
+use dsl::device::{Device, Dtype};
 use dsl::{NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 
 crate::enum_param! {
@@ -127,6 +127,80 @@ pub fn check_ranks(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     }
 }
 
+/// Why `ranks` data-parallel ranks cannot run on a machine with `cpu_cores` cores and
+/// `cuda_devices` CUDA devices, as (message, hint): CUDA ranks (`on_cuda`) take one GPU each
+/// (NCCL cannot put two ranks on one GPU), CPU ranks one core each. The one rule: `check`,
+/// `plan` and `run` apply it to the machine when the recipe loads ([`check_in_recipe`]), the
+/// launcher again before it starts the ranks.
+pub fn ranks_problem(
+    ranks: usize,
+    on_cuda: bool,
+    cpu_cores: usize,
+    cuda_devices: usize,
+) -> Option<(String, String)> {
+    if on_cuda && ranks > cuda_devices {
+        Some((
+            format!(
+                "ranks {ranks} on CUDA, but this machine has {cuda_devices} CUDA device(s): one \
+                 rank per GPU (NCCL cannot put two ranks on one GPU)"
+            ),
+            "lower `ranks`, or run the node where there are more GPUs (`--executor slurm` with \
+             `gpus-per-node`; `--cuda-devices N` checks against such a machine)"
+                .into(),
+        ))
+    } else if !on_cuda && ranks > cpu_cores {
+        Some((
+            format!(
+                "ranks {ranks} on the CPU, but this machine has {cpu_cores} core(s): one core \
+                 per rank"
+            ),
+            "lower `ranks`, or run the node where there are more cores (`--executor slurm`; \
+             `--cpu-cores N` checks against such a machine)"
+                .into(),
+        ))
+    } else {
+        None
+    }
+}
+
+/// The training kinds' recipe-wide checks: `ranks` against the machine (when the load knows
+/// it, [`ranks_problem`]) and the LoRA rank against the model's shapes
+/// ([`crate::lora::check_rank`]).
+pub fn check_in_recipe(n: &NodeDecl, cx: &dsl::CheckContext<'_>, f: &mut dsl::Findings) {
+    check_ranks_here(n, cx.machine, f);
+    crate::lora::check_rank(n, cx, f);
+}
+
+/// [`ranks_problem`] for node `n` on `machine`: `device cpu` needs the cores, `cuda`/`cuda:N`
+/// the CUDA devices, `auto` is CUDA where there are CUDA devices; nothing when what it needs
+/// is unknown.
+fn check_ranks_here(n: &NodeDecl, machine: dsl::Machine, f: &mut dsl::Findings) {
+    let ranks = n.params.get("ranks").and_then(|v| v.as_i64()).unwrap_or(1);
+    if ranks <= 1 {
+        return;
+    }
+    let device = n
+        .params
+        .get("device")
+        .and_then(|v| v.as_str())
+        .and_then(Device::parse);
+    let on_cuda = match (device, machine.cuda_devices) {
+        (Some(Device::Cpu), _) => false,
+        (Some(Device::Cuda(_)), _) => true,
+        (Some(Device::Auto), Some(n)) => n > 0,
+        _ => return,
+    };
+    let (cores, cuda) = match (on_cuda, machine.cpu_cores, machine.cuda_devices) {
+        (true, _, Some(g)) => (0, g),
+        (false, Some(c), _) => (c, 0),
+        _ => return,
+    };
+    if let Some((message, hint)) = ranks_problem(ranks as usize, on_cuda, cores, cuda) {
+        f.errors
+            .push(ParamIssue::new(Some("ranks"), message, Some(&hint)));
+    }
+}
+
 /// Checks shared by the training kinds: a valid warmup, and `adam-eps` > 0 (AdamW divides by
 /// `√v̂ + eps`; with eps = 0 a parameter whose gradient was always zero gets 0/0 = NaN).
 pub fn check_optim(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
@@ -160,5 +234,27 @@ pub fn check_optim(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
                 hint: Some("use a fraction below 1 (e.g. 0.03) or whole steps (e.g. 100)".into()),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranks_problem;
+
+    #[test]
+    fn ranks_need_a_core_or_a_gpu_each() {
+        assert_eq!(ranks_problem(2, false, 2, 0), None);
+        let (m, h) = ranks_problem(64, false, 2, 8).unwrap();
+        assert!(
+            m.contains("ranks 64 on the CPU, but this machine has 2 core(s)"),
+            "{m}"
+        );
+        assert!(h.contains("--cpu-cores"), "{h}");
+        assert_eq!(ranks_problem(8, true, 2, 8), None);
+        let (m, _) = ranks_problem(2, true, 64, 1).unwrap();
+        assert!(
+            m.contains("ranks 2 on CUDA, but this machine has 1 CUDA device(s)"),
+            "{m}"
+        );
     }
 }

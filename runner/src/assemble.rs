@@ -55,8 +55,9 @@ pub(crate) fn hand_over(
 }
 
 /// The launcher of the `ranks` ranks of a data-parallel job on `device` (`cpu`, `cuda:N`, or
-/// `auto`/`cuda` in a Slurm allocation): an error, before anything starts, when `temper-rank`
-/// (or, for CPU ranks, MPI) is missing or there are fewer CPU cores or CUDA devices than ranks.
+/// `auto`/`cuda` in a Slurm allocation): an error, before any rank starts, when `temper-rank`
+/// (or, for CPU ranks, MPI) is missing or there are fewer CPU cores or CUDA devices than ranks
+/// (`kinds::train::ranks_problem`, which `check` already applied where the machine is known).
 /// CUDA ranks sum over NCCL and are started by `temper-rank --launch`; CPU ranks over MPI, by
 /// `mpirun`. `srun`: the ranks are a step of the Slurm job this runs in (its tasks, maybe on
 /// several nodes, which Slurm checked at submission).
@@ -78,25 +79,96 @@ pub(crate) fn ranks_launcher(
     if srun {
         return Ok(l);
     }
-    if cuda {
-        let n = crate::device::cuda_devices();
-        if ranks > n {
-            bail!(
-                "ranks {ranks} on CUDA, but {n} CUDA device(s) are visible here: one rank per GPU \
-                 (NCCL cannot put two ranks on one GPU)"
-            );
-        }
-    } else {
+    if !cuda {
         launch::mpirun()?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if ranks > cores {
-            bail!(
-                "ranks {ranks} on the CPU, but this machine has {cores} core(s): lower `ranks`, \
-                 or run the node where there are more cores (`--executor slurm`)"
-            );
-        }
+    }
+    let (cores, gpus) = (crate::device::cpu_cores(), crate::device::cuda_devices());
+    if let Some((message, hint)) = kinds::train::ranks_problem(ranks, cuda, cores, gpus) {
+        bail!("{message}: {hint}");
     }
     Ok(l)
+}
+
+/// Plan entry `i`'s ranks against the GPUs of its Slurm job ([`slurm_cuda_ranks_problem`]
+/// with the job's `gpus-per-node` and `extra` sbatch options), as a recipe error located at
+/// the node's `ranks`. Checked before anything is submitted.
+pub(crate) fn check_slurm_ranks(
+    plan: &Plan,
+    i: usize,
+    gpus_per_node: Option<u32>,
+    extra: &[String],
+) -> Result<()> {
+    let ranks = ranks_of(plan, i);
+    let cuda = wanted_device(plan, i)?.starts_with("cuda");
+    let gpus = gpus_per_node.unwrap_or(0) as usize;
+    let Some((message, hint)) = slurm_cuda_ranks_problem(ranks, cuda, gpus, extra) else {
+        return Ok(());
+    };
+    let e = &plan.entries[i];
+    let recipe = &plan.loaded.recipe;
+    let message = format!("`{}`: {message}", e.node);
+    let rendered = match recipe.node(&e.node).and_then(|d| d.param_locs.get("ranks")) {
+        Some(loc) => {
+            dsl::Diagnostics::from(recipe.diag_at(*loc, message, "here", Some(hint))).render()
+        }
+        None => format!("{message}\n  hint: {hint}\n"),
+    };
+    Err(crate::plan::RecipeError(rendered).into())
+}
+
+/// Why `ranks` ranks cannot run as one Slurm job with `gpus` GPUs per node (`gpus-per-node`)
+/// and the `extra` sbatch options, as (message, hint). CUDA ranks (`device cuda`/`cuda:N`,
+/// or `auto` when the job gets GPUs: `cuda` says the former) take one GPU each on their node,
+/// so the ranks one node holds — `--ntasks-per-node` in `extra`, else all of them, since Slurm
+/// may pack the tasks — must not outnumber its GPUs. CPU ranks, and GPUs asked for otherwise
+/// (`--gres`, `--gpus…` in `extra`), are left to Slurm.
+pub(crate) fn slurm_cuda_ranks_problem(
+    ranks: usize,
+    cuda: bool,
+    gpus: usize,
+    extra: &[String],
+) -> Option<(String, String)> {
+    if ranks <= 1 || (!cuda && gpus == 0) || extra.iter().any(|o| asks_gpus_otherwise(o)) {
+        return None;
+    }
+    let per_node = extra
+        .iter()
+        .enumerate()
+        .find_map(|(k, o)| match o.strip_prefix("--ntasks-per-node") {
+            Some(v) if v.starts_with('=') => v[1..].parse::<usize>().ok(),
+            Some("") => extra.get(k + 1)?.parse::<usize>().ok(),
+            _ => None,
+        })
+        .unwrap_or(ranks)
+        .min(ranks);
+    if per_node <= gpus {
+        return None;
+    }
+    let message = if gpus == 0 {
+        format!(
+            "ranks {ranks} on CUDA, but its Slurm job asks for no GPU (`gpus-per-node` is unset)"
+        )
+    } else {
+        format!(
+            "ranks {ranks} on CUDA, {per_node} of them on one node, but its Slurm job asks for \
+             {gpus} GPU(s) per node: one rank per GPU (NCCL cannot put two ranks on one GPU)"
+        )
+    };
+    let hint = format!(
+        "set `gpus-per-node {per_node}` in `executor slurm` or the node's `resources`, or spread \
+         the ranks over nodes: `extra \"--nodes=N\" \"--ntasks-per-node={}\"`",
+        gpus.max(1)
+    );
+    Some((message, hint))
+}
+
+/// Whether sbatch option `o` asks for GPUs in a way `gpus-per-node` does not describe.
+fn asks_gpus_otherwise(o: &str) -> bool {
+    let name = o.split('=').next().unwrap_or(o);
+    matches!(
+        name,
+        "--gres" | "--gpus" | "-G" | "--gpus-per-task" | "--gpus-per-socket"
+    )
 }
 
 /// The device plan entry `i` asks for (`auto`, `cpu`, `cuda:N`; `auto` when unset).
@@ -179,4 +251,41 @@ pub(crate) fn job_for(
             .unwrap_or(0),
         log_filter: progress::worker_log_filter(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slurm_cuda_ranks_problem as problem;
+
+    fn extra(o: &[&str]) -> Vec<String> {
+        o.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn cuda_ranks_need_a_gpu_each_on_their_node_of_the_slurm_job() {
+        // No GPU asked for: explicit CUDA ranks cannot run; `auto` runs on the CPU.
+        let (m, h) = problem(2, true, 0, &[]).unwrap();
+        assert!(m.contains("asks for no GPU"), "{m}");
+        assert!(h.contains("gpus-per-node 2"), "{h}");
+        assert_eq!(problem(2, false, 0, &[]), None);
+        // All ranks may land on one node.
+        assert!(problem(8, false, 4, &[])
+            .unwrap()
+            .0
+            .contains("8 of them on one node"));
+        assert_eq!(problem(4, true, 4, &[]), None);
+        // Spread by --ntasks-per-node (either spelling).
+        assert_eq!(
+            problem(8, true, 4, &extra(&["--nodes=2", "--ntasks-per-node=4"])),
+            None
+        );
+        assert_eq!(
+            problem(8, true, 4, &extra(&["--ntasks-per-node", "4"])),
+            None
+        );
+        assert!(problem(8, true, 2, &extra(&["--ntasks-per-node=4"])).is_some());
+        // GPUs asked for another way are Slurm's to place.
+        assert_eq!(problem(8, true, 0, &extra(&["--gres=gpu:8"])), None);
+        assert_eq!(problem(1, true, 0, &[]), None);
+    }
 }

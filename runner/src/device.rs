@@ -1,6 +1,6 @@
 //! Devices, without libtorch: how many CUDA devices this machine has ([`cuda_devices`], asked
-//! of the CUDA driver, so `check`/`plan` never load libtorch), and the pool that hands devices
-//! to running nodes ([`Devices`]).
+//! of the CUDA driver, so `check`/`plan` never load libtorch) and CPU cores ([`cpu_cores`]),
+//! and the pool that hands devices to running nodes ([`Devices`]).
 //!
 //! Assignment, for the typed [`dsl::device::Device`] a node asks for:
 //! - `cpu` → the CPU;
@@ -26,6 +26,13 @@ pub fn cuda_devices() -> usize {
         }
         probe_driver().unwrap_or(0)
     })
+}
+
+/// CPU cores this process may use (its affinity and cgroup quota, as
+/// `std::thread::available_parallelism` reads them; 1 when unknown): what CPU ranks are
+/// checked against.
+pub fn cpu_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn probe_driver() -> Option<usize> {

@@ -1,12 +1,14 @@
 //! The bad-input corpus: every malformed recipe (`tests/bad/recipes/*.kdl`, checked with
 //! `temper check`) and every malformed data file (`tests/bad/data-recipes/*.kdl`, run with
 //! `temper run`) must produce a clear diagnostic — compared with its snapshot in
-//! `tests/bad/snapshots/` — and never a panic. `UPDATE_SNAPSHOTS=1 make test` rewrites the
-//! snapshots; review the diff like any other change.
+//! `tests/bad/snapshots/` — and never a panic; every recipe that is valid but dubious
+//! (`tests/bad/warn-recipes/*.kdl`) passes `temper check` with located warnings, snapshotted
+//! too. `UPDATE_SNAPSHOTS=1 make test` rewrites the snapshots; review the diff like any other
+//! change.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use temper_e2e::{assert_no_panic, repo_root, temper_bin, text};
+use temper_e2e::{assert_no_panic, repo_root, temper_bin, text, Project};
 
 fn corpus(dir: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("tests/bad").join(dir))
@@ -117,7 +119,17 @@ fn check_snapshot(name: &str, actual: &str) -> Result<(), String> {
 /// Runs one corpus entry from `tests/` (so file names print as `bad/...`) and returns the
 /// normalized stderr, asserting the expected exit code and no panic.
 fn run_case(sub: &str, file: &Path, cmd: &str, codes: &[i32]) -> String {
-    let store = tempfile::tempdir().unwrap();
+    run_case_in(&tempfile::tempdir().unwrap(), sub, file, cmd, codes)
+}
+
+/// [`run_case`] with the store in `store`.
+fn run_case_in(
+    store: &tempfile::TempDir,
+    sub: &str,
+    file: &Path,
+    cmd: &str,
+    codes: &[i32],
+) -> String {
     let rel = format!("bad/{sub}/{}", file.file_name().unwrap().to_string_lossy());
     let out = Command::new(temper_bin())
         .current_dir(repo_root().join("tests"))
@@ -179,4 +191,90 @@ fn malformed_data_gives_snapshot_diagnostics() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn dubious_recipes_pass_check_with_snapshot_warnings() {
+    let files = corpus("warn-recipes");
+    assert!(!files.is_empty());
+    let mut failures = Vec::new();
+    for file in files {
+        let stem = file.file_stem().unwrap().to_string_lossy().to_string();
+        let actual = run_case("warn-recipes", &file, "check", &[0]);
+        assert!(
+            actual.contains(".kdl:") && actual.contains("warning"),
+            "{stem}: no located warning\n{actual}"
+        );
+        if let Err(e) = check_snapshot(&format!("warnings/{stem}"), &actual) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// More ranks than this machine has cores: `plan` and `run` refuse the recipe as `check` does
+/// (`recipes/73-…`), before anything runs.
+#[test]
+fn ranks_beyond_the_machine_are_refused_by_plan_and_run_before_anything_runs() {
+    let file = repo_root().join("tests/bad/recipes/73-ranks-more-than-cores.kdl");
+    for cmd in ["plan", "run"] {
+        let store = tempfile::tempdir().unwrap();
+        let err = run_case_in(&store, "recipes", &file, cmd, &[2]);
+        assert!(
+            err.contains("ranks 64 on the CPU, but this machine has 2 core(s)")
+                && err.contains("[bad/recipes/73-ranks-more-than-cores.kdl:7:58]"),
+            "{cmd}: {err}"
+        );
+        let built = std::fs::read_dir(store.path().join("artifacts"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(built, 0, "{cmd} built something");
+    }
+}
+
+/// Under `--executor slurm` the machine is the job's: CUDA ranks are checked against the GPUs
+/// the job asks for (`gpus-per-node`), located at `ranks`, before any job is submitted.
+#[test]
+fn slurm_cuda_ranks_beyond_the_jobs_gpus_are_refused_before_submitting() {
+    let up = std::env::var_os("SLURM_CONF").is_some()
+        && Command::new("sinfo")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !up {
+        eprintln!("SKIPPED: no Slurm cluster answers (scripts/slurm-up.sh)");
+        return;
+    }
+    let p = Project::new();
+    p.copy_from_repo("tests/bad/data/valid/chat.jsonl", "data/chat.jsonl");
+    p.write(
+        "r.kdl",
+        "dataset chat path=\"data/chat.jsonl\" format=messages\n\
+         tokenizer tok vocab-size=512 { data chat; }\n\
+         model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2\n\
+         sft tuned model=tiny data=chat { steps 1; grad-accum 2; ranks 2; device cuda; }\n",
+    );
+    for (config, says) in [
+        (
+            "[slurm]\n",
+            "ranks 2 on CUDA, but its Slurm job asks for no GPU",
+        ),
+        (
+            "[slurm]\ngpus-per-node = 1\n",
+            "ranks 2 on CUDA, 2 of them on one node, but its Slurm job asks for 1 GPU(s) per node",
+        ),
+    ] {
+        let user = p.write("user.toml", config);
+        let out = p
+            .cmd(&["run", "r.kdl", "--executor", "slurm"])
+            .env("TEMPER_CONFIG", &user)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(t.contains(says) && t.contains("[r.kdl:4:57]"), "{t}");
+        let jobs = std::fs::read_dir(p.store().join("slurm/jobs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(jobs, 0, "a job was submitted:\n{t}");
+    }
 }

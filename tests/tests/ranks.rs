@@ -310,13 +310,13 @@ fn bad_data_parallel_inputs_fail_before_any_rank_starts() {
         "{}",
         text(&out)
     );
-    // More ranks than cores.
+    // More ranks than cores: a located recipe error when the recipe loads, MPI or not.
     let p = project(&SFT.replace("grad-accum 2", "grad-accum 256"), 256);
     let out = p.run(&["run", "r.kdl"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
     assert!(
-        t.contains("ranks 256 on the CPU, but this machine has") || t.contains("not found"),
+        t.contains("ranks 256 on the CPU, but this machine has") && t.contains("r.kdl:"),
         "{t}"
     );
     // No MPI: a clear error, nothing started.

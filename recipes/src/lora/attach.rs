@@ -10,6 +10,9 @@
 //! `M.lora_B.weight` `[out, r]` = 0, in f32 (whatever the base's dtype, as PEFT keeps adapters)
 //! on the model's device, in a var store of their own. Every base variable is frozen (`requires_grad = false`): no base gradient is computed
 //! and the optimizer holds state for the adapter only.
+//!
+//! A rank above `min(in, out)` of an adapted layer adds nothing: a warning in the node's log;
+//! far above it (`kinds::lora::REFUSED_RANK_FACTOR`), a user error before any tensor is made.
 
 use super::{Flags, LoraLayer};
 use crate::arch::layers::Linear;
@@ -99,6 +102,44 @@ pub fn resolve(
     Ok((chosen.into_iter().collect(), written.into_iter().collect()))
 }
 
+/// `rank` against the shapes of the adapted `modules` (`kinds::lora::rank_excess`, the rule
+/// `check` applies where the recipe tells the shapes): a warning in the node's log when it
+/// exceeds `min(in, out)` of a layer, a user error when it is refused.
+fn check_rank(
+    model: &mut crate::arch::Model,
+    modules: &[String],
+    rank: usize,
+    shown: &str,
+) -> Result<(), StageError> {
+    let mut layers: Vec<(&str, usize, usize)> = Vec::new();
+    for (name, lin) in linears(model) {
+        if modules.binary_search(&name).is_err() {
+            continue;
+        }
+        let short = LINEAR_MODULES
+            .iter()
+            .find(|m| name.ends_with(&format!(".{m}")));
+        let (Some(short), &[out, inp]) = (short, &lin.weight.size()[..]) else {
+            continue;
+        };
+        if !layers.iter().any(|(m, ..)| m == short) {
+            layers.push((short, inp as usize, out as usize));
+        }
+    }
+    let blocks = modules.len().div_ceil(layers.len().max(1));
+    match ::kinds::lora::rank_excess(rank, &layers, blocks) {
+        Some(x) if x.refused => Err(StageError::user(
+            format!("{shown}: {}", x.message),
+            Some(x.hint),
+        )),
+        Some(x) => {
+            tracing::warn!("{shown}: {} ({})", x.message, x.hint);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 /// `A`'s initial values: uniform in `±1/√in`, from a stream keyed by `seed` and `module`.
 fn init_a(seed: u64, module: &str, r: i64, inp: i64) -> Tensor {
     let h = blake3::hash(module.as_bytes());
@@ -136,6 +177,7 @@ pub fn attach(model: &mut HfModel, spec: &Lora, seed: u64, shown: &str) -> Resul
         .map(|(n, _)| n)
         .collect();
     let (modules, targets) = resolve(&names, &spec.target, shown)?;
+    check_rank(&mut model.model, &modules, spec.rank, shown)?;
     let r = spec.rank as i64;
     let _guard = tch::no_grad_guard();
     for (name, lin) in linears(&mut model.model) {

@@ -81,30 +81,48 @@ pub struct RecipeArgs {
     /// listed or hashed.
     #[arg(long)]
     pub untrusted: bool,
-    /// Check `device "cuda:N"` against N CUDA devices instead of this machine's (e.g. when
-    /// checking on a login node a recipe that will run on GPU nodes).
+    /// Check `device "cuda:N"` and CUDA nodes' `ranks` against N CUDA devices instead of this
+    /// machine's (e.g. when checking on a login node a recipe that will run on GPU nodes).
     #[arg(long, value_name = "N")]
     pub cuda_devices: Option<usize>,
+    /// Check CPU nodes' `ranks` against N cores instead of this machine's.
+    #[arg(long, value_name = "N")]
+    pub cpu_cores: Option<usize>,
 }
 
 impl RecipeArgs {
-    /// Loads the recipe; `device` values are checked against this machine's CUDA devices (or
-    /// `--cuda-devices`), so a `cuda:9` typo is a located recipe error, not a failed run.
+    /// Loads the recipe to run it here (`check`, `plan`, `run`): `device` values and `ranks`
+    /// are checked against this machine's CUDA devices and CPU cores (or `--cuda-devices`,
+    /// `--cpu-cores`), so a `cuda:9` typo or more ranks than the machine holds is a located
+    /// recipe error, not a failed run. The recipe's warnings go to stderr.
     pub fn load(&self, kinds: &crate::Kinds) -> Result<crate::plan::Loaded> {
         let cuda = self
             .cuda_devices
             .unwrap_or_else(crate::device::cuda_devices);
-        self.load_with(kinds, Some(cuda))
+        let cores = self.cpu_cores.unwrap_or_else(crate::device::cpu_cores);
+        let loaded = self.load_with(kinds, Some(cuda), Some(cores))?;
+        eprint!(
+            "{}",
+            dsl::Diagnostics::render_warnings(&loaded.recipe.warnings)
+        );
+        Ok(loaded)
     }
-    /// Loads the recipe to inspect what was built (`why`, `results`, `export`, `pin`): devices
-    /// are checked for syntax only, so results of a GPU run can be read on any machine.
+    /// Loads the recipe to inspect what was built (`why`, `results`, `export`, `pin`) or to run
+    /// it elsewhere (Slurm): devices are checked for syntax only, so results of a GPU run can
+    /// be read on any machine.
     pub fn load_to_inspect(&self, kinds: &crate::Kinds) -> Result<crate::plan::Loaded> {
-        self.load_with(kinds, self.cuda_devices)
+        self.load_with(kinds, self.cuda_devices, self.cpu_cores)
     }
-    fn load_with(&self, kinds: &crate::Kinds, cuda: Option<usize>) -> Result<crate::plan::Loaded> {
+    fn load_with(
+        &self,
+        kinds: &crate::Kinds,
+        cuda: Option<usize>,
+        cores: Option<usize>,
+    ) -> Result<crate::plan::Loaded> {
         let opts = dsl::LoadOptions {
             untrusted: self.untrusted,
             cuda_devices: cuda,
+            cpu_cores: cores,
             ..dsl::LoadOptions::default().with_max_variants(self.max_variants)
         };
         crate::plan::load_with(&self.recipe, &kinds.registry, &self.set, &opts)

@@ -101,6 +101,12 @@ pub fn submit(
             settings.insert(i, sources.for_node(&e.node, &e.kind)?);
         }
     }
+    // CUDA ranks against the GPUs each job asks for, before anything is submitted.
+    let mut ranked: Vec<(&usize, &Settings)> = settings.iter().collect();
+    ranked.sort_by_key(|(i, _)| **i);
+    for (&i, s) in ranked {
+        crate::assemble::check_slurm_ranks(&plan, i, s.gpus_per_node, &s.extra)?;
+    }
     let temper = temper_exe()?;
     let mut checked: Vec<Option<String>> = Vec::new();
     for s in settings.values() {
