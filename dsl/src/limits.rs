@@ -123,7 +123,7 @@ pub(crate) fn bytes(n: usize) -> String {
 }
 
 /// A count with thousands separators: `1,000,000`.
-pub(crate) fn count(n: usize) -> String {
+pub fn count(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

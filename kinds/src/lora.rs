@@ -227,7 +227,7 @@ pub fn rank_excess(
         .map(|(_, i, o)| rank.saturating_mul(i + o))
         .fold(0usize, usize::saturating_add)
         .saturating_mul(blocks.max(1));
-    let (count, size) = (group(params), bytes(params.saturating_mul(4)));
+    let (count, size) = (dsl::limits::count(params), bytes(params.saturating_mul(4)));
     if rank > REFUSED_RANK_FACTOR.saturating_mul(largest) {
         return Some(RankExcess {
             message: format!(
@@ -273,19 +273,6 @@ fn bytes(n: usize) -> String {
         n if n >= 1_000 => format!("{} KB", n / 1_000),
         n => format!("{n} B"),
     }
-}
-
-/// `n` with thousands separators.
-fn group(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The module names a target list adapts (`all-linear`: every one; a dotted target by its

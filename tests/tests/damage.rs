@@ -285,6 +285,16 @@ fn damaged_artifacts_are_never_read_and_are_rebuilt_byte_for_byte() {
     let gc = ok(&p, &["gc", "r10.kdl", "r11.kdl", "r12.kdl", "r13.kdl"]);
     assert!(gc.contains("kept") && gc.contains("damaged cop"), "{gc}");
     assert_eq!(std::fs::read_dir(s.join("damaged")).unwrap().count(), 4);
-    ok(&p, &["gc", "r10.kdl", "r11.kdl", "r12.kdl", "r13.kdl", "--damaged"]);
+    ok(
+        &p,
+        &[
+            "gc",
+            "r10.kdl",
+            "r11.kdl",
+            "r12.kdl",
+            "r13.kdl",
+            "--damaged",
+        ],
+    );
     assert_eq!(std::fs::read_dir(s.join("damaged")).unwrap().count(), 0);
 }

@@ -40,26 +40,12 @@ fn show_job(id: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Job ids of this store's submissions, by instance id.
+/// Job ids of this store's submissions, by instance id (every one has its id).
 fn jobs(store: &Path) -> BTreeMap<String, (String, Vec<String>)> {
-    let mut m = BTreeMap::new();
-    for e in std::fs::read_dir(store.join("slurm/jobs"))
-        .unwrap()
-        .flatten()
-    {
-        let s: J = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
-        let after = s["after"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string())
-            .collect();
-        m.insert(
-            s["node"].as_str().unwrap().to_string(),
-            (s["job_id"].as_str().unwrap().to_string(), after),
-        );
-    }
-    m
+    crate::slurm_submit::ledger(store)
+        .into_iter()
+        .map(|(node, (id, after))| (node, (id.expect("a recorded job id"), after)))
+        .collect()
 }
 
 /// Jobs Slurm still has queued or running, of `ids`.

@@ -174,7 +174,7 @@ fn names(ids: &[String]) -> BTreeMap<String, String> {
 }
 
 /// The ledger: instance id → (job id, the jobs it waits on).
-fn ledger(store: &Path) -> BTreeMap<String, (Option<String>, Vec<String>)> {
+pub(crate) fn ledger(store: &Path) -> BTreeMap<String, (Option<String>, Vec<String>)> {
     let mut m = BTreeMap::new();
     for e in std::fs::read_dir(store.join("slurm/jobs"))
         .unwrap()
