@@ -9,7 +9,6 @@
 //! already confined to the repository in untrusted mode.
 
 use crate::recipe::NodeDecl;
-use crate::schema::ParamIssue;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
@@ -89,4 +88,24 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
 pub struct Findings {
     pub errors: Vec<ParamIssue>,
     pub warnings: Vec<ParamIssue>,
+}
+
+/// A problem found by a kind's `check`: which parameter (None = the node itself; a record's
+/// field as `record.field`), what, and a hint.
+#[derive(Clone, Debug)]
+pub struct ParamIssue {
+    pub param: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl ParamIssue {
+    /// An issue with `param` (`None`: the node itself), with an optional hint.
+    pub fn new(param: Option<&str>, message: String, hint: Option<&str>) -> Self {
+        ParamIssue {
+            param: param.map(str::to_string),
+            message,
+            hint: hint.map(str::to_string),
+        }
+    }
 }

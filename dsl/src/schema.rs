@@ -139,27 +139,7 @@ pub const SELECT_PRODUCES: &str = "(the selected node's)";
 /// A kind's recipe-wide check ([`KindSchema::check_in_recipe`]).
 pub type RecipeCheck = fn(&NodeDecl, &CheckContext<'_>, &mut Findings);
 
-pub use crate::context::{CheckContext, Findings, Machine};
-
-/// A problem found by a kind's `check`: which parameter (None = the node itself; a record's
-/// field as `record.field`), what, and a hint.
-#[derive(Clone, Debug)]
-pub struct ParamIssue {
-    pub param: Option<String>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl ParamIssue {
-    /// An issue with `param` (`None`: the node itself), with an optional hint.
-    pub fn new(param: Option<&str>, message: String, hint: Option<&str>) -> Self {
-        ParamIssue {
-            param: param.map(str::to_string),
-            message,
-            hint: hint.map(str::to_string),
-        }
-    }
-}
+pub use crate::context::{CheckContext, Findings, Machine, ParamIssue};
 
 impl KindSchema {
     pub fn new(name: &'static str, version: u32, produces: &'static str) -> Self {

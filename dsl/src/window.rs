@@ -9,9 +9,11 @@
 //! ([`Windowed`] answers miette's header query with it); labels are moved onto the cut text
 //! (a label outside the window shrinks to the `…` that stands for it).
 
-use crate::diag::Src;
 use miette::{LabeledSpan, MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanContents};
 use std::sync::Arc;
+
+/// A named source text (what `diag` labels point into).
+type Src = Arc<miette::NamedSource<String>>;
 
 /// Longest line drawn whole, in characters.
 pub(crate) const MAX_LINE: usize = 200;

@@ -21,13 +21,12 @@
 
 use crate::durable::{read_json_opt, write_atomic};
 use crate::filehash::hash_file_uncached;
-use crate::publish::{Manifest, MANIFEST_FILE};
+use crate::publish::{mtime_ns, stamps_from_manifest, Stamp, MANIFEST_FILE};
 use crate::record::{NodeRecord, Status};
 use crate::{now_secs, Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Directory under the store root holding verify's markers (`<key>.json`) and the damaged
@@ -38,20 +37,6 @@ pub const DAMAGE_FILE: &str = "DAMAGE.json";
 /// A changed mtime is only restamped once the file is at least this old (nanoseconds): an edit
 /// in the same clock tick as the check could otherwise hide behind the new stamp.
 const RACY_NS: i64 = 1_000_000_000;
-
-/// One artifact file as published: what a `stat` can check cheaply, and the content hash a
-/// changed time is confirmed against.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    /// Relative `/` path in the artifact (`MANIFEST.json` for the manifest itself).
-    pub path: String,
-    pub size: u64,
-    /// Modification time in ns since the epoch; absent in manifests older than stamps.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtime_ns: Option<i64>,
-    /// Hex blake3 of the content.
-    pub blake3: String,
-}
 
 /// Why an artifact cannot be used.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,49 +71,6 @@ pub struct DamagedCopy {
     pub dir: PathBuf,
     pub damage: Option<Damage>,
     pub bytes: u64,
-}
-
-fn mtime_ns(md: &fs::Metadata) -> i64 {
-    md.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(md.mtime_nsec())
-}
-
-/// The stamp of file `rel` of `dir` as it is now, with `blake3` (already known) as its hash.
-pub(crate) fn stamp_now(dir: &Path, rel: &str, blake3: &str) -> Result<Stamp> {
-    let path = dir.join(rel);
-    let md = fs::metadata(&path).map_err(StoreError::io("reading metadata of", &path))?;
-    Ok(Stamp {
-        path: rel.to_string(),
-        size: md.len(),
-        mtime_ns: Some(mtime_ns(&md)),
-        blake3: blake3.to_string(),
-    })
-}
-
-/// The stamps of an artifact as its manifest lists them, plus the manifest's own (stamped now:
-/// the manifest is read from `dir`, so it is what it is at publish or adoption time).
-pub(crate) fn stamps_from_manifest(dir: &Path, m: &Manifest) -> Vec<Stamp> {
-    let mut out = stamps_listed(m);
-    if let Ok((hash, _)) = hash_file_uncached(&dir.join(MANIFEST_FILE)) {
-        if let Ok(s) = stamp_now(dir, MANIFEST_FILE, &hash) {
-            out.push(s);
-        }
-    }
-    out
-}
-
-/// The stamps of the files a manifest lists (not the manifest's own).
-fn stamps_listed(m: &Manifest) -> Vec<Stamp> {
-    m.files
-        .iter()
-        .map(|f| Stamp {
-            path: f.path.clone(),
-            size: f.size,
-            mtime_ns: f.mtime_ns,
-            blake3: f.blake3.clone(),
-        })
-        .collect()
 }
 
 /// What a `stat` says of one stamp: fine, damaged (`what`), or a changed time to confirm.

@@ -54,7 +54,7 @@ mod runlock;
 mod space;
 
 pub use checkpoints::Checkpoints;
-pub use damage::{Damage, DamagedCopy, Stamp, DAMAGED_DIR, DAMAGE_FILE};
+pub use damage::{Damage, DamagedCopy, DAMAGED_DIR, DAMAGE_FILE};
 pub use durable::write_atomic;
 pub use error::{Result, StoreError, DISK_FULL_HINT};
 pub use filehash::FileHashEntry;
@@ -62,7 +62,7 @@ pub use gc::GcReport;
 pub use human::human_bytes;
 pub use index::Index;
 pub use maint::{VerifyIssue, VerifyReport};
-pub use publish::{Manifest, ManifestFile, MANIFEST_FILE};
+pub use publish::{Manifest, ManifestFile, Stamp, MANIFEST_FILE};
 pub use record::{identity, EffectiveStatus, NodeRecord, RunInfo, Status};
 pub use runlock::{hostname, LockHolder, RunLock};
 pub use space::{free_space_at, is_out_of_space, SPACE_MARGIN};

@@ -306,7 +306,7 @@ impl Store {
                 continue;
             }
             let mut rec = record_from_manifest(&m, old.records.get(&key));
-            rec.files = crate::damage::stamps_from_manifest(&dir, &m);
+            rec.files = crate::publish::stamps_from_manifest(&dir, &m);
             let bytes = serde_json::to_vec(&rec).map_err(StoreError::json("encoding record"))?;
             nodes.insert(key.as_bytes(), bytes).map_err(ierr)?;
             n += 1;

@@ -21,6 +21,7 @@ use crate::{crash_point, now_secs, Index, Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// File name of the manifest inside an artifact directory.
@@ -57,11 +58,69 @@ pub struct ManifestFile {
     pub mtime_ns: Option<i64>,
 }
 
+/// One artifact file as published: what a `stat` can check cheaply, and the content hash a
+/// changed time is confirmed against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Relative `/` path in the artifact (`MANIFEST.json` for the manifest itself).
+    pub path: String,
+    pub size: u64,
+    /// Modification time in ns since the epoch; absent in manifests older than stamps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// Hex blake3 of the content.
+    pub blake3: String,
+}
+
 impl Manifest {
     /// Total size of the listed files.
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
+}
+
+/// A file's modification time in ns since the epoch.
+pub(crate) fn mtime_ns(md: &fs::Metadata) -> i64 {
+    md.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.mtime_nsec())
+}
+
+/// The stamp of file `rel` of `dir` as it is now, with `blake3` (already known) as its hash.
+pub(crate) fn stamp_now(dir: &Path, rel: &str, blake3: &str) -> Result<Stamp> {
+    let path = dir.join(rel);
+    let md = fs::metadata(&path).map_err(StoreError::io("reading metadata of", &path))?;
+    Ok(Stamp {
+        path: rel.to_string(),
+        size: md.len(),
+        mtime_ns: Some(mtime_ns(&md)),
+        blake3: blake3.to_string(),
+    })
+}
+
+/// The stamps of an artifact as its manifest lists them, plus the manifest's own (stamped now:
+/// the manifest is read from `dir`, so it is what it is at publish or adoption time).
+pub(crate) fn stamps_from_manifest(dir: &Path, m: &Manifest) -> Vec<Stamp> {
+    let mut out = stamps_listed(m);
+    if let Ok((hash, _)) = hash_file_uncached(&dir.join(MANIFEST_FILE)) {
+        if let Ok(s) = stamp_now(dir, MANIFEST_FILE, &hash) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The stamps of the files a manifest lists (not the manifest's own).
+pub(crate) fn stamps_listed(m: &Manifest) -> Vec<Stamp> {
+    m.files
+        .iter()
+        .map(|f| Stamp {
+            path: f.path.clone(),
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            blake3: f.blake3.clone(),
+        })
+        .collect()
 }
 
 fn fsync_path(path: &Path) -> Result<()> {
@@ -159,7 +218,7 @@ impl Store {
             let (hash, size) = hash_file_uncached(&path)?;
             self.count_hashed(size);
             fsync_path(&path)?;
-            let stamp = crate::damage::stamp_now(staging, &rel, &hash)?;
+            let stamp = stamp_now(staging, &rel, &hash)?;
             if stamp.size != size {
                 return Err(StoreError::Publish {
                     key: key.to_string(),
@@ -255,8 +314,7 @@ impl Store {
     fn record_published(&self, manifest: &Manifest, record: NodeRecord) -> Result<()> {
         let mut rec = record.finished(Status::Done, None);
         rec.summary = manifest.summary.clone();
-        rec.files =
-            crate::damage::stamps_from_manifest(&self.artifact_dir(&manifest.key), manifest);
+        rec.files = stamps_from_manifest(&self.artifact_dir(&manifest.key), manifest);
         self.with_index(|ix| {
             if !rec.recipe.is_empty() {
                 ix.set_last_key(&rec.identity(), &rec.key)?;
@@ -326,7 +384,7 @@ impl Store {
                     return Ok(None);
                 }
                 let mut rec = record_from_manifest(&m, prev.as_ref());
-                rec.files = crate::damage::stamps_from_manifest(&dir, &m);
+                rec.files = stamps_from_manifest(&dir, &m);
                 ix.put_record(&rec)?;
                 if !rec.recipe.is_empty() && ix.last_key(&rec.identity())?.is_none() {
                     ix.set_last_key(&rec.identity(), key)?;
