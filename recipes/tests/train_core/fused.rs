@@ -185,7 +185,7 @@ fn fused_step_speed() {
         .collect();
     let mut runs = Vec::new();
     for reference in [true, false] {
-        let (params, mut opt) = build(&init, reference);
+        let (params, opt) = build(&init, reference);
         for p in params.values() {
             let mut g = p.grad();
             if !g.defined() {
