@@ -28,6 +28,7 @@
 //! (which decides how CPU reductions are split) is pinned to the one the run started with.
 
 pub mod checkpoint;
+pub mod fused;
 pub mod lm;
 pub mod optim;
 pub mod output;

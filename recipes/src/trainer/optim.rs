@@ -17,18 +17,31 @@
 //! gradients `‖(‖g_1‖, …, ‖g_n‖)‖`, gradients scaled by `min(1, max_norm / (norm + 1e-6))`,
 //! the pre-clip norm returned; a non-finite norm is an error and leaves gradients untouched.
 //!
+//! Two implementations of the same math. By default the update is libtorch's multi-tensor
+//! `_fused_adamw_` (torch.optim.AdamW's `fused=True`; one call per device, dtype and decay
+//! group, [`super::fused`]) and the clip norm is `_foreach_norm` + one stack and norm, computed
+//! on the device — the only host read is the caller's of the returned norm. The per-tensor
+//! update below is the reference ([`AdamW::with_reference`], or `TEMPER_OPTIM_REFERENCE=1` in
+//! the environment), and the fused path's fallback for a parameter the fused kernel does not
+//! take (a device other than CPU/CUDA, a non-float dtype, a non-contiguous tensor or gradient).
+//! Per-parameter steps are counted on the host; the fused kernel reads them from f32 scalar
+//! tensors on the parameter's device that it advances with them.
+//!
 //! [`AdamW::save`] writes `optimizer.safetensors` (`exp_avg.NAME`, `exp_avg_sq.NAME`) and
 //! `optimizer.json` (hyper-parameters and per-parameter steps); [`AdamW::load`] restores them
 //! bit for bit.
 
+use super::fused::{self, AdamWArgs, AdamWGroup};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 pub const STATE_FILE: &str = "optimizer.safetensors";
 pub const META_FILE: &str = "optimizer.json";
+/// Set to `1`, [`AdamW::new`] builds the per-tensor reference instead of the fused optimizer.
+pub const REFERENCE_ENV: &str = "TEMPER_OPTIM_REFERENCE";
 
 /// Hyper-parameters (torch's defaults except `weight_decay`, which torch sets to 0.01 too).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,12 +75,16 @@ struct Param {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     step: u64,
+    /// `step` as an f32 scalar on the parameter's device, for the fused kernel.
+    step_t: Tensor,
 }
 
 /// The optimizer.
 pub struct AdamW {
     pub cfg: AdamWConfig,
     params: Vec<Param>,
+    /// Per-tensor updates and norms instead of the fused kernels.
+    reference: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,7 +94,8 @@ struct Meta {
 }
 
 impl AdamW {
-    /// Optimises `params` (name, variable); they are kept sorted by name.
+    /// Optimises `params` (name, variable); they are kept sorted by name. Fused unless
+    /// [`REFERENCE_ENV`] is `1`.
     pub fn new(params: Vec<(String, Tensor)>, cfg: AdamWConfig) -> Self {
         let mut params: Vec<Param> = params
             .into_iter()
@@ -85,13 +103,36 @@ impl AdamW {
                 decay: decays(&t),
                 exp_avg: t.zeros_like().detach(),
                 exp_avg_sq: t.zeros_like().detach(),
+                step_t: Tensor::zeros([], (Kind::Float, t.device())),
                 tensor: t,
                 name,
                 step: 0,
             })
             .collect();
         params.sort_by(|a, b| a.name.cmp(&b.name));
-        AdamW { cfg, params }
+        let reference = std::env::var(REFERENCE_ENV).is_ok_and(|v| v == "1");
+        AdamW {
+            cfg,
+            params,
+            reference,
+        }
+    }
+
+    /// The per-tensor reference (`true`) or the fused optimizer (`false`); the state carries
+    /// over, so the two can be switched between steps.
+    pub fn with_reference(mut self, on: bool) -> Self {
+        self.reference = on;
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let _ = p.step_t.fill_(p.step as f64);
+            }
+        });
+        self
+    }
+
+    /// Whether this is the per-tensor reference.
+    pub fn is_reference(&self) -> bool {
+        self.reference
     }
 
     /// All trainable variables of a var store.
@@ -135,30 +176,17 @@ impl AdamW {
     /// `u = −(lr / (1 − β1^t))·m` for `θ.addcdiv_(u, denom)` (torch's `θ + value·m / denom`).
     pub fn step(&mut self, lr: f64) -> anyhow::Result<()> {
         let cfg = self.cfg;
+        let reference = self.reference;
+        let params = &mut self.params;
         tch::no_grad(|| -> anyhow::Result<()> {
-            for p in &mut self.params {
+            if !reference {
+                return fused_step(params, cfg, lr);
+            }
+            for p in params.iter_mut() {
                 let g = p.tensor.grad();
-                if !g.defined() {
-                    continue;
+                if g.defined() {
+                    update_one(p, g, cfg, lr)?;
                 }
-                p.step += 1;
-                let t = p.step as i32;
-                if p.decay && cfg.weight_decay != 0.0 {
-                    let _ = p.tensor.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
-                }
-                let _ = p.exp_avg.f_lerp_(&g, 1.0 - cfg.beta1)?;
-                let _ = p.exp_avg_sq.f_mul_scalar_(cfg.beta2)?;
-                let mut scratch = g.f_mul_scalar(1.0 - cfg.beta2)?;
-                let _ = p.exp_avg_sq.f_addcmul_(&scratch, &g)?;
-                drop(g);
-                let bc1 = 1.0 - cfg.beta1.powi(t);
-                let bc2 = 1.0 - cfg.beta2.powi(t);
-                let step_size = lr / bc1;
-                let _ = p.exp_avg_sq.f_sqrt_out(&scratch)?;
-                let _ = scratch.f_div_scalar_(bc2.sqrt())?;
-                let _ = scratch.f_add_scalar_(cfg.eps)?;
-                let upd = p.exp_avg.f_mul_scalar(-step_size)?;
-                let _ = p.tensor.f_addcdiv_(&upd, &scratch)?;
             }
             Ok(())
         })
@@ -180,7 +208,21 @@ impl AdamW {
             .unwrap_or(0.0))
     }
 
+    /// The defined gradients, in parameter order.
+    fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
     fn total_norm(&self) -> anyhow::Result<Option<Tensor>> {
+        if !self.reference {
+            let grads = self.grads();
+            let refs: Vec<&Tensor> = grads.iter().collect();
+            return tch::no_grad(|| fused::total_norm(&refs));
+        }
         let norms: Vec<Tensor> = self
             .params
             .iter()
@@ -206,6 +248,22 @@ impl AdamW {
         }
         let coef = (total.f_add_scalar(1e-6)?.f_reciprocal()? * max_norm).f_clamp_max(1.0)?;
         tch::no_grad(|| -> anyhow::Result<()> {
+            if !self.reference {
+                // One `_foreach_mul_` per (device, dtype) of the gradients.
+                let grads = self.grads();
+                let mut groups: Vec<((Device, Kind), Vec<&Tensor>)> = Vec::new();
+                for g in &grads {
+                    let key = (g.device(), g.kind());
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, v)) => v.push(g),
+                        None => groups.push((key, vec![g])),
+                    }
+                }
+                for ((device, kind), gs) in groups {
+                    fused::mul_(&gs, &coef.f_to_device(device)?.f_to_kind(kind)?)?;
+                }
+                return Ok(());
+            }
             for p in &self.params {
                 let mut g = p.tensor.grad();
                 if g.defined() {
@@ -299,12 +357,100 @@ impl AdamW {
                     .steps
                     .get(&p.name)
                     .ok_or_else(|| anyhow!("{}: no step for `{}`", mpath.display(), p.name))?;
+                let _ = p.step_t.f_fill_(p.step as f64)?;
             }
             Ok(())
         })?;
         self.cfg = meta.config;
         Ok(())
     }
+}
+
+/// The per-tensor update of one parameter with gradient `g` (see [`AdamW::step`]).
+fn update_one(p: &mut Param, g: Tensor, cfg: AdamWConfig, lr: f64) -> anyhow::Result<()> {
+    p.step += 1;
+    let t = p.step as i32;
+    if p.decay && cfg.weight_decay != 0.0 {
+        let _ = p.tensor.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
+    }
+    let _ = p.exp_avg.f_lerp_(&g, 1.0 - cfg.beta1)?;
+    let _ = p.exp_avg_sq.f_mul_scalar_(cfg.beta2)?;
+    let mut scratch = g.f_mul_scalar(1.0 - cfg.beta2)?;
+    let _ = p.exp_avg_sq.f_addcmul_(&scratch, &g)?;
+    drop(g);
+    let bc1 = 1.0 - cfg.beta1.powi(t);
+    let bc2 = 1.0 - cfg.beta2.powi(t);
+    let step_size = lr / bc1;
+    let _ = p.exp_avg_sq.f_sqrt_out(&scratch)?;
+    let _ = scratch.f_div_scalar_(bc2.sqrt())?;
+    let _ = scratch.f_add_scalar_(cfg.eps)?;
+    let upd = p.exp_avg.f_mul_scalar(-step_size)?;
+    let _ = p.tensor.f_addcdiv_(&upd, &scratch)?;
+    Ok(())
+}
+
+/// Whether the fused kernel takes parameter `t` with gradient `g`: a CPU or CUDA float tensor,
+/// its gradient of the same device and dtype, both contiguous.
+fn fusable(t: &Tensor, g: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu | Device::Cuda(_))
+        && matches!(
+            t.kind(),
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        )
+        && g.device() == t.device()
+        && g.kind() == t.kind()
+        && t.is_contiguous()
+        && g.is_contiguous()
+}
+
+/// The fused update: one `_fused_adamw_` per (device, dtype, decay) group of the parameters
+/// with a gradient, the rest through [`update_one`] (their step tensors kept in sync).
+fn fused_step(params: &mut [Param], cfg: AdamWConfig, lr: f64) -> anyhow::Result<()> {
+    let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
+    let mut groups: Vec<((Device, Kind, bool), Vec<usize>)> = Vec::new();
+    let mut single = Vec::new();
+    for (i, (p, g)) in params.iter().zip(&grads).enumerate() {
+        if !g.defined() {
+            continue;
+        }
+        if !fusable(&p.tensor, g) {
+            single.push(i);
+            continue;
+        }
+        let key = (p.tensor.device(), p.tensor.kind(), p.decay);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((key, vec![i])),
+        }
+    }
+    for ((_, _, decay), idx) in &groups {
+        let mut group = AdamWGroup::default();
+        for &i in idx {
+            let p = &params[i];
+            group.params.push(&p.tensor);
+            group.grads.push(&grads[i]);
+            group.exp_avgs.push(&p.exp_avg);
+            group.exp_avg_sqs.push(&p.exp_avg_sq);
+            group.steps.push(&p.step_t);
+        }
+        let args = AdamWArgs {
+            lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            weight_decay: if *decay { cfg.weight_decay } else { 0.0 },
+            eps: cfg.eps,
+        };
+        fused::adamw(&group, args)?;
+        for &i in idx {
+            params[i].step += 1;
+        }
+    }
+    for i in single {
+        let p = &mut params[i];
+        update_one(p, grads[i].shallow_clone(), cfg, lr)?;
+        let _ = p.step_t.f_fill_(p.step as f64)?;
+    }
+    Ok(())
 }
 
 /// Names of the tensors with a NaN or infinite value (undefined tensors are skipped).

@@ -6,6 +6,7 @@ mod util;
 mod chat;
 mod dist;
 mod examples;
+mod fused;
 mod mixture;
 mod optim;
 mod pack;

@@ -69,10 +69,19 @@ fn set_grads(params: &[Tensor], opt: &mut AdamW, step: &J, fx: &J) {
     loss.backward();
 }
 
+/// Both implementations: the fused kernels (the default) and the per-tensor reference.
 #[test]
 fn adamw_and_clipping_match_torch() {
+    for reference in [false, true] {
+        adamw_and_clipping_match_torch_with(reference);
+    }
+}
+
+fn adamw_and_clipping_match_torch_with(reference: bool) {
     let fx = fixture("adamw.json");
-    let (params, mut opt) = setup(&fx);
+    let (params, opt) = setup(&fx);
+    let mut opt = opt.with_reference(reference);
+    assert_eq!(opt.is_reference(), reference);
     assert_eq!(
         opt.decay_split(),
         (vec!["layer.weight"], vec!["layer.bias"])

@@ -1,0 +1,146 @@
+//! Safe wrappers of the fused-optimizer shim (`recipes/csrc/fused.cpp`, compiled by
+//! `recipes/build.rs` against the libtorch torch-sys links): libtorch's multi-tensor kernels
+//! that tch 0.24 does not bind. [`super::optim::AdamW`] uses them unless it is built as the
+//! per-tensor reference.
+//!
+//! Invariants: every pointer handed to the shim is a live tch `Tensor`'s `C_tensor` (an
+//! `at::Tensor*`) borrowed for the call; a C++ exception never crosses the boundary — the shim
+//! returns it as a message, which becomes an `Err` here. The in-place updates run with autograd
+//! off (the callers hold `tch::no_grad`), as torch's optimizers do.
+
+use anyhow::{anyhow, bail, Result};
+use std::ffi::{c_char, CStr};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn temper_free_error(msg: *mut c_char);
+    fn temper_fused_adamw(
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        exp_avgs: *const *const C_tensor,
+        exp_avg_sqs: *const *const C_tensor,
+        steps: *const *const C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> *mut c_char;
+    fn temper_total_norm(
+        ts: *const *const C_tensor,
+        n: usize,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn temper_foreach_mul_(
+        ts: *const *const C_tensor,
+        n: usize,
+        factor: *const C_tensor,
+    ) -> *mut c_char;
+}
+
+/// `Ok` for a null message, else the message as an error (and the message freed).
+fn check(msg: *mut c_char) -> Result<()> {
+    if msg.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null result is a NUL-terminated string the shim malloc'd for us.
+    let text = unsafe { CStr::from_ptr(msg) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { temper_free_error(msg) };
+    Err(anyhow!("libtorch: {text}"))
+}
+
+fn ptrs(ts: &[&Tensor]) -> Vec<*const C_tensor> {
+    ts.iter().map(|t| t.as_ptr()).collect()
+}
+
+/// One AdamW group for [`adamw`]: parameters of one device and dtype, with their gradients,
+/// moments and step counters (f32 scalar tensors on the same device), index-aligned.
+#[derive(Default)]
+pub struct AdamWGroup<'a> {
+    pub params: Vec<&'a Tensor>,
+    pub grads: Vec<&'a Tensor>,
+    pub exp_avgs: Vec<&'a Tensor>,
+    pub exp_avg_sqs: Vec<&'a Tensor>,
+    pub steps: Vec<&'a Tensor>,
+}
+
+/// Hyper-parameters of one [`adamw`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWArgs {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+}
+
+/// Increments each step counter of `g` and applies `torch._fused_adamw_` (torch.optim.AdamW's
+/// `fused=True` update: decoupled weight decay, then the moments, then the bias-corrected
+/// step) to every tensor of the group in place.
+pub fn adamw(g: &AdamWGroup, a: AdamWArgs) -> Result<()> {
+    let n = g.params.len();
+    if [&g.grads, &g.exp_avgs, &g.exp_avg_sqs, &g.steps]
+        .iter()
+        .any(|v| v.len() != n)
+    {
+        bail!("fused AdamW: the group's lists differ in length");
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let (p, gr, m, v, s) = (
+        ptrs(&g.params),
+        ptrs(&g.grads),
+        ptrs(&g.exp_avgs),
+        ptrs(&g.exp_avg_sqs),
+        ptrs(&g.steps),
+    );
+    // SAFETY: five arrays of `n` live tensor pointers, borrowed for the call.
+    check(unsafe {
+        temper_fused_adamw(
+            p.as_ptr(),
+            gr.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            s.as_ptr(),
+            n,
+            a.lr,
+            a.beta1,
+            a.beta2,
+            a.weight_decay,
+            a.eps,
+        )
+    })
+}
+
+/// `‖(‖t_1‖₂, …, ‖t_n‖₂)‖₂` as an f32 scalar tensor on the first tensor's device, computed
+/// there (`_foreach_norm` in f32, one stack, one norm); `None` for no tensors.
+pub fn total_norm(ts: &[&Tensor]) -> Result<Option<Tensor>> {
+    if ts.is_empty() {
+        return Ok(None);
+    }
+    let p = ptrs(ts);
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `ts.len()` live tensor pointers; on success `out` is a new tensor we own.
+    check(unsafe { temper_total_norm(p.as_ptr(), p.len(), &mut out) })?;
+    if out.is_null() {
+        bail!("total norm: libtorch returned no tensor");
+    }
+    // SAFETY: `out` was allocated by the shim with `new at::Tensor`, which tch frees.
+    Ok(Some(unsafe { Tensor::from_ptr(out) }))
+}
+
+/// Multiplies every tensor of `ts` (all on `factor`'s device) in place by the scalar tensor
+/// `factor` (`_foreach_mul_`).
+pub fn mul_(ts: &[&Tensor], factor: &Tensor) -> Result<()> {
+    if ts.is_empty() {
+        return Ok(());
+    }
+    let p = ptrs(ts);
+    // SAFETY: `ts.len()` live tensor pointers and one live factor, borrowed for the call.
+    check(unsafe { temper_foreach_mul_(p.as_ptr(), p.len(), factor.as_ptr()) })
+}
