@@ -488,4 +488,29 @@ cpt cuda-bf16 model=tiny data=corpus steps=1 device=cuda:0 precision=bf16
     assert_ne!(keys["cpu"], keys["cpu-mixed"]);
     assert_ne!(keys["cpu-mixed"], keys["cpu-bf16"]);
     assert_ne!(keys["cpu"], keys["cpu-save"]);
+    // An explicit precision and an explicit dtype that disagree are refused where they are
+    // written, as is a save-dtype on a LoRA node.
+    std::fs::write(
+        p.path().join("bad.kdl"),
+        r#"
+dataset corpus path="data/text.jsonl" format=text
+tokenizer tok vocab-size=300 { data corpus; }
+model tiny tokenizer=tok hidden-size=32 layers=1 heads=2 kv-heads=1 intermediate-size=64
+cpt a model=tiny data=corpus steps=1 dtype=bf16 precision=f32
+cpt b model=tiny data=corpus steps=1 save-dtype=bf16 { lora rank=4; }
+"#,
+    )
+    .unwrap();
+    let err = match runner::plan::load(&p.path().join("bad.kdl"), &k.registry, &[]) {
+        Ok(_) => panic!("the recipe loaded"),
+        Err(e) => format!("{e:?}"),
+    };
+    assert!(
+        err.contains("precision f32 computes in f32, but the node sets dtype bf16"),
+        "{err}"
+    );
+    assert!(
+        err.contains("save-dtype applies to a full model's weights"),
+        "{err}"
+    );
 }

@@ -264,14 +264,13 @@ pub fn train<O: Objective>(
             dir: ckpts.dir(),
         };
         let Some(out) = step(
-            model,
+            (model, mixed.as_ref()),
             &mut opt,
             (&sched, spec.max_grad_norm, spec.seed),
             obj,
             prog.step,
             &poisoned,
             c,
-            mixed.as_ref(),
         )?
         else {
             break;

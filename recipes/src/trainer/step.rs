@@ -139,16 +139,16 @@ pub struct StepOut {
 }
 
 /// Optimizer step `step` (0-based; the module docs' steps 1–5): `None` when the data is
-/// exhausted.
+/// exhausted. `model` runs the forward and backward; `mixed`, under `bf16-mixed`, holds the
+/// f32 masters `opt` updates.
 pub(super) fn step<O: Objective>(
-    model: &HfModel,
+    (model, mixed): (&HfModel, Option<&Mixed>),
     opt: &mut AdamW,
     (sched, max_grad_norm, seed): (&Schedule, Option<f64>, u64),
     obj: &mut O,
     step: u64,
     poisoned: &Poisoned,
     c: &dyn Collective,
-    mixed: Option<&Mixed>,
 ) -> Result<Option<StepOut>, StageError> {
     let shown = step + 1;
     let Some(micro) = obj
