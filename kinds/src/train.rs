@@ -1,6 +1,16 @@
 //! Parameters shared by the training kinds (`cpt`, `sft`, `dpo`, `npo`): the optimiser,
-//! the schedule, the run's length, the compute dtype, checkpointing, data-parallel ranks and
+//! the schedule, the run's length, the precision, checkpointing, data-parallel ranks and
 //! LoRA ([`crate::lora`]), declared once as the [`Optim`] group and checked by [`check_optim`].
+//!
+//! Precision (`precision`, [`Precision::resolve`]; `dtype` is the older knob and keeps its
+//! meaning): `f32` trains in f32; `bf16-mixed` keeps f32 master weights and f32 AdamW moments
+//! and runs forward and backward on a bf16 working copy refreshed after each update; `bf16`
+//! is pure bf16 (weights and moments), lossy: an update smaller than half a bf16 step of its
+//! weight (8 bits of mantissa) is lost. `precision auto` (the default) follows `dtype`:
+//! `dtype auto` is `f32` on the CPU and `bf16-mixed` on CUDA, `dtype f32` is `f32`, and an
+//! explicit `dtype bf16` stays pure `bf16`, as it was before `precision` existed. An explicit
+//! `precision` sets the compute dtype too, so it overrides `dtype auto` and must agree with an
+//! explicit `dtype` ([`check_precision`]).
 //!
 //! Defaults follow Hugging Face's `TrainingArguments` where one exists: `lr` 5e-5, linear
 //! schedule without warmup, `weight-decay` 0, betas (0.9, 0.999), eps 1e-8, `max-grad-norm` 1.
@@ -42,6 +52,41 @@ impl FromParam for Schedule {
     }
 }
 
+crate::enum_param! {
+    /// The numerics of training ([`Precision::resolve`]).
+    pub enum Precision { Auto = "auto", Bf16Mixed = "bf16-mixed", Bf16 = "bf16", F32 = "f32" }
+}
+
+impl Precision {
+    /// The precision a node trains in, from its `precision`, its `dtype` and whether it runs on
+    /// CUDA (the module docs' rule; never `Auto`). The one rule: the keys apply it to the device
+    /// a node asks for, the trainer to the device it was given.
+    pub fn resolve(self, dtype: Dtype, on_cuda: bool) -> Precision {
+        match (self, dtype) {
+            (Precision::Auto, Dtype::Bf16) => Precision::Bf16,
+            (Precision::Auto, Dtype::F32) => Precision::F32,
+            (Precision::Auto, Dtype::Auto) if on_cuda => Precision::Bf16Mixed,
+            (Precision::Auto, Dtype::Auto) => Precision::F32,
+            (p, _) => p,
+        }
+    }
+
+    /// The dtype forward and backward run in: `Auto` for `Auto` (then `dtype` decides), `bf16`
+    /// for both bf16 precisions, `f32` for `f32`.
+    pub fn compute(self) -> Dtype {
+        match self {
+            Precision::Auto => Dtype::Auto,
+            Precision::Bf16Mixed | Precision::Bf16 => Dtype::Bf16,
+            Precision::F32 => Dtype::F32,
+        }
+    }
+}
+
+crate::enum_param! {
+    /// The dtype of a trained model's weights in its artifact.
+    pub enum SaveDtype { Auto = "auto", F32 = "f32", Bf16 = "bf16", F16 = "f16" }
+}
+
 crate::params! {
     /// The optimisation parameters every training kind declares.
     pub struct Optim {
@@ -73,7 +118,15 @@ crate::params! {
         adam_eps: f64 = ParamSpec::new("adam-eps", float(0.0)).default(Value::Float(1e-8)),
         seed: u64 = ParamSpec::new("seed", int(0)).default(Value::Int(0)).doc("seed of the data order"),
         dtype: Dtype = ParamSpec::new("dtype", ParamType::Enum(Dtype::NAMES)).default(Value::Str("auto".into()))
-            .doc("compute dtype: auto = f32 on CPU, bf16 on CUDA"),
+            .doc("compute dtype: auto = f32 on CPU, bf16 on CUDA; `precision` says more"),
+        precision: Precision = ParamSpec::new("precision", ParamType::Enum(Precision::NAMES))
+            .default(Value::Str("auto".into())).added_later()
+            .doc("bf16-mixed (f32 master weights and moments, bf16 compute) | bf16 (pure, lossy) | \
+                  f32; auto = f32 on CPU, bf16-mixed on CUDA, bf16 with an explicit `dtype bf16`"),
+        save_dtype: SaveDtype = ParamSpec::new("save-dtype", ParamType::Enum(SaveDtype::NAMES))
+            .default(Value::Str("auto".into())).added_later()
+            .doc("dtype of the written weights: auto = the model's `torch_dtype` under \
+                  bf16-mixed, else the compute dtype"),
         checkpoint_every: u64 = ParamSpec::new("checkpoint-every", int(0)).default(Value::Int(100)).non_semantic()
             .doc("checkpoint every N steps (0 = only at the end and on Ctrl-C)"),
         keep_checkpoints: usize = ParamSpec::new("keep-checkpoints", int(1)).default(Value::Int(1)).non_semantic()
@@ -81,6 +134,18 @@ crate::params! {
         ranks: usize = ParamSpec::new("ranks", int(1)).default(Value::Int(1)).non_semantic()
             .doc("data-parallel ranks (MPI processes); each takes grad-accum / ranks micro-batches of every step"),
         lora: Option<crate::lora::Lora> = crate::lora::spec(),
+    }
+}
+
+impl Optim {
+    /// The dtype the model is loaded in: its master dtype. bf16 only for pure `bf16` training
+    /// (whatever the device: `auto` never resolves to it); `f32` and `bf16-mixed` load f32 and
+    /// the trainer makes the bf16 working copy of `bf16-mixed`.
+    pub fn load_dtype(&self) -> Dtype {
+        match self.precision.resolve(self.dtype, false) {
+            Precision::Bf16 => Dtype::Bf16,
+            _ => Dtype::F32,
+        }
     }
 }
 
@@ -205,6 +270,7 @@ fn check_ranks_here(n: &NodeDecl, machine: dsl::Machine, f: &mut dsl::Findings) 
 /// `√v̂ + eps`; with eps = 0 a parameter whose gradient was always zero gets 0/0 = NaN).
 pub fn check_optim(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     check_ranks(n, out);
+    check_precision(n, out);
     crate::lora::check(n, out);
     if let Some(eps) = n.params.get("adam-eps").and_then(|v| v.as_f64()) {
         if eps <= 0.0 {
@@ -237,9 +303,59 @@ pub fn check_optim(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     }
 }
 
+/// An explicit `precision` and an explicit `dtype` must name the same compute dtype (`dtype
+/// auto` always agrees); `save-dtype` applies to a full model's weights, not to a LoRA adapter
+/// (always written in f32, as PEFT does).
+pub fn check_precision(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
+    let word = |k: &str| n.params.get(k).and_then(|v| v.as_str());
+    let precision = word("precision").and_then(Precision::parse);
+    let dtype = word("dtype").and_then(Dtype::parse);
+    if let (Some(p), Some(d)) = (precision, dtype) {
+        let c = p.compute();
+        if c != Dtype::Auto && d != Dtype::Auto && c != d {
+            out.push(ParamIssue {
+                param: Some("precision".into()),
+                message: format!(
+                    "precision {} computes in {}, but the node sets dtype {}",
+                    p.name(),
+                    c.name(),
+                    d.name()
+                ),
+                hint: Some("remove `dtype`: `precision` sets the compute dtype".into()),
+            });
+        }
+    }
+    let save = word("save-dtype").and_then(SaveDtype::parse);
+    if is_set(n, "lora") && save.is_some_and(|s| s != SaveDtype::Auto) {
+        out.push(ParamIssue {
+            param: Some("save-dtype".into()),
+            message: "save-dtype applies to a full model's weights; this node trains a LoRA \
+                      adapter, which is written in f32"
+                .into(),
+            hint: Some("remove `save-dtype`".into()),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ranks_problem;
+    use super::Precision;
+    use dsl::device::Dtype;
+
+    #[test]
+    fn precision_auto_follows_dtype_and_an_explicit_one_wins() {
+        let r = |p: Precision, d: Dtype, cuda: bool| p.resolve(d, cuda);
+        assert_eq!(r(Precision::Auto, Dtype::Auto, false), Precision::F32);
+        assert_eq!(r(Precision::Auto, Dtype::Auto, true), Precision::Bf16Mixed);
+        assert_eq!(r(Precision::Auto, Dtype::Bf16, false), Precision::Bf16);
+        assert_eq!(r(Precision::Auto, Dtype::F32, true), Precision::F32);
+        assert_eq!(
+            r(Precision::Bf16Mixed, Dtype::Auto, false),
+            Precision::Bf16Mixed
+        );
+        assert_eq!(r(Precision::Bf16, Dtype::Auto, true), Precision::Bf16);
+    }
 
     #[test]
     fn ranks_need_a_core_or_a_gpu_each() {

@@ -196,11 +196,18 @@ pub fn key_tree(
     let mut params = serde_json::Map::new();
     for spec in schema.params.iter().filter(|p| p.semantic) {
         let v = inst.params.get(spec.name).unwrap_or(&Value::Null);
-        if spec.added_later && is_default(spec, v) {
-            continue;
-        }
         let resolved;
-        let v = if spec.name == "dtype" && v.as_str() == Some("auto") {
+        let v = if spec.name == "precision" {
+            match resolve_precision(inst) {
+                Some(p) => {
+                    resolved = Value::Str(p.into());
+                    &resolved
+                }
+                None => continue,
+            }
+        } else if spec.added_later && is_default(spec, v) {
+            continue;
+        } else if spec.name == "dtype" && v.as_str() == Some("auto") {
             resolved = Value::Str(resolve_auto_dtype(inst).into());
             &resolved
         } else {
@@ -221,19 +228,62 @@ pub fn key_tree(
 /// what enters the key: [`dsl::device::Dtype::resolve`] (f32 on CPU, bf16 on CUDA) for the
 /// device the node asks for (`auto` = CUDA when this machine has it), the same rule the stages
 /// apply to the device they are given. The device itself stays out of the key.
+/// A training node's explicit `precision` names its compute dtype and wins over `dtype auto`
+/// (`kinds::train::Precision::compute`).
 pub fn resolve_auto_dtype(inst: &Instance) -> &'static str {
-    use dsl::device::{Device, Dtype};
+    use dsl::device::Dtype;
+    let explicit = precision_of(inst).compute();
+    match explicit {
+        Dtype::Auto => Dtype::Auto.resolve(on_cuda(inst)).name(),
+        d => d.name(),
+    }
+}
+
+/// What a training node's `precision` adds to its key: the resolved precision
+/// ([`kinds::train::Precision::resolve`]) where it computes differently from what its key's
+/// `dtype` alone meant before `precision` existed — only `bf16-mixed` (`dtype f32` meant f32,
+/// `dtype bf16` pure bf16) —, else nothing, so every earlier key keeps its meaning: CPU nodes
+/// (`auto` = f32) and explicit `dtype bf16` nodes keep their keys, a CUDA node with `dtype
+/// auto` (pure bf16 before, bf16-mixed now) gets a new one.
+pub fn resolve_precision(inst: &Instance) -> Option<&'static str> {
+    use dsl::device::Dtype;
+    use kinds::train::Precision;
+    let dtype = inst
+        .params
+        .get("dtype")
+        .and_then(|v| v.as_str())
+        .and_then(Dtype::parse)
+        .unwrap_or(Dtype::Auto);
+    match precision_of(inst).resolve(dtype, on_cuda(inst)) {
+        Precision::Bf16Mixed => Some(Precision::Bf16Mixed.name()),
+        _ => None,
+    }
+}
+
+/// A node's `precision` (`auto` where it has none).
+fn precision_of(inst: &Instance) -> kinds::train::Precision {
+    use kinds::train::Precision;
+    inst.params
+        .get("precision")
+        .and_then(|v| v.as_str())
+        .and_then(Precision::parse)
+        .unwrap_or(Precision::Auto)
+}
+
+/// Whether the node runs on CUDA: the device it asks for, `auto` = CUDA when this machine has
+/// it.
+fn on_cuda(inst: &Instance) -> bool {
+    use dsl::device::Device;
     let device = inst
         .params
         .get("device")
         .and_then(|v| v.as_str())
         .and_then(Device::parse)
         .unwrap_or(Device::Auto);
-    let on_cuda = match device {
+    match device {
         Device::Auto => crate::device::cuda_devices() > 0,
         d => d.is_cuda(0),
-    };
-    Dtype::Auto.resolve(on_cuda).name()
+    }
 }
 
 fn value_json(

@@ -448,3 +448,69 @@ fn dtype_auto_enters_the_key_as_the_resolved_dtype() {
     assert_eq!(bf16_cuda["t"], bf16["t"]);
     assert_ne!(auto_cpu["t"], bf16_cuda["t"]);
 }
+
+/// `precision` enters a training node's key only where it changes what the node computes
+/// against the key's `dtype` alone (`bf16-mixed`): CPU nodes (`auto` = f32) and explicit
+/// `dtype bf16` nodes (pure bf16, as before `precision`) keep their keys, `precision bf16`
+/// on CUDA is the old CUDA default, and CUDA's new default (bf16-mixed) is a new key.
+#[test]
+fn precision_enters_the_key_only_where_it_changes_the_numerics() {
+    let p = Project::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/data");
+    std::fs::create_dir_all(p.path().join("data")).unwrap();
+    std::fs::copy(dir.join("text.jsonl"), p.path().join("data/text.jsonl")).unwrap();
+    let k = Kinds::builtin();
+    let keys = keys_in(
+        &k,
+        p.path(),
+        r#"
+dataset corpus path="data/text.jsonl" format=text
+tokenizer tok vocab-size=300 { data corpus; }
+model tiny tokenizer=tok hidden-size=32 layers=1 heads=2 kv-heads=1 intermediate-size=64
+cpt cpu model=tiny data=corpus steps=1 device=cpu
+cpt cpu-f32 model=tiny data=corpus steps=1 device=cpu precision=f32
+cpt cpu-dtype-f32 model=tiny data=corpus steps=1 device=cpu dtype=f32
+cpt cpu-mixed model=tiny data=corpus steps=1 device=cpu precision=bf16-mixed
+cpt cpu-dtype-bf16 model=tiny data=corpus steps=1 device=cpu dtype=bf16
+cpt cpu-bf16 model=tiny data=corpus steps=1 device=cpu precision=bf16
+cpt cpu-save model=tiny data=corpus steps=1 device=cpu save-dtype=bf16
+cpt cuda model=tiny data=corpus steps=1 device=cuda:0
+cpt cuda-mixed model=tiny data=corpus steps=1 device=cuda:0 precision=bf16-mixed
+cpt cuda-bf16 model=tiny data=corpus steps=1 device=cuda:0 precision=bf16
+"#,
+    );
+    assert_eq!(keys["cpu"], keys["cpu-f32"]);
+    assert_eq!(keys["cpu"], keys["cpu-dtype-f32"]);
+    assert_eq!(keys["cpu-dtype-bf16"], keys["cpu-bf16"]);
+    assert_eq!(keys["cpu-dtype-bf16"], keys["cuda-bf16"]);
+    assert_eq!(keys["cuda"], keys["cuda-mixed"]);
+    assert_eq!(keys["cpu-mixed"], keys["cuda-mixed"]);
+    assert_ne!(keys["cpu"], keys["cpu-mixed"]);
+    assert_ne!(keys["cpu-mixed"], keys["cpu-bf16"]);
+    assert_ne!(keys["cpu"], keys["cpu-save"]);
+    // An explicit precision and an explicit dtype that disagree are refused where they are
+    // written, as is a save-dtype on a LoRA node.
+    std::fs::write(
+        p.path().join("bad.kdl"),
+        r#"
+dataset corpus path="data/text.jsonl" format=text
+tokenizer tok vocab-size=300 { data corpus; }
+model tiny tokenizer=tok hidden-size=32 layers=1 heads=2 kv-heads=1 intermediate-size=64
+cpt a model=tiny data=corpus steps=1 dtype=bf16 precision=f32
+cpt b model=tiny data=corpus steps=1 save-dtype=bf16 { lora rank=4; }
+"#,
+    )
+    .unwrap();
+    let err = match runner::plan::load(&p.path().join("bad.kdl"), &k.registry, &[]) {
+        Ok(_) => panic!("the recipe loaded"),
+        Err(e) => format!("{e:?}"),
+    };
+    assert!(
+        err.contains("precision f32 computes in f32, but the node sets dtype bf16"),
+        "{err}"
+    );
+    assert!(
+        err.contains("save-dtype applies to a full model's weights"),
+        "{err}"
+    );
+}

@@ -52,7 +52,7 @@ impl Kind for Cpt {
         } = prologue::start(
             ctx,
             &p.model,
-            p.optim.dtype,
+            p.optim.load_dtype(),
             p.tokenizer.as_ref(),
             Some("CPT appends EOS to every document"),
         )?;
@@ -76,7 +76,6 @@ impl Kind for Cpt {
             "seq_len": p.seq_len,
             "batch_rows": rows,
             "grad_accum": obj.accum,
-            "dtype": params::dtype_name(model.hf.kind()),
             "stream_position": obj.stream.position(),
         });
         write_output(ctx, &model, &tok.path, &summary, extra)

@@ -56,7 +56,7 @@ impl Kind for Dpo {
             tok,
             pad,
             ..
-        } = prologue::start(ctx, &p.model, p.optim.dtype, None, None)?;
+        } = prologue::start(ctx, &p.model, p.optim.load_dtype(), None, None)?;
         let policy = Policy::of(&model, &tok);
         let (recs, summary) = stored::read_for_policy(ctx, &p.reference, &policy)?;
         check_ref(ctx, &p, &cfg, &summary)?;
@@ -89,7 +89,6 @@ impl Kind for Dpo {
             "truncated": summary.truncated,
             "batch_size": batch,
             "grad_accum": accum,
-            "dtype": params::dtype_name(model.hf.kind()),
         });
         write_output(ctx, &model, &model.dir, &train_summary, extra)
     }

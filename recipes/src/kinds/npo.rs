@@ -57,7 +57,7 @@ impl Kind for Npo {
             tok,
             pad,
             ..
-        } = prologue::start(ctx, &p.model, p.optim.dtype, None, None)?;
+        } = prologue::start(ctx, &p.model, p.optim.load_dtype(), None, None)?;
         let policy = Policy::of(&model, &tok);
         let forget = seqs(ctx, &p.forget, &policy)?;
         let retain = match &p.retain {
@@ -98,7 +98,6 @@ impl Kind for Npo {
             "retain_weight": obj.weight,
             "batch_size": batch,
             "grad_accum": accum,
-            "dtype": params::dtype_name(model.hf.kind()),
         });
         write_output(ctx, &model, &model.dir, &summary, extra)
     }

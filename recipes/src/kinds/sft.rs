@@ -63,7 +63,7 @@ impl Kind for Sft {
         } = prologue::start(
             ctx,
             &p.model,
-            p.optim.dtype,
+            p.optim.load_dtype(),
             p.tokenizer.as_ref(),
             Some("SFT appends and trains EOS"),
         )?;
@@ -107,7 +107,6 @@ impl Kind for Sft {
             "packing": obj.packing,
             "batch_size": batch,
             "grad_accum": accum,
-            "dtype": params::dtype_name(model.hf.kind()),
         });
         write_output(ctx, &model, &tok.path, &summary, extra)
     }

@@ -3,8 +3,8 @@
 //! A checkpoint directory `step-NNNNNNNNN` (written atomically by
 //! [`crate::stage::Checkpoints::save`]) contains:
 //! - `model.safetensors`: every trained variable by checkpoint name, in its dtype (the whole
-//!   model, or only the LoRA adapter when one is trained: the frozen base is reloaded from its
-//!   artifact);
+//!   model — its f32 masters under `bf16-mixed` —, or only the LoRA adapter when one is
+//!   trained: the frozen base is reloaded from its artifact);
 //! - `optimizer.safetensors` + `optimizer.json`: AdamW moments and per-parameter steps;
 //! - `trainer.json` ([`TrainerState`]): step, tokens seen, first/last loss, the intra-op thread
 //!   count, seed, total steps and the objective's data position (stream / packer / sampler
@@ -17,7 +17,6 @@
 //! last line), so the file of a resumed run has the lines of an uninterrupted one.
 
 use super::{Objective, Progress};
-use crate::arch::HfModel;
 use crate::trainer::optim::AdamW;
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
@@ -41,12 +40,18 @@ pub struct TrainerState {
     pub data: J,
 }
 
-/// Writes a checkpoint into `dir` (a fresh temporary directory).
-pub fn write(dir: &Path, model: &HfModel, opt: &AdamW, st: &TrainerState) -> anyhow::Result<()> {
-    let vars: BTreeMap<String, Tensor> = model.trained_vars().into_iter().collect();
+/// Writes a checkpoint of the trained variables `trained` into `dir` (a fresh temporary
+/// directory).
+pub fn write(
+    dir: &Path,
+    trained: &[(String, Tensor)],
+    opt: &AdamW,
+    st: &TrainerState,
+) -> anyhow::Result<()> {
+    let vars: BTreeMap<&String, &Tensor> = trained.iter().map(|(k, t)| (k, t)).collect();
     let cpu: Vec<(String, Tensor)> = vars
         .into_iter()
-        .map(|(k, t)| (k, t.detach().to_device(tch::Device::Cpu)))
+        .map(|(k, t)| (k.clone(), t.detach().to_device(tch::Device::Cpu)))
         .collect();
     let p = dir.join(WEIGHTS_FILE);
     Tensor::write_safetensors(&cpu, &p).with_context(|| format!("writing {}", p.display()))?;
@@ -56,10 +61,11 @@ pub fn write(dir: &Path, model: &HfModel, opt: &AdamW, st: &TrainerState) -> any
         .with_context(|| format!("writing {}", p.display()))
 }
 
-/// Restores weights, optimizer and data position from `dir`; returns the trainer state.
+/// Restores the trained variables `trained`, the optimizer and the data position from `dir`;
+/// returns the trainer state.
 pub fn restore<O: Objective>(
     dir: &Path,
-    model: &mut HfModel,
+    trained: &[(String, Tensor)],
     opt: &mut AdamW,
     obj: &mut O,
 ) -> anyhow::Result<TrainerState> {
@@ -72,7 +78,7 @@ pub fn restore<O: Objective>(
         .with_context(|| format!("reading {}", p.display()))?
         .into_iter()
         .collect();
-    let vars: BTreeMap<String, Tensor> = model.trained_vars().into_iter().collect();
+    let vars: BTreeMap<&String, &Tensor> = trained.iter().map(|(k, t)| (k, t)).collect();
     if saved.len() != vars.len() {
         bail!(
             "{}: {} tensors, the model has {}",
@@ -84,7 +90,7 @@ pub fn restore<O: Objective>(
     tch::no_grad(|| -> anyhow::Result<()> {
         for (name, var) in &vars {
             let src = saved
-                .get(name)
+                .get(*name)
                 .ok_or_else(|| anyhow!("{}: no tensor `{name}`", p.display()))?;
             if src.size() != var.size() {
                 bail!(

@@ -16,6 +16,11 @@
 //!    `min(1, max_grad_norm / (g + 1e-6))` when clipping is on;
 //! 5. AdamW at `lr(s)` of the [`Schedule`] (weight decay off for 1-D tensors: norms, biases).
 //!
+//! Precision (`kinds::train::Precision`): `f32` and pure `bf16` train the model's variables
+//! in their dtype; `bf16-mixed` trains f32 masters of them and runs steps 1–2 on a bf16
+//! working copy ([`precision`]): what steps 3–5 and the checkpoints see are the masters. The
+//! trained model is returned holding them, and written in [`Numerics::save_dtype`].
+//!
 //! A run that ends with every step's gradient zero, or with a loss that never moved, succeeds
 //! but carries a warning in its summary (`warnings`), logged and shown by `temper show`.
 //!
@@ -33,12 +38,16 @@ pub mod lm;
 pub mod optim;
 pub mod output;
 pub mod params;
+pub mod precision;
 pub mod schedule;
 mod step;
 
 use crate::arch::HfModel;
 use crate::stage::{StageCtx, StageError};
 use crate::trainer::optim::{AdamW, AdamWConfig};
+use anyhow::Context;
+use kinds::train::Precision;
+use precision::Mixed;
 use schedule::{Schedule, Warmup};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
@@ -74,6 +83,11 @@ pub struct TrainSpec {
     pub threads: usize,
     /// Train a LoRA adapter on the frozen model instead of its weights ([`crate::lora`]).
     pub lora: Option<kinds::lora::Lora>,
+    /// `precision` and `dtype` as declared, resolved for the model's device by the trainer.
+    pub precision: Precision,
+    pub dtype: dsl::device::Dtype,
+    /// The dtype of the written weights (`auto`: [`params::save_kind`]).
+    pub save_dtype: kinds::train::SaveDtype,
 }
 
 /// The loss of one micro-batch.
@@ -133,9 +147,25 @@ pub struct TrainSummary {
     /// Seconds this attempt spent in the ranks' all-reduces (rank 0's; 0 with one rank).
     #[serde(default)]
     pub allreduce_seconds: f64,
+    #[serde(flatten)]
+    pub numerics: Numerics,
     /// Signs that the run did not train (zero gradients, a loss that never moved).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// The numerics of a run, as its summary reports them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Numerics {
+    /// What the run trained in: `f32`, `bf16-mixed` or `bf16`.
+    #[serde(default)]
+    pub precision: String,
+    /// Its compute dtype (`f32`, `bf16`).
+    #[serde(default)]
+    pub dtype: String,
+    /// The dtype its weights are written in (an adapter: always `f32`).
+    #[serde(default)]
+    pub save_dtype: String,
 }
 
 fn one() -> usize {
@@ -176,15 +206,38 @@ pub fn train<O: Objective>(
     if let (Some(lora), None) = (&spec.lora, &model.adapter) {
         crate::lora::attach(model, lora, spec.seed, &format!("node {}", ctx.node))?;
     }
-    let mut opt = AdamW::new(model.trained_vars(), spec.adamw);
+    let prec = spec.precision.resolve(spec.dtype, model.device().is_cuda());
+    let save_kind = params::save_kind(spec.save_dtype, prec, model);
+    let mixed = match prec {
+        Precision::Bf16Mixed => Some(
+            Mixed::start(model, tch::Kind::BFloat16)
+                .with_context(|| format!("node {}", ctx.node))?,
+        ),
+        _ => None,
+    };
+    let trained = match &mixed {
+        Some(m) => m.trained(model),
+        None => model.trained_vars(),
+    };
+    let mut opt = AdamW::new(
+        trained
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect(),
+        spec.adamw,
+    );
     let sched = Schedule::new(spec.schedule, spec.lr, spec.warmup, spec.total_steps);
-    let (mut prog, threads, mut last_good) = resume(ctx, &ckpts, spec, model, &mut opt, obj)?;
+    let (mut prog, threads, mut last_good) = resume(ctx, &ckpts, spec, &trained, &mut opt, obj)?;
+    if let Some(m) = &mixed {
+        m.refresh().map_err(StageError::Other)?;
+    }
     let resumed_from = prog.step;
     let saver = Saver {
         ctx,
         ckpts: &ckpts,
         spec,
         threads,
+        trained: &trained,
     };
     ctx.progress.set_length(spec.total_steps);
     ctx.progress.set_position(prog.step);
@@ -192,7 +245,7 @@ pub fn train<O: Objective>(
     let mut window = (Instant::now(), 0u64);
     let c = &*ctx.collective;
     crate::lora::attach::set_training(model, true);
-    let _eval_after = EvalAfter(model);
+    let eval_after = EvalAfter(model);
     while prog.step < spec.total_steps {
         // Every rank stops at the same step boundary (one flag all-reduced per step).
         let stop = if c.reduces() {
@@ -202,7 +255,7 @@ pub fn train<O: Objective>(
         };
         if stop {
             if last_good != Some(prog.step) {
-                saver.save(&prog, model, &opt, obj, last_good)?;
+                saver.save(&prog, &opt, obj, last_good)?;
             }
             return Err(StageError::Cancelled);
         }
@@ -212,7 +265,7 @@ pub fn train<O: Objective>(
             dir: ckpts.dir(),
         };
         let Some(out) = step(
-            model,
+            (model, mixed.as_ref()),
             &mut opt,
             (&sched, spec.max_grad_norm, spec.seed),
             obj,
@@ -242,22 +295,24 @@ pub fn train<O: Objective>(
         }
         let every = spec.checkpoint_every;
         if every > 0 && prog.step.is_multiple_of(every) && prog.step < spec.total_steps {
-            saver.save(&prog, model, &opt, obj, last_good)?;
+            saver.save(&prog, &opt, obj, last_good)?;
             last_good = Some(prog.step);
         }
     }
     if last_good != Some(prog.step) {
-        saver.save(&prog, model, &opt, obj, last_good)?;
+        saver.save(&prog, &opt, obj, last_good)?;
     }
-    Ok(summarise(
-        ctx,
-        spec,
-        obj,
-        &prog,
-        resumed_from,
-        started,
-        threads,
-    ))
+    drop(eval_after);
+    if let Some(m) = mixed {
+        m.finish(model).map_err(StageError::Other)?;
+    }
+    let numerics = Numerics {
+        precision: prec.name().into(),
+        dtype: prec.compute().name().into(),
+        save_dtype: params::dtype_name(save_kind).into(),
+    };
+    let run = (resumed_from, started, threads);
+    Ok(summarise(ctx, spec, obj, &prog, run, numerics))
 }
 
 /// Puts a model's adapter back in evaluation mode (no dropout) when training ends, however it

@@ -1,7 +1,8 @@
 //! The output of a training kind ([`write_output`]): the model in Hugging Face layout
 //! (config.json, safetensors, generation_config.json, tokenizer files, the chat template both in
 //! `chat_template.jinja` and in `tokenizer_config.json`), `metrics.jsonl` and
-//! `train_summary.json`. A LoRA run writes the adapter in PEFT's layout instead of the weights
+//! `train_summary.json`. The weights are written in the summary's `save_dtype`
+//! ([`super::params::save_kind`]). A LoRA run writes the adapter in PEFT's layout instead of the weights
 //! ([`crate::lora::peft`]), with the same tokenizer files, metrics and summary: the base model
 //! stays where it is in the store.
 
@@ -39,6 +40,7 @@ pub fn write_output(
                     out,
                     &SaveOptions {
                         copy_from: Some(tok_dir.to_path_buf()),
+                        dtype: super::params::kind_named(&summary.numerics.save_dtype),
                         ..Default::default()
                     },
                 )

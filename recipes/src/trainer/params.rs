@@ -7,13 +7,15 @@
 //!
 //! `dtype auto` resolves to f32 on the CPU and bf16 on CUDA ([`resolve_dtype`], the rule the
 //! keys use). The resolved dtype determines the result, so the runner puts it (not `auto`)
-//! into the key.
+//! into the key. `precision` ([`kinds::train::Precision::resolve`]) is resolved by the trainer
+//! for the model's device; the weights are written in [`save_kind`].
 
 use super::TrainSpec;
+use crate::arch::HfModel;
 use crate::trainer::optim::AdamWConfig;
 use crate::trainer::schedule::{self, Warmup};
 use dsl::device::Dtype;
-use kinds::train::{Optim, ScheduleKind};
+use kinds::train::{Optim, Precision, SaveDtype, ScheduleKind};
 use kinds::Common;
 use tch::{Device, Kind};
 
@@ -52,6 +54,9 @@ pub fn train_spec(o: &Optim, c: &Common) -> TrainSpec {
         log_every: c.log_every.max(1),
         threads: c.threads,
         lora: o.lora.clone(),
+        precision: o.precision,
+        dtype: o.dtype,
+        save_dtype: o.save_dtype,
     }
 }
 
@@ -75,6 +80,42 @@ pub fn resolve_dtype(dtype: Dtype, device: Device) -> Kind {
         Dtype::Bf16 => Kind::BFloat16,
         _ => Kind::Float,
     }
+}
+
+/// The dtype a trained model's weights are written in: `save-dtype` when set; with `auto`,
+/// under `bf16-mixed` the model's own dtype (`torch_dtype` of its config.json; f32 when it
+/// names none temper writes) — the f32 masters rounded to it —, else the dtype it computed in
+/// (f32, or pure bf16: nothing more precise exists). A LoRA adapter is always f32.
+pub fn save_kind(save: SaveDtype, precision: Precision, model: &HfModel) -> Kind {
+    if model.adapter.is_some() {
+        return Kind::Float;
+    }
+    match (save, precision) {
+        (SaveDtype::F32, _) => Kind::Float,
+        (SaveDtype::Bf16, _) => Kind::BFloat16,
+        (SaveDtype::F16, _) => Kind::Half,
+        (SaveDtype::Auto, Precision::Bf16Mixed) => ["torch_dtype", "dtype"]
+            .iter()
+            .find_map(|k| model.raw_config.get(*k).and_then(|v| v.as_str()))
+            .and_then(|name| match name {
+                "bfloat16" => Some(Kind::BFloat16),
+                "float16" => Some(Kind::Half),
+                _ => None,
+            })
+            .unwrap_or(Kind::Float),
+        (SaveDtype::Auto, _) => model.kind(),
+    }
+}
+
+/// The dtype a summary names (`f32`, `bf16`, `f16`, `f64`), back as a [`Kind`].
+pub fn kind_named(name: &str) -> Option<Kind> {
+    Some(match name {
+        "f32" => Kind::Float,
+        "bf16" => Kind::BFloat16,
+        "f16" => Kind::Half,
+        "f64" => Kind::Double,
+        _ => return None,
+    })
 }
 
 /// Name of a dtype as recorded in summaries (`f32`, `bf16`).

@@ -2,7 +2,10 @@
 //! checks, clipping, AdamW), the progress counters, the metrics line, checkpoints and the
 //! summary. The loop itself and its invariants are documented in [`super`].
 
-use super::{checkpoint, warnings, Objective, Progress, TrainSpec, TrainSummary, STEP_TARGET};
+use super::precision::Mixed;
+use super::{
+    checkpoint, warnings, Numerics, Objective, Progress, TrainSpec, TrainSummary, STEP_TARGET,
+};
 use crate::arch::HfModel;
 use crate::dist::Collective;
 use crate::stage::{Checkpoints, StageCtx, StageError};
@@ -11,15 +14,16 @@ use crate::trainer::schedule::Schedule;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tch::Tensor;
 
-/// Restores the latest complete checkpoint, if any, into `model`, `opt` and `obj`, truncates
+/// Restores the latest complete checkpoint, if any, into the trained variables, `opt` and `obj`, truncates
 /// `metrics.jsonl` back to it and pins the intra-op thread count (the spec's, else the
 /// checkpoint's, else libtorch's): `(progress, threads, last good checkpoint step)`.
 pub(super) fn resume<O: Objective>(
     ctx: &StageCtx,
     ckpts: &Checkpoints,
     spec: &TrainSpec,
-    model: &mut HfModel,
+    trained: &[(String, Tensor)],
     opt: &mut AdamW,
     obj: &mut O,
 ) -> Result<(Progress, usize, Option<u64>), StageError> {
@@ -27,7 +31,7 @@ pub(super) fn resume<O: Objective>(
     let mut threads = spec.threads;
     let mut last_good = None;
     if let Some((step, dir)) = ckpts.latest() {
-        let st = checkpoint::restore(&dir, model, opt, obj).map_err(|e| {
+        let st = checkpoint::restore(&dir, trained, opt, obj).map_err(|e| {
             StageError::Other(e.context(format!(
                 "node {}: resuming from checkpoint {}",
                 ctx.node,
@@ -59,13 +63,14 @@ pub(super) struct Saver<'a> {
     pub ckpts: &'a Checkpoints,
     pub spec: &'a TrainSpec,
     pub threads: usize,
+    /// The variables training updates (the f32 masters under `bf16-mixed`).
+    pub trained: &'a [(String, Tensor)],
 }
 
 impl Saver<'_> {
     pub fn save<O: Objective>(
         &self,
         prog: &Progress,
-        model: &HfModel,
         opt: &AdamW,
         obj: &O,
         last_good: Option<u64>,
@@ -84,7 +89,7 @@ impl Saver<'_> {
         };
         self.ckpts
             .save(prog.step, self.spec.keep_checkpoints.max(1), |d| {
-                checkpoint::write(d, model, opt, &st)
+                checkpoint::write(d, self.trained, opt, &st)
             })
             .map_err(|e| {
                 StageError::Other(e.context(format!(
@@ -134,9 +139,10 @@ pub struct StepOut {
 }
 
 /// Optimizer step `step` (0-based; the module docs' steps 1–5): `None` when the data is
-/// exhausted.
+/// exhausted. `model` runs the forward and backward; `mixed`, under `bf16-mixed`, holds the
+/// f32 masters `opt` updates.
 pub(super) fn step<O: Objective>(
-    model: &HfModel,
+    (model, mixed): (&HfModel, Option<&Mixed>),
     opt: &mut AdamW,
     (sched, max_grad_norm, seed): (&Schedule, Option<f64>, u64),
     obj: &mut O,
@@ -160,7 +166,7 @@ pub(super) fn step<O: Objective>(
         .enumerate()
         .filter(|(i, _)| i % world == rank)
         .collect();
-    let local = accumulate(model, obj, &mine, n, poisoned, (seed, step));
+    let local = accumulate(model, obj, &mine, n, poisoned, (seed, step), mixed);
     let (loss_sum, extra) = if c.reduces() {
         reduce_step(c, opt, local, shown)?
     } else {
@@ -179,6 +185,9 @@ pub(super) fn step<O: Objective>(
     let lr = sched.lr(step);
     if n > 0 {
         opt.step(lr).map_err(StageError::Other)?;
+        if let Some(m) = mixed {
+            m.refresh().map_err(StageError::Other)?;
+        }
     }
     opt.zero_grad();
     Ok(Some(StepOut {
@@ -194,7 +203,8 @@ pub(super) fn step<O: Objective>(
 /// Forward and backward of each micro-batch: backpropagates `L_m / N`, so the accumulated
 /// gradient is that of `Σ_m L_m / N`; returns `(Σ_m L_m, extra metrics summed)`. With a LoRA
 /// adapter whose dropout is on, torch's generator is seeded before micro-batch `i` of the step
-/// from `(seed, step, i)` ([`crate::lora::dropout_seed`]).
+/// from `(seed, step, i)` ([`crate::lora::dropout_seed`]). Under `bf16-mixed` each
+/// micro-batch's gradients move into the f32 masters ([`Mixed::take_grads`]).
 fn accumulate<O: Objective>(
     model: &HfModel,
     obj: &mut O,
@@ -202,6 +212,7 @@ fn accumulate<O: Objective>(
     n: usize,
     poisoned: &Poisoned,
     (seed, step): (u64, u64),
+    mixed: Option<&Mixed>,
 ) -> Result<(f64, Vec<(String, f64)>), StageError> {
     let dropout = model.adapter.as_ref().is_some_and(|a| a.spec.dropout > 0.0);
     let shown = poisoned.shown;
@@ -226,6 +237,10 @@ fn accumulate<O: Objective>(
         (out.sum * scale)
             .f_backward()
             .map_err(|e| StageError::Other(anyhow::anyhow!("step {shown}: backward: {e}")))?;
+        if let Some(m) = mixed {
+            m.take_grads()
+                .map_err(|e| StageError::Other(e.context(format!("step {shown}: gradients"))))?;
+        }
         for (k, x) in out.extra {
             match extra.iter_mut().find(|(name, _)| *name == k) {
                 Some(slot) => slot.1 += x,
@@ -347,9 +362,8 @@ pub(super) fn summarise<O: Objective>(
     spec: &TrainSpec,
     obj: &O,
     prog: &Progress,
-    resumed_from: u64,
-    started: Instant,
-    threads: usize,
+    (resumed_from, started, threads): (u64, Instant, usize),
+    numerics: Numerics,
 ) -> TrainSummary {
     let warnings = warnings(prog);
     for w in &warnings {
@@ -367,6 +381,7 @@ pub(super) fn summarise<O: Objective>(
         threads,
         ranks: ctx.collective.world(),
         allreduce_seconds: crate::dist::allreduce_seconds(),
+        numerics,
         warnings,
     }
 }

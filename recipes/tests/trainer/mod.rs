@@ -12,6 +12,8 @@ use recipes::trainer::lm;
 use recipes::{Stage, StageError};
 use std::path::Path;
 
+mod precision;
+
 fn summary(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("train_summary.json")).unwrap()).unwrap()
 }
