@@ -13,8 +13,8 @@
 //! gives `h` and `W` exactly those gradients — scaled by whatever linear factor the caller applies
 //! (the trainer's `1/N`). What stays alive until the backward is `∂L/∂h` (`[N, H]`, the hidden
 //! states' dtype) and `∂L/∂W` (`[V, H]` f32): O(N·H + V·H), never O(N·V). Peak memory during the
-//! pass adds one chunk's `[chunk, V]` logits (f32; a second such buffer for a bf16 model's
-//! cast, and a `[V, H]` product before it is added to the f32 `∂L/∂W`).
+//! pass adds about two `[chunk, V]` f32 buffers (the chunk's logits, `logsumexp`'s temporary;
+//! for a bf16 model also the cast of the chunk and a `[V, H]` product before it joins `∂L/∂W`).
 //! Measured on CPU (`recipes/examples/ce_memory.rs`; N = 4096, V = 151936, H = 896, one
 //! `[N, V]` f32 tensor = 2374 MiB): forward + backward peaks at +7.1 GiB unchunked and +1.7 GiB
 //! with 1024-token chunks, for the summed CE and for sequence log-probs alike.
