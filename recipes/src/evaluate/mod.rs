@@ -6,7 +6,8 @@
 //!   the loss) and the number of target tokens, so that the *token-weighted* mean over a whole
 //!   data set is `loss = Σ CE / Σ targets` and `perplexity = exp(loss)`. Examples are batched
 //!   right-padded, grouped by length (the sum does not depend on the grouping beyond float
-//!   rounding).
+//!   rounding); only target positions go through the LM head, chunk by chunk
+//!   ([`crate::trainer::lm::target_ce`]), so no `[tokens, vocab]` tensor exists.
 //! - [`greedy`]: batched greedy decoding of left-padded prompts with the KV cache
 //!   ([`crate::generate::decode`]): at each step the next token of every unfinished row is
 //!   `argmax logits[row, last]` (the first maximum on ties); a row finishes when it emits a
@@ -23,8 +24,8 @@ pub mod score;
 
 use crate::arch::{AttnMask, HfModel};
 use crate::batching::examples::Example;
-use crate::batching::loss::sum_ce;
 use crate::batching::pack::pad_batch;
+use crate::trainer::lm;
 use anyhow::Result;
 use std::path::Path;
 use tch::{Device, Tensor};
@@ -93,10 +94,11 @@ pub fn loss_sum(
         }
         let ids = tensor2(&b.input_ids, b.rows, b.cols, dev)?;
         let pos = tensor2(&b.position_ids, b.rows, b.cols, dev)?;
-        let labels = tensor2(&b.labels, b.rows, b.cols, dev)?;
         let mask = tensor2(&b.attention_mask(), b.rows, b.cols, dev)?;
-        let logits = model.forward(&ids, &pos, AttnMask::Padding(&mask))?;
-        let s = sum_ce(&logits, &labels)?.f_double_value(&[])?;
+        let h = model
+            .model
+            .hidden_states(&ids, &pos, AttnMask::Padding(&mask))?;
+        let s = lm::target_ce(model, &h, &b.labels, b.rows, b.cols)?.f_double_value(&[])?;
         total.add(LossSum {
             sum: s,
             targets: b.n_target_tokens,

@@ -223,7 +223,7 @@ impl Objective for NpoData {
         self.window.add("logps/forget", total(&logp_f.detach())?);
         if nr == 0 {
             return Ok(LossOut {
-                sum: npo_sum,
+                sum: lp.attach(&npo_sum)?,
                 extra: Vec::new(),
             });
         }
@@ -231,7 +231,7 @@ impl Objective for NpoData {
         self.window
             .add("retain", total(&term.detach())? * nf as f64 / nr as f64);
         Ok(LossOut {
-            sum: npo_sum + term.sum(Dtype::Float) * self.weight,
+            sum: lp.attach(&(npo_sum + term.sum(Dtype::Float) * self.weight))?,
             extra: Vec::new(),
         })
     }

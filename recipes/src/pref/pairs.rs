@@ -12,7 +12,7 @@
 //! `rewards/rejected`, `rewards/margins`, `rewards/accuracies` (strict `ρc > ρr`),
 //! `logps/chosen`, `logps/rejected` (sums over completion tokens), `nll` when used.
 
-use super::logps::seq_logps;
+use super::logps::{seq_logps, SeqLogps};
 use super::stored::StoredRec;
 use super::{pair_loss, LossConfig, PairInputs, PairOut};
 use crate::arch::HfModel;
@@ -131,6 +131,8 @@ struct PairLogps {
     rejected: Tensor,
     len_chosen: Tensor,
     len_rejected: Tensor,
+    /// Every row's log-probs, which carry the loss's gradient to the model.
+    all: SeqLogps,
 }
 
 impl PrefData {
@@ -148,6 +150,7 @@ impl PrefData {
             rejected: lp.sum.narrow(0, k, k),
             len_chosen: lp.len.narrow(0, 0, k).clamp_min(1.0),
             len_rejected: lp.len.narrow(0, k, k).clamp_min(1.0),
+            all: lp,
         })
     }
 
@@ -219,7 +222,7 @@ impl Objective for PrefData {
         )?;
         self.record(ps.len(), &lp, &out)?;
         Ok(LossOut {
-            sum: out.loss.sum(Kind::Float),
+            sum: lp.all.attach(&out.loss.sum(Kind::Float))?,
             extra: Vec::new(),
         })
     }

@@ -6,9 +6,10 @@
 
 use crate::arch::{AttnMask, HfModel};
 use crate::batching::examples::IGNORE;
+use crate::batching::head;
 use crate::batching::pack::Batch;
 use anyhow::Context;
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
 /// The tensors of a batch on `device`: (input ids, labels, position ids, segment ids).
 fn tensors(b: &Batch, device: tch::Device) -> anyhow::Result<[Tensor; 4]> {
@@ -49,32 +50,39 @@ pub fn logits(model: &HfModel, b: &Batch) -> anyhow::Result<(Tensor, Tensor)> {
 }
 
 /// `Σ CE` over the batch's target tokens (a scalar with a graph): the value of
-/// `sum_ce(logits(model, b))`, computed without the logits of non-target positions.
+/// `sum_ce(logits(model, b))`, computed without the logits of non-target positions and
+/// without a `[tokens, vocab]` tensor ([`head::sum_ce`], chunk by chunk).
 ///
 /// With `h` the final hidden states `[B, T, hidden]` and `y[b, t] = labels[b, t + 1]`, only the
-/// rows `K = {(b, t) : t < T − 1, y[b, t] ≠ IGNORE}` go through the LM head:
+/// rows `K = {(b, t) : t < T − 1, y[b, t] ≠ IGNORE}` (found on the host) go through the LM head:
 /// `Σ_{k ∈ K} CE(h_k Wᵀ, y_k)`. The head is the largest matmul of a small model (vocab × hidden
 /// per row, forward and backward), and in SFT often half the positions are prompt or padding.
 pub fn sum_loss(model: &HfModel, b: &Batch) -> anyhow::Result<Tensor> {
-    let [ids, labels, pos, seg] = tensors(b, model.device())?;
+    let [ids, _labels, pos, seg] = tensors(b, model.device())?;
     let mask = attn_mask(b, &seg);
     let h = model
         .model
         .hidden_states(&ids, &pos, mask)
         .with_context(|| format!("forward of a {}×{} batch", b.rows, b.cols))?;
-    let (rows, t, hidden) = h.size3()?;
-    if t < 2 {
-        return Ok(Tensor::f_zeros([], (Kind::Float, h.device()))?);
+    target_ce(model, &h, &b.labels, b.rows, b.cols)
+}
+
+/// `Σ CE` of hidden states `h` `[rows, cols, hidden]` against `labels` `[rows, cols]` (host,
+/// aligned with the inputs: the shift happens here), chunked ([`head::sum_ce`]).
+pub fn target_ce(
+    model: &HfModel,
+    h: &Tensor,
+    labels: &[i64],
+    rows: usize,
+    cols: usize,
+) -> anyhow::Result<Tensor> {
+    let dev = h.device();
+    if cols < 2 {
+        return Ok(Tensor::f_zeros([], (Kind::Float, dev))?);
     }
-    let y = labels.f_narrow(1, 1, t - 1)?.f_reshape([rows * (t - 1)])?;
-    let keep = y.f_ne(IGNORE)?.f_nonzero()?.f_squeeze_dim(1)?;
-    let hk = h
-        .f_narrow(1, 0, t - 1)?
-        .f_reshape([rows * (t - 1), hidden])?
-        .f_index_select(0, &keep)?;
-    let logits = hk
-        .f_linear::<&Tensor>(model.model.lm_head_weight(), None)?
-        .f_to_kind(Kind::Float)?;
-    let yk = y.f_index_select(0, &keep)?;
-    Ok(logits.f_cross_entropy_loss::<Tensor>(&yk, None, Reduction::Sum, IGNORE, 0.0)?)
+    let (keep, y) = head::target_rows(labels, rows, cols, IGNORE);
+    let keep = Tensor::from_slice(&keep).f_to_device(dev)?;
+    let y = Tensor::from_slice(&y).f_to_device(dev)?;
+    let hk = head::select_rows(h, &keep)?;
+    head::sum_ce(&hk, model.model.lm_head_weight(), &y, head::CHUNK_TOKENS)
 }

@@ -1,9 +1,11 @@
-//! Tests of the training building blocks (`recipes::train`) and the `mixture` kind. Golden
+//! Tests of the training building blocks (`recipes::train`, the chunked LM head) and the
+//! `mixture` kind. Golden
 //! values come from `fixtures/train/gen_reference.py` (transformers + torch), committed as JSON.
 
 mod util;
 
 mod chat;
+mod chunked_ce;
 mod dist;
 mod examples;
 mod fused;
