@@ -43,11 +43,7 @@ pub fn seq_logps(model: &HfModel, seqs: &[&Example], pad: i64) -> anyhow::Result
     }
     let n_tokens: usize = seqs.iter().map(|e| e.len()).sum();
     let dev = model.device();
-    let mk = |v: &[i64]| -> anyhow::Result<Tensor> {
-        Ok(Tensor::from_slice(v)
-            .f_view([n as i64, t as i64])?
-            .f_to_device(dev)?)
-    };
+    let mk = |v: &[i64]| crate::trainer::host::upload(v, &[n as i64, t as i64], dev);
     let (ids, labels, pos, seg) = (mk(&ids)?, mk(&labels)?, mk(&pos)?, mk(&seg)?);
     let mask = if n_tokens < n * t {
         AttnMask::Padding(&seg)

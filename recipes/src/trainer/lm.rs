@@ -7,24 +7,39 @@
 use crate::arch::{AttnMask, HfModel};
 use crate::batching::examples::IGNORE;
 use crate::batching::pack::Batch;
+use crate::trainer::host;
 use anyhow::Context;
 use tch::{Kind, Reduction, Tensor};
 
-/// The tensors of a batch on `device`: (input ids, labels, position ids, segment ids).
+/// The tensors of a batch on `device`: (input ids, labels, position ids, segment ids), uploaded
+/// through [`host::upload`] (pinned and non-blocking on CUDA).
 fn tensors(b: &Batch, device: tch::Device) -> anyhow::Result<[Tensor; 4]> {
     let shape = [b.rows as i64, b.cols as i64];
-    let t = |v: &[i64]| -> anyhow::Result<Tensor> {
-        Ok(Tensor::from_slice(v)
-            .f_view(shape)?
-            .f_to_device(device)?
-            .f_to_kind(Kind::Int64)?)
-    };
+    let t = |v: &[i64]| host::upload(v, &shape, device);
     Ok([
         t(&b.input_ids)?,
         t(&b.labels)?,
         t(&b.position_ids)?,
         t(&b.segment_ids)?,
     ])
+}
+
+/// The target rows of a batch, built on the host from its labels: `(k, y_k)` for every
+/// `k = b·(T − 1) + t` with `t < T − 1` and `y_k = labels[b, t + 1] ≠ IGNORE`, in increasing `k`.
+fn targets(b: &Batch) -> (Vec<i64>, Vec<i64>) {
+    let (mut keep, mut y) = (Vec::new(), Vec::new());
+    if b.cols < 2 {
+        return (keep, y);
+    }
+    for (r, row) in b.labels.chunks(b.cols).enumerate() {
+        for (t, &l) in row[1..].iter().enumerate() {
+            if l != IGNORE {
+                keep.push((r * (b.cols - 1) + t) as i64);
+                y.push(l);
+            }
+        }
+    }
+    (keep, y)
 }
 
 /// The attention a batch needs (see the module docs); `seg` = its segment ids.
@@ -56,7 +71,10 @@ pub fn logits(model: &HfModel, b: &Batch) -> anyhow::Result<(Tensor, Tensor)> {
 /// `Σ_{k ∈ K} CE(h_k Wᵀ, y_k)`. The head is the largest matmul of a small model (vocab × hidden
 /// per row, forward and backward), and in SFT often half the positions are prompt or padding.
 pub fn sum_loss(model: &HfModel, b: &Batch) -> anyhow::Result<Tensor> {
-    let [ids, labels, pos, seg] = tensors(b, model.device())?;
+    let dev = model.device();
+    let shape = [b.rows as i64, b.cols as i64];
+    let up = |v: &[i64]| host::upload(v, &shape, dev);
+    let (ids, pos, seg) = (up(&b.input_ids)?, up(&b.position_ids)?, up(&b.segment_ids)?);
     let mask = attn_mask(b, &seg);
     let h = model
         .model
@@ -66,8 +84,10 @@ pub fn sum_loss(model: &HfModel, b: &Batch) -> anyhow::Result<Tensor> {
     if t < 2 {
         return Ok(Tensor::f_zeros([], (Kind::Float, h.device()))?);
     }
-    let y = labels.f_narrow(1, 1, t - 1)?.f_reshape([rows * (t - 1)])?;
-    let keep = y.f_ne(IGNORE)?.f_nonzero()?.f_squeeze_dim(1)?;
+    // Target rows and their labels come from the host copy of the batch: no device→host read.
+    let (keep, y) = targets(b);
+    let n = keep.len() as i64;
+    let (keep, yk) = (host::upload(&keep, &[n], dev)?, host::upload(&y, &[n], dev)?);
     let hk = h
         .f_narrow(1, 0, t - 1)?
         .f_reshape([rows * (t - 1), hidden])?
@@ -75,6 +95,5 @@ pub fn sum_loss(model: &HfModel, b: &Batch) -> anyhow::Result<Tensor> {
     let logits = hk
         .f_linear::<&Tensor>(model.model.lm_head_weight(), None)?
         .f_to_kind(Kind::Float)?;
-    let yk = y.f_index_select(0, &keep)?;
     Ok(logits.f_cross_entropy_loss::<Tensor>(&yk, None, Reduction::Sum, IGNORE, 0.0)?)
 }

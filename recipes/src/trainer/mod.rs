@@ -28,6 +28,7 @@
 //! (which decides how CPU reductions are split) is pinned to the one the run started with.
 
 pub mod checkpoint;
+pub mod host;
 pub mod lm;
 pub mod optim;
 pub mod output;
@@ -79,8 +80,9 @@ pub struct TrainSpec {
 pub struct LossOut {
     /// The loss summed over the micro-batch's targets (a scalar tensor with a graph).
     pub sum: Tensor,
-    /// Extra metrics, summed over the micro-batch (divided by `N` like the loss when logged).
-    pub extra: Vec<(String, f64)>,
+    /// Extra metrics, scalar tensors summed over the micro-batch (divided by `N` like the loss
+    /// when logged): summed over the step on the device and read with its loss.
+    pub extra: Vec<(String, Tensor)>,
 }
 
 /// What a stage trains on and how: the data of each step and the loss of a micro-batch.
@@ -107,8 +109,8 @@ pub trait Objective {
     /// Metrics averaged over the logging window (the steps since the previous metrics line),
     /// added to the line when the loop writes one; the objective then starts a new window.
     /// Default: none. An objective that keeps a window saves it in [`Objective::state`].
-    fn window_metrics(&mut self) -> Vec<(String, f64)> {
-        Vec::new()
+    fn window_metrics(&mut self) -> anyhow::Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
     }
 }
 
@@ -132,6 +134,14 @@ pub struct TrainSummary {
     /// Seconds this attempt spent in the ranks' all-reduces (rank 0's; 0 with one rank).
     #[serde(default)]
     pub allreduce_seconds: f64,
+    /// Device→host reads ([`host::read`]) per optimizer step of this attempt: those of the
+    /// steps and their metrics lines, divided by the steps run (1 on one rank, plus one per
+    /// logging window for objectives with window metrics).
+    #[serde(default)]
+    pub host_syncs_per_step: f64,
+    /// Device→host reads made for checkpoints and the final weights check in this attempt.
+    #[serde(default)]
+    pub host_syncs_at_checkpoints: u64,
     /// Signs that the run did not train (zero gradients, a loss that never moved).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -184,10 +194,12 @@ pub fn train<O: Objective>(
         ckpts: &ckpts,
         spec,
         threads,
+        reads: std::cell::Cell::new(0),
     };
     ctx.progress.set_length(spec.total_steps);
     ctx.progress.set_position(prog.step);
     let started = Instant::now();
+    let reads = host::count();
     let mut window = (Instant::now(), 0u64);
     let c = &*ctx.collective;
     crate::lora::attach::set_training(model, true);
@@ -248,15 +260,12 @@ pub fn train<O: Objective>(
     if last_good != Some(prog.step) {
         saver.save(&prog, model, &opt, obj, last_good)?;
     }
-    Ok(summarise(
-        ctx,
-        spec,
-        obj,
-        &prog,
-        resumed_from,
-        started,
-        threads,
-    ))
+    let mut summary = summarise(ctx, spec, obj, &prog, resumed_from, started, threads);
+    let at_checkpoints = saver.reads.get();
+    let in_steps = host::count() - reads - at_checkpoints;
+    summary.host_syncs_per_step = in_steps as f64 / (prog.step - resumed_from).max(1) as f64;
+    summary.host_syncs_at_checkpoints = at_checkpoints;
+    Ok(summary)
 }
 
 /// Puts a model's adapter back in evaluation mode (no dropout) when training ends, however it
