@@ -231,8 +231,12 @@ impl Objective for NpoData {
             });
         }
         let term = self.retain_term(&lp, &r, nf)?;
-        self.window
-            .add("retain", total(&term)?.f_mul_scalar(nf as f64)?.f_div_scalar(nr as f64)?)?;
+        self.window.add(
+            "retain",
+            total(&term)?
+                .f_mul_scalar(nf as f64)?
+                .f_div_scalar(nr as f64)?,
+        )?;
         Ok(LossOut {
             sum: npo_sum + term.sum(Dtype::Float) * self.weight,
             extra: Vec::new(),

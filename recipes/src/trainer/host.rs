@@ -54,9 +54,10 @@ pub fn read_scalar(t: &Tensor) -> anyhow::Result<f64> {
 pub fn upload(v: &[i64], shape: &[i64], device: Device) -> anyhow::Result<Tensor> {
     let t = Tensor::from_slice(v).f_view(shape)?;
     Ok(match device {
-        Device::Cuda(_) => t
-            .f_pin_memory(device)?
-            .f_to_device_(device, Kind::Int64, true, false)?,
+        Device::Cuda(_) => {
+            t.f_pin_memory(device)?
+                .f_to_device_(device, Kind::Int64, true, false)?
+        }
         _ => t.f_to_device(device)?,
     })
 }

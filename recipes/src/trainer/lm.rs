@@ -87,7 +87,10 @@ pub fn sum_loss(model: &HfModel, b: &Batch) -> anyhow::Result<Tensor> {
     // Target rows and their labels come from the host copy of the batch: no device→host read.
     let (keep, y) = targets(b);
     let n = keep.len() as i64;
-    let (keep, yk) = (host::upload(&keep, &[n], dev)?, host::upload(&y, &[n], dev)?);
+    let (keep, yk) = (
+        host::upload(&keep, &[n], dev)?,
+        host::upload(&y, &[n], dev)?,
+    );
     let hk = h
         .f_narrow(1, 0, t - 1)?
         .f_reshape([rows * (t - 1), hidden])?

@@ -9,7 +9,9 @@
 //!    backpropagate `L_m / N` — so the accumulated gradient is the gradient of
 //!    `loss_s = Σ_m L_m / N`, not a mean of per-micro-batch means;
 //! 3. a non-finite `loss_s` or gradient stops the run with a user error naming the step and the
-//!    last good checkpoint (nothing is checkpointed after a poisoned step); the weights
+//!    last good checkpoint (nothing is checkpointed after a poisoned step): `loss_s`, summed on
+//!    the device, and the global gradient norm are read in the step's one device→host read
+//!    ([`host`]), the gradients scanned per tensor only when the norm is not finite; the weights
 //!    themselves are checked finite before every checkpoint and before the model is returned
 //!    for publishing, so an optimizer step that produced NaN is never kept;
 //! 4. `g = ‖∇‖₂` before clipping (logged as `grad_norm`), gradients scaled by

@@ -199,7 +199,7 @@ pub(super) fn step<O: Objective>(
     } else {
         let sums = local?;
         let total = opt.total_norm().map_err(other)?;
-        let (loss_sum, extra, norm) = sums.read_with(total.as_ref()).map_err(other)?;
+        let ((loss_sum, extra), norm) = sums.read_with(total.as_ref()).map_err(other)?;
         (loss_sum, extra, total, norm)
     };
     if !loss_sum.is_finite() {
@@ -234,6 +234,9 @@ pub(super) fn step<O: Objective>(
     }))
 }
 
+/// A step's `(Σ_m L_m, extra metric sums)` read back to the host.
+type HostSums = (f64, Vec<(String, f64)>);
+
 /// A step's sums so far, on the device: `Σ_m L_m` and each extra metric, as f64 scalars
 /// (each micro-batch's f32 value converted exactly and added in micro-batch order, so the
 /// values equal those of adding the read f64 values on the host).
@@ -251,7 +254,9 @@ impl Sums {
     }
 
     fn add(&mut self, out: &LossOut) -> anyhow::Result<()> {
-        self.loss = self.loss.f_add(&out.sum.f_detach()?.f_to_kind(Kind::Double)?)?;
+        self.loss = self
+            .loss
+            .f_add(&out.sum.f_detach()?.f_to_kind(Kind::Double)?)?;
         for (k, x) in &out.extra {
             let x = x.f_detach()?.f_to_kind(Kind::Double)?;
             match self.extra.iter_mut().find(|(name, _)| name == k) {
@@ -263,20 +268,23 @@ impl Sums {
     }
 
     /// `(Σ_m L_m, extra sums)` on the host: one read.
-    fn read(self) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
-        let (loss, extra, _) = self.read_with(None)?;
-        Ok((loss, extra))
+    fn read(self) -> anyhow::Result<HostSums> {
+        Ok(self.read_with(None)?.0)
     }
 
     /// The sums and the gradient norm `total` (0 when `None`) on the host: one read of all of
     /// them stacked.
-    fn read_with(self, total: Option<&Tensor>) -> anyhow::Result<(f64, Vec<(String, f64)>, f64)> {
+    fn read_with(self, total: Option<&Tensor>) -> anyhow::Result<(HostSums, f64)> {
         let mut all = vec![self.loss.f_reshape([1])?];
         for (_, x) in &self.extra {
             all.push(x.f_reshape([1])?);
         }
         if let Some(t) = total {
-            all.push(t.f_to_kind(Kind::Double)?.f_reshape([1])?.f_to_device(self.loss.device())?);
+            all.push(
+                t.f_to_kind(Kind::Double)?
+                    .f_reshape([1])?
+                    .f_to_device(self.loss.device())?,
+            );
         }
         let v = host::read(&Tensor::f_cat(&all, 0)?)?;
         let norm = if total.is_some() { v[v.len() - 1] } else { 0.0 };
@@ -286,7 +294,7 @@ impl Sums {
             .zip(&v[1..])
             .map(|((k, _), x)| (k, *x))
             .collect();
-        Ok((v[0], extra, norm))
+        Ok(((v[0], extra), norm))
     }
 }
 
