@@ -167,11 +167,13 @@ impl NpoData {
             return Ok(retain_nll(&lp.sum.narrow(0, nf, nr), &len));
         }
         let ref_tok: Vec<&[f32]> = r.iter().map(|s| s.ref_tok.as_slice()).collect();
+        let labels: Vec<&[i64]> = r.iter().map(|s| s.seq.labels.as_slice()).collect();
         retain_kl(
             &lp.tok.narrow(0, nf, nr),
             &lp.mask.narrow(0, nf, nr),
             &len,
             &ref_tok,
+            &labels,
         )
     }
 }
@@ -219,8 +221,8 @@ impl Objective for NpoData {
         let l_npo = npo(&logp_f, &ref_f, self.beta);
         let npo_sum = l_npo.sum(Dtype::Float);
         self.window.pairs += nf as f64;
-        self.window.add("npo", total(&l_npo.detach())?);
-        self.window.add("logps/forget", total(&logp_f.detach())?);
+        self.window.add("npo", total(&l_npo)?)?;
+        self.window.add("logps/forget", total(&logp_f)?)?;
         if nr == 0 {
             return Ok(LossOut {
                 sum: lp.attach(&npo_sum)?,
@@ -228,8 +230,12 @@ impl Objective for NpoData {
             });
         }
         let term = self.retain_term(&lp, &r, nf)?;
-        self.window
-            .add("retain", total(&term.detach())? * nf as f64 / nr as f64);
+        self.window.add(
+            "retain",
+            total(&term)?
+                .f_mul_scalar(nf as f64)?
+                .f_div_scalar(nr as f64)?,
+        )?;
         Ok(LossOut {
             sum: lp.attach(&(npo_sum + term.sum(Dtype::Float) * self.weight))?,
             extra: Vec::new(),
@@ -252,7 +258,7 @@ impl Objective for NpoData {
     fn epoch(&self) -> f64 {
         self.cursor as f64 / self.forget.len().max(1) as f64
     }
-    fn window_metrics(&mut self) -> Vec<(String, f64)> {
+    fn window_metrics(&mut self) -> anyhow::Result<Vec<(String, f64)>> {
         self.window.take()
     }
 }

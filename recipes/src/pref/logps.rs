@@ -59,11 +59,7 @@ pub fn seq_logps(model: &HfModel, seqs: &[&Example], pad: i64) -> anyhow::Result
     }
     let n_tokens: usize = seqs.iter().map(|e| e.len()).sum();
     let dev = model.device();
-    let mk = |v: &[i64]| -> anyhow::Result<Tensor> {
-        Ok(Tensor::from_slice(v)
-            .f_view([n as i64, t as i64])?
-            .f_to_device(dev)?)
-    };
+    let mk = |v: &[i64]| crate::trainer::host::upload(v, &[n as i64, t as i64], dev);
     let (ids, pos, seg) = (mk(&ids)?, mk(&pos)?, mk(&seg)?);
     let mask = if n_tokens < n * t {
         AttnMask::Padding(&seg)
@@ -80,7 +76,9 @@ pub fn seq_logps(model: &HfModel, seqs: &[&Example], pad: i64) -> anyhow::Result
     for &k in &keep {
         m[k as usize] = 1.0;
     }
-    let m = Tensor::from_slice(&m).f_view([n as i64, t1])?.f_to_device(dev)?;
+    let m = Tensor::from_slice(&m)
+        .f_view([n as i64, t1])?
+        .f_to_device(dev)?;
     let keep = Tensor::from_slice(&keep).f_to_device(dev)?;
     let y = Tensor::from_slice(&y).f_to_device(dev)?;
     let hk = head::select_rows(&h, &keep)?;

@@ -10,6 +10,7 @@
 //!   log-probs (≥ 0, zero iff the two agree on every retain token).
 
 use super::dpo::log_sigmoid;
+use crate::batching::examples::IGNORE;
 use tch::Tensor;
 
 /// `−(2/β)·logσ(−β·(logπ − logπref))`.
@@ -25,20 +26,22 @@ pub fn retain_nll(sum: &Tensor, len: &Tensor) -> Tensor {
 /// The `kl` retain term of each sequence: `(1/L)·Σ_t ½(logπ(y_t) − logπref(y_t))²` over its
 /// target tokens. `tok` and `mask` are the policy's `[R, T−1]` per-token log-probs and target
 /// mask; `ref_tok[i]` the stored reference log-probs of sequence `i`'s targets in position
-/// order, laid out here on the mask's target positions.
+/// order, laid out here on its target positions, which are read from `labels[i]`, the host copy
+/// of sequence `i`'s labels (position `c` is a target iff `labels[i][c + 1] ≠ IGNORE`, the
+/// rule of `mask`), so nothing is read back from the device.
 pub fn retain_kl(
     tok: &Tensor,
     mask: &Tensor,
     len: &Tensor,
     ref_tok: &[&[f32]],
+    labels: &[&[i64]],
 ) -> anyhow::Result<Tensor> {
     let (rows, cols) = (mask.size()[0], mask.size()[1] as usize);
-    let m = Vec::<f32>::try_from(&mask.flatten(0, -1))?;
     let mut flat = vec![0f32; rows as usize * cols];
-    for (row, r) in ref_tok.iter().enumerate() {
+    for (row, (r, l)) in ref_tok.iter().zip(labels).enumerate() {
         let mut k = 0;
         for c in 0..cols {
-            if m[row * cols + c] > 0.0 {
+            if l.get(c + 1).is_some_and(|&y| y != IGNORE) {
                 flat[row * cols + c] = r.get(k).copied().unwrap_or(0.0);
                 k += 1;
             }

@@ -51,32 +51,84 @@ impl Order {
     }
 }
 
-/// Sums over the pairs of the logging window.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+/// Sums over the pairs of the logging window, kept on the device as f64 scalars: each
+/// micro-batch adds its sums there ([`total`]) and nothing is read back until the window's
+/// metrics line ([`Window::take`], one read) or a checkpoint (serialising reads the sums, one
+/// read; the saved form is `{"pairs": p, "sums": [[name, value], …]}`). The values equal
+/// those of adding each micro-batch's sum, read as f64, on the host in the same order.
+#[derive(Debug, Default)]
 pub struct Window {
     pub pairs: f64,
-    pub sums: Vec<(String, f64)>,
+    sums: Vec<(String, Tensor)>,
+}
+
+/// The saved form of a [`Window`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedWindow {
+    pairs: f64,
+    sums: Vec<(String, f64)>,
 }
 
 impl Window {
-    pub fn add(&mut self, k: &str, x: f64) {
+    /// Adds `x` (an f64 scalar, e.g. from [`total`]) to the sum named `k`.
+    pub fn add(&mut self, k: &str, x: Tensor) -> anyhow::Result<()> {
         match self.sums.iter_mut().find(|(n, _)| n == k) {
-            Some(s) => s.1 += x,
+            Some(s) => s.1 = s.1.f_to_device(x.device())?.f_add(&x)?,
             None => self.sums.push((k.to_string(), x)),
         }
+        Ok(())
+    }
+    /// The sums on the host (one read; none when the window is empty).
+    fn read(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        if self.sums.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dev = self.sums[0].1.device();
+        let all = self
+            .sums
+            .iter()
+            .map(|(_, x)| x.f_to_device(dev)?.f_reshape([1]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let v = crate::trainer::host::read(&Tensor::f_cat(&all, 0)?)?;
+        Ok(self.sums.iter().map(|(k, _)| k.clone()).zip(v).collect())
     }
     /// Means per pair; resets the window.
-    pub fn take(&mut self) -> Vec<(String, f64)> {
+    pub fn take(&mut self) -> anyhow::Result<Vec<(String, f64)>> {
         let n = self.pairs.max(1.0);
-        let out = self.sums.iter().map(|(k, x)| (k.clone(), x / n)).collect();
+        let out = self.read()?.into_iter().map(|(k, x)| (k, x / n)).collect();
         *self = Window::default();
-        out
+        Ok(out)
     }
 }
 
-/// Sum of a `[B]` tensor as f64.
-pub fn total(t: &Tensor) -> anyhow::Result<f64> {
-    Ok(t.f_sum(Kind::Double)?.f_double_value(&[])?)
+impl serde::Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sums = self.read().map_err(serde::ser::Error::custom)?;
+        SavedWindow {
+            pairs: self.pairs,
+            sums,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = SavedWindow::deserialize(d)?;
+        Ok(Window {
+            pairs: w.pairs,
+            sums: w
+                .sums
+                .into_iter()
+                .map(|(k, x)| (k, Tensor::from(x)))
+                .collect(),
+        })
+    }
+}
+
+/// The sum of a `[B]` tensor as an f64 scalar on its device, detached (nothing is read back).
+pub fn total(t: &Tensor) -> anyhow::Result<Tensor> {
+    Ok(t.f_detach()?.f_sum(Kind::Double)?)
 }
 
 /// A pair ready for training.
@@ -158,18 +210,18 @@ impl PrefData {
     fn record(&mut self, k: usize, lp: &PairLogps, out: &PairOut) -> anyhow::Result<()> {
         let w = &mut self.window;
         w.pairs += k as f64;
-        w.add("rewards/chosen", total(&out.reward_chosen)?);
-        w.add("rewards/rejected", total(&out.reward_rejected)?);
+        w.add("rewards/chosen", total(&out.reward_chosen)?)?;
+        w.add("rewards/rejected", total(&out.reward_rejected)?)?;
         w.add(
             "rewards/margins",
             total(&(&out.reward_chosen - &out.reward_rejected))?,
-        );
+        )?;
         let won = out.reward_chosen.gt_tensor(&out.reward_rejected);
-        w.add("rewards/accuracies", total(&won.to_kind(Kind::Float))?);
-        w.add("logps/chosen", total(&lp.chosen.detach())?);
-        w.add("logps/rejected", total(&lp.rejected.detach())?);
+        w.add("rewards/accuracies", total(&won.to_kind(Kind::Float))?)?;
+        w.add("logps/chosen", total(&lp.chosen)?)?;
+        w.add("logps/rejected", total(&lp.rejected)?)?;
         if let Some(nll) = &out.nll {
-            w.add("nll", total(&nll.detach())?);
+            w.add("nll", total(nll)?)?;
         }
         Ok(())
     }
@@ -242,7 +294,7 @@ impl Objective for PrefData {
     fn epoch(&self) -> f64 {
         self.cursor as f64 / self.pairs.len().max(1) as f64
     }
-    fn window_metrics(&mut self) -> Vec<(String, f64)> {
+    fn window_metrics(&mut self) -> anyhow::Result<Vec<(String, f64)>> {
         self.window.take()
     }
 }

@@ -8,18 +8,15 @@ use crate::arch::{AttnMask, HfModel};
 use crate::batching::examples::IGNORE;
 use crate::batching::head;
 use crate::batching::pack::Batch;
+use crate::trainer::host;
 use anyhow::Context;
 use tch::{Kind, Tensor};
 
-/// The tensors of a batch on `device`: (input ids, labels, position ids, segment ids).
+/// The tensors of a batch on `device`: (input ids, labels, position ids, segment ids), uploaded
+/// through [`host::upload`] (pinned and non-blocking on CUDA).
 fn tensors(b: &Batch, device: tch::Device) -> anyhow::Result<[Tensor; 4]> {
     let shape = [b.rows as i64, b.cols as i64];
-    let t = |v: &[i64]| -> anyhow::Result<Tensor> {
-        Ok(Tensor::from_slice(v)
-            .f_view(shape)?
-            .f_to_device(device)?
-            .f_to_kind(Kind::Int64)?)
-    };
+    let t = |v: &[i64]| host::upload(v, &shape, device);
     Ok([
         t(&b.input_ids)?,
         t(&b.labels)?,
@@ -58,7 +55,10 @@ pub fn logits(model: &HfModel, b: &Batch) -> anyhow::Result<(Tensor, Tensor)> {
 /// `Σ_{k ∈ K} CE(h_k Wᵀ, y_k)`. The head is the largest matmul of a small model (vocab × hidden
 /// per row, forward and backward), and in SFT often half the positions are prompt or padding.
 pub fn sum_loss(model: &HfModel, b: &Batch) -> anyhow::Result<Tensor> {
-    let [ids, _labels, pos, seg] = tensors(b, model.device())?;
+    let dev = model.device();
+    let shape = [b.rows as i64, b.cols as i64];
+    let up = |v: &[i64]| host::upload(v, &shape, dev);
+    let (ids, pos, seg) = (up(&b.input_ids)?, up(&b.position_ids)?, up(&b.segment_ids)?);
     let mask = attn_mask(b, &seg);
     let h = model
         .model
@@ -68,7 +68,8 @@ pub fn sum_loss(model: &HfModel, b: &Batch) -> anyhow::Result<Tensor> {
 }
 
 /// `Σ CE` of hidden states `h` `[rows, cols, hidden]` against `labels` `[rows, cols]` (host,
-/// aligned with the inputs: the shift happens here), chunked ([`head::sum_ce`]).
+/// aligned with the inputs: the shift happens here), chunked ([`head::sum_ce`]). The target
+/// rows come from the host labels: no device→host read.
 pub fn target_ce(
     model: &HfModel,
     h: &Tensor,
@@ -81,8 +82,9 @@ pub fn target_ce(
         return Ok(Tensor::f_zeros([], (Kind::Float, dev))?);
     }
     let (keep, y) = head::target_rows(labels, rows, cols, IGNORE);
-    let keep = Tensor::from_slice(&keep).f_to_device(dev)?;
-    let y = Tensor::from_slice(&y).f_to_device(dev)?;
+    let n = keep.len() as i64;
+    let keep = host::upload(&keep, &[n], dev)?;
+    let y = host::upload(&y, &[n], dev)?;
     let hk = head::select_rows(h, &keep)?;
     head::sum_ce(&hk, model.model.lm_head_weight(), &y, head::CHUNK_TOKENS)
 }

@@ -9,7 +9,9 @@
 //!    backpropagate `L_m / N` — so the accumulated gradient is the gradient of
 //!    `loss_s = Σ_m L_m / N`, not a mean of per-micro-batch means;
 //! 3. a non-finite `loss_s` or gradient stops the run with a user error naming the step and the
-//!    last good checkpoint (nothing is checkpointed after a poisoned step); the weights
+//!    last good checkpoint (nothing is checkpointed after a poisoned step): `loss_s`, summed on
+//!    the device, and the global gradient norm are read in the step's one device→host read
+//!    ([`host`]), the gradients scanned per tensor only when the norm is not finite; the weights
 //!    themselves are checked finite before every checkpoint and before the model is returned
 //!    for publishing, so an optimizer step that produced NaN is never kept;
 //! 4. `g = ‖∇‖₂` before clipping (logged as `grad_norm`), gradients scaled by
@@ -34,6 +36,7 @@
 
 pub mod checkpoint;
 pub mod fused;
+pub mod host;
 pub mod lm;
 pub mod optim;
 pub mod output;
@@ -94,8 +97,9 @@ pub struct TrainSpec {
 pub struct LossOut {
     /// The loss summed over the micro-batch's targets (a scalar tensor with a graph).
     pub sum: Tensor,
-    /// Extra metrics, summed over the micro-batch (divided by `N` like the loss when logged).
-    pub extra: Vec<(String, f64)>,
+    /// Extra metrics, scalar tensors summed over the micro-batch (divided by `N` like the loss
+    /// when logged): summed over the step on the device and read with its loss.
+    pub extra: Vec<(String, Tensor)>,
 }
 
 /// What a stage trains on and how: the data of each step and the loss of a micro-batch.
@@ -122,8 +126,8 @@ pub trait Objective {
     /// Metrics averaged over the logging window (the steps since the previous metrics line),
     /// added to the line when the loop writes one; the objective then starts a new window.
     /// Default: none. An objective that keeps a window saves it in [`Objective::state`].
-    fn window_metrics(&mut self) -> Vec<(String, f64)> {
-        Vec::new()
+    fn window_metrics(&mut self) -> anyhow::Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
     }
 }
 
@@ -149,6 +153,14 @@ pub struct TrainSummary {
     pub allreduce_seconds: f64,
     #[serde(flatten)]
     pub numerics: Numerics,
+    /// Device→host reads ([`host::read`]) per optimizer step of this attempt: those of the
+    /// steps and their metrics lines, divided by the steps run (1 on one rank, plus one per
+    /// logging window for objectives with window metrics).
+    #[serde(default)]
+    pub host_syncs_per_step: f64,
+    /// Device→host reads made for checkpoints and the final weights check in this attempt.
+    #[serde(default)]
+    pub host_syncs_at_checkpoints: u64,
     /// Signs that the run did not train (zero gradients, a loss that never moved).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -238,10 +250,12 @@ pub fn train<O: Objective>(
         spec,
         threads,
         trained: &trained,
+        reads: std::cell::Cell::new(0),
     };
     ctx.progress.set_length(spec.total_steps);
     ctx.progress.set_position(prog.step);
     let started = Instant::now();
+    let reads = host::count();
     let mut window = (Instant::now(), 0u64);
     let c = &*ctx.collective;
     crate::lora::attach::set_training(model, true);
@@ -312,7 +326,12 @@ pub fn train<O: Objective>(
         save_dtype: params::dtype_name(save_kind).into(),
     };
     let run = (resumed_from, started, threads);
-    Ok(summarise(ctx, spec, obj, &prog, run, numerics))
+    let mut summary = summarise(ctx, spec, obj, &prog, run, numerics);
+    let at_checkpoints = saver.reads.get();
+    let in_steps = host::count() - reads - at_checkpoints;
+    summary.host_syncs_per_step = in_steps as f64 / (prog.step - resumed_from).max(1) as f64;
+    summary.host_syncs_at_checkpoints = at_checkpoints;
+    Ok(summary)
 }
 
 /// Puts a model's adapter back in evaluation mode (no dropout) when training ends, however it

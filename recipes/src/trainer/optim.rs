@@ -32,6 +32,7 @@
 //! bit for bit.
 
 use super::fused::{self, AdamWArgs, AdamWGroup};
+use super::host;
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -202,10 +203,10 @@ impl AdamW {
 
     /// The global 2-norm of the gradients (0 when none).
     pub fn grad_norm(&self) -> anyhow::Result<f64> {
-        Ok(self
-            .total_norm()?
-            .map(|t| t.double_value(&[]))
-            .unwrap_or(0.0))
+        Ok(match self.total_norm()? {
+            Some(t) => host::read_scalar(&t)?,
+            None => 0.0,
+        })
     }
 
     /// The defined gradients, in parameter order.
@@ -217,7 +218,10 @@ impl AdamW {
             .collect()
     }
 
-    fn total_norm(&self) -> anyhow::Result<Option<Tensor>> {
+    /// The global 2-norm of the gradients `‖(‖g_1‖, …, ‖g_n‖)‖` as an f32 scalar on the
+    /// device, computed without reading anything back (`_foreach_norm` through the shim, or
+    /// per tensor on the reference path); `None` when no parameter has a gradient.
+    pub fn total_norm(&self) -> anyhow::Result<Option<Tensor>> {
         if !self.reference {
             let grads = self.grads();
             let refs: Vec<&Tensor> = grads.iter().collect();
@@ -242,10 +246,17 @@ impl AdamW {
         let Some(total) = self.total_norm()? else {
             return Ok(0.0);
         };
-        let norm = total.double_value(&[]);
+        let norm = host::read_scalar(&total)?;
         if !norm.is_finite() {
             bail!("non-finite gradient norm ({norm})");
         }
+        self.clip_to(&total, max_norm)?;
+        Ok(norm)
+    }
+
+    /// Scales the gradients by `min(1, max_norm / (total + 1e-6))`, `total` being
+    /// [`AdamW::total_norm`] (already checked finite by the caller), entirely on the device.
+    pub fn clip_to(&mut self, total: &Tensor, max_norm: f64) -> anyhow::Result<()> {
         let coef = (total.f_add_scalar(1e-6)?.f_reciprocal()? * max_norm).f_clamp_max(1.0)?;
         tch::no_grad(|| -> anyhow::Result<()> {
             if !self.reference {
@@ -272,8 +283,7 @@ impl AdamW {
                 }
             }
             Ok(())
-        })?;
-        Ok(norm)
+        })
     }
 
     /// Names of parameters whose gradient has a NaN or infinite value.
@@ -456,9 +466,10 @@ fn fused_step(params: &mut [Param], cfg: AdamWConfig, lr: f64) -> anyhow::Result
 /// Names of the tensors with a NaN or infinite value (undefined tensors are skipped).
 ///
 /// Cheap on the common path: a tensor's 2-norm is finite iff all its values are (barring an
-/// overflow of the sum of squares), so only the per-tensor norms are computed — one read of
-/// each tensor, no temporaries of its size — and the values of a tensor are checked one by one
-/// only when its norm is not finite.
+/// overflow of the sum of squares), so only the per-tensor norms are computed — one pass over
+/// each tensor, no temporaries of its size — stacked on the device and read back in one
+/// [`host::read`]; the values of a tensor are checked (one read each) only when its norm is not
+/// finite.
 fn non_finite<'a>(
     tensors: impl Iterator<Item = (&'a String, Tensor)>,
 ) -> anyhow::Result<Vec<String>> {
@@ -467,11 +478,7 @@ fn non_finite<'a>(
     tch::no_grad(|| -> anyhow::Result<()> {
         for (name, t) in tensors {
             if t.defined() {
-                norms.push(
-                    t.f_norm()?
-                        .f_to_kind(Kind::Float)?
-                        .f_to_device(tch::Device::Cpu)?,
-                );
+                norms.push(t.f_norm()?.f_to_kind(Kind::Float)?);
                 kept.push((name, t));
             }
         }
@@ -480,14 +487,10 @@ fn non_finite<'a>(
     if norms.is_empty() {
         return Ok(Vec::new());
     }
-    let finite = Tensor::f_stack(&norms, 0)?.f_isfinite()?;
-    if bool::try_from(finite.f_all()?)? {
-        return Ok(Vec::new());
-    }
-    let finite = Vec::<bool>::try_from(&finite)?;
+    let norms = host::read(&Tensor::f_stack(&norms, 0)?)?;
     let mut bad = Vec::new();
-    for ((name, t), ok) in kept.into_iter().zip(finite) {
-        if !ok && !bool::try_from(t.f_isfinite()?.f_all()?)? {
+    for ((name, t), norm) in kept.into_iter().zip(norms) {
+        if !norm.is_finite() && host::read_scalar(&t.f_isfinite()?.f_all()?)? == 0.0 {
             bad.push(name.clone());
         }
     }

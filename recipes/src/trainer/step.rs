@@ -4,7 +4,8 @@
 
 use super::precision::Mixed;
 use super::{
-    checkpoint, warnings, Numerics, Objective, Progress, TrainSpec, TrainSummary, STEP_TARGET,
+    checkpoint, host, warnings, LossOut, Numerics, Objective, Progress, TrainSpec, TrainSummary,
+    STEP_TARGET,
 };
 use crate::arch::HfModel;
 use crate::dist::Collective;
@@ -14,7 +15,7 @@ use crate::trainer::schedule::Schedule;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Restores the latest complete checkpoint, if any, into the trained variables, `opt` and `obj`, truncates
 /// `metrics.jsonl` back to it and pins the intra-op thread count (the spec's, else the
@@ -65,10 +66,25 @@ pub(super) struct Saver<'a> {
     pub threads: usize,
     /// The variables training updates (the f32 masters under `bf16-mixed`).
     pub trained: &'a [(String, Tensor)],
+    /// Device→host reads made by the saves so far (the weights check, the objective's state).
+    pub reads: std::cell::Cell<u64>,
 }
 
 impl Saver<'_> {
     pub fn save<O: Objective>(
+        &self,
+        prog: &Progress,
+        opt: &AdamW,
+        obj: &O,
+        last_good: Option<u64>,
+    ) -> Result<PathBuf, StageError> {
+        let before = host::count();
+        let saved = self.save_counted(prog, opt, obj, last_good);
+        self.reads.set(self.reads.get() + host::count() - before);
+        saved
+    }
+
+    fn save_counted<O: Objective>(
         &self,
         prog: &Progress,
         opt: &AdamW,
@@ -141,6 +157,12 @@ pub struct StepOut {
 /// Optimizer step `step` (0-based; the module docs' steps 1–5): `None` when the data is
 /// exhausted. `model` runs the forward and backward; `mixed`, under `bf16-mixed`, holds the
 /// f32 masters `opt` updates.
+///
+/// One device→host read ([`host::read`]) per step on one rank: the step's loss sum, its extra
+/// metrics and the global gradient norm, all computed on the device, come back together. A
+/// non-finite loss or norm is then an error; only then are the gradients scanned tensor by
+/// tensor to name the bad ones. Data-parallel ranks read twice (the local sums before the
+/// host all-reduce, then the norm of the summed gradients).
 pub(super) fn step<O: Objective>(
     (model, mixed): (&HfModel, Option<&Mixed>),
     opt: &mut AdamW,
@@ -166,22 +188,40 @@ pub(super) fn step<O: Objective>(
         .enumerate()
         .filter(|(i, _)| i % world == rank)
         .collect();
-    let local = accumulate(model, obj, &mine, n, poisoned, (seed, step), mixed);
-    let (loss_sum, extra) = if c.reduces() {
-        reduce_step(c, opt, local, shown)?
+    let local = accumulate(model, obj, &mine, n, (seed, step), mixed);
+    let other = |e: anyhow::Error| StageError::Other(e.context(format!("step {shown}")));
+    let (loss_sum, extra, total, grad_norm) = if c.reduces() {
+        let local = local.and_then(|s| s.read().map_err(other));
+        let (loss_sum, extra) = reduce_step(c, opt, local, shown)?;
+        let total = opt.total_norm().map_err(other)?;
+        let norm = match &total {
+            Some(t) => host::read_scalar(t).map_err(other)?,
+            None => 0.0,
+        };
+        (loss_sum, extra, total, norm)
     } else {
-        local?
+        let sums = local?;
+        let total = opt.total_norm().map_err(other)?;
+        let ((loss_sum, extra), norm) = sums.read_with(total.as_ref()).map_err(other)?;
+        (loss_sum, extra, total, norm)
     };
+    if !loss_sum.is_finite() {
+        return Err(poisoned.error(format!("non-finite loss ({loss_sum})")));
+    }
+    let clip = max_grad_norm.filter(|m| *m > 0.0);
+    if !grad_norm.is_finite() {
+        let bad = opt.non_finite_grads().map_err(StageError::Other)?;
+        if !bad.is_empty() {
+            return Err(poisoned.error(format!("non-finite gradient in {}", first_names(&bad))));
+        }
+        if clip.is_some() {
+            return Err(poisoned.error(format!("non-finite gradient norm ({grad_norm})")));
+        }
+    }
+    if let (Some(m), Some(total)) = (clip, &total) {
+        opt.clip_to(total, m).map_err(other)?;
+    }
     let loss = if n > 0 { loss_sum / n as f64 } else { 0.0 };
-    let bad = opt.non_finite_grads().map_err(StageError::Other)?;
-    if !bad.is_empty() {
-        return Err(poisoned.error(format!("non-finite gradient in {}", first_names(&bad))));
-    }
-    let grad_norm = match max_grad_norm {
-        Some(m) if m > 0.0 => opt.clip_grad_norm(m),
-        _ => opt.grad_norm(),
-    }
-    .map_err(|e| poisoned.error(format!("{e}")))?;
     let lr = sched.lr(step);
     if n > 0 {
         opt.step(lr).map_err(StageError::Other)?;
@@ -200,26 +240,90 @@ pub(super) fn step<O: Objective>(
     }))
 }
 
+/// A step's `(Σ_m L_m, extra metric sums)` read back to the host.
+type HostSums = (f64, Vec<(String, f64)>);
+
+/// A step's sums so far, on the device: `Σ_m L_m` and each extra metric, as f64 scalars
+/// (each micro-batch's f32 value converted exactly and added in micro-batch order, so the
+/// values equal those of adding the read f64 values on the host).
+struct Sums {
+    loss: Tensor,
+    extra: Vec<(String, Tensor)>,
+}
+
+impl Sums {
+    fn new(device: tch::Device) -> anyhow::Result<Sums> {
+        Ok(Sums {
+            loss: Tensor::f_zeros([], (Kind::Double, device))?,
+            extra: Vec::new(),
+        })
+    }
+
+    fn add(&mut self, out: &LossOut) -> anyhow::Result<()> {
+        self.loss = self
+            .loss
+            .f_add(&out.sum.f_detach()?.f_to_kind(Kind::Double)?)?;
+        for (k, x) in &out.extra {
+            let x = x.f_detach()?.f_to_kind(Kind::Double)?;
+            match self.extra.iter_mut().find(|(name, _)| name == k) {
+                Some(slot) => slot.1 = slot.1.f_add(&x)?,
+                None => self.extra.push((k.clone(), x)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `(Σ_m L_m, extra sums)` on the host: one read.
+    fn read(self) -> anyhow::Result<HostSums> {
+        Ok(self.read_with(None)?.0)
+    }
+
+    /// The sums and the gradient norm `total` (0 when `None`) on the host: one read of all of
+    /// them stacked.
+    fn read_with(self, total: Option<&Tensor>) -> anyhow::Result<(HostSums, f64)> {
+        let mut all = vec![self.loss.f_reshape([1])?];
+        for (_, x) in &self.extra {
+            all.push(x.f_reshape([1])?);
+        }
+        if let Some(t) = total {
+            all.push(
+                t.f_to_kind(Kind::Double)?
+                    .f_reshape([1])?
+                    .f_to_device(self.loss.device())?,
+            );
+        }
+        let v = host::read(&Tensor::f_cat(&all, 0)?)?;
+        let norm = if total.is_some() { v[v.len() - 1] } else { 0.0 };
+        let extra = self
+            .extra
+            .into_iter()
+            .zip(&v[1..])
+            .map(|((k, _), x)| (k, *x))
+            .collect();
+        Ok(((v[0], extra), norm))
+    }
+}
+
 /// Forward and backward of each micro-batch: backpropagates `L_m / N`, so the accumulated
-/// gradient is that of `Σ_m L_m / N`; returns `(Σ_m L_m, extra metrics summed)`. With a LoRA
-/// adapter whose dropout is on, torch's generator is seeded before micro-batch `i` of the step
-/// from `(seed, step, i)` ([`crate::lora::dropout_seed`]). Under `bf16-mixed` each
-/// micro-batch's gradients move into the f32 masters ([`Mixed::take_grads`]).
+/// gradient is that of `Σ_m L_m / N`; returns the step's [`Sums`], kept on the device (nothing
+/// is read back here: a non-finite loss is caught by the step's one read). With a LoRA adapter
+/// whose dropout is on, torch's generator is seeded before micro-batch `i` of the step from
+/// `(seed, step, i)` ([`crate::lora::dropout_seed`]). Under `bf16-mixed` each micro-batch's
+/// gradients move into the f32 masters ([`Mixed::take_grads`]).
 fn accumulate<O: Objective>(
     model: &HfModel,
     obj: &mut O,
     micro: &[(usize, &O::Batch)],
     n: usize,
-    poisoned: &Poisoned,
     (seed, step): (u64, u64),
     mixed: Option<&Mixed>,
-) -> Result<(f64, Vec<(String, f64)>), StageError> {
+) -> Result<Sums, StageError> {
     let dropout = model.adapter.as_ref().is_some_and(|a| a.spec.dropout > 0.0);
-    let shown = poisoned.shown;
-    let mut loss_sum = 0.0;
-    let mut extra: Vec<(String, f64)> = Vec::new();
+    let shown = step + 1;
+    let other = |e: anyhow::Error| StageError::Other(e.context(format!("step {shown}")));
+    let mut sums = Sums::new(model.device()).map_err(other)?;
     if n == 0 {
-        return Ok((loss_sum, extra));
+        return Ok(sums);
     }
     let scale = 1.0 / n as f64;
     for (i, b) in micro {
@@ -229,11 +333,7 @@ fn accumulate<O: Objective>(
         let out = obj
             .loss(model, b)
             .map_err(|e| StageError::Other(e.context(format!("step {shown}: forward"))))?;
-        let v = out.sum.double_value(&[]);
-        if !v.is_finite() {
-            return Err(poisoned.error(format!("non-finite loss ({v})")));
-        }
-        loss_sum += v;
+        sums.add(&out).map_err(other)?;
         (out.sum * scale)
             .f_backward()
             .map_err(|e| StageError::Other(anyhow::anyhow!("step {shown}: backward: {e}")))?;
@@ -241,14 +341,8 @@ fn accumulate<O: Objective>(
             m.take_grads()
                 .map_err(|e| StageError::Other(e.context(format!("step {shown}: gradients"))))?;
         }
-        for (k, x) in out.extra {
-            match extra.iter_mut().find(|(name, _)| *name == k) {
-                Some(slot) => slot.1 += x,
-                None => extra.push((k, x)),
-            }
-        }
     }
-    Ok((loss_sum, extra))
+    Ok(sums)
 }
 
 /// The all-reduces of a data-parallel step, after each rank's [`accumulate`]: whether any rank
@@ -334,7 +428,10 @@ pub(super) fn log_metrics<O: Objective>(
         for (k, x) in &out.extra {
             o.insert(k.clone(), json!(if n > 0 { x / n as f64 } else { 0.0 }));
         }
-        for (k, x) in obj.window_metrics() {
+        let window = obj
+            .window_metrics()
+            .map_err(|e| StageError::Other(e.context("reading the window metrics")))?;
+        for (k, x) in window {
             o.insert(k, json!(x));
         }
     }
@@ -382,6 +479,8 @@ pub(super) fn summarise<O: Objective>(
         ranks: ctx.collective.world(),
         allreduce_seconds: crate::dist::allreduce_seconds(),
         numerics,
+        host_syncs_per_step: 0.0,
+        host_syncs_at_checkpoints: 0,
         warnings,
     }
 }

@@ -160,7 +160,13 @@ fn dpo_raises_heldout_preference_accuracy_and_rpo_keeps_chosen_likelihood() {
         &fx.heldout,
         &[],
     ));
-    let (_, out) = fx.dpo("dpo", &[]);
+    let (summary, out) = fx.dpo("dpo", &[]);
+    // One device read per step, one more per metrics line (the window metrics).
+    let syncs = summary["host_syncs_per_step"].as_f64().unwrap();
+    assert!(
+        (1.0..=1.0 + 1.0 / 10.0 + 1e-12).contains(&syncs),
+        "{syncs} host syncs per step at log-every 10"
+    );
     let (after, _) = pair_stats(&ref_logps(&fx.root, "h-after", &out, &fx.heldout, &[]));
     eprintln!("held-out accuracy: {before:.3} -> {after:.3}");
     assert!(

@@ -279,6 +279,34 @@ fn cpt_crash_and_resume_is_bit_identical() {
     );
 }
 
+/// Nothing in a step waits for the device but one read (the step's loss and gradient norm
+/// together, over its two micro-batches), and an SFT metrics line adds none: one device→host
+/// read per step, and one per checkpoint (the weights' finiteness).
+#[test]
+fn a_step_reads_from_the_device_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = tiny_model(tmp.path());
+    let data = pc_dataset(tmp.path(), 10);
+    let mut p = sft_params(8);
+    p.retain(|(k, _)| !matches!(*k, "log-every" | "checkpoint-every"));
+    p.push(("log-every", i(4)));
+    p.push(("checkpoint-every", i(4)));
+    let (s, out) = run(
+        &Sft,
+        &p,
+        &[("model", &model), ("data", &data)],
+        &tmp.path().join("sft"),
+    )
+    .unwrap();
+    eprintln!(
+        "host syncs: {} per step, {} at checkpoints",
+        s["host_syncs_per_step"], s["host_syncs_at_checkpoints"]
+    );
+    assert_eq!(s["host_syncs_per_step"].as_f64(), Some(1.0), "{s}");
+    assert_eq!(s["host_syncs_at_checkpoints"].as_u64(), Some(2), "{s}");
+    assert_eq!(metrics(&out.join("metrics.jsonl")).len(), 2);
+}
+
 /// lr = 1e30 blows the weights up: a user error naming the step, the last good checkpoint kept.
 #[test]
 fn non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
