@@ -24,6 +24,30 @@ pub enum AttnMask<'a> {
     Segments(&'a Tensor),
 }
 
+/// Whether every row of the host mask `keep` (`[rows, cols]` row-major, 0 = padding) is its
+/// real tokens first, then padding only.
+pub fn right_padded(keep: &[i64], cols: usize) -> bool {
+    cols == 0
+        || keep
+            .chunks(cols)
+            .all(|row| row.windows(2).all(|w| !(w[0] == 0 && w[1] != 0)))
+}
+
+/// The mask of a batch whose rows are right-padded (`right` from [`right_padded`]) with
+/// attention `attention` (1 = real). On CUDA, plain [`AttnMask::Causal`]: SDPA's `is_causal`
+/// path (flash-eligible, GQA without copying k/v, no `[B, 1, T, T]` mask), since a real query
+/// `i` only sees keys `j ≤ i`, all real when padding comes last — the real positions' outputs,
+/// all a loss reads, are those of [`AttnMask::Padding`]; padding positions' outputs are
+/// unspecified either way. Elsewhere (CPU) [`AttnMask::Padding`], today's numerics. Left-padded
+/// rows (decoding) always get [`AttnMask::Padding`].
+pub fn for_padded(attention: &Tensor, right: bool) -> AttnMask<'_> {
+    if right && attention.device().is_cuda() {
+        AttnMask::Causal
+    } else {
+        AttnMask::Padding(attention)
+    }
+}
+
 /// A mask ready for `scaled_dot_product_attention`: `None` = plain causal (`is_causal`), else a
 /// boolean `[B, 1, T, T]` (true = may attend).
 pub type Prepared = Option<Tensor>;

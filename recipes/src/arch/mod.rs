@@ -33,5 +33,6 @@ pub mod model;
 pub use cache::KvCache;
 pub use config::{ArchConfig, Family};
 pub use io::{default_dtype, HfModel, LoadOptions, SaveOptions};
+pub use mask::{for_padded, right_padded};
 pub use mask::{positions_from_segments, AttnMask};
 pub use model::Model;

@@ -22,7 +22,7 @@ pub mod pref;
 pub mod report;
 pub mod score;
 
-use crate::arch::{AttnMask, HfModel};
+use crate::arch::HfModel;
 use crate::batching::examples::Example;
 use crate::batching::pack::pad_batch;
 use crate::trainer::lm;
@@ -94,10 +94,12 @@ pub fn loss_sum(
         }
         let ids = tensor2(&b.input_ids, b.rows, b.cols, dev)?;
         let pos = tensor2(&b.position_ids, b.rows, b.cols, dev)?;
-        let mask = tensor2(&b.attention_mask(), b.rows, b.cols, dev)?;
+        let keep = b.attention_mask();
+        let right = crate::arch::right_padded(&keep, b.cols);
+        let mask = tensor2(&keep, b.rows, b.cols, dev)?;
         let h = model
             .model
-            .hidden_states(&ids, &pos, AttnMask::Padding(&mask))?;
+            .hidden_states(&ids, &pos, crate::arch::for_padded(&mask, right))?;
         let s = lm::target_ce(model, &h, &b.labels, b.rows, b.cols)?.f_double_value(&[])?;
         total.add(LossSum {
             sum: s,

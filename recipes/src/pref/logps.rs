@@ -61,8 +61,9 @@ pub fn seq_logps(model: &HfModel, seqs: &[&Example], pad: i64) -> anyhow::Result
     let dev = model.device();
     let mk = |v: &[i64]| crate::trainer::host::upload(v, &[n as i64, t as i64], dev);
     let (ids, pos, seg) = (mk(&ids)?, mk(&pos)?, mk(&seg)?);
+    // Each sequence starts its row: right-padded (causal SDPA on CUDA, `arch::for_padded`).
     let mask = if n_tokens < n * t {
-        AttnMask::Padding(&seg)
+        crate::arch::for_padded(&seg, true)
     } else {
         AttnMask::Causal
     };

@@ -30,7 +30,7 @@ fn attn_mask<'a>(b: &Batch, seg: &'a Tensor) -> AttnMask<'a> {
     if b.packed {
         AttnMask::Segments(seg)
     } else if b.n_tokens() < b.rows * b.cols {
-        AttnMask::Padding(seg)
+        crate::arch::for_padded(seg, crate::arch::right_padded(&b.segment_ids, b.cols))
     } else {
         AttnMask::Causal
     }

@@ -118,3 +118,55 @@ fn target_only_loss_equals_full_logits_loss() {
     }
     assert!(gr.iter().any(|g| max_diff(g, &g.zeros_like()) > 1e-3));
 }
+
+/// What the CUDA path for right-padded rows relies on (`arch::for_padded`: plain causal SDPA
+/// instead of the padding mask): on rows whose padding comes last, `Causal` and `Padding` give
+/// the real positions the same outputs and the same parameter gradients (GQA and a sliding
+/// window included); `right_padded` tells such rows from left-padded or holed ones.
+#[test]
+fn right_padded_rows_read_the_same_under_plain_causal_attention() {
+    use recipes::arch::{for_padded, right_padded};
+    assert!(right_padded(&[1, 1, 0, 0, 1, 1, 1, 1], 4));
+    assert!(!right_padded(&[0, 1, 1, 1], 4), "left padding");
+    assert!(!right_padded(&[1, 0, 1, 1], 4), "a hole");
+    assert!(right_padded(&[], 0));
+    let keep = ids(&[&[1, 1, 1, 1, 1, 0, 0, 0], &[1, 1, 1, 1, 1, 1, 1, 1]]);
+    assert!(
+        matches!(for_padded(&keep, true), AttnMask::Padding(_)),
+        "CPU keeps the mask"
+    );
+    let cases = [
+        config("llama", json!({})),
+        config("qwen2", json!({"num_key_value_heads": 1})),
+        config("mistral", json!({"sliding_window": 3, "head_dim": 16})),
+    ];
+    let x = ids(&[&[5, 17, 3, 88, 41, 0, 0, 0], &[9, 2, 64, 64, 30, 71, 12, 4]]);
+    let pos = arange_pos(2, 8);
+    for (i, cfg) in cases.into_iter().enumerate() {
+        let m = random_model(cfg, 21 + i as i64);
+        let out = |mask: AttnMask| -> (Tensor, Vec<Tensor>) {
+            for (_, v) in m.vs.variables() {
+                let mut g = v.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let y = m.forward(&x, &pos, mask).unwrap();
+            let real = keep.unsqueeze(-1).to_kind(y.kind());
+            (&y * &real).sum(tch::Kind::Float).backward();
+            let vars: std::collections::BTreeMap<_, _> = m.vs.variables().into_iter().collect();
+            let grads = vars.into_values().map(|v| v.grad().copy()).collect();
+            (y.detach(), grads)
+        };
+        let (yp, gp) = out(AttnMask::Padding(&keep));
+        let (yc, gc) = out(AttnMask::Causal);
+        let d = max_diff_valid(&yp, &yc, &keep);
+        let dg = gp
+            .iter()
+            .zip(&gc)
+            .map(|(a, b)| max_diff(a, b))
+            .fold(0.0, f64::max);
+        eprintln!("right-padded case {i}: outputs {d:.2e}, gradients {dg:.2e}");
+        assert!(d < 1e-5 && dg < 1e-5, "case {i}: {d} / {dg}");
+    }
+}
