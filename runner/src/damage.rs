@@ -4,6 +4,7 @@
 //! key is absent and it runs like a new node. Its key does not change, so on CPU the rebuilt
 //! bytes are the published ones and nothing downstream of it reruns.
 
+use crate::lineage::adapter_lineage;
 use crate::plan::{self, Plan, State};
 use anyhow::{Context, Result};
 use dsl::Registry;
@@ -68,7 +69,11 @@ fn verify_read(store: &store::Store, plan: &Plan, selected: &[bool]) -> Result<u
             };
             if ie.state == State::Cached {
                 keys.insert(ie.key.clone());
-                keys.extend(adapter_lineage(store, &ie.key));
+                keys.extend(
+                    adapter_lineage(&store.artifact_dir(&ie.key))
+                        .into_iter()
+                        .map(|(_, k)| k),
+                );
             }
         }
     }
@@ -90,30 +95,4 @@ fn verify_read(store: &store::Store, plan: &Plan, selected: &[bool]) -> Result<u
         keys.len()
     );
     Ok(found)
-}
-
-/// The keys an adapter artifact folds in (its base and lower adapters, from
-/// `temper_adapter.json`); none for a full model or any other artifact.
-pub fn adapter_lineage(store: &store::Store, key: &str) -> Vec<String> {
-    let path = store.artifact_dir(key).join("temper_adapter.json");
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = v
-        .pointer("/base/key")
-        .and_then(|k| k.as_str())
-        .map(String::from)
-        .into_iter()
-        .collect();
-    if let Some(stack) = v.get("stack").and_then(|s| s.as_array()) {
-        out.extend(
-            stack
-                .iter()
-                .filter_map(|r| r.get("key").and_then(|k| k.as_str()).map(String::from)),
-        );
-    }
-    out
 }

@@ -17,6 +17,7 @@ pub mod exec;
 pub mod html;
 pub mod keys;
 pub mod launch;
+pub mod lineage;
 pub mod nodelog;
 mod only;
 pub mod plan;

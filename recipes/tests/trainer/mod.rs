@@ -195,6 +195,18 @@ fn sft_masking_eos_and_packing_equals_padding() {
     assert!((lp - ld).abs() < 1e-5, "packed {lp} vs padded {ld}");
 }
 
+/// The artifact of a resumed run equals the uninterrupted one's: weights byte for byte, metrics
+/// line for line (wall-clock fields aside).
+fn same_run(full: &Path, resumed: &Path, what: &str) {
+    let a = std::fs::read(full.join("model.safetensors")).unwrap();
+    let bb = std::fs::read(resumed.join("model.safetensors")).unwrap();
+    assert!(a == bb, "final weights differ after {what} + resume");
+    assert_eq!(
+        metrics(&full.join("metrics.jsonl")),
+        metrics(&resumed.join("metrics.jsonl"))
+    );
+}
+
 fn sft_params(steps: i64) -> Vec<(&'static str, Value)> {
     vec![
         ("model", r("model")),
@@ -229,13 +241,7 @@ fn sft_cancel_and_resume_is_bit_identical() {
     assert_eq!(latest.0, 3);
     let (s, resumed) = run(&Sft, &p, &inputs, &base).unwrap();
     assert_eq!(s["resumed_from"], 3);
-    let a = std::fs::read(full.join("model.safetensors")).unwrap();
-    let bb = std::fs::read(resumed.join("model.safetensors")).unwrap();
-    assert!(a == bb, "final weights differ after cancel + resume");
-    assert_eq!(
-        metrics(&full.join("metrics.jsonl")),
-        metrics(&resumed.join("metrics.jsonl"))
-    );
+    same_run(&full, &resumed, "cancel");
 }
 
 /// A crash (panic) after the step-4 checkpoint, during step 5; the rerun continues from step 4
@@ -270,13 +276,7 @@ fn cpt_crash_and_resume_is_bit_identical() {
     let (s2, resumed) = run(&Cpt, &p, &inputs, &base).unwrap();
     assert_eq!(s2["resumed_from"], 4);
     assert_eq!(s2["tokens_seen"], s["tokens_seen"]);
-    let a = std::fs::read(full.join("model.safetensors")).unwrap();
-    let bb = std::fs::read(resumed.join("model.safetensors")).unwrap();
-    assert!(a == bb, "final weights differ after crash + resume");
-    assert_eq!(
-        metrics(&full.join("metrics.jsonl")),
-        metrics(&resumed.join("metrics.jsonl"))
-    );
+    same_run(&full, &resumed, "crash");
 }
 
 /// Nothing in a step waits for the device but one read (the step's loss and gradient norm

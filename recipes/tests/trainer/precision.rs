@@ -2,7 +2,7 @@
 //! checkpoints hold the f32 masters (resume stays bit-identical), and the artifact is written
 //! in the model's dtype.
 
-use super::sft_params;
+use super::{same_run, sft_params};
 use crate::common::lm::*;
 use crate::common::s;
 use recipes::kinds::cpt::Cpt;
@@ -152,13 +152,7 @@ fn bf16_mixed_cancel_and_resume_is_bit_identical() {
     );
     let (s2, resumed) = run(&Sft, &p, &inputs, &base).unwrap();
     assert_eq!(s2["resumed_from"], 3);
-    let a = std::fs::read(full.join("model.safetensors")).unwrap();
-    let bb = std::fs::read(resumed.join("model.safetensors")).unwrap();
-    assert!(a == bb, "final weights differ after cancel + resume");
-    assert_eq!(
-        metrics(&full.join("metrics.jsonl")),
-        metrics(&resumed.join("metrics.jsonl"))
-    );
+    same_run(&full, &resumed, "cancel");
 }
 
 /// `save-dtype` overrides the model's dtype; a LoRA adapter under bf16-mixed trains f32

@@ -5,6 +5,7 @@
 //! writes instead a full Hugging Face model: the base with the adapter (and any below it) folded
 //! in, computed by `temper-worker --fold` (this binary does not link libtorch).
 use super::{Global, RecipeArgs};
+use crate::lineage::adapter_lineage;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -57,7 +58,11 @@ pub fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
     // Nothing leaves the store that it cannot vouch for: the winner, and what an adapter
     // folds in.
     let mut keys = vec![e.key.clone()];
-    keys.extend(crate::damage::adapter_lineage(&store, &e.key));
+    keys.extend(
+        adapter_lineage(&store.artifact_dir(&e.key))
+            .into_iter()
+            .map(|(_, k)| k),
+    );
     if let Some(d) = store.damaged_inputs(&keys)?.into_values().next() {
         bail!(
             "the artifact of {} is damaged ({d}); `temper run` moves it aside and rebuilds it, \
@@ -166,18 +171,4 @@ pub fn export(store: &store::Store, key: &str, dir: &Path) -> Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// What an adapter artifact in `dir` is applied on, as (node, key): its base first, then the
-/// adapters folded below it (its `temper_adapter.json`); empty for anything else.
-pub(crate) fn adapter_lineage(dir: &Path) -> Vec<(String, String)> {
-    let Ok(text) = std::fs::read_to_string(dir.join("temper_adapter.json")) else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let stack = v["stack"].as_array().into_iter().flatten();
-    std::iter::once(&v["base"])
-        .chain(stack)
-        .filter_map(|r| Some((r["node"].as_str()?.into(), r["key"].as_str()?.into())))
-        .collect()
 }

@@ -44,7 +44,7 @@ pub fn run(g: &Global, a: GcArgs) -> Result<ExitCode> {
     let pinned: Vec<String> = store.pins()?.into_values().flatten().collect();
     let mut below = HashSet::new();
     for k in keep.iter().chain(&pinned) {
-        let lineage = super::export::adapter_lineage(&store.artifact_dir(k));
+        let lineage = crate::lineage::adapter_lineage(&store.artifact_dir(k));
         below.extend(lineage.into_iter().map(|(_, key)| key));
     }
     keep.extend(below);
