@@ -17,7 +17,8 @@
 # Env: MODELS ("smollm2-135m qwen2.5-0.5b llama-3.2-1b"), MODES ("packed padded"), BATCH (8),
 #      SEQ (2048), STEPS (50), WARMUP (10), PEAK_TFLOPS (989), DEVICE (cuda; `cpu` with
 #      MODELS=tiny SEQ=128 smoke-tests the scripts), PRECISION (bf16-mixed; empty = the recipe
-#      sets none, for a temper without the `precision` parameter), PY (python with torch and
+#      sets none, for a temper without the `precision` parameter), CKPT (1: activation
+#      checkpointing on both sides), PY (python with torch and
 #      transformers; default: the project's .venv, else python3).
 set -euo pipefail
 export HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1
@@ -30,6 +31,9 @@ BATCH="${BATCH:-8}"; SEQ="${SEQ:-2048}"; STEPS="${STEPS:-50}"; WARMUP="${WARMUP:
 PEAK_TFLOPS="${PEAK_TFLOPS:-989}"; DEVICE="${DEVICE:-cuda}"; PRECISION="${PRECISION-bf16-mixed}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 [[ -x "$PY" ]] || PY=python3
+CKPT="${CKPT:-0}"
+ckpt_line=""; ckpt_flag=()
+if [[ "$CKPT" == 1 ]]; then ckpt_line="activation-checkpointing #true"; ckpt_flag=(--ckpt); fi
 [[ -x "$TEMPER" ]] || { echo "no $TEMPER: build it first (make build)" >&2; exit 1; }
 "$PY" -c 'import torch, transformers' || { echo "$PY lacks torch or transformers" >&2; exit 1; }
 WORK="$(mktemp -d)"
@@ -73,6 +77,7 @@ sft tuned model=m data=data {
     lr 1e-5; schedule constant; weight-decay 0.0
     log-every $WARMUP; checkpoint-every 0; device $DEVICE
     $prec
+    $ckpt_line
 }
 KDL
     (cd "$dir" && "$TEMPER" --store "$WORK/store-$arch-$mode" run -q "$mode.kdl" --only m data >/dev/null)
@@ -94,7 +99,7 @@ PY
 )
     peak_run "$PY" "$ROOT/bench/torch_train_gpu.py" "$dir/model" "$dir/$mode.jsonl" --mode "$mode" \
       --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" \
-      > "$WORK/eager.json"
+      "${ckpt_flag[@]}" > "$WORK/eager.json"
     p_peak=$(cat "$WORK/peak")
     "$PY" - "$arch" "$mode" "$params" "$PEAK_TFLOPS" "$t_json" "$(cat "$WORK/eager.json")" \
       "$t_peak" "$p_peak" <<'PY'

@@ -16,7 +16,10 @@ device synchronisations, with no host read in between. Prints one JSON line: tok
 padding), seconds, tokens/s, peak memory (reserved by the caching allocator), final loss.
 
 Usage: torch_train_gpu.py MODEL_DIR DATA.jsonl --mode packed|padded [--batch 8] [--seq 2048]
-       [--steps 50] [--warmup 10] [--lr 1e-5] [--device cuda]
+       [--steps 50] [--warmup 10] [--lr 1e-5] [--device cuda] [--ckpt]
+
+`--ckpt`: activation checkpointing (transformers' `gradient_checkpointing_enable`, non-reentrant),
+the counterpart of temper's `activation-checkpointing #true`.
 """
 import argparse
 import json
@@ -93,12 +96,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--ckpt", action="store_true")
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.manual_seed(0)
     examples, eos = encode(a.model, a.data, a.seq)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32,
                                                  attn_implementation="sdpa").to(dev)
+    if a.ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     fused = dev.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-8,

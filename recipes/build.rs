@@ -4,8 +4,10 @@
 //! it. (`rustc-link-arg` covers every linked target of the package, `-bins` only would leave the
 //! tests without the rpath.)
 //!
-//! Also compiles `csrc/fused.cpp` (the fused-optimizer shim, `src/trainer/fused.rs`) against
-//! the headers of that same libtorch, with its `_GLIBCXX_USE_CXX11_ABI`: the headers are
+//! Also compiles the C++ shim over libtorch ops tch does not bind — `csrc/fused.cpp` (the fused
+//! optimizer, `src/trainer/fused.rs`), `csrc/checkpoint.cpp` (activation checkpointing,
+//! `src/arch/checkpoint.rs`) and `csrc/varlen.cpp` (varlen flash attention, `src/arch/varlen.rs`)
+//! — against the headers of that same libtorch, with its `_GLIBCXX_USE_CXX11_ABI`: the headers are
 //! `<root>/include` and `<root>/include/torch/csrc/api/include` where `<root>` is the parent of
 //! torch-sys's `DEP_TCH_LIBTORCH_LIB` (a wheel's `torch/` or a libtorch directory; torch-sys's
 //! own `LIBTORCH_INCLUDE` overrides `<root>` as it does there); the ABI is the wheel's
@@ -30,8 +32,13 @@ fn main() {
     compile_shim(dir);
 }
 
+/// The shim's sources.
+const SHIM: [&str; 3] = ["csrc/fused.cpp", "csrc/checkpoint.cpp", "csrc/varlen.cpp"];
+
 fn compile_shim(lib: &Path) {
-    println!("cargo:rerun-if-changed=csrc/fused.cpp");
+    for f in SHIM {
+        println!("cargo:rerun-if-changed={f}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     let root = match std::env::var("LIBTORCH_INCLUDE") {
         Ok(p) => PathBuf::from(p),
@@ -54,8 +61,8 @@ fn compile_shim(lib: &Path) {
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi().as_str())
-        .file("csrc/fused.cpp")
-        .compile("temper_fused");
+        .files(SHIM)
+        .compile("temper_shim");
 }
 
 /// `"1"` or `"0"`, as torch-sys decides it (see the module docs).

@@ -133,6 +133,10 @@ crate::params! {
             .doc("complete checkpoints kept in the work directory"),
         ranks: usize = ParamSpec::new("ranks", int(1)).default(Value::Int(1)).non_semantic()
             .doc("data-parallel ranks (MPI processes); each takes grad-accum / ranks micro-batches of every step"),
+        activation_checkpointing: bool = ParamSpec::new("activation-checkpointing", ParamType::Bool)
+            .default(Value::Bool(false)).non_semantic()
+            .doc("recompute each decoder block in backward instead of keeping its activations \
+                  (less memory, about one more forward; the same gradients)"),
         lora: Option<crate::lora::Lora> = crate::lora::spec(),
     }
 }

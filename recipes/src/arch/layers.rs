@@ -45,6 +45,17 @@ impl Linear {
             lora: None,
         })
     }
+    /// The same layer sharing its variables (gradients accumulate into the same tensors).
+    pub fn shallow_clone(&self) -> Linear {
+        Linear {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            lora: self
+                .lora
+                .as_ref()
+                .map(crate::lora::LoraLayer::shallow_clone),
+        }
+    }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let y = x.f_linear(&self.weight, self.bias.as_ref())?;
         match &self.lora {
@@ -65,6 +76,12 @@ impl RmsNorm {
     pub fn new(p: Path, dim: usize, eps: f64) -> Result<Self, TchError> {
         let weight = p.f_var("weight", &[dim as i64], Init::Const(1.0))?;
         Ok(RmsNorm { weight, eps })
+    }
+    pub fn shallow_clone(&self) -> RmsNorm {
+        RmsNorm {
+            weight: self.weight.shallow_clone(),
+            eps: self.eps,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let kind = x.f_kind()?;
@@ -140,6 +157,16 @@ impl Attention {
         })
     }
 
+    pub fn shallow_clone(&self) -> Attention {
+        Attention {
+            q_proj: self.q_proj.shallow_clone(),
+            k_proj: self.k_proj.shallow_clone(),
+            v_proj: self.v_proj.shallow_clone(),
+            o_proj: self.o_proj.shallow_clone(),
+            ..*self
+        }
+    }
+
     /// `[B, H, T, D]` from `[B, T, H·D]`.
     fn heads(&self, x: &Tensor, n: i64) -> Result<Tensor, TchError> {
         let s = x.size();
@@ -179,13 +206,14 @@ impl Attention {
         Ok((q, k, v))
     }
 
-    /// `o_proj(softmax(q kᵀ / √d + mask) v)` back to `[B, Tq, hidden]`.
+    /// `o_proj(softmax(q kᵀ / √d + mask) v)` back to `[B, Tq, hidden]` (`mask` `None` =
+    /// causal, else dense).
     fn attend(
         &self,
         q: &Tensor,
         k: Tensor,
         v: Tensor,
-        mask: &Prepared,
+        mask: Option<&Tensor>,
     ) -> Result<Tensor, TchError> {
         let qs = q.size();
         let gqa = self.num_heads != self.num_kv_heads
@@ -200,7 +228,7 @@ impl Attention {
             q,
             &k,
             &v,
-            mask.as_ref(),
+            mask,
             0.0,
             mask.is_none(),
             scale,
@@ -212,6 +240,45 @@ impl Attention {
         self.o_proj.forward(&y)
     }
 
+    /// The attention of packed rows given as sequences ([`Prepared::Varlen`]): the projections
+    /// stay in the token-major layout `[B·T, heads, D]` the varlen kernel reads (RoPE applied
+    /// there, with `cos`/`sin` viewed as `[B, T, 1, D]`), then [`super::varlen::attention`].
+    fn attend_varlen(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        (cu, max_len, window_left): (&Tensor, i64, Option<i64>),
+    ) -> Result<Tensor, TchError> {
+        let s = x.size();
+        let (b, t, d) = (s[0], s[1], self.head_dim);
+        let (cos, sin) = (cos.f_transpose(1, 2)?, sin.f_transpose(1, 2)?);
+        let tokens = |y: Tensor, n: i64| y.f_view([b, t, n, d]);
+        let q = apply_rope(
+            &tokens(self.q_proj.forward(x)?, self.num_heads)?,
+            &cos,
+            &sin,
+        )?;
+        let k = apply_rope(
+            &tokens(self.k_proj.forward(x)?, self.num_kv_heads)?,
+            &cos,
+            &sin,
+        )?;
+        let v = self.v_proj.forward(x)?;
+        let flat = |y: &Tensor, n: i64| y.f_reshape([b * t, n, d]);
+        let y = super::varlen::attention(
+            &flat(&q, self.num_heads)?,
+            &flat(&k, self.num_kv_heads)?,
+            &flat(&v, self.num_kv_heads)?,
+            cu,
+            max_len,
+            (d as f64).powf(-0.5),
+            window_left,
+        )?;
+        self.o_proj
+            .forward(&y.f_reshape([b, t, self.num_heads * d])?)
+    }
+
     pub fn forward(
         &self,
         x: &Tensor,
@@ -219,8 +286,17 @@ impl Attention {
         sin: &Tensor,
         mask: &Prepared,
     ) -> Result<Tensor, TchError> {
+        let dense = match mask {
+            Prepared::Causal => None,
+            Prepared::Dense(m) => Some(m),
+            Prepared::Varlen {
+                cu,
+                max_len,
+                window_left,
+            } => return self.attend_varlen(x, cos, sin, (cu, *max_len, *window_left)),
+        };
         let (q, k, v) = self.project(x, cos, sin)?;
-        self.attend(&q, k, v, mask)
+        self.attend(&q, k, v, dense)
     }
 
     /// Attention of new columns `start..start + T` of `x` `[B, T, hidden]`: their keys and values
@@ -242,7 +318,7 @@ impl Attention {
         values.f_narrow(2, start, t)?.f_copy_(&v)?;
         let k = keys.f_narrow(2, 0, start + t)?;
         let v = values.f_narrow(2, 0, start + t)?;
-        self.attend(&q, k, v, &Some(mask.shallow_clone()))
+        self.attend(&q, k, v, Some(mask))
     }
 }
 
@@ -262,6 +338,13 @@ impl Mlp {
             up_proj: Linear::new(&p / "up_proj", h, i, b)?,
             down_proj: Linear::new(&p / "down_proj", i, h, b)?,
         })
+    }
+    pub fn shallow_clone(&self) -> Mlp {
+        Mlp {
+            gate_proj: self.gate_proj.shallow_clone(),
+            up_proj: self.up_proj.shallow_clone(),
+            down_proj: self.down_proj.shallow_clone(),
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let g = self.gate_proj.forward(x)?.f_silu()?;
@@ -297,6 +380,17 @@ impl Block {
             mlp: Mlp::new(&p / "mlp", cfg)?,
             window: cfg.windows.get(layer).copied().flatten(),
         })
+    }
+    /// The same block sharing its variables: what a checkpointed call owns
+    /// ([`super::checkpoint`]).
+    pub fn shallow_clone(&self) -> Block {
+        Block {
+            input_layernorm: self.input_layernorm.shallow_clone(),
+            self_attn: self.self_attn.shallow_clone(),
+            post_attention_layernorm: self.post_attention_layernorm.shallow_clone(),
+            mlp: self.mlp.shallow_clone(),
+            window: self.window,
+        }
     }
     pub fn forward(
         &self,

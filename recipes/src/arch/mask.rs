@@ -7,6 +7,9 @@
 //!   for packed rows (give padding its own segment id). Positions restart per segment, but the
 //!   caller passes them as `position_ids`; the mask only separates the segments.
 //!
+//! - [`AttnMask::Varlen`]: the same attention as `Segments`, given as sequence offsets for a
+//!   varlen kernel (packed rows on CUDA, [`for_packed`]): no `T×T` mask is ever built.
+//!
 //! A sliding window `w` adds `i − j < w` (transformers' rule, on indices). A query that may attend
 //! to nothing (a left-padding token) attends to itself instead, so no row of the softmax is empty
 //! and no NaN can reach the real tokens through `0 · NaN`; logits at padding are unspecified.
@@ -22,6 +25,40 @@ pub enum AttnMask<'a> {
     Padding(&'a Tensor),
     /// `[B, T]` integer segment ids.
     Segments(&'a Tensor),
+    /// The segments of a packed batch as sequences of its flattened tokens.
+    Varlen(&'a Packed),
+}
+
+/// A packed batch's segments as the sequences of its `B·T` flattened tokens (row after row):
+/// sequence `s` is tokens `cu[s]..cu[s + 1]`. Every change of segment id along a row and every
+/// row start begins a sequence, so no sequence crosses a row (padding is its own sequence).
+#[derive(Debug)]
+pub struct Packed {
+    /// int32 `[n + 1]` on the model's device: `0 = cu[0] < … < cu[n] = B·T`.
+    pub cu: Tensor,
+    /// The longest sequence (an upper bound is enough for the kernel).
+    pub max_len: i64,
+    /// `B·T`.
+    pub total: i64,
+}
+
+/// The host offsets of [`Packed`] for segment ids `seg` (`[rows, cols]` row-major):
+/// `(cu, max_len)`.
+pub fn packed_offsets(seg: &[i64], rows: usize, cols: usize) -> (Vec<i32>, i64) {
+    let mut cu = vec![0i32];
+    let mut max_len = 0i64;
+    for r in 0..rows {
+        let row = &seg[r * cols..(r + 1) * cols];
+        let mut start = 0usize;
+        for i in 1..=cols {
+            if i == cols || row[i] != row[i - 1] {
+                max_len = max_len.max((i - start) as i64);
+                cu.push((r * cols + i) as i32);
+                start = i;
+            }
+        }
+    }
+    (cu, max_len)
 }
 
 /// Whether every row of the host mask `keep` (`[rows, cols]` row-major, 0 = padding) is its
@@ -48,13 +85,52 @@ pub fn for_padded(attention: &Tensor, right: bool) -> AttnMask<'_> {
     }
 }
 
-/// A mask ready for `scaled_dot_product_attention`: `None` = plain causal (`is_causal`), else a
-/// boolean `[B, 1, T, T]` (true = may attend).
-pub type Prepared = Option<Tensor>;
+/// A mask ready for a layer.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Plain causal (`is_causal` of `scaled_dot_product_attention`).
+    Causal,
+    /// A boolean `[B, 1, Tq, Tk]` (true = may attend).
+    Dense(Tensor),
+    /// Sequences of the flattened tokens ([`Packed`]), with the window as the kernel counts it:
+    /// `Some(w − 1)` for a sliding window `w`.
+    Varlen {
+        cu: Tensor,
+        max_len: i64,
+        window_left: Option<i64>,
+    },
+}
+
+impl Prepared {
+    /// The same mask, sharing its tensors.
+    pub fn shallow_clone(&self) -> Prepared {
+        match self {
+            Prepared::Causal => Prepared::Causal,
+            Prepared::Dense(m) => Prepared::Dense(m.shallow_clone()),
+            Prepared::Varlen {
+                cu,
+                max_len,
+                window_left,
+            } => Prepared::Varlen {
+                cu: cu.shallow_clone(),
+                max_len: *max_len,
+                window_left: *window_left,
+            },
+        }
+    }
+}
 
 impl AttnMask<'_> {
     /// Checks the mask's shape against the input ids `[B, T]`.
     pub fn check(&self, b: i64, t: i64) -> Result<()> {
+        if let AttnMask::Varlen(p) = self {
+            if p.total != b * t {
+                bail!(
+                    "packed offsets cover {} tokens, the input ids [{b}, {t}]",
+                    p.total
+                );
+            }
+        }
         if let AttnMask::Padding(m) | AttnMask::Segments(m) = self {
             if m.size() != [b, t] {
                 bail!(
@@ -69,8 +145,15 @@ impl AttnMask<'_> {
     /// The boolean mask for a layer with sliding window `window` on a sequence of length `t`.
     pub fn prepare(&self, t: i64, window: Option<usize>, device: tch::Device) -> Result<Prepared> {
         let window = window.map(|w| w as i64).filter(|w| *w < t);
+        if let AttnMask::Varlen(p) = self {
+            return Ok(Prepared::Varlen {
+                cu: p.cu.shallow_clone(),
+                max_len: p.max_len,
+                window_left: window.map(|w| w - 1),
+            });
+        }
         if matches!(self, AttnMask::Causal) && window.is_none() {
-            return Ok(None);
+            return Ok(Prepared::Causal);
         }
         let ones = Tensor::f_ones([t, t], (Kind::Bool, device))?;
         let mut allowed = ones.f_tril(0)?;
@@ -79,7 +162,8 @@ impl AttnMask<'_> {
         }
         let allowed = allowed.f_view([1, 1, t, t])?;
         let m = match self {
-            AttnMask::Causal => return Ok(Some(allowed)),
+            // (Varlen returned above.)
+            AttnMask::Causal | AttnMask::Varlen(_) => return Ok(Prepared::Dense(allowed)),
             AttnMask::Padding(a) => {
                 let keys = a
                     .f_ne(0)?
@@ -99,7 +183,9 @@ impl AttnMask<'_> {
         };
         let empty = m.f_any_dim(-1, true)?.f_logical_not()?;
         let eye = Tensor::f_eye(t, (Kind::Bool, device))?.f_view([1, 1, t, t])?;
-        Ok(Some(m.f_logical_or(&eye.f_logical_and(&empty)?)?))
+        Ok(Prepared::Dense(
+            m.f_logical_or(&eye.f_logical_and(&empty)?)?,
+        ))
     }
 }
 

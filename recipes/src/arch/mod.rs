@@ -6,7 +6,9 @@
 //! Shape of the code: [`config`] mirrors and validates `config.json`; [`layers`] holds
 //! `Attention`, `Mlp`, `Block` built from an `nn::Path` named like the checkpoint; [`model`] is
 //! the causal LM with a plain `forward(ids, positions, mask) -> logits`; [`mask`] the attention
-//! masks (causal, padding, packed segments); [`cache`] the KV cache of decoding (with
+//! masks (causal, padding, packed segments) and [`varlen`] the attention of packed sequences
+//! (the varlen flash kernel on CUDA); [`checkpoint`] recomputes blocks in backward
+//! (activation checkpointing); [`cache`] the KV cache of decoding (with
 //! `Model::forward_cached`); [`io`] loads and saves HF directories.
 //! Training concerns (loss, optimizer, packing) live elsewhere.
 //!
@@ -24,11 +26,13 @@
 //! ```
 
 pub mod cache;
+pub mod checkpoint;
 pub mod config;
 pub mod io;
 pub mod layers;
 pub mod mask;
 pub mod model;
+pub mod varlen;
 
 pub use cache::KvCache;
 pub use config::{ArchConfig, Family};

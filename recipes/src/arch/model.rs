@@ -20,6 +20,10 @@ pub struct Model {
     pub lm_head: Option<Tensor>,
     pub rope: Rope,
     pub config: ArchConfig,
+    /// Run each block checkpointed while autograd records ([`super::checkpoint`]): its
+    /// activations are recomputed in backward instead of kept. Set by the trainer
+    /// (`activation-checkpointing`); off by default.
+    pub checkpointing: bool,
 }
 
 impl Model {
@@ -46,6 +50,7 @@ impl Model {
             lm_head,
             rope,
             config: cfg.clone(),
+            checkpointing: false,
         })
     }
 
@@ -103,6 +108,10 @@ impl Model {
         // At most two distinct masks: full causal and one sliding window.
         let full = mask.prepare(t, None, dev)?;
         let mut sliding: Option<(usize, super::mask::Prepared)> = None;
+        let anchor = match self.checkpointing {
+            true => Some(super::checkpoint::anchor(dev)?),
+            false => None,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let m = match layer.window {
                 None => &full,
@@ -116,9 +125,23 @@ impl Model {
                         .context("mask prepared above")?
                 }
             };
-            x = layer
-                .forward(&x, &cos, &sin, m)
-                .with_context(|| format!("layer {i}"))?;
+            x = match &anchor {
+                None => layer.forward(&x, &cos, &sin, m),
+                Some(anchor) => {
+                    let (block, cos, sin, m) = (
+                        layer.shallow_clone(),
+                        cos.shallow_clone(),
+                        sin.shallow_clone(),
+                        m.shallow_clone(),
+                    );
+                    super::checkpoint::checkpointed(
+                        &x,
+                        anchor,
+                        Box::new(move |x: &Tensor| block.forward(x, &cos, &sin, &m)),
+                    )
+                }
+            }
+            .with_context(|| format!("layer {i}"))?;
         }
         Ok(self.norm.forward(&x)?)
     }

@@ -61,6 +61,17 @@ pub struct LoraLayer {
 }
 
 impl LoraLayer {
+    /// The same adapter sharing its variables and flags.
+    pub fn shallow_clone(&self) -> LoraLayer {
+        LoraLayer {
+            a: self.a.shallow_clone(),
+            b: self.b.shallow_clone(),
+            scaling: self.scaling,
+            dropout: self.dropout,
+            flags: self.flags.clone(),
+        }
+    }
+
     /// The adapter's contribution for input `x` `[…, in]`.
     pub fn delta(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let (xk, ak) = (x.f_kind()?, self.a.f_kind()?);

@@ -48,16 +48,28 @@ pub fn read_scalar(t: &Tensor) -> anyhow::Result<f64> {
         .context("reading a scalar: the tensor is empty")
 }
 
-/// `v` as an Int64 tensor of `shape` on `device`. On CUDA the host copy is pinned and the
+/// `v` as a tensor of `shape` on `device` (of `T`'s kind: Int64 ids, Int32 offsets). On CUDA the host copy is pinned and the
 /// upload non-blocking (the caching host allocator keeps the pinned block alive until the copy
 /// has run), so the host goes on launching kernels; on any other device it is a plain copy.
-pub fn upload(v: &[i64], shape: &[i64], device: Device) -> anyhow::Result<Tensor> {
+pub fn upload<T: tch::kind::Element>(
+    v: &[T],
+    shape: &[i64],
+    device: Device,
+) -> anyhow::Result<Tensor> {
     let t = Tensor::from_slice(v).f_view(shape)?;
     Ok(match device {
-        Device::Cuda(_) => {
-            t.f_pin_memory(device)?
-                .f_to_device_(device, Kind::Int64, true, false)?
-        }
+        Device::Cuda(_) => t
+            .f_pin_memory(device)?
+            .f_to_device_(device, T::KIND, true, false)?,
         _ => t.f_to_device(device)?,
     })
+}
+
+/// This process's peak resident set size in MiB (`VmHWM` of `/proc/self/status`), `None` off
+/// Linux.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

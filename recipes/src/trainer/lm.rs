@@ -1,9 +1,11 @@
 //! The causal-LM loss of a packed or padded [`Batch`]: `Σ CE` over its target tokens (the value
 //! of [`crate::batching::loss::sum_ce`], the LM head applied to target positions only), with the
-//! attention the batch needs — block-diagonal causal ([`AttnMask::Segments`]) when a row holds
-//! several examples, causal plus a padding mask when some positions are padding, plain causal
+//! attention the batch needs — block-diagonal causal when a row holds several examples (the
+//! varlen flash kernel's sequences on CUDA, [`for_packed`]; the dense [`AttnMask::Segments`]
+//! mask elsewhere), causal plus a padding mask when some positions are padding, plain causal
 //! otherwise.
 
+use crate::arch::mask::{packed_offsets, Packed};
 use crate::arch::{AttnMask, HfModel};
 use crate::batching::examples::IGNORE;
 use crate::batching::head;
@@ -25,21 +27,55 @@ fn tensors(b: &Batch, device: tch::Device) -> anyhow::Result<[Tensor; 4]> {
     ])
 }
 
-/// The attention a batch needs (see the module docs); `seg` = its segment ids.
-fn attn_mask<'a>(b: &Batch, seg: &'a Tensor) -> AttnMask<'a> {
-    if b.packed {
-        AttnMask::Segments(seg)
+/// The attention a batch needs (see the module docs); `seg` = its segment ids on the model's
+/// device, `packed` where [`for_packed`] keeps the varlen offsets.
+fn attn_mask<'a>(
+    model: &HfModel,
+    b: &Batch,
+    seg: &'a Tensor,
+    packed: &'a mut Option<Packed>,
+) -> anyhow::Result<AttnMask<'a>> {
+    Ok(if b.packed {
+        for_packed(model, seg, &b.segment_ids, (b.rows, b.cols), packed)?
     } else if b.n_tokens() < b.rows * b.cols {
         crate::arch::for_padded(seg, crate::arch::right_padded(&b.segment_ids, b.cols))
     } else {
         AttnMask::Causal
+    })
+}
+
+/// The mask of a packed batch with segment ids `seg` (`host_seg` on the host, `[rows, cols]`):
+/// [`AttnMask::Varlen`] where the varlen flash kernel runs ([`crate::arch::varlen::supported`]:
+/// CUDA, half precision, a head size it takes), its offsets computed on the host and uploaded
+/// into `packed`; the dense [`AttnMask::Segments`] elsewhere.
+pub fn for_packed<'a>(
+    model: &HfModel,
+    seg: &'a Tensor,
+    host_seg: &[i64],
+    (rows, cols): (usize, usize),
+    packed: &'a mut Option<Packed>,
+) -> anyhow::Result<AttnMask<'a>> {
+    let dev = seg.device();
+    let kind = model.model.embed_tokens.f_kind()?;
+    if !crate::arch::varlen::supported(dev, kind, model.config.head_dim) {
+        return Ok(AttnMask::Segments(seg));
     }
+    let (cu, max_len) = packed_offsets(host_seg, rows, cols);
+    let n = cu.len() as i64;
+    let cu = host::upload(&cu, &[n], dev)?;
+    let total = (rows * cols) as i64;
+    Ok(AttnMask::Varlen(packed.insert(Packed {
+        cu,
+        max_len,
+        total,
+    })))
 }
 
 /// Logits `[rows, cols, vocab]` of a batch.
 pub fn logits(model: &HfModel, b: &Batch) -> anyhow::Result<(Tensor, Tensor)> {
     let [ids, labels, pos, seg] = tensors(b, model.device())?;
-    let mask = attn_mask(b, &seg);
+    let mut packed = None;
+    let mask = attn_mask(model, b, &seg, &mut packed)?;
     let logits = model
         .forward(&ids, &pos, mask)
         .with_context(|| format!("forward of a {}×{} batch", b.rows, b.cols))?;
@@ -59,7 +95,8 @@ pub fn sum_loss(model: &HfModel, b: &Batch) -> anyhow::Result<Tensor> {
     let shape = [b.rows as i64, b.cols as i64];
     let up = |v: &[i64]| host::upload(v, &shape, dev);
     let (ids, pos, seg) = (up(&b.input_ids)?, up(&b.position_ids)?, up(&b.segment_ids)?);
-    let mask = attn_mask(b, &seg);
+    let mut packed = None;
+    let mask = attn_mask(model, b, &seg, &mut packed)?;
     let h = model
         .model
         .hidden_states(&ids, &pos, mask)

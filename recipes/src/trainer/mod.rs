@@ -91,6 +91,8 @@ pub struct TrainSpec {
     pub dtype: dsl::device::Dtype,
     /// The dtype of the written weights (`auto`: [`params::save_kind`]).
     pub save_dtype: kinds::train::SaveDtype,
+    /// Recompute each decoder block in backward ([`crate::arch::checkpoint`]).
+    pub activation_checkpointing: bool,
 }
 
 /// The loss of one micro-batch.
@@ -161,6 +163,13 @@ pub struct TrainSummary {
     /// Device→host reads made for checkpoints and the final weights check in this attempt.
     #[serde(default)]
     pub host_syncs_at_checkpoints: u64,
+    /// Whether the blocks were recomputed in backward (`activation-checkpointing`).
+    #[serde(default)]
+    pub activation_checkpointing: bool,
+    /// The worker process's peak resident memory so far, MiB ([`host::peak_rss_mib`]; on CPU
+    /// this includes the activations). Absent where the OS does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
     /// Signs that the run did not train (zero gradients, a loss that never moved).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -218,6 +227,7 @@ pub fn train<O: Objective>(
     if let (Some(lora), None) = (&spec.lora, &model.adapter) {
         crate::lora::attach(model, lora, spec.seed, &format!("node {}", ctx.node))?;
     }
+    model.model.checkpointing = spec.activation_checkpointing;
     let prec = spec.precision.resolve(spec.dtype, model.device().is_cuda());
     let save_kind = params::save_kind(spec.save_dtype, prec, model);
     let mixed = match prec {
@@ -331,6 +341,8 @@ pub fn train<O: Objective>(
     let in_steps = host::count() - reads - at_checkpoints;
     summary.host_syncs_per_step = in_steps as f64 / (prog.step - resumed_from).max(1) as f64;
     summary.host_syncs_at_checkpoints = at_checkpoints;
+    summary.activation_checkpointing = spec.activation_checkpointing;
+    summary.peak_rss_mib = host::peak_rss_mib();
     Ok(summary)
 }
 

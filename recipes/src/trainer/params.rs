@@ -57,6 +57,7 @@ pub fn train_spec(o: &Optim, c: &Common) -> TrainSpec {
         precision: o.precision,
         dtype: o.dtype,
         save_dtype: o.save_dtype,
+        activation_checkpointing: o.activation_checkpointing,
     }
 }
 

@@ -481,6 +481,8 @@ pub(super) fn summarise<O: Objective>(
         numerics,
         host_syncs_per_step: 0.0,
         host_syncs_at_checkpoints: 0,
+        activation_checkpointing: false,
+        peak_rss_mib: None,
         warnings,
     }
 }

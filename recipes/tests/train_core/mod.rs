@@ -5,6 +5,7 @@
 mod util;
 
 mod chat;
+mod checkpointing;
 mod chunked_ce;
 mod dist;
 mod examples;

@@ -244,6 +244,25 @@ fn sft_cancel_and_resume_is_bit_identical() {
     same_run(&full, &resumed, "cancel");
 }
 
+/// `activation-checkpointing #true` is non-semantic: a run with it, cancelled at step 3 and
+/// resumed, writes the bytes (and metrics) of a plain uninterrupted run.
+#[test]
+fn sft_with_activation_checkpointing_writes_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = tiny_model(tmp.path());
+    let data = pc_dataset(tmp.path(), 10);
+    let inputs = [("model", model.as_path()), ("data", data.as_path())];
+    let plain = sft_params(6);
+    let (_, full) = run(&Sft, &plain, &inputs, &tmp.path().join("plain")).unwrap();
+    let mut p = sft_params(6);
+    p.push(("activation-checkpointing", Value::Bool(true)));
+    let base = tmp.path().join("ckpt");
+    let c = ctx(&Sft, &p, &inputs, &base, Some(hook(3, false)));
+    assert!(matches!(Sft.run(&c), Err(StageError::Cancelled)));
+    let (_, resumed) = run(&Sft, &p, &inputs, &base).unwrap();
+    same_run(&full, &resumed, "activation checkpointing, cancel");
+}
+
 /// A crash (panic) after the step-4 checkpoint, during step 5; the rerun continues from step 4
 /// (stream and packer state) and ends bit-identical; metrics lines of steps 5.. are not
 /// duplicated.

@@ -1,0 +1,108 @@
+//! Activation checkpointing (`activation-checkpointing #true`): a decoder block run through
+//! [`checkpointed`] keeps only its input for the backward pass; its activations are recomputed
+//! there, block by block, trading one more forward per block for memory — the block's inner
+//! activations (attention projections, the MLP's `[tokens, intermediate]` tensors) are never held
+//! for more than one block at a time.
+//!
+//! The mechanism lives in the C++ shim (`recipes/csrc/checkpoint.cpp`): an autograd node that
+//! calls back into a Rust closure, in the forward without autograd and in the backward with it,
+//! under the generator state of the forward. The recomputed graph is the plain graph, so the
+//! gradients are bit-identical to a run without checkpointing on CPU (the test in
+//! `recipes/tests/trainer/checkpointing.rs`).
+//!
+//! Invariants of the boundary: the closure is boxed and handed to the shim, which owns it until
+//! the graph is freed (it must therefore own what it reads: shallow clones of the block's
+//! variables, of the rotary tables and of the mask); a panic in it is caught and becomes an
+//! error; every tensor crossing the boundary is a tch `Tensor`'s `at::Tensor*`.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use tch::{Kind, TchError, Tensor};
+use torch_sys::C_tensor;
+
+/// What a checkpointed block computes: its output for an input.
+pub type BlockFn = dyn Fn(&Tensor) -> Result<Tensor, TchError> + Send;
+
+type RunFn = extern "C" fn(*mut c_void, *mut C_tensor, *mut *mut C_tensor) -> *mut c_char;
+type DropFn = extern "C" fn(*mut c_void);
+
+extern "C" {
+    fn temper_error_copy(msg: *const c_char) -> *mut c_char;
+    fn temper_free_error(msg: *mut c_char);
+    fn temper_checkpoint(
+        x: *const C_tensor,
+        anchor: *const C_tensor,
+        ctx: *mut c_void,
+        run: RunFn,
+        drop: DropFn,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+/// A message the shim can own (malloc'd by it).
+fn shim_message(msg: &str) -> *mut c_char {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: `c` is a valid NUL-terminated string; the shim copies it.
+    unsafe { temper_error_copy(c.as_ptr()) }
+}
+
+extern "C" fn run_block(
+    ctx: *mut c_void,
+    x: *mut C_tensor,
+    out: *mut *mut C_tensor,
+) -> *mut c_char {
+    // SAFETY: `ctx` is the `Box<Box<BlockFn>>` made in `checkpointed`, alive until `drop_block`;
+    // `x` is a `new at::Tensor` whose ownership the shim hands over.
+    let f = unsafe { &*(ctx as *const Box<BlockFn>) };
+    let x = unsafe { Tensor::from_ptr(x) };
+    match catch_unwind(AssertUnwindSafe(|| f(&x))) {
+        Ok(Ok(mut y)) => {
+            // SAFETY: `out` is the shim's out-parameter; ownership of `y` moves to it.
+            unsafe { *out = y.as_mut_ptr() };
+            std::mem::forget(y);
+            std::ptr::null_mut()
+        }
+        Ok(Err(e)) => shim_message(&e.to_string()),
+        Err(_) => shim_message("a checkpointed block panicked"),
+    }
+}
+
+extern "C" fn drop_block(ctx: *mut c_void) {
+    // SAFETY: `ctx` came from `Box::into_raw` in `checkpointed` and the shim drops it once.
+    drop(unsafe { Box::from_raw(ctx as *mut Box<BlockFn>) });
+}
+
+/// `f(x)`, checkpointed when autograd is recording (see the module docs); a plain call
+/// otherwise. `anchor` is a scalar leaf requiring grad ([`anchor`]).
+pub fn checkpointed(x: &Tensor, anchor: &Tensor, f: Box<BlockFn>) -> Result<Tensor, TchError> {
+    let ctx = Box::into_raw(Box::new(f)) as *mut c_void;
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the pointers are live tch tensors; `ctx` is handed over to the shim, which drops it
+    // through `drop_block` exactly once.
+    let msg = unsafe {
+        temper_checkpoint(
+            x.as_ptr(),
+            anchor.as_ptr(),
+            ctx,
+            run_block,
+            drop_block,
+            &mut out,
+        )
+    };
+    if !msg.is_null() {
+        // SAFETY: a non-null result is a NUL-terminated string the shim malloc'd.
+        let text = unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { temper_free_error(msg) };
+        return Err(TchError::Torch(format!("checkpointed block: {text}")));
+    }
+    // SAFETY: on success `out` is a `new at::Tensor` we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// The scalar leaf that keeps a checkpointed block in the graph when its input needs no
+/// gradient (the embeddings of a frozen base under LoRA): it requires grad and gets none.
+pub fn anchor(device: tch::Device) -> Result<Tensor, TchError> {
+    Ok(Tensor::f_zeros([], (Kind::Float, device))?.set_requires_grad(true))
+}
