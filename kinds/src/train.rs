@@ -87,6 +87,14 @@ crate::enum_param! {
     pub enum SaveDtype { Auto = "auto", F32 = "f32", Bf16 = "bf16", F16 = "f16" }
 }
 
+crate::enum_param! {
+    /// How a data-parallel node splits its training state across its ranks (ZeRO's stages):
+    /// `optimizer` — each rank keeps the AdamW moments of its share of the trained tensors and
+    /// updates only those, the updated tensors gathered by every rank; `gradients` — also the
+    /// gradients: each rank receives only its share's summed gradients (a reduce-scatter).
+    pub enum Shard { None = "none", Optimizer = "optimizer", Gradients = "gradients" }
+}
+
 crate::params! {
     /// The optimisation parameters every training kind declares.
     pub struct Optim {
@@ -133,6 +141,10 @@ crate::params! {
             .doc("complete checkpoints kept in the work directory"),
         ranks: usize = ParamSpec::new("ranks", int(1)).default(Value::Int(1)).non_semantic()
             .doc("data-parallel ranks (MPI processes); each takes grad-accum / ranks micro-batches of every step"),
+        shard: Shard = ParamSpec::new("shard", ParamType::Enum(Shard::NAMES))
+            .default(Value::Str("none".into())).non_semantic()
+            .doc("none | optimizer (ZeRO-1: AdamW moments split across ranks) | gradients (ZeRO-2: \
+                  gradients too); the weights equal the unsharded run's"),
         activation_checkpointing: bool = ParamSpec::new("activation-checkpointing", ParamType::Bool)
             .default(Value::Bool(false)).non_semantic()
             .doc("recompute each decoder block in backward instead of keeping its activations \
@@ -175,8 +187,20 @@ pub fn check_steps_or_epochs(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
 
 /// `ranks R` splits the `grad-accum` micro-batches of each step among R ranks, so the global
 /// batch (`batch-size × grad-accum`) does not depend on R: `grad-accum` must be a multiple of R.
+/// `shard` splits state across ranks: it needs `ranks` > 1.
 pub fn check_ranks(n: &NodeDecl, out: &mut Vec<ParamIssue>) {
     let get = |k: &str| n.params.get(k).and_then(|v| v.as_i64());
+    let shard = n.params.get("shard").and_then(|v| v.as_str());
+    if get("ranks").unwrap_or(1) <= 1 && shard.is_some_and(|s| s != "none") {
+        out.push(ParamIssue {
+            param: Some("shard".into()),
+            message: format!(
+                "shard {} splits training state across ranks, and this node runs on one rank",
+                shard.unwrap_or_default()
+            ),
+            hint: Some("add `ranks 2` (or more), or remove `shard`".into()),
+        });
+    }
     let (Some(ranks), Some(accum)) = (get("ranks"), get("grad-accum")) else {
         return;
     };

@@ -103,6 +103,39 @@ char *temper_total_norm(const at::Tensor *const *ts, size_t n, at::Tensor **out)
   });
 }
 
+// The 2-norms of `n` tensors as one f32 vector `[n]` on the first tensor's device (the
+// per-tensor norms `temper_total_norm` stacks): written to `*out`.
+char *temper_norms(const at::Tensor *const *ts, size_t n, at::Tensor **out) {
+  return guarded([&] {
+    auto xs = list(ts, n);
+    TORCH_CHECK(!xs.empty(), "norms of no tensors");
+    auto norms = at::_foreach_norm(xs, 2, at::kFloat);
+    auto device = xs[0].device();
+    for (auto &t : norms) {
+      if (t.device() != device) {
+        t = t.to(device);
+      }
+    }
+    *out = new at::Tensor(at::stack(norms));
+  });
+}
+
+// `‖t‖₂` of one tensor (`linalg_vector_norm`, as `temper_total_norm` takes it of the stacked
+// norms): written to `*out`.
+char *temper_vector_norm(const at::Tensor *t, at::Tensor **out) {
+  return guarded([&] { *out = new at::Tensor(at::linalg_vector_norm(*t, 2)); });
+}
+
+// Releases the gradients of `n` tensors (`.grad` becomes undefined, its memory freed once
+// nothing else holds it): what a rank does with the gradients it does not own.
+char *temper_release_grads(const at::Tensor *const *ts, size_t n) {
+  return guarded([&] {
+    for (size_t i = 0; i < n; ++i) {
+      const_cast<at::Tensor *>(ts[i])->mutable_grad().reset();
+    }
+  });
+}
+
 // Multiplies `n` tensors of one device in place by the 0-dim tensor `factor`.
 char *temper_foreach_mul_(const at::Tensor *const *ts, size_t n, const at::Tensor *factor) {
   return guarded([&] {

@@ -17,6 +17,7 @@ mod resume;
 mod reweight;
 mod select;
 mod serve;
+mod shard;
 mod slurm;
 mod slurm_submit;
 mod terminal;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use temper_e2e::{text, Project};
 
 /// Whether MPI and `temper-rank` are here; prints why not.
-fn mpi() -> bool {
+pub(crate) fn mpi() -> bool {
     let rank = temper_e2e::temper_bin().with_file_name("temper-rank");
     let mpirun = std::process::Command::new("mpirun")
         .arg("--version")
@@ -26,7 +26,7 @@ fn mpi() -> bool {
     true
 }
 
-const SFT: &str = r#"
+pub(crate) const SFT: &str = r#"
 dataset corpus path="data/corpus.jsonl" format=text
 dataset train path="data/train.jsonl" format=prompt-completion
 tokenizer tok vocab-size=320 { data corpus; data train; }
@@ -37,7 +37,7 @@ sft tuned model=tiny data=train {
 }
 "#;
 
-const CPT: &str = r#"
+pub(crate) const CPT: &str = r#"
 dataset corpus path="data/corpus.jsonl" format=text
 tokenizer tok vocab-size=320 { data corpus; }
 model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
@@ -48,7 +48,7 @@ cpt domain model=tiny data=corpus {
 "#;
 
 /// LoRA with dropout: the masks are seeded per micro-batch index of the step, not per rank.
-const LORA: &str = r#"
+pub(crate) const LORA: &str = r#"
 dataset corpus path="data/corpus.jsonl" format=text
 tokenizer tok vocab-size=320 { data corpus; }
 model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 seed=0
@@ -59,7 +59,7 @@ cpt domain model=tiny data=corpus {
 }
 "#;
 
-const DPO: &str = r#"
+pub(crate) const DPO: &str = r#"
 dataset prefs path="data/prefs.jsonl" format=preference
 tokenizer tok vocab-size=300 { data prefs; }
 model tiny tokenizer=tok hidden-size=32 layers=2 heads=4 kv-heads=2 intermediate-size=64 max-position=64 seed=0
@@ -69,7 +69,7 @@ dpo aligned model=tiny ref=ref {
 }
 "#;
 
-fn project(recipe: &str, ranks: usize) -> Project {
+pub(crate) fn project(recipe: &str, ranks: usize) -> Project {
     let p = Project::new();
     for f in ["corpus", "train", "prefs"] {
         p.copy_from_repo(
@@ -82,7 +82,7 @@ fn project(recipe: &str, ranks: usize) -> Project {
 }
 
 /// The artifact of the training node (the one with `train_summary.json`).
-fn trained(store: &Path) -> PathBuf {
+pub(crate) fn trained(store: &Path) -> PathBuf {
     std::fs::read_dir(store.join("artifacts"))
         .unwrap()
         .flatten()
@@ -92,7 +92,7 @@ fn trained(store: &Path) -> PathBuf {
 }
 
 /// Per-step losses of an artifact's metrics.
-fn losses(dir: &Path) -> Vec<f64> {
+pub(crate) fn losses(dir: &Path) -> Vec<f64> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -105,7 +105,7 @@ fn losses(dir: &Path) -> Vec<f64> {
 }
 
 /// The trained weights: the model, or the adapter of a LoRA node.
-fn weights(dir: &Path) -> Vec<u8> {
+pub(crate) fn weights(dir: &Path) -> Vec<u8> {
     let lora = dir.join("adapter_model.safetensors");
     std::fs::read(if lora.is_file() {
         lora
@@ -161,7 +161,7 @@ fn two_ranks_match_one_rank_and_each_other_for_sft_dpo_cpt_and_lora() {
 }
 
 /// Pids of processes whose command line contains `needle`.
-fn pids_of(needle: &str) -> Vec<i32> {
+pub(crate) fn pids_of(needle: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()

@@ -46,6 +46,37 @@ pub trait Collective: Send + Sync {
     fn all_reduce_f32(&self, buf: &mut [f32]) -> Result<()>;
     /// Element-wise sum over the ranks, in place.
     fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()>;
+    /// Every rank's `mine` (the same length on every rank) concatenated in rank order into `out`
+    /// (`world · mine.len()`). The fallback goes through [`Collective::all_reduce_f32`] with
+    /// `−0.0` in the other ranks' blocks: adding `−0.0` leaves every float as it is, so the
+    /// values arrive exactly.
+    fn all_gather_f32(&self, mine: &[f32], out: &mut [f32]) -> Result<()> {
+        let k = mine.len();
+        anyhow::ensure!(
+            out.len() == k * self.world(),
+            "internal: all-gather into {} floats of {} × {k}",
+            out.len(),
+            self.world()
+        );
+        out.fill(-0.0);
+        out[self.rank() * k..(self.rank() + 1) * k].copy_from_slice(mine);
+        self.all_reduce_f32(out)
+    }
+    /// `buf` (`world · k` floats) summed element-wise over the ranks, of which this rank keeps
+    /// block `rank` in `out` (`k`). The fallback sums everything and keeps its block.
+    fn reduce_scatter_f32(&self, buf: &[f32], out: &mut [f32]) -> Result<()> {
+        let k = out.len();
+        anyhow::ensure!(
+            buf.len() == k * self.world(),
+            "internal: reduce-scatter of {} floats into {} × {k}",
+            buf.len(),
+            self.world()
+        );
+        let mut all = buf.to_vec();
+        self.all_reduce_f32(&mut all)?;
+        out.copy_from_slice(&all[self.rank() * k..(self.rank() + 1) * k]);
+        Ok(())
+    }
     /// Sums the contiguous f32 tensor `flat` over the ranks in place where it lies (on the
     /// GPU for NCCL); `false` when this collective reduces host memory only (the caller then
     /// goes through [`Collective::all_reduce_f32`]).

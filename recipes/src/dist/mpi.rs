@@ -58,4 +58,28 @@ impl Collective for Mpi {
         w.all_reduce_into(&send[..], buf, SystemOperation::sum());
         Ok(())
     }
+    fn all_gather_f32(&self, mine: &[f32], out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(
+            out.len() == mine.len() * self.size,
+            "internal: all-gather into {} floats of {} × {}",
+            out.len(),
+            self.size,
+            mine.len()
+        );
+        let w = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        w.all_gather_into(mine, out);
+        Ok(())
+    }
+    fn reduce_scatter_f32(&self, buf: &[f32], out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(
+            buf.len() == out.len() * self.size,
+            "internal: reduce-scatter of {} floats into {} × {}",
+            buf.len(),
+            self.size,
+            out.len()
+        );
+        let w = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        w.reduce_scatter_block_into(buf, out, SystemOperation::sum());
+        Ok(())
+    }
 }

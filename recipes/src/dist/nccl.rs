@@ -5,7 +5,7 @@
 //! libtorch_cuda already loads into this process; its entry points are looked up with `dlsym`,
 //! so nothing links NCCL at build time and a machine without it gets a clear error when a CUDA
 //! rank starts. The few calls used here (`ncclGetUniqueId`, `ncclCommInitRank`,
-//! `ncclAllReduce`, `ncclCommDestroy`, `ncclCommAbort`, `ncclGetErrorString`, `ncclGetVersion`)
+//! `ncclAllReduce`, `ncclAllGather`, `ncclReduceScatter`, `ncclCommDestroy`, `ncclCommAbort`, `ncclGetErrorString`, `ncclGetVersion`)
 //! have kept their C ABI since NCCL 2.0.
 //!
 //! Rendezvous: rank 0 makes the communicator's unique id and publishes it in a file beside the
@@ -50,6 +50,9 @@ type AllReduce = unsafe extern "C" fn(
     Comm,
     *mut c_void,
 ) -> c_int;
+type AllGather =
+    unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, *mut c_void) -> c_int;
+type ReduceScatter = AllReduce;
 type CommFn = unsafe extern "C" fn(Comm) -> c_int;
 type ErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
 type IntOut = unsafe extern "C" fn(*mut c_int) -> c_int;
@@ -60,6 +63,8 @@ struct Api {
     get_unique_id: GetUniqueId,
     comm_init_rank: CommInitRank,
     all_reduce: AllReduce,
+    all_gather: AllGather,
+    reduce_scatter: ReduceScatter,
     comm_destroy: CommFn,
     comm_abort: CommFn,
     error_string: ErrorString,
@@ -124,6 +129,16 @@ impl Api {
                     &mut nccl,
                     n,
                     c"ncclAllReduce",
+                )?),
+                all_gather: std::mem::transmute::<*mut c_void, AllGather>(symbol(
+                    &mut nccl,
+                    n,
+                    c"ncclAllGather",
+                )?),
+                reduce_scatter: std::mem::transmute::<*mut c_void, ReduceScatter>(symbol(
+                    &mut nccl,
+                    n,
+                    c"ncclReduceScatter",
                 )?),
                 comm_destroy: std::mem::transmute::<*mut c_void, CommFn>(symbol(
                     &mut nccl,
@@ -370,6 +385,49 @@ impl Nccl {
         self.api.check("ncclAllReduce", code)
     }
 
+    /// `ncclAllGather` (`scatter` false: `send` `[k]` → `recv` `[world · k]`) or
+    /// `ncclReduceScatter` with sum (`scatter` true: `send` `[world · k]` → `recv` `[k]`) of
+    /// host f32 buffers, through this rank's device.
+    fn gather_or_scatter(&self, send: &[f32], recv: &mut [f32], scatter: bool) -> Result<()> {
+        let s = Tensor::from_slice(send).f_to_device(self.device)?;
+        let r = Tensor::f_zeros([recv.len() as i64], (Kind::Float, self.device))?;
+        let comm = self.comm.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: `s` and `r` are contiguous f32 tensors on this rank's device, alive until the
+        // copy back below, which runs on the same stream after the collective.
+        let (what, code) = unsafe {
+            if scatter {
+                let f = self.api.reduce_scatter;
+                let code = f(
+                    s.data_ptr(),
+                    r.data_ptr(),
+                    recv.len(),
+                    NCCL_FLOAT32,
+                    NCCL_SUM,
+                    *comm,
+                    std::ptr::null_mut(),
+                );
+                ("ncclReduceScatter", code)
+            } else {
+                let f = self.api.all_gather;
+                let code = f(
+                    s.data_ptr(),
+                    r.data_ptr(),
+                    send.len(),
+                    NCCL_FLOAT32,
+                    *comm,
+                    std::ptr::null_mut(),
+                );
+                ("ncclAllGather", code)
+            }
+        };
+        drop(comm);
+        self.api.check(what, code)?;
+        r.f_to_device(Device::Cpu)?
+            .f_copy_data(recv, recv.len())
+            .with_context(|| format!("reading the result of {what}"))?;
+        Ok(())
+    }
+
     fn reduce_host<T: tch::kind::Element + Copy>(&self, buf: &mut [T]) -> Result<()> {
         let t = Tensor::from_slice(buf).f_to_device(self.device)?;
         self.reduce(&t)?;
@@ -406,6 +464,26 @@ impl Collective for Nccl {
     }
     fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()> {
         self.reduce_host(buf)
+    }
+    fn all_gather_f32(&self, mine: &[f32], out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(
+            out.len() == mine.len() * self.world,
+            "internal: all-gather into {} floats of {} × {}",
+            out.len(),
+            self.world,
+            mine.len()
+        );
+        self.gather_or_scatter(mine, out, false)
+    }
+    fn reduce_scatter_f32(&self, buf: &[f32], out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(
+            buf.len() == out.len() * self.world,
+            "internal: reduce-scatter of {} floats into {} × {}",
+            buf.len(),
+            self.world,
+            out.len()
+        );
+        self.gather_or_scatter(buf, out, true)
     }
     fn reduces(&self) -> bool {
         true

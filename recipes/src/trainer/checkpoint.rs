@@ -5,7 +5,8 @@
 //! - `model.safetensors`: every trained variable by checkpoint name, in its dtype (the whole
 //!   model — its f32 masters under `bf16-mixed` —, or only the LoRA adapter when one is
 //!   trained: the frozen base is reloaded from its artifact);
-//! - `optimizer.safetensors` + `optimizer.json`: AdamW moments and per-parameter steps;
+//! - `optimizer.safetensors` + `optimizer.json`: AdamW moments and per-parameter steps (one
+//!   pair per rank, `optimizer.rank-R.*`, when the state is sharded: [`super::optim_io`]);
 //! - `trainer.json` ([`TrainerState`]): step, tokens seen, first/last loss, the intra-op thread
 //!   count, seed, total steps and the objective's data position (stream / packer / sampler
 //!   state). The schedule is a pure function of the step; the only random numbers of torch's
@@ -59,6 +60,19 @@ pub fn write(
     let p = dir.join(STATE_FILE);
     fs::write(&p, serde_json::to_string_pretty(st)? + "\n")
         .with_context(|| format!("writing {}", p.display()))
+}
+
+/// Moves the optimizer shards other ranks wrote into `staging` into checkpoint directory `dir`
+/// (still temporary: [`crate::stage::Checkpoints::save`] publishes it afterwards).
+pub fn adopt_shards(staging: &Path, dir: &Path) -> anyhow::Result<()> {
+    for e in fs::read_dir(staging).with_context(|| format!("listing {}", staging.display()))? {
+        let p = e?.path();
+        if let Some(name) = p.file_name() {
+            fs::rename(&p, dir.join(name))
+                .with_context(|| format!("moving {} into the checkpoint", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Restores the trained variables `trained`, the optimizer and the data position from `dir`;

@@ -33,6 +33,9 @@ extern "C" {
         n: usize,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn temper_norms(ts: *const *const C_tensor, n: usize, out: *mut *mut C_tensor) -> *mut c_char;
+    fn temper_vector_norm(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn temper_release_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
     fn temper_foreach_mul_(
         ts: *const *const C_tensor,
         n: usize,
@@ -143,4 +146,44 @@ pub fn mul_(ts: &[&Tensor], factor: &Tensor) -> Result<()> {
     let p = ptrs(ts);
     // SAFETY: `ts.len()` live tensor pointers and one live factor, borrowed for the call.
     check(unsafe { temper_foreach_mul_(p.as_ptr(), p.len(), factor.as_ptr()) })
+}
+
+/// The per-tensor 2-norms `‖t_i‖₂` (f32, as [`total_norm`] computes them before stacking), read
+/// to the host in one counted read ([`super::host::read`]); exact (f32 values as f64).
+pub fn norms(ts: &[&Tensor]) -> Result<Vec<f64>> {
+    if ts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let p = ptrs(ts);
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `ts.len()` live tensor pointers; on success `out` is a new tensor we own.
+    check(unsafe { temper_norms(p.as_ptr(), p.len(), &mut out) })?;
+    if out.is_null() {
+        bail!("norms: libtorch returned no tensor");
+    }
+    // SAFETY: `out` was allocated by the shim with `new at::Tensor`, which tch frees.
+    let t = unsafe { Tensor::from_ptr(out) };
+    super::host::read(&t)
+}
+
+/// `‖t‖₂` (libtorch's `linalg_vector_norm`, the last step of [`total_norm`]).
+pub fn vector_norm(t: &Tensor) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: a live tensor pointer; on success `out` is a new tensor we own.
+    check(unsafe { temper_vector_norm(t.as_ptr(), &mut out) })?;
+    if out.is_null() {
+        bail!("vector norm: libtorch returned no tensor");
+    }
+    // SAFETY: `out` was allocated by the shim with `new at::Tensor`, which tch frees.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Releases the gradients of `ts` (each `.grad` becomes undefined).
+pub fn release_grads(ts: &[&Tensor]) -> Result<()> {
+    if ts.is_empty() {
+        return Ok(());
+    }
+    let p = ptrs(ts);
+    // SAFETY: `ts.len()` live tensor pointers, borrowed for the call.
+    check(unsafe { temper_release_grads(p.as_ptr(), p.len()) })
 }

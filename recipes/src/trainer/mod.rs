@@ -39,10 +39,12 @@ pub mod fused;
 pub mod host;
 pub mod lm;
 pub mod optim;
+pub mod optim_io;
 pub mod output;
 pub mod params;
 pub mod precision;
 pub mod schedule;
+pub mod shard;
 mod step;
 
 use crate::arch::HfModel;
@@ -93,6 +95,8 @@ pub struct TrainSpec {
     pub save_dtype: kinds::train::SaveDtype,
     /// Recompute each decoder block in backward ([`crate::arch::checkpoint`]).
     pub activation_checkpointing: bool,
+    /// Split the optimizer state (and gradients) across the ranks ([`shard`]).
+    pub shard: kinds::train::Shard,
 }
 
 /// The loss of one micro-batch.
@@ -241,13 +245,24 @@ pub fn train<O: Objective>(
         Some(m) => m.trained(model),
         None => model.trained_vars(),
     };
-    let mut opt = AdamW::new(
-        trained
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shallow_clone()))
-            .collect(),
-        spec.adamw,
-    );
+    let named = trained
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shallow_clone()))
+        .collect();
+    let mut opt = match shard::mode(spec.shard) {
+        Some(mode) if ctx.collective.reduces() => {
+            AdamW::sharded(named, spec.adamw, mode, ctx.collective.clone())
+        }
+        _ => AdamW::new(named, spec.adamw),
+    };
+    if let Some((mode, owned)) = opt.shard_summary() {
+        let total: usize = trained.iter().map(|(_, t)| t.numel()).sum();
+        tracing::info!(
+            node = %ctx.node,
+            "shard {mode}: rank {} keeps the optimizer state of {owned} of {total} trained elements",
+            ctx.collective.rank()
+        );
+    }
     let sched = Schedule::new(spec.schedule, spec.lr, spec.warmup, spec.total_steps);
     let (mut prog, threads, mut last_good) = resume(ctx, &ckpts, spec, &trained, &mut opt, obj)?;
     if let Some(m) = &mixed {

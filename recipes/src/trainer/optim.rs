@@ -29,18 +29,21 @@
 //!
 //! [`AdamW::save`] writes `optimizer.safetensors` (`exp_avg.NAME`, `exp_avg_sq.NAME`) and
 //! `optimizer.json` (hyper-parameters and per-parameter steps); [`AdamW::load`] restores them
-//! bit for bit.
+//! bit for bit ([`super::optim_io`], which also holds the per-rank files of a sharded state).
+//!
+//! Sharded ([`AdamW::sharded`], `shard optimizer | gradients`): the same updates, each parameter
+//! on the one rank that owns it ([`super::shard`]), then gathered by every rank.
 
 use super::fused::{self, AdamWArgs, AdamWGroup};
 use super::host;
-use anyhow::{anyhow, bail, Context};
+use super::shard::{Mode, Plan};
+use crate::dist::Collective;
+use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
-pub const STATE_FILE: &str = "optimizer.safetensors";
-pub const META_FILE: &str = "optimizer.json";
+pub use super::optim_io::{META_FILE, STATE_FILE};
 /// Set to `1`, [`AdamW::new`] builds the per-tensor reference instead of the fused optimizer.
 pub const REFERENCE_ENV: &str = "TEMPER_OPTIM_REFERENCE";
 
@@ -69,53 +72,114 @@ pub fn decays(t: &Tensor) -> bool {
     t.dim() >= 2
 }
 
-struct Param {
-    name: String,
-    tensor: Tensor,
+pub(super) struct Param {
+    pub(super) name: String,
+    pub(super) tensor: Tensor,
     decay: bool,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    step: u64,
+    /// Whether this rank updates it (always, unless sharded: [`super::shard`]); the moments
+    /// of a parameter another rank owns are empty.
+    pub(super) owned: bool,
+    pub(super) exp_avg: Tensor,
+    pub(super) exp_avg_sq: Tensor,
+    pub(super) step: u64,
     /// `step` as an f32 scalar on the parameter's device, for the fused kernel.
-    step_t: Tensor,
+    pub(super) step_t: Tensor,
 }
 
 /// The optimizer.
 pub struct AdamW {
     pub cfg: AdamWConfig,
-    params: Vec<Param>,
+    pub(super) params: Vec<Param>,
     /// Per-tensor updates and norms instead of the fused kernels.
     reference: bool,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Meta {
-    config: AdamWConfig,
-    steps: BTreeMap<String, u64>,
+    /// The owners of the parameters when the state is split across ranks.
+    pub(super) shard: Option<Plan>,
+    /// `shard gradients`: which parameters had a gradient before the reduce-scatter.
+    had: Vec<bool>,
 }
 
 impl AdamW {
     /// Optimises `params` (name, variable); they are kept sorted by name. Fused unless
     /// [`REFERENCE_ENV`] is `1`.
     pub fn new(params: Vec<(String, Tensor)>, cfg: AdamWConfig) -> Self {
-        let mut params: Vec<Param> = params
+        Self::build(params, cfg, None)
+    }
+
+    /// [`AdamW::new`] with its state split across `collective`'s ranks ([`super::shard`]): the
+    /// moments exist for this rank's parameters only.
+    pub fn sharded(
+        params: Vec<(String, Tensor)>,
+        cfg: AdamWConfig,
+        mode: Mode,
+        collective: Arc<dyn Collective>,
+    ) -> Self {
+        Self::build(params, cfg, Some((mode, collective)))
+    }
+
+    fn build(
+        mut params: Vec<(String, Tensor)>,
+        cfg: AdamWConfig,
+        shard: Option<(Mode, Arc<dyn Collective>)>,
+    ) -> Self {
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let plan = shard
+            .map(|(mode, c)| Plan::new(mode, params.iter().map(|(_, t)| t.numel()).collect(), c));
+        let params: Vec<Param> = params
             .into_iter()
-            .map(|(name, t)| Param {
-                decay: decays(&t),
-                exp_avg: t.zeros_like().detach(),
-                exp_avg_sq: t.zeros_like().detach(),
-                step_t: Tensor::zeros([], (Kind::Float, t.device())),
-                tensor: t,
-                name,
-                step: 0,
+            .enumerate()
+            .map(|(i, (name, t))| {
+                let owned = plan.as_ref().is_none_or(|p| p.owns(i));
+                let moment = || match owned {
+                    true => t.zeros_like().detach(),
+                    false => Tensor::empty([0], (t.kind(), t.device())),
+                };
+                Param {
+                    decay: decays(&t),
+                    owned,
+                    exp_avg: moment(),
+                    exp_avg_sq: moment(),
+                    step_t: Tensor::zeros([], (Kind::Float, t.device())),
+                    tensor: t,
+                    name,
+                    step: 0,
+                }
             })
             .collect();
-        params.sort_by(|a, b| a.name.cmp(&b.name));
         let reference = std::env::var(REFERENCE_ENV).is_ok_and(|v| v == "1");
         AdamW {
             cfg,
             params,
             reference,
+            shard: plan,
+            had: Vec::new(),
+        }
+    }
+
+    /// How the state is split: `None` when every rank holds all of it.
+    pub fn shard_mode(&self) -> Option<Mode> {
+        self.shard.as_ref().map(|p| p.mode)
+    }
+
+    /// `(shard mode, elements whose moments this rank keeps)` of a sharded state.
+    pub fn shard_summary(&self) -> Option<(&'static str, usize)> {
+        self.shard.as_ref().map(|p| {
+            let mode = match p.mode {
+                Mode::Optimizer => "optimizer",
+                Mode::Gradients => "gradients",
+            };
+            (mode, p.owned_elements())
+        })
+    }
+
+    /// Sums the gradients over `c`'s ranks: an all-reduce of every gradient, or under `shard
+    /// gradients` a reduce-scatter into the owners' (the others released).
+    pub fn reduce_grads(&mut self, c: &dyn Collective) -> anyhow::Result<()> {
+        match &self.shard {
+            Some(plan) if plan.mode == Mode::Gradients => {
+                self.had = plan.reduce_scatter(&self.tensors())?;
+                Ok(())
+            }
+            _ => crate::dist::all_reduce_grads(c, &self.tensors()),
         }
     }
 
@@ -183,7 +247,7 @@ impl AdamW {
             if !reference {
                 return fused_step(params, cfg, lr);
             }
-            for p in params.iter_mut() {
+            for p in params.iter_mut().filter(|p| p.owned) {
                 let g = p.tensor.grad();
                 if g.defined() {
                     update_one(p, g, cfg, lr)?;
@@ -191,7 +255,11 @@ impl AdamW {
             }
             Ok(())
         })
-        .with_context(|| format!("AdamW step {}", self.step_count() + 1))
+        .with_context(|| format!("AdamW step {}", self.step_count() + 1))?;
+        if let Some(plan) = &self.shard {
+            plan.gather(&self.tensors())?;
+        }
+        Ok(())
     }
 
     /// Zeroes every gradient.
@@ -222,6 +290,13 @@ impl AdamW {
     /// device, computed without reading anything back (`_foreach_norm` through the shim, or
     /// per tensor on the reference path); `None` when no parameter has a gradient.
     pub fn total_norm(&self) -> anyhow::Result<Option<Tensor>> {
+        if let Some(plan) = self.shard.as_ref().filter(|p| p.mode == Mode::Gradients) {
+            let device = self
+                .params
+                .first()
+                .map_or(Device::Cpu, |p| p.tensor.device());
+            return plan.total_norm(&self.tensors(), &self.had, device);
+        }
         if !self.reference {
             let grads = self.grads();
             let refs: Vec<&Tensor> = grads.iter().collect();
@@ -300,80 +375,6 @@ impl AdamW {
                 .map(|p| (&p.name, p.tensor.shallow_clone())),
         )
     }
-
-    /// Writes the state into `dir` (see the module docs).
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
-        for p in &self.params {
-            tensors.push((
-                format!("exp_avg.{}", p.name),
-                p.exp_avg.to_device(tch::Device::Cpu),
-            ));
-            tensors.push((
-                format!("exp_avg_sq.{}", p.name),
-                p.exp_avg_sq.to_device(tch::Device::Cpu),
-            ));
-        }
-        let path = dir.join(STATE_FILE);
-        Tensor::write_safetensors(&tensors, &path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let meta = Meta {
-            config: self.cfg,
-            steps: self
-                .params
-                .iter()
-                .map(|p| (p.name.clone(), p.step))
-                .collect(),
-        };
-        let mpath = dir.join(META_FILE);
-        std::fs::write(&mpath, serde_json::to_string_pretty(&meta)? + "\n")
-            .with_context(|| format!("writing {}", mpath.display()))
-    }
-
-    /// Restores the state written by [`AdamW::save`]; every parameter must be present with its
-    /// shape.
-    pub fn load(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let mpath = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&mpath)
-            .with_context(|| format!("reading {}", mpath.display()))?;
-        let meta: Meta =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", mpath.display()))?;
-        let path = dir.join(STATE_FILE);
-        let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .into_iter()
-            .collect();
-        let shown = path.display();
-        tch::no_grad(|| -> anyhow::Result<()> {
-            for p in &mut self.params {
-                for (prefix, dst) in [
-                    ("exp_avg", &mut p.exp_avg),
-                    ("exp_avg_sq", &mut p.exp_avg_sq),
-                ] {
-                    let key = format!("{prefix}.{}", p.name);
-                    let src = saved
-                        .get(&key)
-                        .ok_or_else(|| anyhow!("{shown}: no tensor `{key}`"))?;
-                    if src.size() != dst.size() {
-                        bail!(
-                            "{shown}: `{key}` has shape {:?}, the parameter has {:?}",
-                            src.size(),
-                            dst.size()
-                        );
-                    }
-                    dst.f_copy_(&src.f_to_device(dst.device())?.f_to_kind(dst.kind())?)?;
-                }
-                p.step = *meta
-                    .steps
-                    .get(&p.name)
-                    .ok_or_else(|| anyhow!("{}: no step for `{}`", mpath.display(), p.name))?;
-                let _ = p.step_t.f_fill_(p.step as f64)?;
-            }
-            Ok(())
-        })?;
-        self.cfg = meta.config;
-        Ok(())
-    }
 }
 
 /// The per-tensor update of one parameter with gradient `g` (see [`AdamW::step`]).
@@ -420,7 +421,7 @@ fn fused_step(params: &mut [Param], cfg: AdamWConfig, lr: f64) -> anyhow::Result
     let mut groups: Vec<((Device, Kind, bool), Vec<usize>)> = Vec::new();
     let mut single = Vec::new();
     for (i, (p, g)) in params.iter().zip(&grads).enumerate() {
-        if !g.defined() {
+        if !g.defined() || !p.owned {
             continue;
         }
         if !fusable(&p.tensor, g) {

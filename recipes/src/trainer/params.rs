@@ -58,6 +58,7 @@ pub fn train_spec(o: &Optim, c: &Common) -> TrainSpec {
         dtype: o.dtype,
         save_dtype: o.save_dtype,
         activation_checkpointing: o.activation_checkpointing,
+        shard: o.shard,
     }
 }
 

@@ -92,6 +92,7 @@ impl Saver<'_> {
         last_good: Option<u64>,
     ) -> Result<PathBuf, StageError> {
         check_weights(opt, prog.step, last_good)?;
+        let staging = self.stage_shards(prog.step, opt)?;
         if !self.ctx.lead() {
             // Rank 0 writes the checkpoint every rank resumes from.
             return Ok(self.ckpts.dir().to_path_buf());
@@ -103,16 +104,58 @@ impl Saver<'_> {
             total_steps: self.spec.total_steps,
             data: obj.state(),
         };
-        self.ckpts
+        let saved = self
+            .ckpts
             .save(prog.step, self.spec.keep_checkpoints.max(1), |d| {
-                checkpoint::write(d, self.trained, opt, &st)
+                checkpoint::write(d, self.trained, opt, &st)?;
+                if let Some(dir) = &staging {
+                    checkpoint::adopt_shards(dir, d)?;
+                }
+                Ok(())
             })
             .map_err(|e| {
                 StageError::Other(e.context(format!(
                     "node {}: writing checkpoint at step {}",
                     self.ctx.node, prog.step
                 )))
-            })
+            });
+        if let Some(dir) = &staging {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        saved
+    }
+
+    /// A sharded optimizer on several ranks: every rank but 0 writes its shard of the state
+    /// into a staging directory beside the checkpoints, and all wait for each other (rank 0
+    /// then moves the shards into the checkpoint it publishes). Returns that directory, or
+    /// `None` when the state is not sharded.
+    fn stage_shards(&self, step: u64, opt: &AdamW) -> Result<Option<PathBuf>, StageError> {
+        let c = &*self.ctx.collective;
+        if opt.shard_mode().is_none() || c.world() < 2 {
+            return Ok(None);
+        }
+        let dir = self.ckpts.dir().join(format!(".shards-step-{step:09}"));
+        let mine = if self.ctx.lead() {
+            Ok(())
+        } else {
+            std::fs::create_dir_all(&dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| opt.save(&dir))
+        };
+        let fail = |e: anyhow::Error| {
+            StageError::Other(e.context(format!(
+                "node {}: writing the optimizer shards of checkpoint {step}",
+                self.ctx.node
+            )))
+        };
+        let failed = crate::dist::any(c, mine.is_err()).map_err(fail)?;
+        mine.map_err(|e| fail(e.context(format!("rank {}", c.rank()))))?;
+        if failed {
+            return Err(fail(anyhow::anyhow!(
+                "another rank failed (its error is on the node's stderr)"
+            )));
+        }
+        Ok(Some(dir))
     }
 }
 
@@ -350,7 +393,7 @@ fn accumulate<O: Objective>(
 /// and the gradients summed (bucketed, [`crate::dist::all_reduce_grads`]).
 fn reduce_step(
     c: &dyn Collective,
-    opt: &AdamW,
+    opt: &mut AdamW,
     local: Result<(f64, Vec<(String, f64)>), StageError>,
     shown: u64,
 ) -> Result<(f64, Vec<(String, f64)>), StageError> {
@@ -368,7 +411,7 @@ fn reduce_step(
         .chain(extra.iter().map(|(_, x)| *x))
         .collect();
     c.all_reduce_f64(&mut v).map_err(comm)?;
-    crate::dist::all_reduce_grads(c, &opt.tensors()).map_err(comm)?;
+    opt.reduce_grads(c).map_err(comm)?;
     crate::dist::count_allreduce(t0.elapsed());
     let extra = extra
         .into_iter()

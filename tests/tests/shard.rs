@@ -1,0 +1,147 @@
+//! `shard optimizer | gradients` on 2 CPU ranks (Open MPI): the weights of the unsharded run,
+//! byte for byte, for SFT, DPO and LoRA; a rank killed mid-run resumes from the sharded
+//! checkpoint on 2 ranks and on 1 rank to the same weights; `shard` without ranks is a located
+//! recipe error. Without MPI the tests say so and pass without checking (as `ranks` does).
+
+use crate::ranks::{mpi, pids_of, project, trained, weights, DPO, LORA, SFT};
+use std::time::{Duration, Instant};
+use temper_e2e::text;
+
+/// `recipe` (with `ranks RANKS`) sharded `mode`.
+fn sharded(recipe: &str, mode: &str) -> String {
+    recipe.replace("ranks RANKS", &format!("ranks RANKS; shard {mode}"))
+}
+
+/// The node log of a store's trained artifact.
+fn node_log(store: &std::path::Path) -> String {
+    let dir = trained(store);
+    std::fs::read_to_string(store.join("logs").join(format!(
+        "{}.log",
+        dir.file_name().unwrap().to_string_lossy()
+    )))
+    .unwrap()
+}
+
+#[test]
+fn sharded_ranks_write_the_unsharded_weights() {
+    if !mpi() {
+        return;
+    }
+    for (what, recipe) in [("sft", SFT), ("dpo", DPO), ("lora", LORA)] {
+        let plain = project(recipe, 2);
+        plain.ok(&["run", "r.kdl"]);
+        let want = trained(&plain.store());
+        for mode in ["optimizer", "gradients"] {
+            let p = project(&sharded(recipe, mode), 2);
+            p.ok(&["run", "r.kdl"]);
+            let got = trained(&p.store());
+            // `shard` is not a key input.
+            assert_eq!(got.file_name(), want.file_name(), "{what} {mode}");
+            assert!(
+                weights(&got) == weights(&want),
+                "{what}: shard {mode} weights differ from the unsharded 2-rank run"
+            );
+            let log = node_log(&p.store());
+            assert!(
+                log.contains(&format!(
+                    "shard {mode}: rank 0 keeps the optimizer state of"
+                )),
+                "{what} {mode}: {log}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sharded_checkpoint_resumes_on_two_ranks_and_on_one() {
+    if !mpi() {
+        return;
+    }
+    let recipe = SFT.replace("steps 30", "steps 300");
+    let reference = project(&recipe, 2);
+    reference.ok(&["run", "r.kdl"]);
+    let want = weights(&trained(&reference.store()));
+
+    let p = project(&sharded(&recipe, "gradients"), 2);
+    let mut child = p.cmd(&["run", "r.kdl"]).spawn().unwrap();
+    let t0 = Instant::now();
+    let ckpt = || {
+        walkdir::WalkDir::new(p.store().join("work"))
+            .into_iter()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            .map(|e| e.into_path())
+    };
+    loop {
+        if ckpt().is_some() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let store = p.store().to_string_lossy().into_owned();
+    let ranks: Vec<i32> = pids_of("temper-rank")
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<String> = c
+                    .split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args[0].ends_with("temper-rank") && args.iter().any(|a| a.contains(&store))
+            })
+        })
+        .collect();
+    assert_eq!(ranks.len(), 2, "two ranks run: {ranks:?}");
+    unsafe {
+        libc::kill(*ranks.iter().max().unwrap(), libc::SIGKILL);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the node failed");
+    // Each rank's moments are in the (latest, kept) checkpoint, none unsharded.
+    let dir = ckpt().expect("the checkpoint is kept");
+    for f in [
+        "optimizer.rank-0.safetensors",
+        "optimizer.rank-1.safetensors",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} in {}", dir.display());
+    }
+    assert!(!dir.join("optimizer.safetensors").exists());
+
+    // The same store resumed on one rank, unsharded (a copy), and on two, sharded.
+    let one = temper_e2e::Project::new();
+    temper_e2e::copy_all(p.path(), one.path());
+    one.write("r.kdl", &recipe.replace("RANKS", "1"));
+    p.ok(&["run", "r.kdl"]);
+    one.ok(&["run", "r.kdl"]);
+    for (what, q) in [("2 ranks", &p), ("1 rank", &one)] {
+        let dir = trained(&q.store());
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("train_summary.json")).unwrap())
+                .unwrap();
+        assert!(
+            s["resumed_from"].as_u64().unwrap() > 0,
+            "{what}: resumed mid-stage: {s}"
+        );
+        assert!(
+            weights(&dir) == want,
+            "{what}: resumed from the sharded checkpoint, the weights differ from an \
+             uninterrupted run"
+        );
+    }
+}
+
+#[test]
+fn shard_without_ranks_is_a_located_recipe_error() {
+    let p = project(&sharded(SFT, "optimizer"), 1);
+    let out = p.run(&["check", "r.kdl"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("r.kdl:") && t.contains("shard optimizer") && t.contains("add `ranks 2`"),
+        "{t}"
+    );
+}
