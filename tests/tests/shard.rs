@@ -145,3 +145,34 @@ fn shard_without_ranks_is_a_located_recipe_error() {
         "{t}"
     );
 }
+
+#[test]
+fn a_sharded_slurm_job_of_two_tasks_matches_the_local_run() {
+    if !mpi() {
+        return;
+    }
+    let slurm = std::env::var_os("SLURM_CONF").is_some()
+        && std::process::Command::new("sinfo")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !slurm {
+        eprintln!("SKIPPED: no Slurm cluster answers (scripts/slurm-up.sh)");
+        return;
+    }
+    let recipe = sharded(SFT, "gradients");
+    let local = project(&recipe, 2);
+    local.ok(&["run", "r.kdl"]);
+    let p = project(&recipe, 2);
+    let out = p.ok(&["run", "r.kdl", "--executor", "slurm", "--wait"]);
+    assert!(out.contains("all done"), "{out}");
+    let (a, b) = (trained(&local.store()), trained(&p.store()));
+    assert!(
+        weights(&a) == weights(&b),
+        "Slurm sharded vs local sharded"
+    );
+    let log = node_log(&p.store());
+    assert!(
+        log.contains("rank 0/2 pid") && log.contains("shard gradients: rank 0 keeps"),
+        "{log}"
+    );
+}

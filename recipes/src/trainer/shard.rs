@@ -18,13 +18,19 @@
 //! are one file per rank named by tensor (`optimizer.rank-R.safetensors`), so a run resumes on
 //! any number of ranks, sharded or not: each rank reads the tensors it owns wherever they are.
 //!
-//! The collectives' buffers: rank r's tensors, in name order, flattened into block r of
-//! `world × block` floats (`block` = the largest rank's element count; the rest padding).
+//! The collectives' buffers: rank r's tensors, in name order, flattened into a stream; the
+//! streams go in windows of [`BUCKET`] floats, window j of rank r into block r of a
+//! `world × window` buffer (streams shorter than the longest padded), so the host buffers stay
+//! a few windows whatever the model's size.
 
 use crate::dist::Collective;
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
+
+/// Floats per rank in one round of the sharded collectives (8 MiB of f32): the host buffers of a
+/// round are `world + 1` times this, not the size of the model.
+pub const BUCKET: usize = 2 << 20;
 
 /// What a sharded run splits beyond the parameters' updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +57,10 @@ pub struct Plan {
     /// `owner[i]`: the rank that updates tensor `i`.
     pub owner: Vec<usize>,
     numel: Vec<usize>,
-    /// Floats per rank in the collectives' buffers.
+    /// The longest rank's stream, in floats.
     block: usize,
+    /// Floats per rank in one round ([`BUCKET`]).
+    bucket: usize,
     collective: Arc<dyn Collective>,
 }
 
@@ -75,8 +83,15 @@ impl Plan {
             owner,
             numel,
             block,
+            bucket: BUCKET,
             collective,
         }
+    }
+
+    /// The same plan with rounds of `bucket` floats per rank (tests use small ones).
+    pub fn with_bucket(mut self, bucket: usize) -> Plan {
+        self.bucket = bucket.max(1);
+        self
     }
 
     pub fn rank(&self) -> usize {
@@ -101,71 +116,95 @@ impl Plan {
         (0..self.owner.len()).filter(move |&i| self.owner[i] == r)
     }
 
-    /// Every rank's updated tensors to every rank: block r of an all-gather holds rank r's
-    /// tensors' values, copied into each tensor in place (exactly: f32 carries every value of
-    /// the f32, bf16 and f16 weights this updates).
-    pub fn gather(&self, tensors: &[Tensor]) -> Result<()> {
-        let world = self.collective.world();
-        let mut mine = vec![0f32; self.block];
+    /// Calls `f(tensor, offset in the tensor, offset in the segment, length)` for each piece of
+    /// elements `start..start + len` of rank `r`'s stream (its tensors flattened one after the
+    /// other, in order).
+    fn segments(
+        &self,
+        r: usize,
+        (start, len): (usize, usize),
+        mut f: impl FnMut(usize, usize, usize, usize) -> Result<()>,
+    ) -> Result<()> {
         let mut at = 0;
-        for i in self.members(self.rank()) {
+        for i in self.members(r) {
             let n = self.numel[i];
-            host_copy(&tensors[i], &mut mine[at..at + n])?;
-            at += n;
-        }
-        let mut all = vec![0f32; self.block * world];
-        self.collective
-            .all_gather_f32(&mine, &mut all)
-            .context("all-gathering the updated weights")?;
-        tch::no_grad(|| -> Result<()> {
-            for r in 0..world {
-                let mut at = r * self.block;
-                for i in self.members(r) {
-                    let n = self.numel[i];
-                    if r != self.rank() {
-                        set_from(&tensors[i], &all[at..at + n])?;
-                    }
-                    at += n;
-                }
+            let (lo, hi) = (at.max(start), (at + n).min(start + len));
+            if lo < hi {
+                f(i, lo - at, lo - start, hi - lo)?;
             }
-            Ok(())
+            at += n;
+            if at >= start + len {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rounds of a collective over the blocks: `(start, len)` windows of at most
+    /// `bucket` floats per rank, the same on every rank.
+    fn rounds(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.block.div_ceil(self.bucket)).map(|j| {
+            let start = j * self.bucket;
+            (start, self.bucket.min(self.block - start))
         })
     }
 
+    /// Every rank's updated tensors to every rank: window by window ([`Plan::rounds`]), an
+    /// all-gather of each rank's stream, copied into the other ranks' tensors in place (exactly:
+    /// f32 carries every value of the f32, bf16 and f16 weights this updates).
+    pub fn gather(&self, tensors: &[Tensor]) -> Result<()> {
+        let (world, me) = (self.collective.world(), self.rank());
+        for (start, len) in self.rounds() {
+            let mut mine = vec![0f32; len];
+            self.segments(me, (start, len), |i, off, at, n| {
+                host_copy(&tensors[i], off, &mut mine[at..at + n])
+            })?;
+            let mut all = vec![0f32; len * world];
+            self.collective
+                .all_gather_f32(&mine, &mut all)
+                .context("all-gathering the updated weights")?;
+            tch::no_grad(|| -> Result<()> {
+                for r in (0..world).filter(|&r| r != me) {
+                    let block = &all[r * len..(r + 1) * len];
+                    self.segments(r, (start, len), |i, off, at, n| {
+                        set_from(&tensors[i], off, &block[at..at + n])
+                    })?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// `shard gradients`: the gradients of `tensors` summed over the ranks into their owners'
-    /// `.grad` (a reduce-scatter of the blocks); the other gradients are released. Returns which
-    /// tensors had a gradient (the same on every rank: the same model and batch shapes).
+    /// `.grad` (window by window, a reduce-scatter of the blocks); the other gradients are
+    /// released. Returns which tensors had a gradient (the same on every rank: the same model
+    /// and batch shapes).
     pub fn reduce_scatter(&self, tensors: &[Tensor]) -> Result<Vec<bool>> {
-        let world = self.collective.world();
+        let (world, me) = (self.collective.world(), self.rank());
         let grads: Vec<Tensor> = tensors.iter().map(Tensor::grad).collect();
         let had: Vec<bool> = grads.iter().map(Tensor::defined).collect();
-        let mut buf = vec![0f32; self.block * world];
-        for r in 0..world {
-            let mut at = r * self.block;
-            for i in self.members(r) {
-                let n = self.numel[i];
-                if had[i] {
-                    host_copy(&grads[i], &mut buf[at..at + n])?;
-                }
-                at += n;
+        for (start, len) in self.rounds() {
+            let mut buf = vec![0f32; len * world];
+            for r in 0..world {
+                let block = &mut buf[r * len..(r + 1) * len];
+                self.segments(r, (start, len), |i, off, at, n| match had[i] {
+                    true => host_copy(&grads[i], off, &mut block[at..at + n]),
+                    false => Ok(()),
+                })?;
             }
+            let mut mine = vec![0f32; len];
+            self.collective
+                .reduce_scatter_f32(&buf, &mut mine)
+                .context("reduce-scattering the gradients")?;
+            drop(buf);
+            tch::no_grad(|| {
+                self.segments(me, (start, len), |i, off, at, n| match had[i] {
+                    true => set_from(&grads[i], off, &mine[at..at + n]),
+                    false => Ok(()),
+                })
+            })?;
         }
-        let mut mine = vec![0f32; self.block];
-        self.collective
-            .reduce_scatter_f32(&buf, &mut mine)
-            .context("reduce-scattering the gradients")?;
-        drop(buf);
-        tch::no_grad(|| -> Result<()> {
-            let mut at = 0;
-            for i in self.members(self.rank()) {
-                let n = self.numel[i];
-                if had[i] {
-                    set_from(&grads[i], &mine[at..at + n])?;
-                }
-                at += n;
-            }
-            Ok(())
-        })?;
         let others: Vec<&Tensor> = (0..tensors.len())
             .filter(|&i| !self.owns(i) && had[i])
             .map(|i| &tensors[i])
@@ -219,25 +258,26 @@ impl Plan {
     }
 }
 
-/// `t`'s values as f32 into `out` (`t.numel()` floats).
-fn host_copy(t: &Tensor, out: &mut [f32]) -> Result<()> {
-    let flat = t
+/// Elements `off..off + out.len()` of `t` (flattened) as f32 into `out`.
+fn host_copy(t: &Tensor, off: usize, out: &mut [f32]) -> Result<()> {
+    let part = t
         .f_detach()?
-        .f_to_kind(Kind::Float)?
         .f_reshape([-1])?
+        .f_narrow(0, off as i64, out.len() as i64)?
+        .f_to_kind(Kind::Float)?
         .f_to_device(tch::Device::Cpu)?;
-    flat.f_copy_data(out, out.len())
+    part.f_copy_data(out, out.len())
         .context("copying a tensor to the host")?;
     Ok(())
 }
 
-/// Sets `t` (any float kind and device) to the f32 values `v`, in place.
-fn set_from(t: &Tensor, v: &[f32]) -> Result<()> {
+/// Sets elements `off..off + v.len()` of `t` (flattened; any float kind and device) to the f32
+/// values `v`, in place.
+fn set_from(t: &Tensor, off: usize, v: &[f32]) -> Result<()> {
     let src = Tensor::from_slice(v)
-        .f_reshape(t.size())?
         .f_to_kind(t.kind())?
         .f_to_device(t.device())?;
-    let mut dst = t.shallow_clone();
+    let mut dst = t.f_view([-1])?.f_narrow(0, off as i64, v.len() as i64)?;
     dst.f_copy_(&src)?;
     Ok(())
 }

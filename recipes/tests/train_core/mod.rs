@@ -13,4 +13,5 @@ mod fused;
 mod mixture;
 mod optim;
 mod pack;
+mod shard;
 mod stream;
