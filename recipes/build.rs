@@ -39,6 +39,7 @@ fn compile_shim(lib: &Path) {
     for f in SHIM {
         println!("cargo:rerun-if-changed={f}");
     }
+    println!("cargo:rerun-if-changed=csrc/shim.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     let root = match std::env::var("LIBTORCH_INCLUDE") {
         Ok(p) => PathBuf::from(p),

@@ -23,6 +23,8 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "shim.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -36,14 +38,7 @@ typedef void (*temper_block_drop)(void *ctx);
 
 namespace {
 
-char *message_copy(const char *msg) {
-  size_t n = std::strlen(msg);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg, n + 1);
-  }
-  return out;
-}
+using temper_shim::error_copy;
 
 // The Rust closure of one block call; freed with the node that holds it.
 struct Closure : torch::CustomClassHolder {
@@ -123,7 +118,7 @@ struct Checkpoint : public torch::autograd::Function<Checkpoint> {
 extern "C" {
 
 // A malloc'd copy of `msg` (the error a `temper_block_run` returns).
-char *temper_error_copy(const char *msg) { return message_copy(msg); }
+char *temper_error_copy(const char *msg) { return error_copy(msg); }
 
 // `*out` = the block behind `ctx` applied to `x`, checkpointed when grad mode is on (see the
 // file's invariants). `ctx` is handed over in every case: `drop(ctx)` runs once it is no longer
@@ -135,9 +130,9 @@ char *temper_checkpoint(const at::Tensor *x, const at::Tensor *anchor, void *ctx
     f = c10::make_intrusive<Closure>(ctx, run, drop);
   } catch (...) {
     drop(ctx);
-    return message_copy("out of memory making a checkpoint node");
+    return error_copy("out of memory making a checkpoint node");
   }
-  try {
+  return temper_shim::guarded([&] {
     at::Tensor y;
     if (at::GradMode::is_enabled()) {
       y = Checkpoint::apply(*x, *anchor, std::move(f));
@@ -145,14 +140,7 @@ char *temper_checkpoint(const at::Tensor *x, const at::Tensor *anchor, void *ctx
       y = f->call(*x);
     }
     *out = new at::Tensor(std::move(y));
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return message_copy(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return message_copy(e.what());
-  } catch (...) {
-    return message_copy("unknown C++ exception");
-  }
+  });
 }
 
 } // extern "C"

@@ -6,8 +6,8 @@
 // Invariants:
 // - A tensor argument is a tch `Tensor`'s `C_tensor*`, which is an `at::Tensor*`
 //   (torch-sys's libtch: `typedef torch::Tensor *tensor`).
-// - No C++ exception crosses the C ABI: every entry point catches everything and returns a
-//   malloc'd message (freed by `temper_free_error`), or NULL on success.
+// - No C++ exception crosses the C ABI (shim.h): every entry point catches everything and
+//   returns a malloc'd message (freed by `temper_free_error`), or NULL on success.
 // - Tensors returned through `out` are `new at::Tensor`, owned by the caller (tch frees them
 //   with `delete`, in `at_free`).
 
@@ -19,6 +19,8 @@
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/stack.h>
 
+#include "shim.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -27,28 +29,8 @@
 
 namespace {
 
-char *error_copy(const char *msg) {
-  size_t n = std::strlen(msg);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg, n + 1);
-  }
-  return out;
-}
-
-// Runs `f`, turning any exception into a message.
-template <typename F> char *guarded(F f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return error_copy(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return error_copy(e.what());
-  } catch (...) {
-    return error_copy("unknown C++ exception");
-  }
-}
+using temper_shim::error_copy;
+using temper_shim::guarded;
 
 std::vector<at::Tensor> list(const at::Tensor *const *ts, size_t n) {
   std::vector<at::Tensor> out;

@@ -15,24 +15,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_flash_attention_forward.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
+#include "shim.h"
+
 #include <optional>
 #include <tuple>
-
-namespace {
-
-char *varlen_error(const char *msg) {
-  size_t n = std::strlen(msg);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg, n + 1);
-  }
-  return out;
-}
-
-} // namespace
 
 extern "C" {
 
@@ -41,7 +27,7 @@ extern "C" {
 char *temper_flash_varlen(const at::Tensor *q, const at::Tensor *k, const at::Tensor *v,
                           const at::Tensor *cu, int64_t max_len, double scale,
                           int64_t window_left, at::Tensor **out) {
-  try {
+  return temper_shim::guarded([&] {
     std::optional<int64_t> left;
     std::optional<int64_t> right;
     if (window_left >= 0) {
@@ -52,14 +38,7 @@ char *temper_flash_varlen(const at::Tensor *q, const at::Tensor *k, const at::Te
                                             /*is_causal=*/true, /*return_debug_mask=*/false,
                                             scale, left, right);
     *out = new at::Tensor(std::move(std::get<0>(res)));
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return varlen_error(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return varlen_error(e.what());
-  } catch (...) {
-    return varlen_error("unknown C++ exception");
-  }
+  });
 }
 
 } // extern "C"

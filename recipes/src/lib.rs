@@ -19,6 +19,7 @@ pub mod merge;
 pub mod pref;
 pub mod prologue;
 pub mod rng;
+mod shim;
 pub mod stage;
 pub mod tok;
 pub mod trainer;

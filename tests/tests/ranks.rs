@@ -174,17 +174,9 @@ pub(crate) fn pids_of(needle: &str) -> Vec<i32> {
         .collect()
 }
 
-#[test]
-fn a_rank_killed_mid_run_fails_the_node_and_a_rerun_resumes_to_the_same_weights() {
-    if !mpi() {
-        return;
-    }
-    let recipe = SFT.replace("steps 30", "steps 400");
-    let reference = project(&recipe, 2);
-    reference.ok(&["run", "r.kdl"]);
-    let want = weights(&trained(&reference.store()));
-
-    let p = project(&recipe, 2);
+/// Runs `p`'s recipe (`r.kdl`, 2 ranks), waits for its first checkpoint, kills the rank with the
+/// higher pid with SIGKILL and waits for `temper run`: (its exit status, the time from the kill).
+pub(crate) fn kill_a_rank_after_a_checkpoint(p: &Project) -> (std::process::ExitStatus, Duration) {
     let mut child = p.cmd(&["run", "r.kdl"]).spawn().unwrap();
     let t0 = Instant::now();
     let ckpt = || {
@@ -222,11 +214,26 @@ fn a_rank_killed_mid_run_fails_the_node_and_a_rerun_resumes_to_the_same_weights(
     }
     let killed = Instant::now();
     let status = child.wait().unwrap();
+    (status, killed.elapsed())
+}
+
+#[test]
+fn a_rank_killed_mid_run_fails_the_node_and_a_rerun_resumes_to_the_same_weights() {
+    if !mpi() {
+        return;
+    }
+    let recipe = SFT.replace("steps 30", "steps 400");
+    let reference = project(&recipe, 2);
+    reference.ok(&["run", "r.kdl"]);
+    let want = weights(&trained(&reference.store()));
+
+    let p = project(&recipe, 2);
+    let (status, after_kill) = kill_a_rank_after_a_checkpoint(&p);
     assert!(
-        killed.elapsed() < Duration::from_secs(60),
-        "the run ended {:?} after a rank died",
-        killed.elapsed()
+        after_kill < Duration::from_secs(60),
+        "the run ended {after_kill:?} after a rank died"
     );
+    let store = p.store().to_string_lossy().into_owned();
     assert_eq!(status.code(), Some(1), "the node failed");
     assert!(pids_of(&store).is_empty(), "no rank outlived the run");
     let v = p.run(&["verify"]);

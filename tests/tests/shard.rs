@@ -3,8 +3,9 @@
 //! checkpoint on 2 ranks and on 1 rank to the same weights; `shard` without ranks is a located
 //! recipe error. Without MPI the tests say so and pass without checking (as `ranks` does).
 
-use crate::ranks::{mpi, pids_of, project, trained, weights, DPO, LORA, SFT};
-use std::time::{Duration, Instant};
+use crate::ranks::{
+    kill_a_rank_after_a_checkpoint, mpi, project, trained, weights, DPO, LORA, SFT,
+};
 use temper_e2e::text;
 
 /// `recipe` (with `ranks RANKS`) sharded `mode`.
@@ -63,8 +64,8 @@ fn a_sharded_checkpoint_resumes_on_two_ranks_and_on_one() {
     let want = weights(&trained(&reference.store()));
 
     let p = project(&sharded(&recipe, "gradients"), 2);
-    let mut child = p.cmd(&["run", "r.kdl"]).spawn().unwrap();
-    let t0 = Instant::now();
+    let (status, _) = kill_a_rank_after_a_checkpoint(&p);
+    assert_eq!(status.code(), Some(1), "the node failed");
     let ckpt = || {
         walkdir::WalkDir::new(p.store().join("work"))
             .into_iter()
@@ -72,35 +73,6 @@ fn a_sharded_checkpoint_resumes_on_two_ranks_and_on_one() {
             .find(|e| e.file_name().to_string_lossy().starts_with("step-"))
             .map(|e| e.into_path())
     };
-    loop {
-        if ckpt().is_some() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let store = p.store().to_string_lossy().into_owned();
-    let ranks: Vec<i32> = pids_of("temper-rank")
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let args: Vec<String> = c
-                    .split(|&b| b == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect();
-                args[0].ends_with("temper-rank") && args.iter().any(|a| a.contains(&store))
-            })
-        })
-        .collect();
-    assert_eq!(ranks.len(), 2, "two ranks run: {ranks:?}");
-    unsafe {
-        libc::kill(*ranks.iter().max().unwrap(), libc::SIGKILL);
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "the node failed");
     // Each rank's moments are in the (latest, kept) checkpoint, none unsharded.
     let dir = ckpt().expect("the checkpoint is kept");
     for f in [
@@ -166,10 +138,7 @@ fn a_sharded_slurm_job_of_two_tasks_matches_the_local_run() {
     let out = p.ok(&["run", "r.kdl", "--executor", "slurm", "--wait"]);
     assert!(out.contains("all done"), "{out}");
     let (a, b) = (trained(&local.store()), trained(&p.store()));
-    assert!(
-        weights(&a) == weights(&b),
-        "Slurm sharded vs local sharded"
-    );
+    assert!(weights(&a) == weights(&b), "Slurm sharded vs local sharded");
     let log = node_log(&p.store());
     assert!(
         log.contains("rank 0/2 pid") && log.contains("shard gradients: rank 0 keeps"),

@@ -15,7 +15,7 @@
 //! variables, of the rotary tables and of the mask); a panic in it is caught and becomes an
 //! error; every tensor crossing the boundary is a tch `Tensor`'s `at::Tensor*`.
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tch::{Kind, TchError, Tensor};
 use torch_sys::C_tensor;
@@ -28,7 +28,6 @@ type DropFn = extern "C" fn(*mut c_void);
 
 extern "C" {
     fn temper_error_copy(msg: *const c_char) -> *mut c_char;
-    fn temper_free_error(msg: *mut c_char);
     fn temper_checkpoint(
         x: *const C_tensor,
         anchor: *const C_tensor,
@@ -89,16 +88,9 @@ pub fn checkpointed(x: &Tensor, anchor: &Tensor, f: Box<BlockFn>) -> Result<Tens
             &mut out,
         )
     };
-    if !msg.is_null() {
-        // SAFETY: a non-null result is a NUL-terminated string the shim malloc'd.
-        let text = unsafe { CStr::from_ptr(msg) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { temper_free_error(msg) };
-        return Err(TchError::Torch(format!("checkpointed block: {text}")));
-    }
-    // SAFETY: on success `out` is a `new at::Tensor` we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    let shown = |e: String| TchError::Torch(format!("checkpointed block: {e}"));
+    crate::shim::check(msg).map_err(shown)?;
+    crate::shim::take(out, "checkpointed block").map_err(shown)
 }
 
 /// The scalar leaf that keeps a checkpointed block in the graph when its input needs no

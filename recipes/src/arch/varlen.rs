@@ -12,12 +12,11 @@
 //! sequence with `scaled_dot_product_attention` — the reference the CPU tests check the layout
 //! code against (a packed batch on CPU normally takes the dense segment mask instead).
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 use tch::{Device, Kind, TchError, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
-    fn temper_free_error(msg: *mut c_char);
     #[allow(clippy::too_many_arguments)]
     fn temper_flash_varlen(
         q: *const C_tensor,
@@ -36,7 +35,7 @@ extern "C" {
 pub fn supported(device: Device, kind: Kind, head_dim: usize) -> bool {
     device.is_cuda()
         && matches!(kind, Kind::BFloat16 | Kind::Half)
-        && head_dim % 8 == 0
+        && head_dim.is_multiple_of(8)
         && head_dim <= 256
 }
 
@@ -85,16 +84,9 @@ fn flash(
             &mut out,
         )
     };
-    if !msg.is_null() {
-        // SAFETY: a non-null result is a NUL-terminated string the shim malloc'd.
-        let text = unsafe { CStr::from_ptr(msg) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { temper_free_error(msg) };
-        return Err(TchError::Torch(format!("varlen flash attention: {text}")));
-    }
-    // SAFETY: on success `out` is a `new at::Tensor` we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    let shown = |e: String| TchError::Torch(format!("varlen flash attention: {e}"));
+    crate::shim::check(msg).map_err(shown)?;
+    crate::shim::take(out, "varlen flash attention").map_err(shown)
 }
 
 /// Sequence by sequence with SDPA (the offsets are read to the host: a reference, not a fast

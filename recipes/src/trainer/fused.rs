@@ -9,12 +9,11 @@
 //! off (the callers hold `tch::no_grad`), as torch's optimizers do.
 
 use anyhow::{anyhow, bail, Result};
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 use tch::Tensor;
 use torch_sys::C_tensor;
 
 extern "C" {
-    fn temper_free_error(msg: *mut c_char);
     fn temper_fused_adamw(
         params: *const *const C_tensor,
         grads: *const *const C_tensor,
@@ -43,17 +42,14 @@ extern "C" {
     ) -> *mut c_char;
 }
 
-/// `Ok` for a null message, else the message as an error (and the message freed).
+/// The shim's result as an error ([`crate::shim::check`]).
 fn check(msg: *mut c_char) -> Result<()> {
-    if msg.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null result is a NUL-terminated string the shim malloc'd for us.
-    let text = unsafe { CStr::from_ptr(msg) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { temper_free_error(msg) };
-    Err(anyhow!("libtorch: {text}"))
+    crate::shim::check(msg).map_err(|text| anyhow!("libtorch: {text}"))
+}
+
+/// The shim's new tensor ([`crate::shim::take`]).
+fn take(out: *mut C_tensor, what: &str) -> Result<Tensor> {
+    crate::shim::take(out, what).map_err(|e| anyhow!(e))
 }
 
 fn ptrs(ts: &[&Tensor]) -> Vec<*const C_tensor> {
@@ -130,11 +126,7 @@ pub fn total_norm(ts: &[&Tensor]) -> Result<Option<Tensor>> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: `ts.len()` live tensor pointers; on success `out` is a new tensor we own.
     check(unsafe { temper_total_norm(p.as_ptr(), p.len(), &mut out) })?;
-    if out.is_null() {
-        bail!("total norm: libtorch returned no tensor");
-    }
-    // SAFETY: `out` was allocated by the shim with `new at::Tensor`, which tch frees.
-    Ok(Some(unsafe { Tensor::from_ptr(out) }))
+    Ok(Some(take(out, "total norm")?))
 }
 
 /// Multiplies every tensor of `ts` (all on `factor`'s device) in place by the scalar tensor
@@ -158,12 +150,7 @@ pub fn norms(ts: &[&Tensor]) -> Result<Vec<f64>> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: `ts.len()` live tensor pointers; on success `out` is a new tensor we own.
     check(unsafe { temper_norms(p.as_ptr(), p.len(), &mut out) })?;
-    if out.is_null() {
-        bail!("norms: libtorch returned no tensor");
-    }
-    // SAFETY: `out` was allocated by the shim with `new at::Tensor`, which tch frees.
-    let t = unsafe { Tensor::from_ptr(out) };
-    super::host::read(&t)
+    super::host::read(&take(out, "norms")?)
 }
 
 /// `‖t‖₂` (libtorch's `linalg_vector_norm`, the last step of [`total_norm`]).
@@ -171,11 +158,7 @@ pub fn vector_norm(t: &Tensor) -> Result<Tensor> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: a live tensor pointer; on success `out` is a new tensor we own.
     check(unsafe { temper_vector_norm(t.as_ptr(), &mut out) })?;
-    if out.is_null() {
-        bail!("vector norm: libtorch returned no tensor");
-    }
-    // SAFETY: `out` was allocated by the shim with `new at::Tensor`, which tch frees.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    take(out, "vector norm")
 }
 
 /// Releases the gradients of `ts` (each `.grad` becomes undefined).

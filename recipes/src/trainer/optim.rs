@@ -43,7 +43,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
-pub use super::optim_io::{META_FILE, STATE_FILE};
 /// Set to `1`, [`AdamW::new`] builds the per-tensor reference instead of the fused optimizer.
 pub const REFERENCE_ENV: &str = "TEMPER_OPTIM_REFERENCE";
 

@@ -11,7 +11,7 @@
 use crate::arch_parity::common::{config, random_model};
 use recipes::arch::mask::{packed_offsets, Packed};
 use recipes::arch::{AttnMask, HfModel};
-use recipes::batching::examples::{Example, IGNORE};
+use recipes::batching::examples::Example;
 use recipes::batching::pack::{pack_rows, Batch};
 use recipes::trainer::lm;
 use serde_json::json;
@@ -19,20 +19,8 @@ use tch::{Kind, Tensor};
 
 /// Examples of lengths 4..=13 whose first third is prompt.
 fn examples(salt: usize) -> Vec<Example> {
-    (0..7)
-        .map(|i| {
-            let len = 4 + (i * 7 + salt) % 10;
-            let input_ids: Vec<i64> = (0..len)
-                .map(|j| 1 + ((i * 31 + j * 17 + salt * 5) % 96) as i64)
-                .collect();
-            let labels = input_ids
-                .iter()
-                .enumerate()
-                .map(|(j, &x)| if j < len / 3 { IGNORE } else { x })
-                .collect();
-            Example { input_ids, labels }
-        })
-        .collect()
+    let lens: Vec<usize> = (0..7).map(|i| 4 + (i * 7 + salt) % 10).collect();
+    super::util::prompt_examples(&lens, salt)
 }
 
 fn t2(v: &[i64], b: &Batch) -> Tensor {

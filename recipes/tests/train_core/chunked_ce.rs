@@ -24,20 +24,8 @@ fn model(tied: bool) -> HfModel {
 
 /// Examples of lengths 5..=12 whose first `len / 3` positions are prompt (ignored labels).
 fn examples() -> Vec<Example> {
-    (0..6)
-        .map(|i| {
-            let len = 5 + (i * 5) % 8;
-            let input_ids: Vec<i64> = (0..len)
-                .map(|j| 1 + ((i * 31 + j * 17) % 96) as i64)
-                .collect();
-            let labels = input_ids
-                .iter()
-                .enumerate()
-                .map(|(j, &x)| if j < len / 3 { IGNORE } else { x })
-                .collect();
-            Example { input_ids, labels }
-        })
-        .collect()
+    let lens: Vec<usize> = (0..6).map(|i| 5 + (i * 5) % 8).collect();
+    super::util::prompt_examples(&lens, 0)
 }
 
 fn t2(v: &[i64], b: &Batch) -> Tensor {

@@ -58,3 +58,28 @@ pub fn ctx(
 ) -> recipes::StageCtx {
     crate::common::stage_ctx(stage, "mix", params, inputs, out, out)
 }
+
+/// `lens.len()` examples of token ids in 1..=96 (varied by `salt`), the first third of each a
+/// prompt (labels ignored): SFT-shaped batches for the LM-head and checkpointing tests.
+pub fn prompt_examples(lens: &[usize], salt: usize) -> Vec<recipes::batching::examples::Example> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let input_ids: Vec<i64> = (0..len)
+                .map(|j| 1 + ((i * 31 + j * 17 + salt * 5) % 96) as i64)
+                .collect();
+            let labels = input_ids
+                .iter()
+                .enumerate()
+                .map(|(j, &x)| {
+                    if j < len / 3 {
+                        recipes::batching::examples::IGNORE
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            recipes::batching::examples::Example { input_ids, labels }
+        })
+        .collect()
+}
