@@ -25,6 +25,8 @@ pub const MAX_JSON_BYTES: u64 = 1 << 20;
 pub struct Machine {
     pub cpu_cores: Option<usize>,
     pub cuda_devices: Option<usize>,
+    /// Memory of each CUDA device, MiB.
+    pub cuda_memory_mib: Option<u64>,
 }
 
 /// What a recipe-wide check may consult beyond its own node (module docs).
@@ -88,6 +90,9 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
 pub struct Findings {
     pub errors: Vec<ParamIssue>,
     pub warnings: Vec<ParamIssue>,
+    /// What the node's planner should show about it (e.g. a training node's memory estimate):
+    /// neither an error nor a warning ([`crate::Recipe::notes`]).
+    pub notes: Vec<String>,
 }
 
 /// A problem found by a kind's `check`: which parameter (None = the node itself; a record's

@@ -196,6 +196,7 @@ fn load_inner(
         swept: std::default::Default::default(),
         field_locs: Vec::new(),
         warnings: Vec::new(),
+        notes: std::collections::BTreeMap::new(),
     };
     if v.s.syntax_failed {
         return Err(finish(v));
@@ -252,6 +253,7 @@ fn load_inner(
         axes,
         executors: v.s.executors,
         warnings: v.warnings,
+        notes: v.notes,
     };
     let diags = select::check(&recipe);
     if !diags.is_empty() {

@@ -66,6 +66,9 @@ pub struct LoadOptions {
     /// `cuda_devices`, what kinds' recipe-wide checks see as [`crate::Machine`] (e.g. `ranks`
     /// against the cores or GPUs a node's ranks would need).
     pub cpu_cores: Option<usize>,
+    /// Memory of each of those CUDA devices in MiB, when known: a training node whose estimated
+    /// memory per rank exceeds it gets a warning (`kinds::memory`).
+    pub cuda_memory_mib: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +83,7 @@ impl Default for LoadOptions {
             untrusted: false,
             cuda_devices: None,
             cpu_cores: None,
+            cuda_memory_mib: None,
         }
     }
 }
@@ -90,6 +94,7 @@ impl LoadOptions {
         crate::Machine {
             cpu_cores: self.cpu_cores,
             cuda_devices: self.cuda_devices,
+            cuda_memory_mib: self.cuda_memory_mib,
         }
     }
 

@@ -111,6 +111,9 @@ pub struct Recipe {
     /// What the kinds' recipe-wide checks warn about (located, in declaration order): the
     /// caller shows them ([`crate::Diagnostics::render_warnings`]); they never fail a load.
     pub warnings: Vec<Diag>,
+    /// What the kinds' recipe-wide checks say about a node for its plan (by node name, e.g. a
+    /// training node's memory estimate).
+    pub notes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Recipe {

@@ -155,6 +155,12 @@ impl Validator<'_> {
             };
             let mut f = Findings::default();
             check(d, &cx, &mut f);
+            if !f.notes.is_empty() {
+                self.notes
+                    .entry(d.name.clone())
+                    .or_default()
+                    .append(&mut f.notes);
+            }
             out.extend(f.errors.into_iter().map(|i| self.issue_diag(d, i)));
             warnings.extend(
                 f.warnings

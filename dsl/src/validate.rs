@@ -83,6 +83,8 @@ pub(crate) struct Validator<'a> {
     pub field_locs: Vec<(String, Loc)>,
     /// Warnings of the kinds' recipe-wide checks (module `refs`).
     pub warnings: Vec<Diag>,
+    /// Notes of the kinds' recipe-wide checks, by node ([`crate::Recipe::notes`]).
+    pub notes: BTreeMap<String, Vec<String>>,
 }
 
 impl<'a> Validator<'a> {

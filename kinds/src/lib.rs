@@ -6,6 +6,7 @@
 
 pub mod common;
 pub mod params;
+pub mod precision;
 pub mod train;
 
 pub mod cpt;
@@ -15,6 +16,7 @@ pub mod eval;
 pub mod generate;
 pub mod lora;
 pub mod losses;
+pub mod memory;
 pub mod merge;
 pub mod mixture;
 pub mod model;

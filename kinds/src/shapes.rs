@@ -80,10 +80,16 @@ impl Shapes {
 
 /// The shapes of the model node `name` produces, if the recipe tells them (module docs).
 pub fn of_node(cx: &CheckContext<'_>, name: &str) -> Option<Shapes> {
+    of_model_node(cx, model_node(cx, name)?)
+}
+
+/// The `model` node whose model node `name` produces (through training and `select` nodes;
+/// module docs).
+pub fn model_node<'a>(cx: &CheckContext<'a>, name: &str) -> Option<&'a NodeDecl> {
     let mut n = cx.node(name)?;
     for _ in 0..MAX_HOPS {
         let next = match n.kind.as_str() {
-            "model" => return of_model_node(cx, n),
+            "model" => return Some(n),
             k if SHAPE_KEEPING.contains(&k) => n.params.get("model"),
             dsl::schema::SELECT_KIND => n.params.get("from"),
             _ => None,

@@ -52,35 +52,7 @@ impl FromParam for Schedule {
     }
 }
 
-crate::enum_param! {
-    /// The numerics of training ([`Precision::resolve`]).
-    pub enum Precision { Auto = "auto", Bf16Mixed = "bf16-mixed", Bf16 = "bf16", F32 = "f32" }
-}
-
-impl Precision {
-    /// The precision a node trains in, from its `precision`, its `dtype` and whether it runs on
-    /// CUDA (the module docs' rule; never `Auto`). The one rule: the keys apply it to the device
-    /// a node asks for, the trainer to the device it was given.
-    pub fn resolve(self, dtype: Dtype, on_cuda: bool) -> Precision {
-        match (self, dtype) {
-            (Precision::Auto, Dtype::Bf16) => Precision::Bf16,
-            (Precision::Auto, Dtype::F32) => Precision::F32,
-            (Precision::Auto, Dtype::Auto) if on_cuda => Precision::Bf16Mixed,
-            (Precision::Auto, Dtype::Auto) => Precision::F32,
-            (p, _) => p,
-        }
-    }
-
-    /// The dtype forward and backward run in: `Auto` for `Auto` (then `dtype` decides), `bf16`
-    /// for both bf16 precisions, `f32` for `f32`.
-    pub fn compute(self) -> Dtype {
-        match self {
-            Precision::Auto => Dtype::Auto,
-            Precision::Bf16Mixed | Precision::Bf16 => Dtype::Bf16,
-            Precision::F32 => Dtype::F32,
-        }
-    }
-}
+pub use crate::precision::Precision;
 
 crate::enum_param! {
     /// The dtype of a trained model's weights in its artifact.
@@ -257,11 +229,13 @@ pub fn ranks_problem(
 }
 
 /// The training kinds' recipe-wide checks: `ranks` against the machine (when the load knows
-/// it, [`ranks_problem`]) and the LoRA rank against the model's shapes
-/// ([`crate::lora::check_rank`]).
+/// it, [`ranks_problem`]), the LoRA rank against the model's shapes
+/// ([`crate::lora::check_rank`]) and the memory per rank ([`crate::memory::check`]: a note for the
+/// plan, a warning beyond the device's memory).
 pub fn check_in_recipe(n: &NodeDecl, cx: &dsl::CheckContext<'_>, f: &mut dsl::Findings) {
     check_ranks_here(n, cx.machine, f);
     crate::lora::check_rank(n, cx, f);
+    crate::memory::check(n, cx, f);
 }
 
 /// [`ranks_problem`] for node `n` on `machine`: `device cpu` needs the cores, `cuda`/`cuda:N`

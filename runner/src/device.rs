@@ -35,6 +35,49 @@ pub fn cpu_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Memory of this machine's first CUDA device in MiB (the driver's `cuDeviceTotalMem`), `None`
+/// without one: what training nodes' memory estimates are checked against
+/// (`--cuda-memory` overrides it). `TEMPER_CUDA_MEMORY_MIB` pretends (tests).
+pub fn cuda_memory_mib() -> Option<u64> {
+    static M: OnceLock<Option<u64>> = OnceLock::new();
+    *M.get_or_init(|| {
+        if let Some(m) = std::env::var("TEMPER_CUDA_MEMORY_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            return Some(m);
+        }
+        if cuda_devices() == 0 {
+            return None;
+        }
+        probe_memory()
+    })
+}
+
+fn probe_memory() -> Option<u64> {
+    type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type CuTotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
+    // SAFETY: as in `probe_driver` (called after it initialised the driver); the symbols have
+    // the driver API's signatures (CUresult cuDeviceGet(CUdevice*, int),
+    // CUresult cuDeviceTotalMem_v2(size_t*, CUdevice)).
+    unsafe {
+        let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if lib.is_null() {
+            return None;
+        }
+        let get = libc::dlsym(lib, c"cuDeviceGet".as_ptr());
+        let total = libc::dlsym(lib, c"cuDeviceTotalMem_v2".as_ptr());
+        if get.is_null() || total.is_null() {
+            return None;
+        }
+        let get: CuDeviceGet = std::mem::transmute(get);
+        let total: CuTotalMem = std::mem::transmute(total);
+        let mut dev = 0i32;
+        let mut bytes = 0usize;
+        (get(&mut dev, 0) == 0 && total(&mut bytes, dev) == 0).then_some(bytes as u64 >> 20)
+    }
+}
+
 fn probe_driver() -> Option<usize> {
     type CuInit = unsafe extern "C" fn(u32) -> i32;
     type CuCount = unsafe extern "C" fn(*mut i32) -> i32;

@@ -235,6 +235,12 @@ impl Plan {
             );
             out += line.trim_end();
             out.push('\n');
+            // What the kinds say about a node that will build (a training node's memory).
+            if !matches!(e.state, State::Cached) {
+                for note in self.loaded.recipe.notes.get(&e.node).into_iter().flatten() {
+                    out += &format!("{:17}   {note}\n", "");
+                }
+            }
         }
         out += &self.summary();
         out.push('\n');
@@ -251,6 +257,7 @@ impl Plan {
                         "state": e.state.word(),
                         "inputs": e.inputs.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
                         "reasons": e.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                        "notes": self.loaded.recipe.notes.get(&e.node).cloned().unwrap_or_default(),
                     })
                 })
                 .collect(),

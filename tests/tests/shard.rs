@@ -145,3 +145,55 @@ fn a_sharded_slurm_job_of_two_tasks_matches_the_local_run() {
         "{log}"
     );
 }
+
+/// `plan` shows a training node's memory per rank under it (the optimizer state halved by
+/// `shard optimizer` on 2 ranks), and warns when it exceeds the CUDA devices' memory.
+#[test]
+fn plan_shows_the_memory_per_rank_and_warns_beyond_the_device() {
+    // hidden 512, 8 layers, 384 tokens: 25.7M parameters, f32 on CPU: 0.19 GiB of AdamW moments.
+    let wide = |extra: &str| {
+        format!(
+            r#"
+dataset corpus path="data/corpus.jsonl" format=text
+dataset train path="data/train.jsonl" format=prompt-completion
+tokenizer tok vocab-size=384 {{ data corpus; data train; }}
+model wide tokenizer=tok hidden-size=512 layers=8 heads=8 intermediate-size=1408 seed=0
+sft tuned model=wide data=train {{ steps 2; batch-size 4; grad-accum 2; seq-len 64; {extra} }}
+"#
+        )
+    };
+    let p = project(&wide("device cpu; ranks RANKS"), 2);
+    let out = p.ok(&["plan", "r.kdl", "--cpu-cores", "2"]);
+    let note = out
+        .lines()
+        .skip_while(|l| !l.contains("tuned"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        note.trim_start().starts_with("memory per rank ≈ ")
+            && note.contains("optimizer state 0.19"),
+        "{out}"
+    );
+    let p = project(&wide("device cpu; ranks RANKS; shard optimizer"), 2);
+    let out = p.ok(&["plan", "r.kdl", "--cpu-cores", "2"]);
+    assert!(out.contains("optimizer state 0.10"), "{out}");
+    // On CUDA (bf16-mixed: 6 + 6 + 8 bytes per parameter, about 0.5 GiB) a device of 0.25 GiB
+    // is too small: a located warning, and the plan still runs.
+    let p = project(&wide("device cuda; ranks RANKS"), 1);
+    let o = p.run(&[
+        "plan",
+        "r.kdl",
+        "--cuda-devices",
+        "1",
+        "--cuda-memory",
+        "0.25",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("r.kdl:")
+            && t.contains("more than the 0.25 GiB of a CUDA device")
+            && t.contains("help: more `ranks` with `shard optimizer`"),
+        "{t}"
+    );
+}

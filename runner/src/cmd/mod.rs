@@ -88,6 +88,10 @@ pub struct RecipeArgs {
     /// Check CPU nodes' `ranks` against N cores instead of this machine's.
     #[arg(long, value_name = "N")]
     pub cpu_cores: Option<usize>,
+    /// Check training nodes' estimated memory per rank against CUDA devices of GIB GiB each
+    /// instead of this machine's (`plan` shows the estimates either way).
+    #[arg(long, value_name = "GIB")]
+    pub cuda_memory: Option<f64>,
 }
 
 impl RecipeArgs {
@@ -100,7 +104,10 @@ impl RecipeArgs {
             .cuda_devices
             .unwrap_or_else(crate::device::cuda_devices);
         let cores = self.cpu_cores.unwrap_or_else(crate::device::cpu_cores);
-        let loaded = self.load_with(kinds, Some(cuda), Some(cores))?;
+        let memory = self
+            .cuda_memory_mib()
+            .or_else(crate::device::cuda_memory_mib);
+        let loaded = self.load_with(kinds, (Some(cuda), Some(cores)), memory)?;
         eprint!(
             "{}",
             dsl::Diagnostics::render_warnings(&loaded.recipe.warnings)
@@ -111,18 +118,29 @@ impl RecipeArgs {
     /// it elsewhere (Slurm): devices are checked for syntax only, so results of a GPU run can
     /// be read on any machine.
     pub fn load_to_inspect(&self, kinds: &crate::Kinds) -> Result<crate::plan::Loaded> {
-        self.load_with(kinds, self.cuda_devices, self.cpu_cores)
+        self.load_with(
+            kinds,
+            (self.cuda_devices, self.cpu_cores),
+            self.cuda_memory_mib(),
+        )
+    }
+    /// `--cuda-memory` in MiB.
+    fn cuda_memory_mib(&self) -> Option<u64> {
+        self.cuda_memory
+            .filter(|g| g.is_finite() && *g > 0.0)
+            .map(|g| (g * 1024.0) as u64)
     }
     fn load_with(
         &self,
         kinds: &crate::Kinds,
-        cuda: Option<usize>,
-        cores: Option<usize>,
+        (cuda, cores): (Option<usize>, Option<usize>),
+        cuda_memory_mib: Option<u64>,
     ) -> Result<crate::plan::Loaded> {
         let opts = dsl::LoadOptions {
             untrusted: self.untrusted,
             cuda_devices: cuda,
             cpu_cores: cores,
+            cuda_memory_mib,
             ..dsl::LoadOptions::default().with_max_variants(self.max_variants)
         };
         crate::plan::load_with(&self.recipe, &kinds.registry, &self.set, &opts)
