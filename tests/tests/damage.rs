@@ -94,7 +94,9 @@ fn files(dir: &Path) -> BTreeMap<String, String> {
             let bytes = match rel.as_str() {
                 "train_summary.json" => {
                     let mut v: J = serde_json::from_slice(&bytes).unwrap();
-                    v.as_object_mut().unwrap().remove("seconds");
+                    let m = v.as_object_mut().unwrap();
+                    m.remove("seconds");
+                    m.remove("peak_rss_mib");
                     v.to_string().into_bytes()
                 }
                 "metrics.jsonl" => String::from_utf8(bytes)

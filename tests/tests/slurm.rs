@@ -61,13 +61,17 @@ fn active(ids: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Every file of every artifact, with the wall-clock fields of JSON files dropped.
+/// Every file of every artifact, with the wall-clock and memory measurements of JSON files
+/// dropped.
 fn artifacts(store: &Path) -> BTreeMap<String, Vec<u8>> {
     fn strip(v: &mut J) {
         match v {
             J::Object(m) => {
                 m.retain(|k, _| {
-                    !k.contains("seconds") && !k.ends_with("per_s") && k != "created_at"
+                    !k.contains("seconds")
+                        && !k.ends_with("per_s")
+                        && k != "created_at"
+                        && k != "peak_rss_mib"
                 });
                 m.values_mut().for_each(strip);
             }
