@@ -294,7 +294,13 @@ impl AdamW {
                 .params
                 .first()
                 .map_or(Device::Cpu, |p| p.tensor.device());
-            return plan.total_norm(&self.tensors(), &self.had, device);
+            let tensors = self.tensors();
+            // Before any reduce-scatter (a norm asked for outside a step): the gradients here.
+            let had = match self.had.len() == tensors.len() {
+                true => self.had.clone(),
+                false => tensors.iter().map(|t| t.grad().defined()).collect(),
+            };
+            return plan.total_norm(&tensors, &had, device);
         }
         if !self.reference {
             let grads = self.grads();
