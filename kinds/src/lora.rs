@@ -289,6 +289,16 @@ pub fn targeted_modules(targets: &[&str]) -> Vec<&'static str> {
         .collect()
 }
 
+/// The `target` patterns of a node's `lora` record, as written.
+pub fn targets_of(lora: &std::collections::BTreeMap<String, Value>) -> Vec<&str> {
+    lora.get("target")
+        .and_then(Value::as_list)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// `lora rank` against the shapes of the model the node trains, when the recipe tells them
 /// ([`crate::shapes`]): [`rank_excess`] as a warning, or an error when refused, at the `rank`
 /// value (else at `lora`).
@@ -299,13 +309,7 @@ pub fn check_rank(n: &NodeDecl, cx: &dsl::CheckContext<'_>, f: &mut dsl::Finding
     let Some(rank) = r.get("rank").and_then(Value::as_i64) else {
         return;
     };
-    let targets: Vec<&str> = r
-        .get("target")
-        .and_then(Value::as_list)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let targets = targets_of(r);
     let Some(Value::Ref(model)) = n.params.get("model") else {
         return;
     };

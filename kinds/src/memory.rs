@@ -182,14 +182,7 @@ pub fn estimate(n: &NodeDecl, model: &ModelDims, on_cuda: bool) -> Estimate {
     let (weights, trained) = match lora {
         Some(r) => {
             let rank = r.get("rank").and_then(Value::as_i64).unwrap_or(8).max(0) as f64;
-            let targets: Vec<&str> = r
-                .get("target")
-                .and_then(Value::as_list)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
-            let per_layer: f64 = crate::lora::targeted_modules(&targets)
+            let per_layer: f64 = crate::lora::targeted_modules(&crate::lora::targets_of(r))
                 .into_iter()
                 .filter_map(|m| s.linear(m))
                 .map(|(i, o)| rank * (i + o) as f64)

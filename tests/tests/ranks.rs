@@ -252,17 +252,24 @@ fn a_rank_killed_mid_run_fails_the_node_and_a_rerun_resumes_to_the_same_weights(
     );
 }
 
-#[test]
-fn two_ranks_in_one_slurm_job_match_the_local_launcher() {
-    if !mpi() {
-        return;
-    }
+/// Whether a Slurm cluster answers (`SLURM_CONF` set, `sinfo` succeeds); prints why not.
+pub(crate) fn slurm_cluster() -> bool {
     let slurm = std::env::var_os("SLURM_CONF").is_some()
         && std::process::Command::new("sinfo")
             .output()
             .is_ok_and(|o| o.status.success());
     if !slurm {
         eprintln!("SKIPPED: no Slurm cluster answers (scripts/slurm-up.sh)");
+    }
+    slurm
+}
+
+#[test]
+fn two_ranks_in_one_slurm_job_match_the_local_launcher() {
+    if !mpi() {
+        return;
+    }
+    if !slurm_cluster() {
         return;
     }
     let local = project(SFT, 2);

@@ -1,10 +1,11 @@
 //! `shard optimizer | gradients` on 2 CPU ranks (Open MPI): the weights of the unsharded run,
 //! byte for byte, for SFT, DPO and LoRA; a rank killed mid-run resumes from the sharded
 //! checkpoint on 2 ranks and on 1 rank to the same weights; `shard` without ranks is a located
-//! recipe error. Without MPI the tests say so and pass without checking (as `ranks` does).
+//! recipe error; a Slurm job of 2 tasks matches the local run; `plan` shows the memory per rank.
+//! Without MPI (or Slurm) the tests say so and pass without checking (as `ranks` does).
 
 use crate::ranks::{
-    kill_a_rank_after_a_checkpoint, mpi, project, trained, weights, DPO, LORA, SFT,
+    kill_a_rank_after_a_checkpoint, mpi, project, slurm_cluster, trained, weights, DPO, LORA, SFT,
 };
 use temper_e2e::text;
 
@@ -123,12 +124,7 @@ fn a_sharded_slurm_job_of_two_tasks_matches_the_local_run() {
     if !mpi() {
         return;
     }
-    let slurm = std::env::var_os("SLURM_CONF").is_some()
-        && std::process::Command::new("sinfo")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !slurm {
-        eprintln!("SKIPPED: no Slurm cluster answers (scripts/slurm-up.sh)");
+    if !slurm_cluster() {
         return;
     }
     let recipe = sharded(SFT, "gradients");
