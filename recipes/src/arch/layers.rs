@@ -266,14 +266,17 @@ impl Attention {
         )?;
         let v = self.v_proj.forward(x)?;
         let flat = |y: &Tensor, n: i64| y.f_reshape([b * t, n, d]);
+        let seqs = super::varlen::Seqs {
+            cu,
+            max_len,
+            scale: (d as f64).powf(-0.5),
+            window_left,
+        };
         let y = super::varlen::attention(
             &flat(&q, self.num_heads)?,
             &flat(&k, self.num_kv_heads)?,
             &flat(&v, self.num_kv_heads)?,
-            cu,
-            max_len,
-            (d as f64).powf(-0.5),
-            window_left,
+            seqs,
         )?;
         self.o_proj
             .forward(&y.f_reshape([b, t, self.num_heads * d])?)

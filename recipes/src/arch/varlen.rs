@@ -39,35 +39,29 @@ pub fn supported(device: Device, kind: Kind, head_dim: usize) -> bool {
         && head_dim <= 256
 }
 
-/// The attention of the module docs: q `[total, H, D]`, k and v `[total, KV, D]`, `cu` int32
-/// `[n + 1]` on their device, `max_len` ≥ the longest sequence; `[total, H, D]`.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cu: &Tensor,
-    max_len: i64,
-    scale: f64,
-    window_left: Option<i64>,
-) -> Result<Tensor, TchError> {
+/// The sequences and the attention's constants: `cu` int32 `[n + 1]` on the tensors' device,
+/// `max_len` ≥ the longest sequence, the softmax `scale`, the left window.
+#[derive(Clone, Copy, Debug)]
+pub struct Seqs<'a> {
+    pub cu: &'a Tensor,
+    pub max_len: i64,
+    pub scale: f64,
+    pub window_left: Option<i64>,
+}
+
+/// The attention of the module docs: q `[total, H, D]`, k and v `[total, KV, D]`;
+/// `[total, H, D]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, s: Seqs) -> Result<Tensor, TchError> {
     let (qk, hd) = (q.f_kind()?, q.size().last().copied().unwrap_or(0) as usize);
     if supported(q.device(), qk, hd) {
-        flash(q, k, v, cu, max_len, scale, window_left)
+        flash(q, k, v, s)
     } else {
-        reference(q, k, v, cu, scale, window_left)
+        reference(q, k, v, s)
     }
 }
 
 /// The varlen flash kernel (CUDA, half precision).
-fn flash(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cu: &Tensor,
-    max_len: i64,
-    scale: f64,
-    window_left: Option<i64>,
-) -> Result<Tensor, TchError> {
+fn flash(q: &Tensor, k: &Tensor, v: &Tensor, s: Seqs) -> Result<Tensor, TchError> {
     let (q, k, v) = (q.f_contiguous()?, k.f_contiguous()?, v.f_contiguous()?);
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: every pointer is a live tch tensor borrowed for the call; the shim catches every
@@ -77,10 +71,10 @@ fn flash(
             q.as_ptr(),
             k.as_ptr(),
             v.as_ptr(),
-            cu.as_ptr(),
-            max_len,
-            scale,
-            window_left.unwrap_or(-1),
+            s.cu.as_ptr(),
+            s.max_len,
+            s.scale,
+            s.window_left.unwrap_or(-1),
             &mut out,
         )
     };
@@ -91,15 +85,9 @@ fn flash(
 
 /// Sequence by sequence with SDPA (the offsets are read to the host: a reference, not a fast
 /// path).
-fn reference(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cu: &Tensor,
-    scale: f64,
-    window_left: Option<i64>,
-) -> Result<Tensor, TchError> {
-    let cu = Vec::<i64>::try_from(cu.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?)?;
+fn reference(q: &Tensor, k: &Tensor, v: &Tensor, s: Seqs) -> Result<Tensor, TchError> {
+    let (scale, window_left) = (s.scale, s.window_left);
+    let cu = Vec::<i64>::try_from(s.cu.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?)?;
     let gqa = q.size()[1] != k.size()[1];
     let mut outs = Vec::with_capacity(cu.len().saturating_sub(1));
     for w in cu.windows(2) {
