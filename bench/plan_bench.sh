@@ -5,6 +5,8 @@
 #  1. `temper plan examples/quickstart.kdl` (file hashes cached)          goal <= 50 ms
 #  2. `temper plan` of a generated 1,000-variant sweep (10 x 10 x 10 grid)  goal <= 0.3 s
 #  3. `temper check` of the quickstart, `temper kinds`
+#  4. `temper plan` of N = 1,000 / 3,000 / 9,000 cached `dataset` nodes (each its own file)
+#     goal <= 1 s at 9,000, linear in N (0.11 / 0.33 / 1 s)
 # Usage: make bench   (or: bash bench/plan_bench.sh [path/to/temper] [path/to/baseline/temper])
 # Env: ROUNDS (default 5). Run it with nothing else busy.
 set -euo pipefail
@@ -66,3 +68,20 @@ case_ "plan quickstart.kdl" 0.05 "$WORK/qs" plan quickstart.kdl
 case_ "plan, 1000-variant sweep" 0.3 "$WORK/sweep" plan recipe.kdl
 case_ "check quickstart.kdl" 0.05 "$WORK/qs" check quickstart.kdl
 case_ "kinds" 0.05 "$WORK/qs" kinds
+for n in 1000 3000 9000; do
+  d="$WORK/many-$n"
+  mkdir -p "$d"
+  python3 - "$d" "$n" <<'PY'
+import json, sys
+d, n = sys.argv[1], int(sys.argv[2])
+with open(f"{d}/r.kdl", "w") as r:
+    for i in range(n):
+        with open(f"{d}/d{i}.jsonl", "w") as f:
+            f.write(json.dumps({"text": f"line {i}"}) + "\n")
+        r.write(f'dataset d{i} path="d{i}.jsonl" format=text\n')
+PY
+  # Built once into each store (not timed): the plan then finds every node cached.
+  (cd "$d" && "$TEMPER" --store "$WORK/store-new" run -q r.kdl >/dev/null 2>&1)
+  if [ -n "$BASE" ]; then (cd "$d" && "$BASE" --store "$WORK/store-old" run -q r.kdl >/dev/null 2>&1); fi
+  case_ "plan, $n cached dataset nodes" "$(awk -v n="$n" 'BEGIN{printf "%.2f", n / 9000}')" "$d" plan r.kdl
+done

@@ -337,6 +337,50 @@ pub fn path_content(root_dir: &Path, p: &str, hasher: &dyn FileHasher) -> Result
     }
 }
 
+/// Hashes, in one batch, every file that the instances' semantic path parameters name, so that
+/// a recipe of N nodes reading files costs one file-hash cache lookup (and one cache write), not
+/// N; with a memoising `hasher` ([`MemoHasher`]) the per-node pass then finds every hash. Errors
+/// (a missing file, an unreadable one) are left to that pass, which reports them at the node.
+fn prefetch_paths(
+    instances: &[&Instance],
+    registry: &Registry,
+    root_dir: &Path,
+    hasher: &dyn FileHasher,
+) {
+    fn walk<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+        match v {
+            Value::Path(p) => out.push(p),
+            Value::List(l) => l.iter().for_each(|x| walk(x, out)),
+            Value::Record(r) => r.values().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut written = Vec::new();
+    for inst in instances {
+        let Some(schema) = registry.get(&inst.kind) else {
+            continue;
+        };
+        for spec in schema.params.iter().filter(|p| p.semantic) {
+            if let Some(v) = inst.params.get(spec.name) {
+                walk(v, &mut written);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut paths = Vec::new();
+    for p in written {
+        if !seen.insert(p) {
+            continue;
+        }
+        if let Ok(listing) = dsl::files::list(root_dir, p) {
+            paths.extend(listing.paths().into_iter().map(Path::to_path_buf));
+        }
+    }
+    if paths.len() > 1 {
+        let _ = hasher.hash_files(&paths);
+    }
+}
+
 /// Computes keys of `instances`, which must be in topological order (inputs first). A reference
 /// enters a tree as the referenced instance's [`Keyed::output`]; a select instance is keyed by
 /// [`select_tree`] and resolved by `resolve`.
@@ -347,6 +391,7 @@ pub fn compute_keys(
     hasher: &dyn FileHasher,
     resolve: &SelectResolver<'_>,
 ) -> Result<Vec<Keyed>> {
+    prefetch_paths(instances, registry, root_dir, hasher);
     // id → (output key, waiting, stuck)
     let mut seen: HashMap<String, (String, Option<String>, bool)> =
         HashMap::with_capacity(instances.len());
