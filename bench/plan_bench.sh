@@ -7,8 +7,10 @@
 #  3. `temper check` of the quickstart, `temper kinds`
 #  4. `temper plan` of N = 1,000 / 3,000 / 9,000 cached `dataset` nodes (each its own file)
 #     goal <= 1 s at 9,000, linear in N (0.11 / 0.33 / 1 s)
-# Usage: make bench   (or: bash bench/plan_bench.sh [path/to/temper] [path/to/baseline/temper])
-# Env: ROUNDS (default 5). Run it with nothing else busy.
+# Usage: make bench   (or: bash bench/plan_bench.sh [path/to/temper] [path/to/baseline/temper];
+# each temper with its temper-worker beside it, which case 4 needs to build its nodes)
+# Env: ROUNDS (default 5), MANY (the N of case 4, default "1000 3000 9000"). Run it with nothing
+# else busy.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TEMPER="$(realpath "${1:-$ROOT/target/release/temper}")"
@@ -68,7 +70,7 @@ case_ "plan quickstart.kdl" 0.05 "$WORK/qs" plan quickstart.kdl
 case_ "plan, 1000-variant sweep" 0.3 "$WORK/sweep" plan recipe.kdl
 case_ "check quickstart.kdl" 0.05 "$WORK/qs" check quickstart.kdl
 case_ "kinds" 0.05 "$WORK/qs" kinds
-for n in 1000 3000 9000; do
+for n in ${MANY:-1000 3000 9000}; do
   d="$WORK/many-$n"
   mkdir -p "$d"
   python3 - "$d" "$n" <<'PY'
@@ -81,7 +83,11 @@ with open(f"{d}/r.kdl", "w") as r:
         r.write(f'dataset d{i} path="d{i}.jsonl" format=text\n')
 PY
   # Built once into each store (not timed): the plan then finds every node cached.
-  (cd "$d" && "$TEMPER" --store "$WORK/store-new" run -q r.kdl >/dev/null 2>&1)
-  if [ -n "$BASE" ]; then (cd "$d" && "$BASE" --store "$WORK/store-old" run -q r.kdl >/dev/null 2>&1); fi
+  for side in new old; do
+    bin=$TEMPER; [ "$side" = old ] && bin=$BASE
+    [ -n "$bin" ] || continue
+    (cd "$d" && "$bin" --store "$WORK/store-$side" run -q r.kdl >"$WORK/run.log" 2>&1) ||
+      { echo "building the $n nodes failed ($bin):" >&2; tail -5 "$WORK/run.log" >&2; exit 1; }
+  done
   case_ "plan, $n cached dataset nodes" "$(awk -v n="$n" 'BEGIN{printf "%.2f", n / 9000}')" "$d" plan r.kdl
 done
