@@ -35,3 +35,19 @@ impl ParamSet for Common {
         })
     }
 }
+
+/// Whether node `n` runs on CUDA on `machine`: `device cpu` no, `cuda`/`cuda:N` yes, `auto`
+/// where the machine has CUDA devices; `None` when that is unknown (`auto` on a machine the load
+/// was not told of).
+pub fn runs_on_cuda(n: &dsl::NodeDecl, machine: dsl::Machine) -> Option<bool> {
+    let device = n
+        .params
+        .get("device")
+        .and_then(Value::as_str)
+        .and_then(Device::parse)?;
+    match device {
+        Device::Cpu => Some(false),
+        Device::Cuda(_) => Some(true),
+        Device::Auto => machine.cuda_devices.map(|g| g > 0),
+    }
+}

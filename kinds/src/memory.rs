@@ -179,6 +179,7 @@ pub fn estimate(n: &NodeDecl, model: &ModelDims, on_cuda: bool) -> Estimate {
     let all = model.parameters();
     let s = &model.shapes;
     let lora = n.params.get("lora").and_then(Value::as_record);
+    // (weights held, (trained parameters, their gradient and optimizer bytes each))
     let (weights, trained) = match lora {
         Some(r) => {
             let rank = r.get("rank").and_then(Value::as_i64).unwrap_or(8).max(0) as f64;
@@ -188,11 +189,11 @@ pub fn estimate(n: &NodeDecl, model: &ModelDims, on_cuda: bool) -> Estimate {
                 .map(|(i, o)| rank * (i + o) as f64)
                 .sum();
             let adapter = per_layer * s.layers as f64;
-            (all * b + adapter * 4.0, (adapter, 4.0, 4.0, 8.0))
+            (all * b + adapter * 4.0, (adapter, 4.0, 8.0))
         }
-        None => (all * w, (all, w, g, o)),
+        None => (all * w, (all, g, o)),
     };
-    let (n_trained, _, gb, ob) = trained;
+    let (n_trained, gb, ob) = trained;
     let optimizer = n_trained * ob / if sharded { ranks } else { 1.0 };
     let len = int("seq-len").or_else(|| int("max-len")).unwrap_or(1024.0);
     let pairs = if n.kind == "dpo" { 2.0 } else { 1.0 };
@@ -230,16 +231,7 @@ pub fn check(n: &NodeDecl, cx: &CheckContext<'_>, f: &mut dsl::Findings) {
     let Some(dims) = model_dims(cx, model) else {
         return;
     };
-    let device = n
-        .params
-        .get("device")
-        .and_then(Value::as_str)
-        .and_then(dsl::device::Device::parse);
-    let on_cuda = match device {
-        Some(dsl::device::Device::Cuda(_)) => true,
-        Some(dsl::device::Device::Auto) | None => cx.machine.cuda_devices.unwrap_or(0) > 0,
-        Some(dsl::device::Device::Cpu) => false,
-    };
+    let on_cuda = crate::common::runs_on_cuda(n, cx.machine).unwrap_or(false);
     let e = estimate(n, &dims, on_cuda);
     f.notes.push(e.line());
     let Some(mib) = cx.machine.cuda_memory_mib.filter(|_| on_cuda) else {

@@ -18,7 +18,7 @@
 //! `W ≥ 1` a whole number of steps.
 
 use crate::params::{field, float, float_in, int, is_set, DecodeError, FromParam};
-use dsl::device::{Device, Dtype};
+use dsl::device::Dtype;
 use dsl::{NodeDecl, ParamIssue, ParamSpec, ParamType, Value};
 
 crate::enum_param! {
@@ -246,16 +246,8 @@ fn check_ranks_here(n: &NodeDecl, machine: dsl::Machine, f: &mut dsl::Findings) 
     if ranks <= 1 {
         return;
     }
-    let device = n
-        .params
-        .get("device")
-        .and_then(|v| v.as_str())
-        .and_then(Device::parse);
-    let on_cuda = match (device, machine.cuda_devices) {
-        (Some(Device::Cpu), _) => false,
-        (Some(Device::Cuda(_)), _) => true,
-        (Some(Device::Auto), Some(n)) => n > 0,
-        _ => return,
+    let Some(on_cuda) = crate::common::runs_on_cuda(n, machine) else {
+        return;
     };
     let (cores, cuda) = match (on_cuda, machine.cpu_cores, machine.cuda_devices) {
         (true, _, Some(g)) => (0, g),

@@ -54,22 +54,29 @@ pub fn cuda_memory_mib() -> Option<u64> {
     })
 }
 
-fn probe_memory() -> Option<u64> {
-    type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
-    type CuTotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
-    // SAFETY: as in `probe_driver` (called after it initialised the driver); the symbols have
-    // the driver API's signatures (CUresult cuDeviceGet(CUdevice*, int),
-    // CUresult cuDeviceTotalMem_v2(size_t*, CUdevice)).
+/// The CUDA driver's symbols `names` (`libcuda.so.1`, loaded once per call), `None` without the
+/// driver or one of them.
+fn driver_symbols<const N: usize>(names: [&std::ffi::CStr; N]) -> Option<[*mut libc::c_void; N]> {
+    // SAFETY: dlopen/dlsym with NUL-terminated names; the handle is never closed (the driver
+    // stays loaded, as libtorch keeps it).
     unsafe {
         let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
         if lib.is_null() {
             return None;
         }
-        let get = libc::dlsym(lib, c"cuDeviceGet".as_ptr());
-        let total = libc::dlsym(lib, c"cuDeviceTotalMem_v2".as_ptr());
-        if get.is_null() || total.is_null() {
-            return None;
-        }
+        let syms = names.map(|n| libc::dlsym(lib, n.as_ptr()));
+        syms.iter().all(|p| !p.is_null()).then_some(syms)
+    }
+}
+
+fn probe_memory() -> Option<u64> {
+    type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type CuTotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
+    let [get, total] = driver_symbols([c"cuDeviceGet", c"cuDeviceTotalMem_v2"])?;
+    // SAFETY: called after `probe_driver` initialised the driver; the symbols have the driver
+    // API's signatures (CUresult cuDeviceGet(CUdevice*, int), CUresult
+    // cuDeviceTotalMem_v2(size_t*, CUdevice)).
+    unsafe {
         let get: CuDeviceGet = std::mem::transmute(get);
         let total: CuTotalMem = std::mem::transmute(total);
         let mut dev = 0i32;
@@ -81,18 +88,10 @@ fn probe_memory() -> Option<u64> {
 fn probe_driver() -> Option<usize> {
     type CuInit = unsafe extern "C" fn(u32) -> i32;
     type CuCount = unsafe extern "C" fn(*mut i32) -> i32;
-    // SAFETY: dlopen/dlsym with NUL-terminated names; the symbols have the CUDA driver API's
-    // documented signatures (CUresult cuInit(unsigned), CUresult cuDeviceGetCount(int*)).
+    let [init, count] = driver_symbols([c"cuInit", c"cuDeviceGetCount"])?;
+    // SAFETY: the symbols have the CUDA driver API's documented signatures (CUresult
+    // cuInit(unsigned), CUresult cuDeviceGetCount(int*)).
     unsafe {
-        let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        if lib.is_null() {
-            return None;
-        }
-        let init = libc::dlsym(lib, c"cuInit".as_ptr());
-        let count = libc::dlsym(lib, c"cuDeviceGetCount".as_ptr());
-        if init.is_null() || count.is_null() {
-            return None;
-        }
         let init: CuInit = std::mem::transmute(init);
         let count: CuCount = std::mem::transmute(count);
         if init(0) != 0 {
