@@ -5,14 +5,15 @@
 # loop, from train_summary.json), the scaling efficiency (2-rank / 1-rank), and the share of
 # the 2-rank step time spent in the all-reduces (allreduce_seconds / seconds).
 #
-# SHARD=1: instead, the `shard` modes at 2 ranks on a model whose optimizer state dominates
-# (hidden 512, 8 layers, 25.7M parameters, f32: 16 bytes each for weights, gradients and the two
-# AdamW moments): `none`, `optimizer`, `gradients`, alternated ROUNDS times; prints the median
-# peak resident memory of rank 0 (`peak_rss_mib` of train_summary.json: rank 0 writes it; each
-# rank owns about half the moments) and tokens/s of each.
+# SHARD=1: instead, the `shard` modes at 2 ranks on a model whose training state dominates the
+# process (hidden 1536, 8 layers, 227M parameters, `precision bf16-mixed`: 20 bytes each — f32
+# master and its gradient, bf16 working weight and gradient, two f32 AdamW moments — against
+# a few hundred MiB of libtorch, data and buffers): `none`, `optimizer`, `gradients`, `full`,
+# alternated ROUNDS times; prints the median peak resident memory of rank 0 (`peak_rss_mib` of
+# train_summary.json: rank 0 writes it) and tokens/s of each.
 # Usage: bash bench/dp_bench.sh [path/to/temper]   (temper-rank beside it: `make build` with MPI)
-# Env: STEPS (default 60; 20 with SHARD=1), ROUNDS (default 3), SHARD. Run it with nothing else
-# busy.
+# Env: STEPS (default 60; STEPS_SHARD, default 4, with SHARD=1), ROUNDS (default 3), SHARD. Run
+# it with nothing else busy (SHARD=1 needs about 12 GiB of memory).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TEMPER="$(realpath "${1:-$ROOT/target/release/temper}")"
@@ -34,15 +35,16 @@ sft tuned model=tiny data=train {
 KDL
 }
 if [[ "${SHARD:-0}" == 1 ]]; then
-  STEPS="${STEPS_SHARD:-20}"
-  for mode in none optimizer gradients; do
+  STEPS="${STEPS_SHARD:-4}"
+  MODES="none optimizer gradients full"
+  for mode in $MODES; do
     cat > "$WORK/$mode.kdl" <<KDL
 dataset corpus path="corpus.jsonl" format=text
 dataset train path="train.jsonl" format=prompt-completion
 tokenizer tok vocab-size=384 { data corpus; data train; }
-model wide tokenizer=tok hidden-size=512 layers=8 heads=8 kv-heads=8 intermediate-size=1408 seed=0
+model wide tokenizer=tok hidden-size=1536 layers=8 heads=12 kv-heads=12 intermediate-size=4096 seed=0
 sft tuned model=wide data=train {
-    steps $STEPS; batch-size 4; grad-accum 2; seq-len 64; lr 1e-4
+    steps $STEPS; batch-size 4; grad-accum 2; seq-len 64; lr 1e-4; precision bf16-mixed
     checkpoint-every 0; log-every 10; device cpu; threads 1; ranks 2; shard $mode
 }
 KDL
@@ -51,7 +53,7 @@ KDL
   "$TEMPER" --store base run none.kdl --only wide -q >/dev/null 2>&1
   declare -A rss tps
   for _ in $(seq "$ROUNDS"); do
-    for mode in none optimizer gradients; do
+    for mode in $MODES; do
       rm -rf s && cp -r base s
       "$TEMPER" --store s run "$mode.kdl" -q >/dev/null 2>&1 || { echo "run failed: $mode" >&2; exit 1; }
       read -r r t <<<"$(python3 - s <<'PY'
@@ -65,7 +67,7 @@ PY
   done
   med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
   base_rss=$(echo "${rss[none]}" | med)
-  for mode in none optimizer gradients; do
+  for mode in $MODES; do
     r=$(echo "${rss[$mode]}" | med); t=$(echo "${tps[$mode]}" | med)
     printf 'shard %-9s  rank-0 peak RSS %6.0f MiB (%.2fx of none)  %6.0f tok/s\n' \
       "$mode" "$r" "$(awk -v a="$r" -v b="$base_rss" 'BEGIN{print a/b}')" "$t"

@@ -6,7 +6,8 @@
 //!
 //! Also compiles the C++ shim over libtorch ops tch does not bind — `csrc/fused.cpp` (the fused
 //! optimizer, `src/trainer/fused.rs`), `csrc/checkpoint.cpp` (activation checkpointing,
-//! `src/arch/checkpoint.rs`) and `csrc/varlen.cpp` (varlen flash attention, `src/arch/varlen.rs`)
+//! `src/arch/checkpoint.rs`), `csrc/varlen.cpp` (varlen flash attention, `src/arch/varlen.rs`)
+//! and `csrc/zero.cpp` (storages freed and reallocated, gradients assigned: `src/trainer/zero.rs`)
 //! — against the headers of that same libtorch, with its `_GLIBCXX_USE_CXX11_ABI`: the headers are
 //! `<root>/include` and `<root>/include/torch/csrc/api/include` where `<root>` is the parent of
 //! torch-sys's `DEP_TCH_LIBTORCH_LIB` (a wheel's `torch/` or a libtorch directory; torch-sys's
@@ -33,7 +34,12 @@ fn main() {
 }
 
 /// The shim's sources.
-const SHIM: [&str; 3] = ["csrc/fused.cpp", "csrc/checkpoint.cpp", "csrc/varlen.cpp"];
+const SHIM: [&str; 4] = [
+    "csrc/fused.cpp",
+    "csrc/checkpoint.cpp",
+    "csrc/varlen.cpp",
+    "csrc/zero.cpp",
+];
 
 fn compile_shim(lib: &Path) {
     for f in SHIM {

@@ -6,8 +6,9 @@
 //! `f32` weights 4, gradients 4, AdamW moments 8; `bf16-mixed` weights 4 + 2 (f32 master, bf16
 //! working copy), gradients 4 + 2, moments 8; `bf16` 2, 2 and 4. A LoRA node trains its adapter
 //! in f32 (`r·(in + out)` per targeted layer) and holds the frozen base in the compute dtype.
-//! `shard optimizer | gradients` divides the moments by the ranks (the gradients are whole at the
-//! peak of a step either way).
+//! `shard optimizer` divides the moments by the ranks R; `gradients` also the f32 masters and the
+//! summed gradients (one decoder block's gradients are whole at a time); `full` also the working
+//! weights, of which one block is whole at a time. A LoRA node shards its adapter only.
 //!
 //! Activations, per token of a micro-batch and per decoder layer, in the compute dtype of `b`
 //! bytes: about `17·hidden·b` kept for backward (the projections, the MLP's intermediate
@@ -169,18 +170,19 @@ pub fn estimate(n: &NodeDecl, model: &ModelDims, on_cuda: bool) -> Estimate {
         .and_then(Precision::parse)
         .unwrap_or(Precision::Auto)
         .resolve(dtype, on_cuda);
-    let (w, g, o, b) = match precision {
-        Precision::Bf16 => (2.0, 2.0, 4.0, 2.0),
-        Precision::Bf16Mixed => (6.0, 6.0, 8.0, 2.0),
-        _ => (4.0, 4.0, 8.0, 4.0),
+    // Bytes per trained parameter: working weight, f32 master, moments; the compute dtype's b.
+    let (work, master, o, b) = match precision {
+        Precision::Bf16 => (2.0, 0.0, 4.0, 2.0),
+        Precision::Bf16Mixed => (2.0, 4.0, 8.0, 2.0),
+        _ => (4.0, 0.0, 8.0, 4.0),
     };
     let ranks = int("ranks").unwrap_or(1.0).max(1.0);
-    let sharded = word("shard").is_some_and(|s| s != "none");
+    let shard = word("shard").unwrap_or("none");
     let all = model.parameters();
     let s = &model.shapes;
     let lora = n.params.get("lora").and_then(Value::as_record);
-    // (weights held, (trained parameters, their gradient and optimizer bytes each))
-    let (weights, trained) = match lora {
+    // The trained parameters, the frozen ones held in the compute dtype, and one block's share.
+    let (n_trained, frozen) = match lora {
         Some(r) => {
             let rank = r.get("rank").and_then(Value::as_i64).unwrap_or(8).max(0) as f64;
             let per_layer: f64 = crate::lora::targeted_modules(&crate::lora::targets_of(r))
@@ -188,13 +190,35 @@ pub fn estimate(n: &NodeDecl, model: &ModelDims, on_cuda: bool) -> Estimate {
                 .filter_map(|m| s.linear(m))
                 .map(|(i, o)| rank * (i + o) as f64)
                 .sum();
-            let adapter = per_layer * s.layers as f64;
-            (all * b + adapter * 4.0, (adapter, 4.0, 8.0))
+            (per_layer * s.layers as f64, all * b)
         }
-        None => (all * w, (all, g, o)),
+        None => (all, 0.0),
     };
-    let (n_trained, gb, ob) = trained;
-    let optimizer = n_trained * ob / if sharded { ranks } else { 1.0 };
+    // A LoRA adapter is f32, its own master.
+    let (work, master) = if lora.is_some() {
+        (4.0, 0.0)
+    } else {
+        (work, master)
+    };
+    let block = n_trained / (s.layers.max(1) as f64);
+    let r = |on: bool| if on { ranks } else { 1.0 };
+    let (split_master, split_grads, split_work) = match shard {
+        "gradients" => (true, true, false),
+        "full" => (true, true, true),
+        _ => (false, false, false),
+    };
+    let weights = frozen
+        + n_trained * work / r(split_work)
+        + if split_work { block * work } else { 0.0 }
+        + n_trained * master / r(split_master);
+    // Summed gradients in the master dtype (f32), plus the working copy's while they exist:
+    // whole through the backward unless sharded, one block at a time when sharded.
+    let summed = if master > 0.0 { 4.0 } else { work };
+    let gradients = match split_grads {
+        true => n_trained * summed / ranks + block * work,
+        false => n_trained * (summed + if master > 0.0 { work } else { 0.0 }),
+    };
+    let optimizer = n_trained * o / r(shard != "none");
     let len = int("seq-len").or_else(|| int("max-len")).unwrap_or(1024.0);
     let pairs = if n.kind == "dpo" { 2.0 } else { 1.0 };
     let tokens = int("batch-size").unwrap_or(8.0) * len * pairs;
@@ -209,7 +233,7 @@ pub fn estimate(n: &NodeDecl, model: &ModelDims, on_cuda: bool) -> Estimate {
     let layers = s.layers as f64;
     Estimate {
         weights,
-        gradients: n_trained * gb,
+        gradients,
         optimizer,
         activations: tokens * per_layer * layers + head,
         activations_checkpointed: tokens * (h * b * layers + per_layer) + head,
@@ -249,7 +273,7 @@ pub fn check(n: &NodeDecl, cx: &CheckContext<'_>, f: &mut dsl::Findings) {
                 e.parts()
             ),
             Some(
-                "more `ranks` with `shard optimizer` or `shard gradients`, \
+                "more `ranks` with `shard gradients` or `shard full`, \
                  `activation-checkpointing #true`, a smaller `batch-size` (`grad-accum` keeps \
                  the global batch), or `lora`",
             ),
@@ -314,6 +338,19 @@ mod tests {
         let mut sharded = base.to_vec();
         sharded.push(("shard", Value::Str("optimizer".into())));
         assert_eq!(estimate(&node(&sharded), &d, true).optimizer, 4.0 * p);
+        // ZeRO-2 halves the masters and summed gradients at 2 ranks; ZeRO-3 the weights too.
+        let layers = 30.0;
+        let zero = |mode: &str| {
+            let mut v = base.to_vec();
+            v.push(("shard", Value::Str(mode.into())));
+            estimate(&node(&v), &d, true)
+        };
+        let (g, f) = (zero("gradients"), zero("full"));
+        let close = |a: f64, b: f64| assert!((a - b).abs() <= 1e-9 * b, "{a} vs {b}");
+        close(g.weights, 2.0 * p + 2.0 * p);
+        close(g.gradients, 2.0 * p + 2.0 * p / layers);
+        close(f.weights, p + 2.0 * p / layers + 2.0 * p);
+        assert!(f.total() < g.total() && g.total() < mixed.total());
         // Checkpointing keeps a small fraction of the activations.
         assert!(mixed.activations_checkpointed < mixed.activations / 5.0);
         let mut ck = base.to_vec();

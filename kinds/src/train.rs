@@ -63,8 +63,11 @@ crate::enum_param! {
     /// How a data-parallel node splits its training state across its ranks (ZeRO's stages):
     /// `optimizer` — each rank keeps the AdamW moments of its share of the trained tensors and
     /// updates only those, the updated tensors gathered by every rank; `gradients` — also the
-    /// gradients: each rank receives only its share's summed gradients (a reduce-scatter).
-    pub enum Shard { None = "none", Optimizer = "optimizer", Gradients = "gradients" }
+    /// gradients and f32 masters: each rank receives only its share's summed gradients,
+    /// reduce-scattered block by block during the backward; `full` — also the parameters: a
+    /// decoder block's are gathered just before it computes and freed after (the blocks are
+    /// recomputed in backward).
+    pub enum Shard { None = "none", Optimizer = "optimizer", Gradients = "gradients", Full = "full" }
 }
 
 crate::params! {
@@ -116,7 +119,8 @@ crate::params! {
         shard: Shard = ParamSpec::new("shard", ParamType::Enum(Shard::NAMES))
             .default(Value::Str("none".into())).non_semantic()
             .doc("none | optimizer (ZeRO-1: AdamW moments split across ranks) | gradients (ZeRO-2: \
-                  gradients too); the weights equal the unsharded run's"),
+                  gradients and f32 masters too) | full (ZeRO-3: parameters too, gathered per \
+                  block); the weights equal the unsharded run's"),
         activation_checkpointing: bool = ParamSpec::new("activation-checkpointing", ParamType::Bool)
             .default(Value::Bool(false)).non_semantic()
             .doc("recompute each decoder block in backward instead of keeping its activations \

@@ -1,12 +1,19 @@
-// Activation checkpointing for temper's decoder blocks: an autograd node that runs a block
-// (a Rust closure) without keeping its activations, and in backward runs it again with autograd
-// on and back-propagates through the recomputed graph (torch.utils.checkpoint's reentrant
-// variant). Called from recipes/src/arch/checkpoint.rs; compiled by recipes/build.rs.
+// A decoder block as one autograd node whose backward temper sees (a "unit"): the block is a
+// Rust closure. Two variants:
+// - recomputed (activation checkpointing): the forward runs the block without keeping its
+//   activations, and the backward runs it again with autograd on and back-propagates through
+//   the recomputed graph (torch.utils.checkpoint's reentrant variant);
+// - kept: the forward runs the block with autograd on and keeps its graph; the backward
+//   back-propagates through it.
+// Either way the node's backward then calls the closure's `done` hook, when the block's parameter
+// gradients of this backward are complete (sharded training reduces them there). Called from
+// recipes/src/arch/checkpoint.rs; compiled by recipes/build.rs.
 //
 // Invariants:
 // - The closure is a Rust box behind `ctx`: `run` calls it (it takes ownership of the input
-//   tensor handed to it and gives back a `new at::Tensor` or a malloc'd error message, made
-//   with `temper_error_copy`), `drop` frees it. The node owns the closure from the forward until
+//   tensor handed to it, is told whether autograd records, and gives back a `new at::Tensor` or
+//   a malloc'd error message, made with `temper_error_copy`), `done` (may be NULL) reports the
+//   end of the block's backward the same way, `drop` frees it. The node owns the closure from the forward until
 //   the graph is freed, so the closure outlives every recomputation.
 // - The recomputation sees what the forward saw: the same input values and the generator state
 //   of the input's device as it was before the forward (adapter dropout draws the same masks);
@@ -32,7 +39,8 @@
 #include <string>
 
 extern "C" {
-typedef char *(*temper_block_run)(void *ctx, at::Tensor *x, at::Tensor **out);
+typedef char *(*temper_block_run)(void *ctx, at::Tensor *x, int grad, at::Tensor **out);
+typedef char *(*temper_block_done)(void *ctx);
 typedef void (*temper_block_drop)(void *ctx);
 }
 
@@ -41,26 +49,38 @@ namespace {
 using temper_shim::error_copy;
 
 // The Rust closure of one block call; freed with the node that holds it.
+// Raises a malloc'd error message (if any) as a c10::Error.
+void raise(char *err) {
+  if (err != nullptr) {
+    std::string msg(err);
+    std::free(err);
+    TORCH_CHECK(false, msg);
+  }
+}
+
 struct Closure : torch::CustomClassHolder {
   void *ctx;
   temper_block_run run;
+  temper_block_done on_done;
   temper_block_drop drop;
 
-  Closure(void *c, temper_block_run r, temper_block_drop d) : ctx(c), run(r), drop(d) {}
+  Closure(void *c, temper_block_run r, temper_block_done d, temper_block_drop f)
+      : ctx(c), run(r), on_done(d), drop(f) {}
   ~Closure() override { drop(ctx); }
 
   at::Tensor call(const at::Tensor &x) const {
     at::Tensor *out = nullptr;
-    char *err = run(ctx, new at::Tensor(x), &out);
-    if (err != nullptr) {
-      std::string msg(err);
-      std::free(err);
-      TORCH_CHECK(false, msg);
-    }
-    TORCH_CHECK(out != nullptr, "checkpointed block returned no tensor");
+    raise(run(ctx, new at::Tensor(x), at::GradMode::is_enabled() ? 1 : 0, &out));
+    TORCH_CHECK(out != nullptr, "block returned no tensor");
     at::Tensor y = std::move(*out);
     delete out;
     return y;
+  }
+
+  void done() const {
+    if (on_done != nullptr) {
+      raise(on_done(ctx));
+    }
   }
 };
 
@@ -108,7 +128,41 @@ struct Checkpoint : public torch::autograd::Function<Checkpoint> {
     set_rng_state(gen, now);
     TORCH_CHECK(y.requires_grad(), "checkpointed block: the recomputed output has no graph");
     torch::autograd::backward({y}, {grads[0]});
+    f->done();
     at::Tensor gx = x.requires_grad() ? x.grad() : at::Tensor();
+    return {gx, at::Tensor(), at::Tensor()};
+  }
+};
+
+// The kept variant: the block's graph is built in the forward (on a detached input) and saved;
+// the backward runs it, then the hook.
+struct Kept : public torch::autograd::Function<Kept> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x,
+                            const at::Tensor &anchor, c10::intrusive_ptr<Closure> f) {
+    (void)anchor;
+    at::Tensor xi = x.detach();
+    xi.requires_grad_(x.requires_grad());
+    at::Tensor yi;
+    {
+      at::AutoGradMode on(true);
+      yi = f->call(xi);
+    }
+    TORCH_CHECK(yi.requires_grad(), "block: the output has no graph");
+    ctx->saved_data["x"] = xi;
+    ctx->saved_data["y"] = yi;
+    ctx->saved_data["f"] = c10::IValue::make_capsule(std::move(f));
+    return yi.detach();
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto f = c10::static_intrusive_pointer_cast<Closure>(ctx->saved_data["f"].toCapsule());
+    at::Tensor xi = ctx->saved_data["x"].toTensor();
+    at::Tensor yi = ctx->saved_data["y"].toTensor();
+    torch::autograd::backward({yi}, {grads[0]});
+    ctx->saved_data.erase("y");
+    f->done();
+    at::Tensor gx = xi.requires_grad() ? xi.grad() : at::Tensor();
     return {gx, at::Tensor(), at::Tensor()};
   }
 };
@@ -120,24 +174,28 @@ extern "C" {
 // A malloc'd copy of `msg` (the error a `temper_block_run` returns).
 char *temper_error_copy(const char *msg) { return error_copy(msg); }
 
-// `*out` = the block behind `ctx` applied to `x`, checkpointed when grad mode is on (see the
-// file's invariants). `ctx` is handed over in every case: `drop(ctx)` runs once it is no longer
-// needed, here or when the graph is freed. Returns NULL or a malloc'd message.
-char *temper_checkpoint(const at::Tensor *x, const at::Tensor *anchor, void *ctx,
-                        temper_block_run run, temper_block_drop drop, at::Tensor **out) {
+// `*out` = the block behind `ctx` applied to `x`, as a unit node when grad mode is on —
+// recomputed in backward when `recompute` is non-zero, else with its graph kept (see the file's
+// invariants). `ctx` is handed over in every case: `drop(ctx)` runs once it is no longer needed,
+// here or when the graph is freed. Returns NULL or a malloc'd message.
+char *temper_unit(const at::Tensor *x, const at::Tensor *anchor, int recompute, void *ctx,
+                  temper_block_run run, temper_block_done done, temper_block_drop drop,
+                  at::Tensor **out) {
   c10::intrusive_ptr<Closure> f;
   try {
-    f = c10::make_intrusive<Closure>(ctx, run, drop);
+    f = c10::make_intrusive<Closure>(ctx, run, done, drop);
   } catch (...) {
     drop(ctx);
-    return error_copy("out of memory making a checkpoint node");
+    return error_copy("out of memory making a block node");
   }
   return temper_shim::guarded([&] {
     at::Tensor y;
-    if (at::GradMode::is_enabled()) {
+    if (!at::GradMode::is_enabled()) {
+      y = f->call(*x);
+    } else if (recompute != 0) {
       y = Checkpoint::apply(*x, *anchor, std::move(f));
     } else {
-      y = f->call(*x);
+      y = Kept::apply(*x, *anchor, std::move(f));
     }
     *out = new at::Tensor(std::move(y));
   });

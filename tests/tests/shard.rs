@@ -1,5 +1,6 @@
-//! `shard optimizer | gradients` on 2 CPU ranks (Open MPI): the weights of the unsharded run,
-//! byte for byte, for SFT, DPO and LoRA; a rank killed mid-run resumes from the sharded
+//! `shard optimizer | gradients | full` on 2 CPU ranks (Open MPI): the weights of the unsharded
+//! run, byte for byte, for SFT, DPO and LoRA (each rank runs one micro-batch per step, so every
+//! gradient sum is the same single addition); a rank killed mid-run resumes from the sharded
 //! checkpoint on 2 ranks and on 1 rank to the same weights; `shard` without ranks is a located
 //! recipe error; a Slurm job of 2 tasks matches the local run; `plan` shows the memory per rank.
 //! Without MPI (or Slurm) the tests say so and pass without checking (as `ranks` does).
@@ -33,7 +34,7 @@ fn sharded_ranks_write_the_unsharded_weights() {
         let plain = project(recipe, 2);
         plain.ok(&["run", "r.kdl"]);
         let want = trained(&plain.store());
-        for mode in ["optimizer", "gradients"] {
+        for mode in ["optimizer", "gradients", "full"] {
             let p = project(&sharded(recipe, mode), 2);
             p.ok(&["run", "r.kdl"]);
             let got = trained(&p.store());

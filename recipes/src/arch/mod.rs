@@ -7,8 +7,9 @@
 //! `Attention`, `Mlp`, `Block` built from an `nn::Path` named like the checkpoint; [`model`] is
 //! the causal LM with a plain `forward(ids, positions, mask) -> logits`; [`mask`] the attention
 //! masks (causal, padding, packed segments) and [`varlen`] the attention of packed sequences
-//! (the varlen flash kernel on CUDA); [`checkpoint`] recomputes blocks in backward
-//! (activation checkpointing); [`cache`] the KV cache of decoding (with
+//! (the varlen flash kernel on CUDA); [`checkpoint`] makes blocks autograd nodes temper sees
+//! (recomputed in backward: activation checkpointing) and [`hooks`] what sharded training does
+//! around them; [`cache`] the KV cache of decoding (with
 //! `Model::forward_cached`); [`io`] loads and saves HF directories.
 //! Training concerns (loss, optimizer, packing) live elsewhere.
 //!
@@ -28,6 +29,7 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod hooks;
 pub mod io;
 pub mod layers;
 pub mod mask;

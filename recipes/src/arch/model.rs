@@ -24,6 +24,8 @@ pub struct Model {
     /// activations are recomputed in backward instead of kept. Set by the trainer
     /// (`activation-checkpointing`); off by default.
     pub checkpointing: bool,
+    /// Sharded training's hooks around the blocks ([`super::hooks`]); `None` outside it.
+    pub hooks: Option<std::sync::Arc<dyn super::hooks::BlockHooks>>,
 }
 
 impl Model {
@@ -51,6 +53,7 @@ impl Model {
             rope,
             config: cfg.clone(),
             checkpointing: false,
+            hooks: None,
         })
     }
 
@@ -103,12 +106,15 @@ impl Model {
             );
         }
         mask.check(b, t)?;
+        if let Some(h) = &self.hooks {
+            h.ready()?;
+        }
         let dev = self.embed_tokens.device();
         let (mut x, cos, sin) = self.embed(input_ids, position_ids)?;
         // At most two distinct masks: full causal and one sliding window.
         let full = mask.prepare(t, None, dev)?;
         let mut sliding: Option<(usize, super::mask::Prepared)> = None;
-        let anchor = match self.checkpointing {
+        let anchor = match self.checkpointing || self.hooks.is_some() {
             true => Some(super::checkpoint::anchor(dev)?),
             false => None,
         };
@@ -127,23 +133,47 @@ impl Model {
             };
             x = match &anchor {
                 None => layer.forward(&x, &cos, &sin, m),
-                Some(anchor) => {
-                    let (block, cos, sin, m) = (
-                        layer.shallow_clone(),
-                        cos.shallow_clone(),
-                        sin.shallow_clone(),
-                        m.shallow_clone(),
-                    );
-                    super::checkpoint::checkpointed(
-                        &x,
-                        anchor,
-                        Box::new(move |x: &Tensor| block.forward(x, &cos, &sin, &m)),
-                    )
-                }
+                Some(anchor) => self.unit(i, &x, anchor, layer, (&cos, &sin, m)),
             }
             .with_context(|| format!("layer {i}"))?;
         }
         Ok(self.norm.forward(&x)?)
+    }
+
+    /// Block `i` on `x` as a unit node ([`super::checkpoint::unit`]): recomputed in backward
+    /// under activation checkpointing or when the hooks ask for it, with the hooks (if any)
+    /// around it ([`super::hooks`]).
+    fn unit(
+        &self,
+        i: usize,
+        x: &Tensor,
+        anchor: &Tensor,
+        layer: &Block,
+        (cos, sin, m): (&Tensor, &Tensor, &super::mask::Prepared),
+    ) -> Result<Tensor, TchError> {
+        let (block, cos, sin, m) = (
+            layer.shallow_clone(),
+            cos.shallow_clone(),
+            sin.shallow_clone(),
+            m.shallow_clone(),
+        );
+        let hooks = self.hooks.clone();
+        let recompute = self.checkpointing || hooks.as_ref().is_some_and(|h| h.recompute());
+        let f = {
+            let hooks = hooks.clone();
+            move |x: &Tensor, grad: bool| {
+                if let Some(h) = &hooks {
+                    h.enter(i)?;
+                }
+                let y = block.forward(x, &cos, &sin, &m);
+                if let Some(h) = hooks.as_ref().filter(|_| !grad) {
+                    h.leave(i)?;
+                }
+                y
+            }
+        };
+        let done = hooks.map(|h| Box::new(move || h.done(i)) as Box<super::checkpoint::DoneFn>);
+        super::checkpoint::unit(x, anchor, recompute, Box::new(f), done)
     }
 
     /// The final normalised hidden states `[B, T, hidden]` of new columns `start..start + T`
@@ -163,6 +193,9 @@ impl Model {
             bail!("input ids must be [batch, time], got shape {size:?}")
         };
         cache.reserve(t)?;
+        if let Some(h) = &self.hooks {
+            h.ready()?;
+        }
         let start = cache.len;
         let dev = self.embed_tokens.device();
         let (mut x, cos, sin) = self.embed(input_ids, position_ids)?;
@@ -181,9 +214,15 @@ impl Model {
                     &sliding.as_ref().context("mask prepared above")?.1
                 }
             };
+            if let Some(h) = &self.hooks {
+                h.enter(i)?;
+            }
             x = layer
                 .forward_cached(&x, &cos, &sin, m, (&cache.keys[i], &cache.values[i]), start)
                 .with_context(|| format!("layer {i}"))?;
+            if let Some(h) = &self.hooks {
+                h.leave(i)?;
+            }
         }
         cache.len += t;
         Ok(self.norm.forward(&x)?)

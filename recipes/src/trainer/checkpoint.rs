@@ -4,7 +4,10 @@
 //! [`crate::stage::Checkpoints::save`]) contains:
 //! - `model.safetensors`: every trained variable by checkpoint name, in its dtype (the whole
 //!   model — its f32 masters under `bf16-mixed` —, or only the LoRA adapter when one is
-//!   trained: the frozen base is reloaded from its artifact);
+//!   trained: the frozen base is reloaded from its artifact); under `shard gradients | full`
+//!   one file per rank, `model.rank-R.safetensors`, of the variables rank R owns (a restore
+//!   reads each variable from whichever file holds it, so any rank count resumes any
+//!   checkpoint);
 //! - `optimizer.safetensors` + `optimizer.json`: AdamW moments and per-parameter steps (one
 //!   pair per rank, `optimizer.rank-R.*`, when the state is sharded: [`super::optim_io`]);
 //! - `trainer.json` ([`TrainerState`]): step, tokens seen, first/last loss, the intra-op thread
@@ -49,17 +52,51 @@ pub fn write(
     opt: &AdamW,
     st: &TrainerState,
 ) -> anyhow::Result<()> {
-    let vars: BTreeMap<&String, &Tensor> = trained.iter().map(|(k, t)| (k, t)).collect();
-    let cpu: Vec<(String, Tensor)> = vars
-        .into_iter()
-        .map(|(k, t)| (k.clone(), t.detach().to_device(tch::Device::Cpu)))
-        .collect();
-    let p = dir.join(WEIGHTS_FILE);
-    Tensor::write_safetensors(&cpu, &p).with_context(|| format!("writing {}", p.display()))?;
+    write_weights(dir, trained, opt)?;
     opt.save(dir)?;
     let p = dir.join(STATE_FILE);
     fs::write(&p, serde_json::to_string_pretty(st)? + "\n")
         .with_context(|| format!("writing {}", p.display()))
+}
+
+/// Writes this rank's trained variables into `dir`: all of them into `model.safetensors`, or
+/// under `shard gradients | full` those it owns into `model.rank-R.safetensors`.
+pub fn write_weights(dir: &Path, trained: &[(String, Tensor)], opt: &AdamW) -> anyhow::Result<()> {
+    let own = opt
+        .shard
+        .as_ref()
+        .filter(|p| p.mode.hooked())
+        .map(|p| p.rank());
+    let vars: BTreeMap<&String, &Tensor> = trained
+        .iter()
+        .filter(|(k, _)| own.is_none() || opt.owns(k))
+        .map(|(k, t)| (k, t))
+        .collect();
+    let cpu: Vec<(String, Tensor)> = vars
+        .into_iter()
+        .map(|(k, t)| (k.clone(), t.detach().to_device(tch::Device::Cpu)))
+        .collect();
+    let p = match own {
+        Some(r) => dir.join(format!("model.rank-{r}.safetensors")),
+        None => dir.join(WEIGHTS_FILE),
+    };
+    Tensor::write_safetensors(&cpu, &p).with_context(|| format!("writing {}", p.display()))
+}
+
+/// The weight files of checkpoint `dir`: `model.safetensors` and every `model.rank-R.*`.
+fn weight_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut out: Vec<std::path::PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n == WEIGHTS_FILE || (n.starts_with("model.rank-") && n.ends_with(".safetensors"))
+            })
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// Moves the optimizer shards other ranks wrote into `staging` into checkpoint directory `dir`
@@ -76,7 +113,8 @@ pub fn adopt_shards(staging: &Path, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Restores the trained variables `trained`, the optimizer and the data position from `dir`;
-/// returns the trainer state.
+/// returns the trainer state. Under `shard gradients | full` a rank restores the variables it
+/// owns (the others reach it from their owners).
 pub fn restore<O: Objective>(
     dir: &Path,
     trained: &[(String, Tensor)],
@@ -87,18 +125,32 @@ pub fn restore<O: Objective>(
     let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let st: TrainerState =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
-    let p = dir.join(WEIGHTS_FILE);
-    let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(&p)
-        .with_context(|| format!("reading {}", p.display()))?
-        .into_iter()
+    let hooked = opt.shard.as_ref().is_some_and(|p| p.mode.hooked());
+    let vars: BTreeMap<&String, &Tensor> = trained
+        .iter()
+        .filter(|(k, _)| !hooked || opt.owns(k))
+        .map(|(k, t)| (k, t))
         .collect();
-    let vars: BTreeMap<&String, &Tensor> = trained.iter().map(|(k, t)| (k, t)).collect();
-    if saved.len() != vars.len() {
+    let files = weight_files(dir)?;
+    let mut saved: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut total = 0;
+    for f in &files {
+        for (k, t) in
+            Tensor::read_safetensors(f).with_context(|| format!("reading {}", f.display()))?
+        {
+            total += 1;
+            if vars.contains_key(&k) {
+                saved.insert(k, t);
+            }
+        }
+    }
+    let shown = dir.join(WEIGHTS_FILE);
+    let p = shown.as_path();
+    if total != trained.len() {
         bail!(
-            "{}: {} tensors, the model has {}",
-            p.display(),
-            saved.len(),
-            vars.len()
+            "{}: {total} tensors, the model has {}",
+            dir.display(),
+            trained.len()
         );
     }
     tch::no_grad(|| -> anyhow::Result<()> {

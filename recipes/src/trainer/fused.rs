@@ -35,6 +35,9 @@ extern "C" {
     fn temper_norms(ts: *const *const C_tensor, n: usize, out: *mut *mut C_tensor) -> *mut c_char;
     fn temper_vector_norm(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn temper_release_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
+    fn temper_free_storage(ts: *const *const C_tensor, n: usize) -> *mut c_char;
+    fn temper_alloc_storage(ts: *const *const C_tensor, n: usize) -> *mut c_char;
+    fn temper_set_grad(t: *const C_tensor, g: *const C_tensor) -> *mut c_char;
     fn temper_foreach_mul_(
         ts: *const *const C_tensor,
         n: usize,
@@ -169,4 +172,31 @@ pub fn release_grads(ts: &[&Tensor]) -> Result<()> {
     let p = ptrs(ts);
     // SAFETY: `ts.len()` live tensor pointers, borrowed for the call.
     check(unsafe { temper_release_grads(p.as_ptr(), p.len()) })
+}
+
+/// Frees the storage of each tensor of `ts` (sizes kept; `csrc/zero.cpp`): every handle sharing
+/// it sees no data until [`alloc_storage`].
+pub fn free_storage(ts: &[&Tensor]) -> Result<()> {
+    if ts.is_empty() {
+        return Ok(());
+    }
+    let p = ptrs(ts);
+    // SAFETY: `ts.len()` live tensor pointers, borrowed for the call.
+    check(unsafe { temper_free_storage(p.as_ptr(), p.len()) })
+}
+
+/// Gives each tensor of `ts` whose storage was freed storage again (contents undefined).
+pub fn alloc_storage(ts: &[&Tensor]) -> Result<()> {
+    if ts.is_empty() {
+        return Ok(());
+    }
+    let p = ptrs(ts);
+    // SAFETY: `ts.len()` live tensor pointers, borrowed for the call.
+    check(unsafe { temper_alloc_storage(p.as_ptr(), p.len()) })
+}
+
+/// `t.grad = g`.
+pub fn set_grad(t: &Tensor, g: &Tensor) -> Result<()> {
+    // SAFETY: two live tensor pointers, borrowed for the call.
+    check(unsafe { temper_set_grad(t.as_ptr(), g.as_ptr()) })
 }

@@ -46,6 +46,7 @@ pub mod precision;
 pub mod schedule;
 pub mod shard;
 mod step;
+pub mod zero;
 
 use crate::arch::HfModel;
 use crate::stage::{StageCtx, StageError};
@@ -234,9 +235,13 @@ pub fn train<O: Objective>(
     model.model.checkpointing = spec.activation_checkpointing;
     let prec = spec.precision.resolve(spec.dtype, model.device().is_cuda());
     let save_kind = params::save_kind(spec.save_dtype, prec, model);
+    let plan = zero::plan(spec.shard, &ctx.collective, model);
+    // `shard gradients | full`: a rank keeps the f32 masters of its own tensors only.
+    let hooked = plan.as_ref().filter(|p| p.mode.hooked());
+    let keep = |name: &str| hooked.is_none_or(|p| p.owns_name(name));
     let mixed = match prec {
         Precision::Bf16Mixed => Some(
-            Mixed::start(model, tch::Kind::BFloat16)
+            Mixed::start(model, tch::Kind::BFloat16, &keep)
                 .with_context(|| format!("node {}", ctx.node))?,
         ),
         _ => None,
@@ -249,11 +254,9 @@ pub fn train<O: Objective>(
         .iter()
         .map(|(k, t)| (k.clone(), t.shallow_clone()))
         .collect();
-    let mut opt = match shard::mode(spec.shard) {
-        Some(mode) if ctx.collective.reduces() => {
-            AdamW::sharded(named, spec.adamw, mode, ctx.collective.clone())
-        }
-        _ => AdamW::new(named, spec.adamw),
+    let mut opt = match &plan {
+        Some(p) => AdamW::with_plan(named, spec.adamw, p.clone()),
+        None => AdamW::new(named, spec.adamw),
     };
     if let Some((mode, owned)) = opt.shard_summary() {
         let total: usize = trained.iter().map(|(_, t)| t.numel()).sum();
@@ -263,10 +266,15 @@ pub fn train<O: Objective>(
             ctx.collective.rank()
         );
     }
+    let sharded = zero::hooks(plan.filter(|p| p.mode.hooked()), model)
+        .with_context(|| format!("node {}", ctx.node))?;
     let sched = Schedule::new(spec.schedule, spec.lr, spec.warmup, spec.total_steps);
     let (mut prog, threads, mut last_good) = resume(ctx, &ckpts, spec, &trained, &mut opt, obj)?;
     if let Some(m) = &mixed {
         m.refresh().map_err(StageError::Other)?;
+    }
+    if let Some(s) = &sharded {
+        s.after_update(&opt.tensors()).map_err(StageError::Other)?;
     }
     let resumed_from = prog.step;
     let saver = Saver {
@@ -304,7 +312,7 @@ pub fn train<O: Objective>(
             dir: ckpts.dir(),
         };
         let Some(out) = step(
-            (model, mixed.as_ref()),
+            (model, mixed.as_ref(), sharded.as_deref()),
             &mut opt,
             (&sched, spec.max_grad_norm, spec.seed),
             obj,
@@ -342,8 +350,17 @@ pub fn train<O: Objective>(
         saver.save(&prog, &opt, obj, last_good)?;
     }
     drop(eval_after);
+    if let Some(s) = &sharded {
+        s.materialize().map_err(StageError::Other)?;
+        model.model.hooks = None;
+    }
     if let Some(m) = mixed {
         m.finish(model).map_err(StageError::Other)?;
+    }
+    if let Some(s) = &sharded {
+        s.gather_all()
+            .context("gathering the trained weights")
+            .map_err(StageError::Other)?;
     }
     let numerics = Numerics {
         precision: prec.name().into(),

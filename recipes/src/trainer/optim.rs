@@ -31,8 +31,10 @@
 //! `optimizer.json` (hyper-parameters and per-parameter steps); [`AdamW::load`] restores them
 //! bit for bit ([`super::optim_io`], which also holds the per-rank files of a sharded state).
 //!
-//! Sharded ([`AdamW::sharded`], `shard optimizer | gradients`): the same updates, each parameter
-//! on the one rank that owns it ([`super::shard`]), then gathered by every rank.
+//! Sharded ([`AdamW::sharded`], `shard optimizer | gradients | full`): the same updates, each
+//! parameter on the one rank that owns it ([`super::shard`]); under `optimizer` the updated
+//! parameters are then gathered by every rank (under `gradients` and `full`, [`super::zero`]
+//! moves them).
 
 use super::fused::{self, AdamWArgs, AdamWGroup};
 use super::host;
@@ -93,7 +95,7 @@ pub struct AdamW {
     reference: bool,
     /// The owners of the parameters when the state is split across ranks.
     pub(super) shard: Option<Plan>,
-    /// `shard gradients`: which parameters had a gradient before the reduce-scatter.
+    /// `shard gradients | full`: which parameters had a gradient in the step's backward.
     had: Vec<bool>,
 }
 
@@ -115,6 +117,14 @@ impl AdamW {
         Self::build(params, cfg, Some((mode, collective)))
     }
 
+    /// [`AdamW::new`] with its state split by `plan`, made for these parameters in name order
+    /// ([`super::shard::Plan::new`]).
+    pub fn with_plan(params: Vec<(String, Tensor)>, cfg: AdamWConfig, plan: Plan) -> Self {
+        let mut params = params;
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::build_with(params, cfg, Some(plan))
+    }
+
     fn build(
         mut params: Vec<(String, Tensor)>,
         cfg: AdamWConfig,
@@ -123,6 +133,10 @@ impl AdamW {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let plan = shard
             .map(|(mode, c)| Plan::new(mode, params.iter().map(|(_, t)| t.numel()).collect(), c));
+        Self::build_with(params, cfg, plan)
+    }
+
+    fn build_with(params: Vec<(String, Tensor)>, cfg: AdamWConfig, plan: Option<Plan>) -> Self {
         let params: Vec<Param> = params
             .into_iter()
             .enumerate()
@@ -161,25 +175,29 @@ impl AdamW {
 
     /// `(shard mode, elements whose moments this rank keeps)` of a sharded state.
     pub fn shard_summary(&self) -> Option<(&'static str, usize)> {
-        self.shard.as_ref().map(|p| {
-            let mode = match p.mode {
-                Mode::Optimizer => "optimizer",
-                Mode::Gradients => "gradients",
-            };
-            (mode, p.owned_elements())
-        })
+        self.shard
+            .as_ref()
+            .map(|p| (p.mode.name(), p.owned_elements()))
     }
 
-    /// Sums the gradients over `c`'s ranks: an all-reduce of every gradient, or under `shard
-    /// gradients` a reduce-scatter into the owners' (the others released).
+    /// Sums the gradients over `c`'s ranks: an all-reduce of every gradient (`shard gradients |
+    /// full` reduce them block by block instead: [`super::zero`], then [`AdamW::set_had`]).
     pub fn reduce_grads(&mut self, c: &dyn Collective) -> anyhow::Result<()> {
-        match &self.shard {
-            Some(plan) if plan.mode == Mode::Gradients => {
-                self.had = plan.reduce_scatter(&self.tensors())?;
-                Ok(())
-            }
-            _ => crate::dist::all_reduce_grads(c, &self.tensors()),
+        if self.shard.as_ref().is_some_and(|p| p.mode.hooked()) {
+            bail!("the gradients of `shard gradients | full` are reduced by the block hooks");
         }
+        crate::dist::all_reduce_grads(c, &self.tensors())
+    }
+
+    /// `shard gradients | full`: which parameters had a gradient in the step's backward (the
+    /// same on every rank), for the global norm.
+    pub fn set_had(&mut self, had: Vec<bool>) {
+        self.had = had;
+    }
+
+    /// Whether this rank updates parameter `name` (always, unless sharded).
+    pub fn owns(&self, name: &str) -> bool {
+        self.params.iter().any(|p| p.name == name && p.owned)
     }
 
     /// The per-tensor reference (`true`) or the fused optimizer (`false`); the state carries
@@ -255,7 +273,7 @@ impl AdamW {
             Ok(())
         })
         .with_context(|| format!("AdamW step {}", self.step_count() + 1))?;
-        if let Some(plan) = &self.shard {
+        if let Some(plan) = self.shard.as_ref().filter(|p| p.mode == Mode::Optimizer) {
             plan.gather(&self.tensors())?;
         }
         Ok(())
@@ -289,13 +307,13 @@ impl AdamW {
     /// device, computed without reading anything back (`_foreach_norm` through the shim, or
     /// per tensor on the reference path); `None` when no parameter has a gradient.
     pub fn total_norm(&self) -> anyhow::Result<Option<Tensor>> {
-        if let Some(plan) = self.shard.as_ref().filter(|p| p.mode == Mode::Gradients) {
+        if let Some(plan) = self.shard.as_ref().filter(|p| p.mode.hooked()) {
             let device = self
                 .params
                 .first()
                 .map_or(Device::Cpu, |p| p.tensor.device());
             let tensors = self.tensors();
-            // Before any reduce-scatter (a norm asked for outside a step): the gradients here.
+            // Before any reduction (a norm asked for outside a step): the gradients here.
             let had = match self.had.len() == tensors.len() {
                 true => self.had.clone(),
                 false => tensors.iter().map(|t| t.grad().defined()).collect(),
@@ -373,10 +391,12 @@ impl AdamW {
 
     /// Names of parameters whose *value* has a NaN or infinite entry: checked before a
     /// checkpoint or an artifact is written, so poisoned weights are never kept.
+    /// Sharded: the parameters this rank owns (the others are checked by their owners).
     pub fn non_finite_params(&self) -> anyhow::Result<Vec<String>> {
         non_finite(
             self.params
                 .iter()
+                .filter(|p| p.owned)
                 .map(|p| (&p.name, p.tensor.shallow_clone())),
         )
     }

@@ -38,12 +38,20 @@ pub struct Mixed {
 
 impl Mixed {
     /// Makes the masters of `model`'s trained variables (none for a LoRA adapter, already
-    /// f32) and converts the model's own variables to `compute`, in place.
-    pub fn start(model: &mut HfModel, compute: Kind) -> anyhow::Result<Mixed> {
+    /// f32) — only of those `keep` names (a sharded run: the ones this rank updates) — and
+    /// converts the model's own variables to `compute`, in place.
+    pub fn start(
+        model: &mut HfModel,
+        compute: Kind,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> anyhow::Result<Mixed> {
         let mut pairs = Vec::new();
         tch::no_grad(|| -> anyhow::Result<()> {
             if model.adapter.is_none() {
                 for (name, work) in model.vs.variables() {
+                    if !keep(&name) {
+                        continue;
+                    }
                     let master = work
                         .f_detach()?
                         .f_to_dtype(Kind::Float, false, true)?
@@ -59,15 +67,17 @@ impl Mixed {
         Ok(Mixed { pairs })
     }
 
-    /// The variables training updates, by name: the masters, or the adapter's own variables.
+    /// The variables training updates, by name: the masters (a variable without one — another
+    /// rank's, in a sharded run — as its working copy), or the adapter's own variables.
     pub fn trained(&self, model: &HfModel) -> Vec<(String, Tensor)> {
-        if self.pairs.is_empty() {
-            return model.trained_vars();
+        let mut vars = model.trained_vars();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in &mut vars {
+            if let Some(p) = self.pairs.iter().find(|p| &p.name == name) {
+                *t = p.master.shallow_clone();
+            }
         }
-        self.pairs
-            .iter()
-            .map(|p| (p.name.clone(), p.master.shallow_clone()))
-            .collect()
+        vars
     }
 
     /// Adds the working copy's gradients into the masters' (as f32) and zeroes them. A master
@@ -104,9 +114,10 @@ impl Mixed {
     }
 
     /// Converts the model back to f32 holding the master values (nothing to do for a LoRA
-    /// run: its adapter is f32 and the frozen base is not written).
+    /// run: its adapter is f32 and the frozen base is not written). A sharded run then gathers
+    /// the variables other ranks hold the masters of.
     pub fn finish(self, model: &mut HfModel) -> anyhow::Result<()> {
-        if self.pairs.is_empty() {
+        if model.adapter.is_some() {
             return Ok(());
         }
         tch::no_grad(|| model.vs.set_kind(Kind::Float));

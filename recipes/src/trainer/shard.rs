@@ -1,20 +1,22 @@
-//! `shard optimizer | gradients` (ZeRO-1 / ZeRO-2): the training state of a data-parallel node
-//! split across its R ranks, whole tensors at a time.
+//! `shard optimizer | gradients | full` (ZeRO-1 / 2 / 3): the training state of a data-parallel
+//! node split across its R ranks, whole tensors at a time.
 //!
 //! [`Plan`] gives each trained tensor an owner: the largest tensors first, each to the rank that
 //! owns the fewest elements so far (ties to the lower rank), so every rank owns about 1/R of the
 //! elements (at most one tensor more than the mean). With `shard optimizer` a rank keeps the AdamW
 //! moments of its tensors only and updates only those, after the usual all-reduce of the
-//! gradients; with `shard gradients` the gradients are reduce-scattered instead, so a rank holds
-//! only its tensors' summed gradients after the step's backward (the others are released), and
-//! the global norm is assembled from the owners' per-tensor norms. Either way every rank then
-//! receives the updated tensors ([`Plan::gather`]), so the forward of the next step sees the
-//! whole model.
+//! gradients, and every rank then receives the updated tensors ([`Plan::gather`]). With
+//! `gradients` and `full` the gradients are reduced block by block during the backward into their
+//! owners ([`Plan::reduce`], driven by [`super::zero`]), the global norm is assembled from the
+//! owners' per-tensor norms ([`Plan::total_norm`]), and with `full` the parameters a rank does
+//! not own are present only while their block computes.
 //!
-//! Whole tensors keep the numerics of the unsharded run exactly: each tensor is updated by the
-//! same kernel with the same gradient (the reduce-scatter adds the same values as the all-reduce),
+//! Whole tensors keep the numerics of the unsharded run: each tensor is updated by the same
+//! kernel with the same gradient (the reduce-scatter adds the same values as the all-reduce),
 //! its norm is the same per-tensor norm, and the total norm stacks them in the same order — a
-//! sharded run writes the bytes of the unsharded run with the same ranks. A checkpoint's moments
+//! sharded run writes the bytes of the unsharded run with the same ranks when each rank's
+//! gradient is one backward's (reduced per micro-batch, several micro-batches per rank add in
+//! another order: equal to float rounding). A checkpoint's moments
 //! are one file per rank named by tensor (`optimizer.rank-R.safetensors`), so a run resumes on
 //! any number of ranks, sharded or not: each rank reads the tensors it owns wherever they are.
 //!
@@ -37,8 +39,26 @@ pub const BUCKET: usize = 2 << 20;
 pub enum Mode {
     /// ZeRO-1: the moments; gradients all-reduced.
     Optimizer,
-    /// ZeRO-2: the moments and the gradients (reduce-scattered).
+    /// ZeRO-2: the moments and the gradients (reduce-scattered block by block).
     Gradients,
+    /// ZeRO-3: the moments, the gradients and the parameters (gathered block by block).
+    Full,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Optimizer => "optimizer",
+            Mode::Gradients => "gradients",
+            Mode::Full => "full",
+        }
+    }
+
+    /// Whether gradients are reduced by the block hooks ([`super::zero`]) rather than
+    /// all-reduced after the backward.
+    pub fn hooked(self) -> bool {
+        self != Mode::Optimizer
+    }
 }
 
 /// The mode of a node's `shard` (`None` for `none`).
@@ -47,18 +67,20 @@ pub fn mode(s: kinds::train::Shard) -> Option<Mode> {
         kinds::train::Shard::None => None,
         kinds::train::Shard::Optimizer => Some(Mode::Optimizer),
         kinds::train::Shard::Gradients => Some(Mode::Gradients),
+        kinds::train::Shard::Full => Some(Mode::Full),
     }
 }
 
 /// The owners of a run's trained tensors (in the optimizer's name order) and the collective
 /// that moves them.
+#[derive(Clone)]
 pub struct Plan {
     pub mode: Mode,
     /// `owner[i]`: the rank that updates tensor `i`.
     pub owner: Vec<usize>,
     numel: Vec<usize>,
-    /// The longest rank's stream, in floats.
-    block: usize,
+    /// The tensors' names, sorted, when known ([`Plan::named`]).
+    names: Vec<String>,
     /// Floats per rank in one round ([`BUCKET`]).
     bucket: usize,
     collective: Arc<dyn Collective>,
@@ -77,12 +99,11 @@ impl Plan {
             owner[i] = r;
             load[r] += numel[i];
         }
-        let block = load.iter().copied().max().unwrap_or(0);
         Plan {
             mode,
             owner,
             numel,
-            block,
+            names: Vec::new(),
             bucket: BUCKET,
             collective,
         }
@@ -92,6 +113,19 @@ impl Plan {
     pub fn with_bucket(mut self, bucket: usize) -> Plan {
         self.bucket = bucket.max(1);
         self
+    }
+
+    /// The same plan knowing its tensors' names (sorted, one per tensor).
+    pub fn named(mut self, names: Vec<String>) -> Plan {
+        self.names = names;
+        self
+    }
+
+    /// Whether this rank updates the tensor named `name` (one of [`Plan::named`]'s).
+    pub fn owns_name(&self, name: &str) -> bool {
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok_and(|i| self.owns(i))
     }
 
     pub fn rank(&self) -> usize {
@@ -111,22 +145,32 @@ impl Plan {
             .sum()
     }
 
-    /// The tensors of rank `r`, in order.
-    fn members(&self, r: usize) -> impl Iterator<Item = usize> + '_ {
-        (0..self.owner.len()).filter(move |&i| self.owner[i] == r)
+    /// The number of trained tensors.
+    pub fn len(&self) -> usize {
+        self.owner.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.owner.is_empty()
+    }
+
+    /// The tensors of `subset` (indices in increasing order) rank `r` owns, in order.
+    fn members<'a>(&'a self, r: usize, subset: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+        subset.iter().copied().filter(move |&i| self.owner[i] == r)
     }
 
     /// Calls `f(tensor, offset in the tensor, offset in the segment, length)` for each piece of
-    /// elements `start..start + len` of rank `r`'s stream (its tensors flattened one after the
-    /// other, in order).
+    /// elements `start..start + len` of rank `r`'s stream over `subset` (its tensors there
+    /// flattened one after the other, in order).
     fn segments(
         &self,
-        r: usize,
+        (r, subset): (usize, &[usize]),
         (start, len): (usize, usize),
         mut f: impl FnMut(usize, usize, usize, usize) -> Result<()>,
     ) -> Result<()> {
         let mut at = 0;
-        for i in self.members(r) {
+        for i in self.members(r, subset) {
             let n = self.numel[i];
             let (lo, hi) = (at.max(start), (at + n).min(start + len));
             if lo < hi {
@@ -140,33 +184,50 @@ impl Plan {
         Ok(())
     }
 
-    /// The rounds of a collective over the blocks: `(start, len)` windows of at most
-    /// `bucket` floats per rank, the same on every rank.
-    fn rounds(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.block.div_ceil(self.bucket)).map(|j| {
-            let start = j * self.bucket;
-            (start, self.bucket.min(self.block - start))
-        })
+    /// The rounds of a collective over the ranks' streams of `subset`: `(start, len)` windows of
+    /// at most `bucket` floats per rank up to the longest stream, the same on every rank.
+    fn rounds(&self, subset: &[usize]) -> Vec<(usize, usize)> {
+        let world = self.collective.world().max(1);
+        let block = (0..world)
+            .map(|r| {
+                self.members(r, subset)
+                    .map(|i| self.numel[i])
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0);
+        (0..block.div_ceil(self.bucket))
+            .map(|j| {
+                let start = j * self.bucket;
+                (start, self.bucket.min(block - start))
+            })
+            .collect()
     }
 
-    /// Every rank's updated tensors to every rank: window by window ([`Plan::rounds`]), an
-    /// all-gather of each rank's stream, copied into the other ranks' tensors in place (exactly:
-    /// f32 carries every value of the f32, bf16 and f16 weights this updates).
+    /// Every rank's updated tensors to every rank ([`Plan::gather_some`] of all of them).
     pub fn gather(&self, tensors: &[Tensor]) -> Result<()> {
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.gather_some(tensors, &all)
+    }
+
+    /// The tensors of `subset` (increasing indices into `tensors`) from their owners to every
+    /// rank: window by window, an all-gather of each rank's stream, copied into the other ranks'
+    /// tensors in place (exactly: f32 carries every value of the f32, bf16 and f16 weights).
+    pub fn gather_some(&self, tensors: &[Tensor], subset: &[usize]) -> Result<()> {
         let (world, me) = (self.collective.world(), self.rank());
-        for (start, len) in self.rounds() {
+        for (start, len) in self.rounds(subset) {
             let mut mine = vec![0f32; len];
-            self.segments(me, (start, len), |i, off, at, n| {
+            self.segments((me, subset), (start, len), |i, off, at, n| {
                 host_copy(&tensors[i], off, &mut mine[at..at + n])
             })?;
             let mut all = vec![0f32; len * world];
             self.collective
                 .all_gather_f32(&mine, &mut all)
-                .context("all-gathering the updated weights")?;
+                .context("all-gathering weights")?;
             tch::no_grad(|| -> Result<()> {
                 for r in (0..world).filter(|&r| r != me) {
                     let block = &all[r * len..(r + 1) * len];
-                    self.segments(r, (start, len), |i, off, at, n| {
+                    self.segments((r, subset), (start, len), |i, off, at, n| {
                         set_from(&tensors[i], off, &block[at..at + n])
                     })?;
                 }
@@ -176,21 +237,30 @@ impl Plan {
         Ok(())
     }
 
-    /// `shard gradients`: the gradients of `tensors` summed over the ranks into their owners'
-    /// `.grad` (window by window, a reduce-scatter of the blocks); the other gradients are
-    /// released. Returns which tensors had a gradient (the same on every rank: the same model
-    /// and batch shapes).
-    pub fn reduce_scatter(&self, tensors: &[Tensor]) -> Result<Vec<bool>> {
+    /// The gradients `grads` of `subset`'s tensors (undefined ones count as zeros) summed over
+    /// the ranks into f32 tensors held by their owners: window by window, a reduce-scatter of
+    /// the ranks' streams. Returns this rank's sums, `(tensor index, sum)` in order, shaped like
+    /// the gradients and on their device.
+    pub fn reduce(&self, grads: &[Tensor], subset: &[usize]) -> Result<Vec<(usize, Tensor)>> {
         let (world, me) = (self.collective.world(), self.rank());
-        let grads: Vec<Tensor> = tensors.iter().map(Tensor::grad).collect();
-        let had: Vec<bool> = grads.iter().map(Tensor::defined).collect();
-        for (start, len) in self.rounds() {
+        let mut out: Vec<(usize, Tensor)> = Vec::new();
+        for i in self.members(me, subset) {
+            let g = &grads[i];
+            let (shape, device) = match g.defined() {
+                true => (g.size(), g.device()),
+                false => (vec![self.numel[i] as i64], tch::Device::Cpu),
+            };
+            out.push((i, Tensor::f_zeros(&shape, (Kind::Float, device))?));
+        }
+        for (start, len) in self.rounds(subset) {
             let mut buf = vec![0f32; len * world];
             for r in 0..world {
                 let block = &mut buf[r * len..(r + 1) * len];
-                self.segments(r, (start, len), |i, off, at, n| match had[i] {
-                    true => host_copy(&grads[i], off, &mut block[at..at + n]),
-                    false => Ok(()),
+                self.segments((r, subset), (start, len), |i, off, at, n| {
+                    match grads[i].defined() {
+                        true => host_copy(&grads[i], off, &mut block[at..at + n]),
+                        false => Ok(()),
+                    }
                 })?;
             }
             let mut mine = vec![0f32; len];
@@ -198,22 +268,15 @@ impl Plan {
                 .reduce_scatter_f32(&buf, &mut mine)
                 .context("reduce-scattering the gradients")?;
             drop(buf);
-            tch::no_grad(|| {
-                self.segments(me, (start, len), |i, off, at, n| match had[i] {
-                    true => set_from(&grads[i], off, &mine[at..at + n]),
-                    false => Ok(()),
-                })
+            self.segments((me, subset), (start, len), |i, off, at, n| {
+                let t = &out[out.iter().position(|(j, _)| *j == i).unwrap_or(0)].1;
+                set_from(t, off, &mine[at..at + n])
             })?;
         }
-        let others: Vec<&Tensor> = (0..tensors.len())
-            .filter(|&i| !self.owns(i) && had[i])
-            .map(|i| &tensors[i])
-            .collect();
-        super::fused::release_grads(&others)?;
-        Ok(had)
+        Ok(out)
     }
 
-    /// `shard gradients`: the global 2-norm of the summed gradients, `‖(‖g_1‖, …, ‖g_n‖)‖` over
+    /// `shard gradients | full`: the global 2-norm of the summed gradients, `‖(‖g_1‖, …, ‖g_n‖)‖` over
     /// the tensors that had one (`had`), as an f32 scalar on `device`: each owner's per-tensor
     /// norms (as the unsharded optimizer computes them) gathered, stacked in tensor order and
     /// normed — the unsharded value exactly. `None` when no tensor had a gradient.

@@ -3,6 +3,7 @@
 //! summary. The loop itself and its invariants are documented in [`super`].
 
 use super::precision::Mixed;
+use super::zero::Sharded;
 use super::{
     checkpoint, host, warnings, LossOut, Numerics, Objective, Progress, TrainSpec, TrainSummary,
     STEP_TARGET,
@@ -91,7 +92,24 @@ impl Saver<'_> {
         obj: &O,
         last_good: Option<u64>,
     ) -> Result<PathBuf, StageError> {
-        check_weights(opt, prog.step, last_good)?;
+        let checked = check_weights(opt, prog.step, last_good);
+        if opt.shard_mode().is_some() && self.ctx.collective.world() > 1 {
+            // Each rank checks the tensors it owns; all stop if any finds one bad.
+            let c = &*self.ctx.collective;
+            let failed = crate::dist::any(c, checked.is_err()).map_err(StageError::Other)?;
+            checked?;
+            if failed {
+                return Err(StageError::user(
+                    format!(
+                        "non-finite weights after step {} (found by another rank, on the                          node's stderr); nothing is published",
+                        prog.step
+                    ),
+                    Some("lower `lr`, keep `adam-eps` well above 0, set `max-grad-norm`".into()),
+                ));
+            }
+        } else {
+            checked?;
+        }
         let staging = self.stage_shards(prog.step, opt)?;
         if !self.ctx.lead() {
             // Rank 0 writes the checkpoint every rank resumes from.
@@ -141,6 +159,7 @@ impl Saver<'_> {
             std::fs::create_dir_all(&dir)
                 .map_err(anyhow::Error::from)
                 .and_then(|()| opt.save(&dir))
+                .and_then(|()| checkpoint::write_weights(&dir, self.trained, opt))
         };
         let fail = |e: anyhow::Error| {
             StageError::Other(e.context(format!(
@@ -199,7 +218,8 @@ pub struct StepOut {
 
 /// Optimizer step `step` (0-based; the module docs' steps 1–5): `None` when the data is
 /// exhausted. `model` runs the forward and backward; `mixed`, under `bf16-mixed`, holds the
-/// f32 masters `opt` updates.
+/// f32 masters `opt` updates; `sharded`, under `shard gradients | full`, reduces the gradients
+/// during the backward and moves the weights after the update ([`super::zero`]).
 ///
 /// One device→host read ([`host::read`]) per step on one rank: the step's loss sum, its extra
 /// metrics and the global gradient norm, all computed on the device, come back together. A
@@ -207,7 +227,7 @@ pub struct StepOut {
 /// tensor to name the bad ones. Data-parallel ranks read twice (the local sums before the
 /// host all-reduce, then the norm of the summed gradients).
 pub(super) fn step<O: Objective>(
-    (model, mixed): (&HfModel, Option<&Mixed>),
+    (model, mixed, sharded): (&HfModel, Option<&Mixed>, Option<&Sharded>),
     opt: &mut AdamW,
     (sched, max_grad_norm, seed): (&Schedule, Option<f64>, u64),
     obj: &mut O,
@@ -231,11 +251,18 @@ pub(super) fn step<O: Objective>(
         .enumerate()
         .filter(|(i, _)| i % world == rank)
         .collect();
-    let local = accumulate(model, obj, &mine, n, (seed, step), mixed);
+    if sharded.is_some() && micro.len() % world != 0 {
+        // The block hooks' collectives pair up only when every rank runs as many backwards.
+        return Err(StageError::Other(anyhow::anyhow!(
+            "step {shown}: {} micro-batches do not split evenly over {world} sharded ranks",
+            micro.len()
+        )));
+    }
+    let local = accumulate(model, obj, &mine, n, (seed, step), (mixed, sharded));
     let other = |e: anyhow::Error| StageError::Other(e.context(format!("step {shown}")));
     let (loss_sum, extra, total, grad_norm) = if c.reduces() {
         let local = local.and_then(|s| s.read().map_err(other));
-        let (loss_sum, extra) = reduce_step(c, opt, local, shown)?;
+        let (loss_sum, extra) = reduce_step(c, (opt, sharded), local, shown)?;
         let total = opt.total_norm().map_err(other)?;
         let norm = match &total {
             Some(t) => host::read_scalar(t).map_err(other)?,
@@ -257,7 +284,8 @@ pub(super) fn step<O: Objective>(
         if !bad.is_empty() {
             return Err(poisoned.error(format!("non-finite gradient in {}", first_names(&bad))));
         }
-        if clip.is_some() {
+        // Sharded, a rank sees only its own gradients: every rank stops on the norm.
+        if clip.is_some() || sharded.is_some() {
             return Err(poisoned.error(format!("non-finite gradient norm ({grad_norm})")));
         }
     }
@@ -271,6 +299,9 @@ pub(super) fn step<O: Objective>(
         if let Some(m) = mixed {
             m.refresh().map_err(StageError::Other)?;
         }
+    }
+    if let Some(s) = sharded {
+        s.after_update(&opt.tensors()).map_err(other)?;
     }
     opt.zero_grad();
     Ok(Some(StepOut {
@@ -352,14 +383,16 @@ impl Sums {
 /// is read back here: a non-finite loss is caught by the step's one read). With a LoRA adapter
 /// whose dropout is on, torch's generator is seeded before micro-batch `i` of the step from
 /// `(seed, step, i)` ([`crate::lora::dropout_seed`]). Under `bf16-mixed` each micro-batch's
-/// gradients move into the f32 masters ([`Mixed::take_grads`]).
+/// gradients move into the f32 masters ([`Mixed::take_grads`]); sharded, the block hooks have
+/// reduced the blocks' gradients during the backward and the rest are reduced after it
+/// ([`Sharded::after_backward`]).
 fn accumulate<O: Objective>(
     model: &HfModel,
     obj: &mut O,
     micro: &[(usize, &O::Batch)],
     n: usize,
     (seed, step): (u64, u64),
-    mixed: Option<&Mixed>,
+    (mixed, sharded): (Option<&Mixed>, Option<&Sharded>),
 ) -> Result<Sums, StageError> {
     let dropout = model.adapter.as_ref().is_some_and(|a| a.spec.dropout > 0.0);
     let shown = step + 1;
@@ -380,9 +413,12 @@ fn accumulate<O: Objective>(
         (out.sum * scale)
             .f_backward()
             .map_err(|e| StageError::Other(anyhow::anyhow!("step {shown}: backward: {e}")))?;
-        if let Some(m) = mixed {
-            m.take_grads()
-                .map_err(|e| StageError::Other(e.context(format!("step {shown}: gradients"))))?;
+        let grads =
+            |e: anyhow::Error| StageError::Other(e.context(format!("step {shown}: gradients")));
+        match (sharded, mixed) {
+            (Some(s), _) => s.after_backward().map_err(grads)?,
+            (None, Some(m)) => m.take_grads().map_err(grads)?,
+            (None, None) => {}
         }
     }
     Ok(sums)
@@ -390,15 +426,20 @@ fn accumulate<O: Objective>(
 
 /// The all-reduces of a data-parallel step, after each rank's [`accumulate`]: whether any rank
 /// failed (then every rank fails, none waits for the others), the loss and extra metrics summed,
-/// and the gradients summed (bucketed, [`crate::dist::all_reduce_grads`]).
+/// and the gradients summed (bucketed, [`crate::dist::all_reduce_grads`]; sharded, already
+/// reduced into their owners by the block hooks: [`Sharded::finish_grads`]).
 fn reduce_step(
     c: &dyn Collective,
-    opt: &mut AdamW,
+    (opt, sharded): (&mut AdamW, Option<&Sharded>),
     local: Result<(f64, Vec<(String, f64)>), StageError>,
     shown: u64,
 ) -> Result<(f64, Vec<(String, f64)>), StageError> {
     let comm = |e: anyhow::Error| StageError::Other(e.context(format!("step {shown}: all-reduce")));
     let t0 = std::time::Instant::now();
+    if let Err(e) = &local {
+        // Said before waiting for the other ranks, in case one of them never arrives.
+        tracing::error!("rank {}: step {shown} failed: {e:?}", c.rank());
+    }
     if crate::dist::any(c, local.is_err()).map_err(comm)? {
         return Err(local.err().unwrap_or_else(|| {
             StageError::Other(anyhow::anyhow!(
@@ -411,7 +452,10 @@ fn reduce_step(
         .chain(extra.iter().map(|(_, x)| *x))
         .collect();
     c.all_reduce_f64(&mut v).map_err(comm)?;
-    opt.reduce_grads(c).map_err(comm)?;
+    match sharded {
+        Some(s) => opt.set_had(s.finish_grads(&opt.tensors()).map_err(comm)?),
+        None => opt.reduce_grads(c).map_err(comm)?,
+    }
     crate::dist::count_allreduce(t0.elapsed());
     let extra = extra
         .into_iter()

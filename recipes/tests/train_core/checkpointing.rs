@@ -264,3 +264,65 @@ fn a_checkpointed_block_runs_again_in_backward_and_reports_errors() {
     let err = y.sum(Kind::Float).f_backward().unwrap_err().to_string();
     assert!(err.contains("recomputation failed"), "{err}");
 }
+
+/// A kept unit (sharded training without checkpointing) runs its block once, with autograd,
+/// and calls its `done` hook once its backward is over — after the block's parameter has its
+/// gradient — giving the plain gradients; a recomputed unit calls the hook after the
+/// recomputation's backward, and a failing hook fails `backward()`.
+#[test]
+fn a_unit_calls_its_hook_when_its_backward_is_done() {
+    use recipes::arch::checkpoint::{anchor, unit};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut w = Tensor::from_slice(&[1.5f32, -0.5, 2.0]).set_requires_grad(true);
+    let mut x = Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true);
+    let a = anchor(tch::Device::Cpu).unwrap();
+    for recompute in [false, true] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen: Arc<Mutex<Option<Tensor>>> = Arc::new(Mutex::new(None));
+        let f = {
+            let (w, calls) = (w.shallow_clone(), calls.clone());
+            Box::new(move |x: &Tensor, grad: bool| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(grad, !recompute || calls.load(Ordering::SeqCst) == 2);
+                (x * &w).f_tanh()
+            })
+        };
+        let done = {
+            let (w, seen) = (w.shallow_clone(), seen.clone());
+            Box::new(move || {
+                *seen.lock().unwrap() = Some(w.grad().copy());
+                Ok(())
+            })
+        };
+        w.zero_grad();
+        x.zero_grad();
+        let y = unit(&x, &a, recompute, f, Some(done)).unwrap();
+        y.sum(Kind::Float).backward();
+        let runs = if recompute { 2 } else { 1 };
+        assert_eq!(calls.load(Ordering::SeqCst), runs, "recompute {recompute}");
+        let (pw, px) = (
+            w.detach().set_requires_grad(true),
+            x.detach().set_requires_grad(true),
+        );
+        (&px * &pw).tanh().sum(Kind::Float).backward();
+        assert!(w.grad().equal(&pw.grad()) && x.grad().equal(&px.grad()));
+        let at_done = seen.lock().unwrap().take().expect("the hook ran");
+        assert!(
+            at_done.equal(&pw.grad()),
+            "the hook saw the block's gradient"
+        );
+    }
+    let y = unit(
+        &x,
+        &a,
+        false,
+        Box::new(|x: &Tensor, _| x.f_mul_scalar(2.0)),
+        Some(Box::new(|| {
+            Err(tch::TchError::Torch("reduce failed".into()))
+        })),
+    )
+    .unwrap();
+    let err = y.sum(Kind::Float).f_backward().unwrap_err().to_string();
+    assert!(err.contains("reduce failed"), "{err}");
+}

@@ -1,7 +1,8 @@
 //! The sharded state's plan (`recipes::trainer::shard::Plan`) on two in-process ranks (threads
 //! summing through shared memory), with rounds of a few floats so that tensors straddle them:
-//! owners balance the elements, the all-gather gives every rank the owners' values, and the
-//! reduce-scatter leaves each owner the sum of the ranks' gradients and releases the others.
+//! owners balance the elements, the all-gather gives every rank the owners' values (of all the
+//! tensors, and of a subset: one block's), and the reduce-scatter gives each owner the sum of the
+//! ranks' gradients.
 
 use recipes::dist::Collective;
 use recipes::trainer::shard::{Mode, Plan};
@@ -81,14 +82,21 @@ fn a_plan_gathers_weights_and_reduce_scatters_gradients_across_rounds() {
                 let ts = tensors(rank);
                 let numel: Vec<usize> = ts.iter().map(|t| t.numel()).collect();
                 let plan = Plan::new(Mode::Gradients, numel, c).with_bucket(4);
-                let had = plan.reduce_scatter(&ts).unwrap();
-                assert_eq!(had, vec![true; SHAPES.len()]);
+                let grads: Vec<Tensor> = ts.iter().map(Tensor::grad).collect();
+                let all: Vec<usize> = (0..SHAPES.len()).collect();
+                let sums = plan.reduce(&grads, &all).unwrap();
+                let mine: Vec<usize> = all.iter().copied().filter(|&i| plan.owns(i)).collect();
+                assert_eq!(sums.iter().map(|(i, _)| *i).collect::<Vec<_>>(), mine);
+                for (i, sum) in &sums {
+                    let want = grad_of(0, *i, SHAPES[*i]) + grad_of(1, *i, SHAPES[*i]);
+                    assert!(sum.equal(&want), "rank {rank}: summed gradient {i}");
+                }
+                // A subset (tensors 1 and 3, one of each rank's): only those move.
+                let before: Vec<Tensor> = ts.iter().map(|t| t.detach().copy()).collect();
+                plan.gather_some(&ts, &[1, 3]).unwrap();
                 for (i, t) in ts.iter().enumerate() {
-                    if plan.owns(i) {
-                        let want = grad_of(0, i, SHAPES[i]) + grad_of(1, i, SHAPES[i]);
-                        assert!(t.grad().equal(&want), "rank {rank}: summed gradient {i}");
-                    } else {
-                        assert!(!t.grad().defined(), "rank {rank}: gradient {i} released");
+                    if ![1, 3].contains(&i) {
+                        assert!(t.detach().equal(&before[i]), "rank {rank}: {i} untouched");
                     }
                 }
                 plan.gather(&ts).unwrap();
