@@ -8,7 +8,8 @@
 //! in f32 (`r·(in + out)` per targeted layer) and holds the frozen base in the compute dtype.
 //! `shard optimizer` divides the moments by the ranks R; `gradients` also the f32 masters and the
 //! summed gradients (one decoder block's gradients are whole at a time); `full` also the working
-//! weights, of which one block is whole at a time. A LoRA node shards its adapter only.
+//! weights, of which one block is whole at a time, and its blocks are recomputed in backward (the
+//! activations are those of `activation-checkpointing`). A LoRA node shards its adapter only.
 //!
 //! Activations, per token of a micro-batch and per decoder layer, in the compute dtype of `b`
 //! bytes: about `17·hidden·b` kept for backward (the projections, the MLP's intermediate
@@ -237,10 +238,12 @@ pub fn estimate(n: &NodeDecl, model: &ModelDims, on_cuda: bool) -> Estimate {
         optimizer,
         activations: tokens * per_layer * layers + head,
         activations_checkpointed: tokens * (h * b * layers + per_layer) + head,
-        checkpointing: matches!(
-            n.params.get("activation-checkpointing"),
-            Some(Value::Bool(true))
-        ),
+        // `shard full` recomputes every block in backward, checkpointing or not.
+        checkpointing: split_work
+            || matches!(
+                n.params.get("activation-checkpointing"),
+                Some(Value::Bool(true))
+            ),
         tokens,
     }
 }

@@ -55,6 +55,59 @@ fn sharded_ranks_write_the_unsharded_weights() {
     }
 }
 
+/// The largest relative difference `‖a − b‖ / ‖b‖` of a tensor between two f32 safetensors
+/// files of the same tensors.
+fn max_relative_difference(a: &[u8], b: &[u8]) -> f64 {
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(a).unwrap(),
+        safetensors::SafeTensors::deserialize(b).unwrap(),
+    );
+    let floats = |v: &safetensors::tensor::TensorView| -> Vec<f32> {
+        v.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let mut worst = 0f64;
+    for (name, ta) in a.tensors() {
+        let tb = b.tensor(&name).unwrap();
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for (x, y) in floats(&ta).into_iter().zip(floats(&tb)) {
+            diff += (x as f64 - y as f64).powi(2);
+            norm += (y as f64).powi(2);
+        }
+        worst = worst.max((diff / norm.max(f64::MIN_POSITIVE)).sqrt());
+    }
+    worst
+}
+
+/// With two micro-batches per rank, `gradients` and `full` reduce each micro-batch's gradients
+/// as its backward ends, so the sums add in another order than the all-reduce of the
+/// accumulated gradients: the same weights to float rounding (≤ 1e-6 relative), and every mode
+/// still learns the same run.
+#[test]
+fn several_micro_batches_per_rank_give_the_weights_to_float_rounding() {
+    if !mpi() {
+        return;
+    }
+    let recipe = SFT
+        .replace("grad-accum 2", "grad-accum 4")
+        .replace("steps 30", "steps 10");
+    let plain = project(&recipe, 2);
+    plain.ok(&["run", "r.kdl"]);
+    let want = weights(&trained(&plain.store()));
+    for mode in ["gradients", "full"] {
+        let p = project(&sharded(&recipe, mode), 2);
+        p.ok(&["run", "r.kdl"]);
+        let got = weights(&trained(&p.store()));
+        let d = max_relative_difference(&got, &want);
+        assert!(
+            d <= 1e-6,
+            "shard {mode}: weights differ by {d:e} (relative)"
+        );
+    }
+}
+
 #[test]
 fn a_sharded_checkpoint_resumes_on_two_ranks_and_on_one() {
     if !mpi() {
@@ -64,10 +117,17 @@ fn a_sharded_checkpoint_resumes_on_two_ranks_and_on_one() {
     let reference = project(&recipe, 2);
     reference.ok(&["run", "r.kdl"]);
     let want = weights(&trained(&reference.store()));
+    for mode in ["gradients", "full"] {
+        resumes_to(&recipe, mode, &want);
+    }
+}
 
-    let p = project(&sharded(&recipe, "gradients"), 2);
+/// `recipe` sharded `mode`, a rank killed after a checkpoint, then resumed on 2 sharded ranks
+/// and (a copy of the store) on 1 unsharded rank: both end at `want`.
+fn resumes_to(recipe: &str, mode: &str, want: &[u8]) {
+    let p = project(&sharded(recipe, mode), 2);
     let (status, _) = kill_a_rank_after_a_checkpoint(&p);
-    assert_eq!(status.code(), Some(1), "the node failed");
+    assert_eq!(status.code(), Some(1), "{mode}: the node failed");
     let ckpt = || {
         walkdir::WalkDir::new(p.store().join("work"))
             .into_iter()
@@ -75,15 +135,18 @@ fn a_sharded_checkpoint_resumes_on_two_ranks_and_on_one() {
             .find(|e| e.file_name().to_string_lossy().starts_with("step-"))
             .map(|e| e.into_path())
     };
-    // Each rank's moments are in the (latest, kept) checkpoint, none unsharded.
+    // Each rank's moments and weights are in the (latest, kept) checkpoint, none unsharded.
     let dir = ckpt().expect("the checkpoint is kept");
     for f in [
         "optimizer.rank-0.safetensors",
         "optimizer.rank-1.safetensors",
+        "model.rank-0.safetensors",
+        "model.rank-1.safetensors",
     ] {
-        assert!(dir.join(f).is_file(), "{f} in {}", dir.display());
+        assert!(dir.join(f).is_file(), "{mode}: {f} in {}", dir.display());
     }
     assert!(!dir.join("optimizer.safetensors").exists());
+    assert!(!dir.join("model.safetensors").exists());
 
     // The same store resumed on one rank, unsharded (a copy), and on two, sharded.
     let one = temper_e2e::Project::new();
@@ -98,11 +161,11 @@ fn a_sharded_checkpoint_resumes_on_two_ranks_and_on_one() {
                 .unwrap();
         assert!(
             s["resumed_from"].as_u64().unwrap() > 0,
-            "{what}: resumed mid-stage: {s}"
+            "{mode}, {what}: resumed mid-stage: {s}"
         );
         assert!(
             weights(&dir) == want,
-            "{what}: resumed from the sharded checkpoint, the weights differ from an \
+            "{mode}, {what}: resumed from the sharded checkpoint, the weights differ from an \
              uninterrupted run"
         );
     }
@@ -128,7 +191,7 @@ fn a_sharded_slurm_job_of_two_tasks_matches_the_local_run() {
     if !slurm_cluster() {
         return;
     }
-    let recipe = sharded(SFT, "gradients");
+    let recipe = sharded(SFT, "full");
     let local = project(&recipe, 2);
     local.ok(&["run", "r.kdl"]);
     let p = project(&recipe, 2);
@@ -138,7 +201,7 @@ fn a_sharded_slurm_job_of_two_tasks_matches_the_local_run() {
     assert!(weights(&a) == weights(&b), "Slurm sharded vs local sharded");
     let log = node_log(&p.store());
     assert!(
-        log.contains("rank 0/2 pid") && log.contains("shard gradients: rank 0 keeps"),
+        log.contains("rank 0/2 pid") && log.contains("shard full: rank 0 keeps"),
         "{log}"
     );
 }
@@ -174,6 +237,14 @@ sft tuned model=wide data=train {{ steps 2; batch-size 4; grad-accum 2; seq-len 
     let p = project(&wide("device cpu; ranks RANKS; shard optimizer"), 2);
     let out = p.ok(&["plan", "r.kdl", "--cpu-cores", "2"]);
     assert!(out.contains("optimizer state 0.10"), "{out}");
+    // ZeRO-3 halves the weights and the summed gradients too (one block whole at a time), and
+    // recomputes the blocks: the checkpointed activations.
+    let p = project(&wide("device cpu; ranks RANKS; shard full"), 2);
+    let out = p.ok(&["plan", "r.kdl", "--cpu-cores", "2"]);
+    assert!(
+        out.contains("weights 0.06, gradients 0.06, optimizer state 0.10, activations 0.01"),
+        "{out}"
+    );
     // On CUDA (bf16-mixed: 6 + 6 + 8 bytes per parameter, about 0.5 GiB) a device of 0.25 GiB
     // is too small: a located warning, and the plan still runs.
     let p = project(&wide("device cuda; ranks RANKS"), 1);
@@ -190,7 +261,7 @@ sft tuned model=wide data=train {{ steps 2; batch-size 4; grad-accum 2; seq-len 
     assert!(
         t.contains("r.kdl:")
             && t.contains("more than the 0.25 GiB of a CUDA device")
-            && t.contains("help: more `ranks` with `shard optimizer`"),
+            && t.contains("help: more `ranks` with `shard gradients` or `shard full`"),
         "{t}"
     );
 }

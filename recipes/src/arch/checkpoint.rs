@@ -28,6 +28,9 @@ use torch_sys::C_tensor;
 /// What a block computes: its output for an input, told whether autograd records.
 pub type BlockFn = dyn Fn(&Tensor, bool) -> Result<Tensor, TchError> + Send;
 
+/// A block that ignores whether autograd records (activation checkpointing's).
+pub type PlainFn = dyn Fn(&Tensor) -> Result<Tensor, TchError> + Send;
+
 /// The hook a unit's backward calls last.
 pub type DoneFn = dyn Fn() -> Result<(), TchError> + Send;
 
@@ -135,11 +138,7 @@ pub fn unit(
 }
 
 /// `f(x)`, checkpointed when autograd is recording: a recomputed [`unit`] without a hook.
-pub fn checkpointed(
-    x: &Tensor,
-    anchor: &Tensor,
-    f: Box<dyn Fn(&Tensor) -> Result<Tensor, TchError> + Send>,
-) -> Result<Tensor, TchError> {
+pub fn checkpointed(x: &Tensor, anchor: &Tensor, f: Box<PlainFn>) -> Result<Tensor, TchError> {
     unit(x, anchor, true, Box::new(move |x, _| f(x)), None)
 }
 

@@ -350,6 +350,11 @@ pub fn train<O: Objective>(
         saver.save(&prog, &opt, obj, last_good)?;
     }
     drop(eval_after);
+    // What only training needs goes before the model is made whole again (the moments, the
+    // masters' other handles), so the end is not the run's memory peak.
+    let at_checkpoints = saver.reads.get();
+    drop(opt);
+    drop(trained);
     if let Some(s) = &sharded {
         s.materialize().map_err(StageError::Other)?;
         model.model.hooks = None;
@@ -369,7 +374,6 @@ pub fn train<O: Objective>(
     };
     let run = (resumed_from, started, threads);
     let mut summary = summarise(ctx, spec, obj, &prog, run, numerics);
-    let at_checkpoints = saver.reads.get();
     let in_steps = host::count() - reads - at_checkpoints;
     summary.host_syncs_per_step = in_steps as f64 / (prog.step - resumed_from).max(1) as f64;
     summary.host_syncs_at_checkpoints = at_checkpoints;
