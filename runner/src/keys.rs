@@ -17,6 +17,7 @@
 //! object fields sorted recursively (explicitly: serde_json's `preserve_order` is enabled in this
 //! workspace, so insertion order would otherwise leak into the digest).
 
+use crate::target::Target;
 use anyhow::{anyhow, Context, Result};
 use dsl::{Instance, KindSchema, Registry, Value};
 use serde_json::Value as J;
@@ -127,6 +128,19 @@ pub struct Keyed {
     pub waiting: Option<String>,
     /// The wait will not end by building more: a select's built scores lack the metric.
     pub stuck: bool,
+    /// For a node whose key depends on its device (`dtype auto`): `cuda` or `cpu`, as keyed
+    /// ([`crate::target`]).
+    pub keyed_for: Option<&'static str>,
+}
+
+/// `cuda` or `cpu` when `inst`'s key depends on the device it runs on (its `dtype` is `auto`),
+/// by `target`; `None` otherwise.
+fn keyed_for(inst: &Instance, target: &Target) -> Option<&'static str> {
+    let auto = inst.params.get("dtype").and_then(Value::as_str) == Some("auto");
+    auto.then(|| match on_cuda(inst, target.cuda_for(&inst.node)) {
+        true => "cuda",
+        false => "cpu",
+    })
 }
 
 /// A resolved `select` instance: the index of the winning candidate, every candidate's score
@@ -191,14 +205,15 @@ pub fn key_tree(
     inst: &Instance,
     root_dir: &Path,
     input_key: &dyn Fn(&str) -> Option<String>,
-    hasher: &dyn FileHasher,
+    (hasher, target): (&dyn FileHasher, &Target),
 ) -> Result<J> {
+    let cuda = target.cuda_for(&inst.node);
     let mut params = serde_json::Map::new();
     for spec in schema.params.iter().filter(|p| p.semantic) {
         let v = inst.params.get(spec.name).unwrap_or(&Value::Null);
         let resolved;
         let v = if spec.name == "precision" {
-            match resolve_precision(inst) {
+            match resolve_precision(inst, cuda) {
                 Some(p) => {
                     resolved = Value::Str(p.into());
                     &resolved
@@ -208,7 +223,7 @@ pub fn key_tree(
         } else if spec.added_later && is_default(spec, v) {
             continue;
         } else if spec.name == "dtype" && v.as_str() == Some("auto") {
-            resolved = Value::Str(resolve_auto_dtype(inst).into());
+            resolved = Value::Str(resolve_auto_dtype(inst, cuda).into());
             &resolved
         } else {
             v
@@ -226,15 +241,16 @@ pub fn key_tree(
 
 /// The dtype a node's `dtype=auto` resolves to, which is what determines its result and so
 /// what enters the key: [`dsl::device::Dtype::resolve`] (f32 on CPU, bf16 on CUDA) for the
-/// device the node asks for (`auto` = CUDA when this machine has it), the same rule the stages
-/// apply to the device they are given. The device itself stays out of the key.
+/// device the node asks for (`auto` = CUDA when `auto_cuda`: the machine that builds it has one,
+/// [`crate::target`]), the same rule the stages apply to the device they are given. The device
+/// itself stays out of the key.
 /// A training node's explicit `precision` names its compute dtype and wins over `dtype auto`
 /// (`kinds::train::Precision::compute`).
-pub fn resolve_auto_dtype(inst: &Instance) -> &'static str {
+pub fn resolve_auto_dtype(inst: &Instance, auto_cuda: bool) -> &'static str {
     use dsl::device::Dtype;
     let explicit = precision_of(inst).compute();
     match explicit {
-        Dtype::Auto => Dtype::Auto.resolve(on_cuda(inst)).name(),
+        Dtype::Auto => Dtype::Auto.resolve(on_cuda(inst, auto_cuda)).name(),
         d => d.name(),
     }
 }
@@ -245,7 +261,7 @@ pub fn resolve_auto_dtype(inst: &Instance) -> &'static str {
 /// `dtype bf16` pure bf16) —, else nothing, so every earlier key keeps its meaning: CPU nodes
 /// (`auto` = f32) and explicit `dtype bf16` nodes keep their keys, a CUDA node with `dtype
 /// auto` (pure bf16 before, bf16-mixed now) gets a new one.
-pub fn resolve_precision(inst: &Instance) -> Option<&'static str> {
+pub fn resolve_precision(inst: &Instance, auto_cuda: bool) -> Option<&'static str> {
     use dsl::device::Dtype;
     use kinds::train::Precision;
     let dtype = inst
@@ -254,7 +270,7 @@ pub fn resolve_precision(inst: &Instance) -> Option<&'static str> {
         .and_then(|v| v.as_str())
         .and_then(Dtype::parse)
         .unwrap_or(Dtype::Auto);
-    match precision_of(inst).resolve(dtype, on_cuda(inst)) {
+    match precision_of(inst).resolve(dtype, on_cuda(inst, auto_cuda)) {
         Precision::Bf16Mixed => Some(Precision::Bf16Mixed.name()),
         _ => None,
     }
@@ -270,9 +286,9 @@ fn precision_of(inst: &Instance) -> kinds::train::Precision {
         .unwrap_or(Precision::Auto)
 }
 
-/// Whether the node runs on CUDA: the device it asks for, `auto` = CUDA when this machine has
-/// it.
-fn on_cuda(inst: &Instance) -> bool {
+/// Whether the node runs on CUDA: the device it asks for, `auto` = `auto_cuda` (the target has
+/// CUDA for it).
+pub fn on_cuda(inst: &Instance, auto_cuda: bool) -> bool {
     use dsl::device::Device;
     let device = inst
         .params
@@ -281,7 +297,7 @@ fn on_cuda(inst: &Instance) -> bool {
         .and_then(Device::parse)
         .unwrap_or(Device::Auto);
     match device {
-        Device::Auto => crate::device::cuda_devices() > 0,
+        Device::Auto => auto_cuda,
         d => d.is_cuda(0),
     }
 }
@@ -388,7 +404,7 @@ pub fn compute_keys(
     instances: &[&Instance],
     registry: &Registry,
     root_dir: &Path,
-    hasher: &dyn FileHasher,
+    (hasher, target): (&dyn FileHasher, &Target),
     resolve: &SelectResolver<'_>,
 ) -> Result<Vec<Keyed>> {
     prefetch_paths(instances, registry, root_dir, hasher);
@@ -426,7 +442,7 @@ pub fn compute_keys(
             };
             (tree, key, output)
         } else {
-            let tree = key_tree(schema, inst, root_dir, &lookup, hasher)?;
+            let tree = key_tree(schema, inst, root_dir, &lookup, (hasher, target))?;
             let key = digest(&tree);
             (tree, key.clone(), key)
         };
@@ -438,6 +454,7 @@ pub fn compute_keys(
             output,
             waiting,
             stuck,
+            keyed_for: keyed_for(inst, target),
         });
     }
     Ok(out)

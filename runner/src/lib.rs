@@ -27,6 +27,7 @@ pub mod reason;
 pub mod report;
 pub mod select;
 pub mod slurm;
+pub mod target;
 pub mod text;
 
 use kinds::job::Launcher;

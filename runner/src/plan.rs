@@ -42,6 +42,9 @@ pub struct Loaded {
     pub stem: String,
     pub recipe: Recipe,
     pub expanded: Expanded,
+    /// The machines its nodes are keyed for ([`crate::target`]): the local one (this
+    /// machine's CUDA devices, or the load options' `cuda_devices`) unless an executor sets it.
+    pub target: crate::target::Target,
 }
 
 /// Parses, validates and expands `path` with `--set` overrides (default limits, trusted).
@@ -65,11 +68,16 @@ pub fn load_with(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "recipe".into());
+    let target = match opts.cuda_devices {
+        Some(n) => crate::target::Target::local(n, n != crate::device::cuda_devices()),
+        None => crate::target::Target::local(crate::device::cuda_devices(), false),
+    };
     Ok(Loaded {
         path: path.to_path_buf(),
         stem,
         recipe,
         expanded,
+        target,
     })
 }
 
@@ -146,6 +154,8 @@ pub struct Entry {
     pub state: State,
     /// Empty for cached instances.
     pub reasons: Vec<Reason>,
+    /// `cuda` or `cpu` for a node whose key depends on its device (`dtype auto`).
+    pub keyed_for: Option<&'static str>,
 }
 
 impl Entry {
@@ -235,8 +245,15 @@ impl Plan {
             );
             out += line.trim_end();
             out.push('\n');
-            // What the kinds say about a node that will build (a training node's memory).
+            // What the kinds say about a node that will build (a training node's memory), and
+            // which device its `dtype auto` was keyed for.
             if !matches!(e.state, State::Cached) {
+                if let Some(d) = e.keyed_for {
+                    out += &format!(
+                        "{:17}   dtype auto keyed for {d} ({})\n",
+                        "", self.loaded.target.name
+                    );
+                }
                 for note in self.loaded.recipe.notes.get(&e.node).into_iter().flatten() {
                     out += &format!("{:17}   {note}\n", "");
                 }
@@ -258,6 +275,7 @@ impl Plan {
                         "inputs": e.inputs.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
                         "reasons": e.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
                         "notes": self.loaded.recipe.notes.get(&e.node).cloned().unwrap_or_default(),
+                        "keyed_for": e.keyed_for,
                     })
                 })
                 .collect(),
@@ -341,7 +359,13 @@ pub fn keys_of(
         Some(st) => crate::select::resolve(st, inst, scores),
         None => keys::unresolved(inst, scores),
     };
-    let keyed = keys::compute_keys(&insts, registry, &loaded.recipe.root_dir, &memo, &resolve)?;
+    let keyed = keys::compute_keys(
+        &insts,
+        registry,
+        &loaded.recipe.root_dir,
+        (&memo, &loaded.target),
+        &resolve,
+    )?;
     Ok(KeyedGraph {
         order,
         graph: g,
@@ -492,6 +516,7 @@ pub fn plan(store: &store::Store, registry: &Registry, loaded: Loaded) -> Result
             inputs: inst.inputs.clone(),
             state,
             reasons,
+            keyed_for: k.keyed_for,
         });
     }
     // Re-index the graph's weights by position in `entries`.

@@ -514,3 +514,69 @@ cpt b model=tiny data=corpus steps=1 save-dtype=bf16 { lora rank=4; }
         "{err}"
     );
 }
+
+/// `dtype auto` is keyed for the machine that builds the node (`runner::target`): a recipe
+/// planned here without a GPU, on a machine with one (`--cuda-devices`), or for Slurm jobs that
+/// ask for GPUs (`gpus-per-node`, or `--gres=gpu…` in `extra`) or not: a GPU node's key is the
+/// same wherever it was planned, and differs from the CPU key; an explicit device wins.
+#[test]
+fn dtype_auto_is_keyed_for_the_machine_that_builds_the_node() {
+    use runner::slurm::settings::Sources;
+    use runner::target::Target;
+    let p = Project::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/data");
+    std::fs::create_dir_all(p.path().join("data")).unwrap();
+    std::fs::copy(dir.join("text.jsonl"), p.path().join("data/text.jsonl")).unwrap();
+    std::fs::write(
+        p.path().join("r.kdl"),
+        r#"
+dataset corpus path="data/text.jsonl" format=text
+tokenizer tok vocab-size=300 { data corpus; }
+model tiny tokenizer=tok hidden-size=32 layers=1 heads=2 kv-heads=1 intermediate-size=64
+cpt gpu model=tiny data=corpus steps=1 { resources { gpus-per-node 4; }; }
+cpt gres model=tiny data=corpus steps=1 { resources { extra "--gres=gpu:h100:2"; }; }
+cpt cpu model=tiny data=corpus steps=1
+cpt pinned model=tiny data=corpus steps=1 device=cpu { resources { gpus-per-node 4; }; }
+"#,
+    )
+    .unwrap();
+    let k = Kinds::builtin();
+    let mut loaded = common::load(&k, &p.path().join("r.kdl"), &[]);
+    let mut keyed = |target: Target| -> BTreeMap<String, (String, Option<&'static str>)> {
+        loaded.target = target;
+        runner::plan::keys_of(&loaded, &k.registry, &PlainHasher, None)
+            .expect("keys")
+            .keyed
+            .into_iter()
+            .map(|k| (k.id, (k.key, k.keyed_for)))
+            .collect()
+    };
+    let here = keyed(Target::local(0, false));
+    let workstation = keyed(Target::local(1, true));
+    let sources =
+        Sources::with_user_file(&common::load(&k, &p.path().join("r.kdl"), &[]).recipe, None)
+            .unwrap();
+    let slurm = keyed(sources.target().unwrap());
+    for id in ["gpu", "gres", "cpu"] {
+        assert_eq!(here[id].1, Some("cpu"), "{id}");
+        assert_eq!(workstation[id].1, Some("cuda"), "{id}");
+        assert_ne!(
+            here[id].0, workstation[id].0,
+            "{id}: keyed for CPU and for CUDA"
+        );
+    }
+    assert_eq!(
+        slurm["gpu"], workstation["gpu"],
+        "a GPU job keys as a GPU workstation"
+    );
+    assert_eq!(slurm["gres"], workstation["gres"]);
+    assert_eq!(
+        slurm["cpu"], here["cpu"],
+        "a job without GPUs keys as a CPU machine"
+    );
+    // `device cpu` is CPU wherever it runs; the model and data nodes have no dtype.
+    assert_eq!(slurm["pinned"], here["pinned"]);
+    assert_eq!(workstation["pinned"], here["pinned"]);
+    assert_eq!(here["pinned"].1, Some("cpu"));
+    assert_eq!(here["corpus"].1, None);
+}

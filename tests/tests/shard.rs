@@ -224,14 +224,19 @@ sft tuned model=wide data=train {{ steps 2; batch-size 4; grad-accum 2; seq-len 
     };
     let p = project(&wide("device cpu; ranks RANKS"), 2);
     let out = p.ok(&["plan", "r.kdl", "--cpu-cores", "2"]);
-    let note = out
+    // Under the node: the device its `dtype auto` was keyed for, then the memory estimate.
+    let under: Vec<&str> = out
         .lines()
         .skip_while(|l| !l.contains("tuned"))
-        .nth(1)
-        .unwrap_or_default();
+        .skip(1)
+        .take(2)
+        .map(str::trim_start)
+        .collect();
     assert!(
-        note.trim_start().starts_with("memory per rank ≈ ")
-            && note.contains("optimizer state 0.19"),
+        under.len() == 2
+            && under[0].starts_with("dtype auto keyed for cpu (this machine")
+            && under[1].starts_with("memory per rank ≈ ")
+            && under[1].contains("optimizer state 0.19"),
         "{out}"
     );
     let p = project(&wide("device cpu; ranks RANKS; shard optimizer"), 2);

@@ -406,6 +406,18 @@ impl Sources {
     }
 
     /// The settings of declared node `node` of kind `kind`.
+    /// The machines the recipe's nodes are keyed for when they run as Slurm jobs: per node,
+    /// whether its job asks for GPUs ([`crate::target`]).
+    pub fn target(&self) -> Result<crate::target::Target> {
+        let mut gpus = std::collections::HashMap::new();
+        for n in &self.recipe.nodes {
+            let s = self.for_node(&n.name, &n.kind)?;
+            let on = crate::target::slurm_asks_for_gpus(s.gpus_per_node, &s.extra);
+            gpus.insert(n.name.clone(), on);
+        }
+        Ok(crate::target::Target::slurm(gpus))
+    }
+
     pub fn for_node(&self, node: &str, kind: &str) -> Result<Settings> {
         let mut s = Settings::default();
         let fail = |m: String| anyhow!("{m}");

@@ -77,11 +77,13 @@ fn temper_exe() -> Result<PathBuf> {
 pub fn submit(
     store: &store::Store,
     kinds: &Kinds,
-    loaded: Loaded,
+    mut loaded: Loaded,
     opts: &SubmitOptions,
 ) -> Result<Submitted> {
     cli::require_tools()?;
     let sources = Sources::read(&loaded.recipe)?;
+    // Keyed as the jobs' nodes will build them: `dtype auto` is bf16 where a job gets GPUs.
+    loaded.target = sources.target()?;
     let lock = store
         .lock_run(opts.lock_wait, &opts.command)
         .context("taking the store's run lock")?;
