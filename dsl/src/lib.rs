@@ -255,7 +255,7 @@ fn load_inner(
         warnings: v.warnings,
         notes: v.notes,
     };
-    let diags = select::check(&recipe);
+    let diags = select::check(&recipe, registry);
     if !diags.is_empty() {
         return Err(Diagnostics::new(diags));
     }

@@ -126,6 +126,22 @@ pub struct KindSchema {
     /// Bare words accepted after the node's name, each standing for `param=word`
     /// (`select best … max` is `goal=max`).
     pub words: &'static [(&'static str, &'static str)],
+    /// Set by a kind whose result rows a `select` can rank (`by="NODE:DATA.METRIC"`): what the
+    /// select check asks of the node `by` names. The language knows no particular kind.
+    pub scores: Option<Scores>,
+}
+
+/// [`Scores::check`]: `(node, data, metric, recipe)` → `Ok`, or `(message, help)`.
+pub type ScoresCheck = fn(&NodeDecl, &str, &str, &crate::Recipe) -> Result<(), (String, String)>;
+
+/// What a kind whose results `select` ranks tells the select check ([`KindSchema::scores`]).
+/// Errors are `(message, help)`; the message follows "`by` of `SELECT`: ".
+#[derive(Clone, Copy, Debug)]
+pub struct Scores {
+    /// Node `node` of this kind scores dataset `data`, and its rows there carry `metric`.
+    pub check: ScoresCheck,
+    /// The models node `node` scores (a select's variants must be among them, or it scores one).
+    pub models: fn(node: &NodeDecl) -> Vec<String>,
 }
 
 /// The kind the DSL expands specially: a `select` node collapses the variants of its `from` node
@@ -152,7 +168,13 @@ impl KindSchema {
             check: None,
             check_in_recipe: None,
             words: &[],
+            scores: None,
         }
+    }
+    /// Lets `select` rank this kind's result rows ([`Scores`]).
+    pub fn scores(mut self, s: Scores) -> Self {
+        self.scores = Some(s);
+        self
     }
     /// Bare words accepted after the name, as `(word, param)`: the word is the parameter's value.
     pub fn words(mut self, w: &'static [(&'static str, &'static str)]) -> Self {

@@ -10,11 +10,11 @@
 //! its `from` node produces.
 //!
 //! Checked at load, each error at the parameter it is about: `by` written `EVAL:DATA.METRIC`,
-//! naming an `eval` node, one of its datasets and a metric its rows carry for that dataset
-//! (`loss` and `perplexity` always; `exact_match` with exact-match, `preference_accuracy` and
-//! `margin` with preference-accuracy, as asked or by the dataset's format); the eval node scores
-//! `from` (or one model only) and is reached by every collapsed axis; `from` is swept; `over`
-//! names a sweep axis that reaches `from`.
+//! naming a node whose kind declares [`crate::schema::Scores`] (the "eval node"; the kind itself
+//! checks that the node scores the dataset and that its rows there carry the metric —
+//! `kinds::eval` for `eval`); the eval node scores `from` (or one model only, as its kind
+//! says) and is reached by every collapsed axis; `from` is swept; `over` names a sweep axis that
+//! reaches `from`.
 
 use crate::diag::Diag;
 use crate::recipe::{Axis, NodeDecl, Recipe};
@@ -23,15 +23,6 @@ use crate::suggest;
 use crate::validate::Validator;
 use crate::value::Value;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// The metrics an eval row may carry (the numeric fields of `results.json` rows).
-pub const METRICS: &[&str] = &[
-    "loss",
-    "perplexity",
-    "exact_match",
-    "preference_accuracy",
-    "margin",
-];
 
 /// A parsed `by="EVAL:DATA.METRIC"` (the metric with `-` read as `_`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,7 +132,7 @@ impl Validator<'_> {
 }
 
 /// Checks every select node of a loaded recipe (see the module docs); one error per problem.
-pub(crate) fn check(recipe: &Recipe) -> Vec<Diag> {
+pub(crate) fn check(recipe: &Recipe, registry: &crate::Registry) -> Vec<Diag> {
     let selects: Vec<&NodeDecl> = recipe.nodes.iter().filter(|d| is_select(d)).collect();
     if selects.is_empty() {
         return Vec::new();
@@ -199,7 +190,7 @@ pub(crate) fn check(recipe: &Recipe) -> Vec<Diag> {
         let Some(by) = d.params.get("by").and_then(Value::as_str) else {
             continue;
         };
-        if let Some((msg, help)) = check_by(recipe, &g, d, fi, by) {
+        if let Some((msg, help)) = check_by((recipe, registry), &g, d, fi, by) {
             err("by", msg, "in this score", Some(help));
         }
     }
@@ -209,10 +200,11 @@ pub(crate) fn check(recipe: &Recipe) -> Vec<Diag> {
 /// An error about `by`: (message, help).
 type ByError = (String, String);
 
-/// Checks `by` of select node `d` (whose `from` is node `fi`): it parses, names an eval node
-/// and one of its datasets, a metric the rows carry there, and the eval scores the variants.
+/// Checks `by` of select node `d` (whose `from` is node `fi`): it parses, names a node whose
+/// kind declares [`crate::schema::Scores`] (an eval node), which scores the dataset with rows
+/// that carry the metric (its kind's check), and scores the variants.
 fn check_by(
-    recipe: &Recipe,
+    (recipe, registry): (&Recipe, &crate::Registry),
     g: &crate::expand::Graph<'_>,
     d: &NodeDecl,
     fi: usize,
@@ -227,23 +219,31 @@ fn check_by(
                     .to_string(),
             )
         })?;
-        let eval = eval_named(recipe, name, &by)?;
-        let asked = dataset_of(eval, name, &by)?;
-        metric_carried(recipe, name, &by, asked)?;
-        scores_variants(recipe, g, d, fi, eval, &by)
+        let (eval, scores) = eval_named((recipe, registry), name, &by)?;
+        (scores.check)(eval, &by.data, &by.metric, recipe)
+            .map_err(|(msg, help)| (format!("`by` of `{name}`: {msg}"), help))?;
+        scores_variants(recipe, g, d, fi, (eval, scores), &by)
     };
     check().err()
 }
 
-/// The eval node `by` names.
-fn eval_named<'r>(recipe: &'r Recipe, name: &str, by: &By) -> Result<&'r NodeDecl, ByError> {
-    if let Some(eval) = recipe.node(&by.eval).filter(|n| n.kind == "eval") {
-        return Ok(eval);
+/// The node `by` names, of a kind that declares [`crate::schema::Scores`].
+fn eval_named<'r>(
+    (recipe, registry): (&'r Recipe, &crate::Registry),
+    name: &str,
+    by: &By,
+) -> Result<(&'r NodeDecl, crate::schema::Scores), ByError> {
+    let scores_of = |n: &NodeDecl| registry.get(&n.kind).and_then(|k| k.scores);
+    if let Some(found) = recipe
+        .node(&by.eval)
+        .and_then(|n| scores_of(n).map(|s| (n, s)))
+    {
+        return Ok(found);
     }
     let evals: Vec<&str> = recipe
         .nodes
         .iter()
-        .filter(|n| n.kind == "eval")
+        .filter(|n| scores_of(n).is_some())
         .map(|n| n.name.as_str())
         .collect();
     let what = match recipe.node(&by.eval) {
@@ -261,99 +261,6 @@ fn eval_named<'r>(recipe: &'r Recipe, name: &str, by: &By) -> Result<&'r NodeDec
     ))
 }
 
-/// The `metric=` the eval's `data` line for `by`'s dataset asks for (`None`: by format).
-fn dataset_of<'e>(eval: &'e NodeDecl, name: &str, by: &By) -> Result<Option<&'e str>, ByError> {
-    let data: Vec<(&str, Option<&str>)> = eval
-        .params
-        .get("data")
-        .and_then(Value::as_list)
-        .unwrap_or(&[])
-        .iter()
-        .filter_map(|v| {
-            let r = v.as_record()?;
-            Some((
-                r.get("name")?.as_str()?,
-                r.get("metric").and_then(Value::as_str),
-            ))
-        })
-        .collect();
-    if let Some(&(_, asked)) = data.iter().find(|x| x.0 == by.data) {
-        return Ok(asked);
-    }
-    let names: Vec<&str> = data.iter().map(|x| x.0).collect();
-    Err((
-        format!(
-            "`by` of `{name}`: eval `{}` scores no dataset `{}`",
-            by.eval, by.data
-        ),
-        suggest::hint_then(
-            &by.data,
-            &names,
-            &format!("its datasets: {}", suggest::list(&names)),
-        ),
-    ))
-}
-
-/// The metric is known, and the eval's rows on the dataset carry it: `loss` and `perplexity`
-/// always, the others with the metric the eval computes there (as asked, else by the dataset's
-/// format; unknown for a dataset another kind produces: checked when the scores are read).
-fn metric_carried(
-    recipe: &Recipe,
-    name: &str,
-    by: &By,
-    asked: Option<&str>,
-) -> Result<(), ByError> {
-    if !METRICS.contains(&by.metric.as_str()) {
-        return Err((
-            format!("`by` of `{name}`: unknown metric `{}`", by.metric),
-            suggest::hint_then(
-                &by.metric,
-                METRICS,
-                &format!("metrics: {}", suggest::list(METRICS)),
-            ),
-        ));
-    }
-    let format = recipe
-        .node(&by.data)
-        .filter(|n| n.kind == "dataset")
-        .and_then(|n| n.params.get("format").and_then(Value::as_str));
-    let metric = asked.or(match format {
-        Some("prompt-completion") => Some("exact-match"),
-        Some("preference") => Some("preference-accuracy"),
-        Some(_) => Some("loss"),
-        None => None,
-    });
-    let carried: &[&str] = match metric {
-        Some("exact-match") => &["loss", "perplexity", "exact_match"],
-        Some("preference-accuracy") => &["loss", "perplexity", "preference_accuracy", "margin"],
-        Some(_) => &["loss", "perplexity"],
-        None => METRICS,
-    };
-    if carried.contains(&by.metric.as_str()) {
-        return Ok(());
-    }
-    let help = if metric == Some("preference-accuracy") {
-        format!("choose one of {}", suggest::list(carried))
-    } else {
-        format!(
-            "choose one of {}, or set `metric=` on `data {}` of `{}`",
-            suggest::list(carried),
-            by.data,
-            by.eval
-        )
-    };
-    Err((
-        format!(
-            "`by` of `{name}`: eval `{}` computes {} on `{}`, so its rows have no `{}`",
-            by.eval,
-            metric.unwrap_or("?"),
-            by.data,
-            by.metric
-        ),
-        help,
-    ))
-}
-
 /// The eval scores the variants: every collapsed axis reaches it, and it scores `from` itself
 /// or a single model.
 fn scores_variants(
@@ -361,7 +268,7 @@ fn scores_variants(
     g: &crate::expand::Graph<'_>,
     d: &NodeDecl,
     fi: usize,
-    eval: &NodeDecl,
+    (eval, scores): (&NodeDecl, crate::schema::Scores),
     by: &By,
 ) -> Result<(), ByError> {
     let ei = g.index[by.eval.as_str()];
@@ -370,14 +277,8 @@ fn scores_variants(
         .map(|s| s.collapsed.clone())
         .unwrap_or_default();
     let from = &recipe.nodes[fi].name;
-    let models: Vec<&str> = eval
-        .params
-        .get("model")
-        .and_then(Value::as_list)
-        .unwrap_or(&[])
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let owned = (scores.models)(eval);
+    let models: Vec<&str> = owned.iter().map(String::as_str).collect();
     if collapsed.iter().all(|a| g.reach[ei].contains(a))
         && (models.len() <= 1 || models.contains(&from.as_str()))
     {

@@ -94,6 +94,7 @@ pub fn schema() -> KindSchema {
         .doc("Held-out loss / perplexity, greedy exact-match and preference accuracy of one or more models on one or more datasets.")
         .params(Params::specs())
         .check(check)
+        .scores(crate::eval_scores::scores())
 }
 
 /// The names in a repeated parameter (`model a; model b`, or `data`'s `name` field) that

@@ -13,6 +13,7 @@ pub mod cpt;
 pub mod dataset;
 pub mod dpo;
 pub mod eval;
+pub mod eval_scores;
 pub mod generate;
 pub mod lora;
 pub mod losses;

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `by="EVAL:DATA.METRIC"` names an `eval` node, one of its datasets and a metric of its
-//! `results.json` rows ([`dsl::select::METRICS`]);
+//! `results.json` rows ([`crate::eval_scores::METRICS`]);
 //! the row read for a candidate is the one whose model is that candidate's instance of `from`
 //! (or the eval's only model). `max` / `min` (a bare word, or `goal=`) says which end wins; ties go
 //! to the first candidate in sweep order. `over="node.param"` collapses only that sweep axis

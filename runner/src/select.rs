@@ -81,7 +81,7 @@ fn score_of(rows: &J, by: &dsl::select::By, cand: &str, eval_id: &str) -> Result
                 .as_object()
                 .into_iter()
                 .flatten()
-                .filter(|(k, v)| v.is_number() && dsl::select::METRICS.contains(&k.as_str()))
+                .filter(|(k, v)| v.is_number() && kinds::eval_scores::METRICS.contains(&k.as_str()))
                 .map(|(k, _)| k.as_str())
                 .collect();
             bail!(
