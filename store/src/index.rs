@@ -306,6 +306,23 @@ impl Index {
         Ok(out)
     }
 
+    /// The records of run `run_id`, heads only ([`crate::record::RecordHead`]).
+    pub fn run_records(&self, run_id: u64) -> Result<Vec<NodeRecord>> {
+        let mut out = Vec::new();
+        for item in self.tree(NODES)?.iter() {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            match serde_json::from_slice::<crate::record::RecordHead>(&v) {
+                Ok(h) if h.run_id() == Some(run_id) => out.push(h.into_record()),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    "skipping undecodable index record {}: {e}",
+                    String::from_utf8_lossy(&k)
+                ),
+            }
+        }
+        Ok(out)
+    }
+
     /// The key last built (or attempted) for `identity` = `<recipe>/<instance id>`.
     pub fn last_key(&self, identity: &str) -> Result<Option<String>> {
         let v = self

@@ -246,6 +246,12 @@ impl Store {
         self.with_index(|ix| ix.all_records())
     }
 
+    /// The records of run `run_id`, without their key trees, summaries and file stamps (what a
+    /// listing of the run reads: `temper status`), decoded without building those values.
+    pub fn run_records(&self, run_id: u64) -> Result<Vec<NodeRecord>> {
+        self.with_index(|ix| ix.run_records(run_id))
+    }
+
     /// The key last built (or attempted) for `identity` (`<recipe>/<instance id>`).
     pub fn last_key(&self, identity: &str) -> Result<Option<String>> {
         self.with_index(|ix| ix.last_key(identity))
@@ -253,5 +259,62 @@ impl Store {
     /// Sets the last key of `identity`.
     pub fn set_last_key(&self, identity: &str, key: &str) -> Result<()> {
         self.with_index(|ix| ix.set_last_key(identity, key))
+    }
+}
+
+/// The fields of a [`NodeRecord`] a run listing reads; the others (key tree, summary, stamps)
+/// are skipped by the decoder without being built.
+#[derive(Deserialize)]
+pub(crate) struct RecordHead {
+    key: String,
+    #[serde(default)]
+    kind: String,
+    node: String,
+    #[serde(default)]
+    recipe: String,
+    status: Status,
+    #[serde(default)]
+    run_id: Option<u64>,
+    #[serde(default)]
+    started_at: Option<f64>,
+    #[serde(default)]
+    finished_at: Option<f64>,
+    #[serde(default)]
+    duration_s: Option<f64>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    scheduler_job: Option<String>,
+}
+
+impl RecordHead {
+    pub(crate) fn run_id(&self) -> Option<u64> {
+        self.run_id
+    }
+
+    /// The record with an empty key tree, summary and stamps.
+    pub(crate) fn into_record(self) -> NodeRecord {
+        NodeRecord {
+            key: self.key,
+            kind: self.kind,
+            node: self.node,
+            recipe: self.recipe,
+            key_tree: serde_json::Value::Null,
+            status: self.status,
+            run_id: self.run_id,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            duration_s: self.duration_s,
+            error: self.error,
+            summary: serde_json::Value::Null,
+            pid: self.pid,
+            host: self.host,
+            scheduler_job: self.scheduler_job,
+            files: Vec::new(),
+        }
     }
 }

@@ -261,3 +261,35 @@ fn a_full_disk_while_opening_does_not_make_the_index_look_corrupt() {
     assert_eq!(store.all_records().unwrap().len(), 21);
     store.put_record(&record(&key("new"), "new")).unwrap();
 }
+
+/// `run_records` lists one run's records as `all_records` has them, less the key tree, the
+/// summary and the stamps (what `temper status` reads without decoding them).
+#[test]
+fn run_records_are_the_run_s_records_without_their_trees() {
+    let (_t, store) = temp_store();
+    for i in 0..6 {
+        let mut r = record(&key(&format!("r{i}")), &format!("n{i}"));
+        r.run_id = Some(if i % 2 == 0 { 7 } else { 8 });
+        r.summary = serde_json::json!({"rows": i});
+        let r = if i == 0 {
+            r.finished(Status::Failed, Some("boom".into()))
+        } else {
+            r
+        };
+        store.put_record(&r).unwrap();
+    }
+    let all = store.all_records().unwrap();
+    let mut heads = store.run_records(7).unwrap();
+    heads.sort_by(|a, b| a.node.cmp(&b.node));
+    let mut want: Vec<_> = all.into_iter().filter(|r| r.run_id == Some(7)).collect();
+    want.sort_by(|a, b| a.node.cmp(&b.node));
+    assert_eq!(heads.len(), 3);
+    for (h, mut w) in heads.into_iter().zip(want) {
+        assert!(!w.key_tree.is_null());
+        w.key_tree = serde_json::Value::Null;
+        w.summary = serde_json::Value::Null;
+        w.files.clear();
+        assert_eq!(h, w);
+    }
+    assert!(store.run_records(9).unwrap().is_empty());
+}

@@ -106,26 +106,26 @@ pub fn status_text(store: &store::Store) -> Result<String> {
             .unwrap_or_default()
     );
     // Per node: the records of this run (also those still running).
-    let mut recs: Vec<store::NodeRecord> = store
-        .all_records()?
-        .into_iter()
-        .filter(|r| r.run_id == Some(run.id))
-        .collect();
+    let mut recs: Vec<store::NodeRecord> = store.run_records(run.id)?;
     recs.sort_by(|a, b| {
         a.started_at
             .partial_cmp(&b.started_at)
             .unwrap_or(std::cmp::Ordering::Equal)
     });
+    use std::fmt::Write as _;
+    out.reserve(recs.len() * 64);
     for r in recs {
-        out += &format!(
-            "  {:<28} {:<12} {}{}\n",
+        let _ = write!(
+            out,
+            "  {:<28} {:<12} {}",
             store.effective_status(&r).to_string(),
             &r.key[..12.min(r.key.len())],
             r.node,
-            r.duration_s
-                .map(|d| format!(" ({d:.1} s)"))
-                .unwrap_or_default()
         );
+        if let Some(d) = r.duration_s {
+            let _ = write!(out, " ({d:.1} s)");
+        }
+        out.push('\n');
         if let Some(e) = &r.error {
             out += &format!("      {}\n", e.lines().next().unwrap_or(""));
         }
