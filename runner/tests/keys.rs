@@ -449,16 +449,22 @@ fn dtype_auto_enters_the_key_as_the_resolved_dtype() {
     assert_ne!(auto_cpu["t"], bf16_cuda["t"]);
 }
 
+/// A project holding the golden text corpus as `data/text.jsonl`.
+fn text_project() -> Project {
+    let p = Project::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/data");
+    std::fs::create_dir_all(p.path().join("data")).unwrap();
+    std::fs::copy(dir.join("text.jsonl"), p.path().join("data/text.jsonl")).unwrap();
+    p
+}
+
 /// `precision` enters a training node's key only where it changes what the node computes
 /// against the key's `dtype` alone (`bf16-mixed`): CPU nodes (`auto` = f32) and explicit
 /// `dtype bf16` nodes (pure bf16, as before `precision`) keep their keys, `precision bf16`
 /// on CUDA is the old CUDA default, and CUDA's new default (bf16-mixed) is a new key.
 #[test]
 fn precision_enters_the_key_only_where_it_changes_the_numerics() {
-    let p = Project::new();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/data");
-    std::fs::create_dir_all(p.path().join("data")).unwrap();
-    std::fs::copy(dir.join("text.jsonl"), p.path().join("data/text.jsonl")).unwrap();
+    let p = text_project();
     let k = Kinds::builtin();
     let keys = keys_in(
         &k,
@@ -523,16 +529,14 @@ cpt b model=tiny data=corpus steps=1 save-dtype=bf16 { lora rank=4; }
 fn dtype_auto_is_keyed_for_the_machine_that_builds_the_node() {
     use runner::slurm::settings::Sources;
     use runner::target::Target;
-    let p = Project::new();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/data");
-    std::fs::create_dir_all(p.path().join("data")).unwrap();
-    std::fs::copy(dir.join("text.jsonl"), p.path().join("data/text.jsonl")).unwrap();
+    let p = text_project();
+    let tiny = "dataset corpus path=\"data/text.jsonl\" format=text\n\
+                tokenizer tok vocab-size=300 { data corpus; }\n\
+                model tiny tokenizer=tok hidden-size=32 layers=1 heads=2 intermediate-size=64\n";
     std::fs::write(
         p.path().join("r.kdl"),
-        r#"
-dataset corpus path="data/text.jsonl" format=text
-tokenizer tok vocab-size=300 { data corpus; }
-model tiny tokenizer=tok hidden-size=32 layers=1 heads=2 kv-heads=1 intermediate-size=64
+        tiny.to_string()
+            + r#"
 cpt gpu model=tiny data=corpus steps=1 { resources { gpus-per-node 4; }; }
 cpt gres model=tiny data=corpus steps=1 { resources { extra "--gres=gpu:h100:2"; }; }
 cpt cpu model=tiny data=corpus steps=1

@@ -96,6 +96,25 @@ struct State {
     gathered: Vec<bool>,
 }
 
+impl State {
+    /// Gives storage to (`live`) or frees the storage of tensors `tensors`, and marks the
+    /// tensors of `unit` gathered or released.
+    fn set_storage(&mut self, (tensors, unit): (&[usize], &[usize]), live: bool) -> Result<()> {
+        let refs: Vec<&Tensor> = tensors.iter().map(|&i| &self.work[i]).collect();
+        match live {
+            true => super::fused::alloc_storage(&refs)?,
+            false => super::fused::free_storage(&refs)?,
+        }
+        for &i in tensors {
+            self.live[i] = live;
+        }
+        for &i in unit {
+            self.gathered[i] = live;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Sharded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sharded")
@@ -164,14 +183,7 @@ impl Sharded {
             return Ok(());
         }
         let missing: Vec<usize> = unit.iter().copied().filter(|&i| !st.live[i]).collect();
-        let refs: Vec<&Tensor> = missing.iter().map(|&i| &st.work[i]).collect();
-        super::fused::alloc_storage(&refs)?;
-        for &i in &missing {
-            st.live[i] = true;
-        }
-        for &i in unit {
-            st.gathered[i] = true;
-        }
+        st.set_storage((&missing, unit), true)?;
         self.plan.gather_some(&st.work, unit)
     }
 
@@ -183,15 +195,7 @@ impl Sharded {
             .copied()
             .filter(|&i| st.live[i] && !self.plan.owns(i))
             .collect();
-        let refs: Vec<&Tensor> = borrowed.iter().map(|&i| &st.work[i]).collect();
-        super::fused::free_storage(&refs)?;
-        for &i in &borrowed {
-            st.live[i] = false;
-        }
-        for &i in unit {
-            st.gathered[i] = false;
-        }
-        Ok(())
+        st.set_storage((&borrowed, unit), false)
     }
 
     /// The gradients of `unit`'s tensors summed into their owners' accumulators, then released
