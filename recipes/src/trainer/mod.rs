@@ -43,6 +43,7 @@ pub mod optim_io;
 pub mod output;
 pub mod params;
 pub mod precision;
+mod saver;
 pub mod schedule;
 pub mod shard;
 mod step;
@@ -54,12 +55,13 @@ use crate::trainer::optim::{AdamW, AdamWConfig};
 use anyhow::Context;
 use kinds::train::Precision;
 use precision::Mixed;
+use saver::Saver;
 use schedule::{Schedule, Warmup};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
 use std::time::Instant;
 pub use step::StepOut;
-use step::{log_metrics, resume, step, summarise, Poisoned, Saver};
+use step::{log_metrics, resume, step, summarise, Poisoned};
 use tch::Tensor;
 
 /// The tracing target of the per-step progress lines (one per metrics line): node logs keep
