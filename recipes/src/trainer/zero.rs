@@ -232,9 +232,14 @@ impl Sharded {
     pub fn finish_grads(&self, trained: &[Tensor]) -> Result<Vec<bool>> {
         let mut st = self.lock()?;
         for (i, t) in trained.iter().enumerate() {
-            if let Some(acc) = st.acc[i].take() {
-                let g = acc.f_to_kind(t.kind())?;
-                super::fused::set_grad(t, &g)?;
+            // A tensor no rank had a gradient for stays without one (AdamW skips it, as
+            // unsharded), though its owner summed zeros.
+            match st.acc[i].take() {
+                Some(acc) if st.had[i] => {
+                    let g = acc.f_to_kind(t.kind())?;
+                    super::fused::set_grad(t, &g)?;
+                }
+                _ => {}
             }
         }
         let had = std::mem::replace(&mut st.had, vec![false; trained.len()]);
