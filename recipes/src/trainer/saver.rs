@@ -31,16 +31,14 @@ impl Saver<'_> {
         last_good: Option<u64>,
     ) -> Result<PathBuf, StageError> {
         let before = host::count();
-        let saved = self.save_counted(prog, opt, obj, last_good);
+        let saved = self.save_counted((prog, opt, obj), last_good);
         self.reads.set(self.reads.get() + host::count() - before);
         saved
     }
 
     fn save_counted<O: Objective>(
         &self,
-        prog: &Progress,
-        opt: &AdamW,
-        obj: &O,
+        (prog, opt, obj): (&Progress, &AdamW, &O),
         last_good: Option<u64>,
     ) -> Result<PathBuf, StageError> {
         let checked = check_weights(opt, prog.step, last_good);
