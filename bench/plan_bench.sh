@@ -7,6 +7,8 @@
 #  3. `temper check` of the quickstart, `temper kinds`
 #  4. `temper plan` of N = 1,000 / 3,000 / 9,000 cached `dataset` nodes (each its own file)
 #     goal <= 1 s at 9,000, linear in N (0.11 / 0.33 / 1 s)
+#  5. `temper status` of that store (as many artifacts as the largest N, its last run listing
+#     the nodes it built)                                              goal <= 50 ms
 # Usage: make bench   (or: bash bench/plan_bench.sh [path/to/temper] [path/to/baseline/temper];
 # each temper with its temper-worker beside it, which case 4 needs to build its nodes)
 # Env: ROUNDS (default 5), MANY (the N of case 4, default "1000 3000 9000"). Run it with nothing
@@ -91,3 +93,5 @@ PY
   done
   case_ "plan, $n cached dataset nodes" "$(awk -v n="$n" 'BEGIN{printf "%.2f", n / 9000}')" "$d" plan r.kdl
 done
+# Case 5: the store now holds the largest N's artifacts; its last run lists those it built.
+case_ "status, $n artifacts" 0.05 "$d" status
