@@ -292,27 +292,23 @@ impl Index {
     }
     /// Every node record (undecodable entries are skipped with a warning).
     pub fn all_records(&self) -> Result<Vec<NodeRecord>> {
-        let mut out = Vec::new();
-        for item in self.tree(NODES)?.iter() {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            match serde_json::from_slice::<NodeRecord>(&v) {
-                Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(
-                    "skipping undecodable index record {}: {e}",
-                    String::from_utf8_lossy(&k)
-                ),
-            }
-        }
-        Ok(out)
+        self.decoded::<NodeRecord>(|_| true)
     }
 
     /// The records of run `run_id`, heads only ([`crate::record::RecordHead`]).
     pub fn run_records(&self, run_id: u64) -> Result<Vec<NodeRecord>> {
+        let heads = self.decoded::<crate::record::RecordHead>(|h| h.run_id() == Some(run_id))?;
+        Ok(heads.into_iter().map(|h| h.into_record()).collect())
+    }
+
+    /// The entries of the `nodes` tree decoded as `T` that `keep` keeps (undecodable entries are
+    /// skipped with a warning).
+    fn decoded<T: serde::de::DeserializeOwned>(&self, keep: impl Fn(&T) -> bool) -> Result<Vec<T>> {
         let mut out = Vec::new();
         for item in self.tree(NODES)?.iter() {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            match serde_json::from_slice::<crate::record::RecordHead>(&v) {
-                Ok(h) if h.run_id() == Some(run_id) => out.push(h.into_record()),
+            match serde_json::from_slice::<T>(&v) {
+                Ok(r) if keep(&r) => out.push(r),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(
                     "skipping undecodable index record {}: {e}",

@@ -217,15 +217,20 @@ pub(crate) fn kill_a_rank_after_a_checkpoint(p: &Project) -> (std::process::Exit
     (status, killed.elapsed())
 }
 
+/// The weights an uninterrupted 2-rank run of `recipe` writes.
+pub(crate) fn uninterrupted(recipe: &str) -> Vec<u8> {
+    let reference = project(recipe, 2);
+    reference.ok(&["run", "r.kdl"]);
+    weights(&trained(&reference.store()))
+}
+
 #[test]
 fn a_rank_killed_mid_run_fails_the_node_and_a_rerun_resumes_to_the_same_weights() {
     if !mpi() {
         return;
     }
     let recipe = SFT.replace("steps 30", "steps 400");
-    let reference = project(&recipe, 2);
-    reference.ok(&["run", "r.kdl"]);
-    let want = weights(&trained(&reference.store()));
+    let want = uninterrupted(&recipe);
 
     let p = project(&recipe, 2);
     let (status, after_kill) = kill_a_rank_after_a_checkpoint(&p);

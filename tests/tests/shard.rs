@@ -6,7 +6,8 @@
 //! Without MPI (or Slurm) the tests say so and pass without checking (as `ranks` does).
 
 use crate::ranks::{
-    kill_a_rank_after_a_checkpoint, mpi, project, slurm_cluster, trained, weights, DPO, LORA, SFT,
+    kill_a_rank_after_a_checkpoint, mpi, project, slurm_cluster, trained, uninterrupted, weights,
+    DPO, LORA, SFT,
 };
 use temper_e2e::text;
 
@@ -114,9 +115,7 @@ fn a_sharded_checkpoint_resumes_on_two_ranks_and_on_one() {
         return;
     }
     let recipe = SFT.replace("steps 30", "steps 300");
-    let reference = project(&recipe, 2);
-    reference.ok(&["run", "r.kdl"]);
-    let want = weights(&trained(&reference.store()));
+    let want = uninterrupted(&recipe);
     for mode in ["gradients", "full"] {
         resumes_to(&recipe, mode, &want);
     }
